@@ -1,0 +1,44 @@
+//! Safe wrappers around the kernel interfaces cohmem is built on.
+//!
+//! One module per interface, in the style of crosvm and Firecracker: the rest
+//! of the project never issues a raw syscall, and every `unsafe` block here
+//! carries a `// SAFETY:` comment.
+//!
+//! | module | interface |
+//! | --- | --- |
+//! | [`memfd`] | `memfd_create`, seals, `fstat` identity |
+//! | [`mapping`] | `mmap(MAP_SHARED)` of memory other processes write, accessed by copies only |
+//! | [`uffd`] | userfaultfd: `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_WRITEPROTECT`, fault messages |
+//! | [`pagemap`] | `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and 64-bit entries |
+//! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
+//! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
+//! | [`probe`] | real probes of what this kernel offers |
+
+pub mod error;
+pub mod mapping;
+pub mod memfd;
+pub mod pagemap;
+pub mod probe;
+pub mod seqpacket;
+pub mod softdirty;
+pub mod uffd;
+
+pub use error::{Result, SysError};
+
+/// The system page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
+}
+
+/// Kernel release string (`uname -r`).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}

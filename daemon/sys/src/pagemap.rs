@@ -1,0 +1,179 @@
+//! `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and raw 64-bit entries.
+//!
+//! With uffd WP_ASYNC, `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` reports the
+//! pages written since they were last protected *and* re-protects them in the
+//! same walk: the "protect before collect" of seed 001's
+//! `clean_record_shared_mapping_range`, done atomically per page by the kernel.
+//! The fd may belong to another process: a client opens its own
+//! `/proc/self/pagemap` and passes it over SCM_RIGHTS; the file stays bound to
+//! the client's mm, and scans after the client exits fail with ESRCH.
+
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use linux_raw_sys::general::{page_region, pm_scan_arg};
+use nix::errno::Errno;
+
+use crate::error::{OsContext, Result, SysError};
+
+nix::ioctl_readwrite!(ioctl_pagemap_scan, b'f', 16, pm_scan_arg);
+
+/// `PAGE_IS_WRITTEN` category bit.
+pub const PAGE_IS_WRITTEN: u64 = linux_raw_sys::general::PAGE_IS_WRITTEN as u64;
+/// `PAGE_IS_SOFT_DIRTY` category bit.
+pub const PAGE_IS_SOFT_DIRTY: u64 = linux_raw_sys::general::PAGE_IS_SOFT_DIRTY as u64;
+/// `PM_SCAN_WP_MATCHING`: write-protect the matching pages.
+pub const PM_SCAN_WP_MATCHING: u64 = linux_raw_sys::general::PM_SCAN_WP_MATCHING as u64;
+/// `PM_SCAN_CHECK_WPASYNC`: fail with EPERM unless the range is registered
+/// with an async-WP userfaultfd.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = linux_raw_sys::general::PM_SCAN_CHECK_WPASYNC as u64;
+
+/// Pagemap entry bit 55: soft-dirty.
+pub const PM_SOFT_DIRTY: u64 = 1 << 55;
+/// Pagemap entry bit 57: the PTE is uffd write-protected.
+pub const PM_UFFD_WP: u64 = 1 << 57;
+
+/// Regions fetched per ioctl call.
+const REGIONS_PER_CALL: usize = 512;
+
+/// One `PAGEMAP_SCAN` query.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanQuery {
+    /// `PM_SCAN_*` flags.
+    pub flags: u64,
+    /// Pages must have all of these categories.
+    pub category_mask: u64,
+    /// Categories reported in each region.
+    pub return_mask: u64,
+}
+
+impl ScanQuery {
+    /// Harvest written pages and re-protect them (uffd-async collection).
+    pub const HARVEST_WRITTEN: Self = Self {
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+    };
+    /// Report written pages, change nothing.
+    pub const PEEK_WRITTEN: Self = Self {
+        flags: 0,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+    };
+}
+
+/// An open pagemap file of some process.
+#[derive(Debug)]
+pub struct PagemapFile {
+    file: File,
+}
+
+impl PagemapFile {
+    /// Opens the calling process's `/proc/self/pagemap`.
+    pub fn open_self() -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/proc/self/pagemap")
+            .map_err(|e| SysError::os("open /proc/self/pagemap", errno_of(&e)))?;
+        Ok(Self { file })
+    }
+
+    /// Adopts a pagemap fd received from a client. The fd is checked with a
+    /// zero-length `PAGEMAP_SCAN`, which only a pagemap file accepts.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
+        let me = Self {
+            file: File::from(fd),
+        };
+        let mut out = Vec::new();
+        match me.scan(0..0, ScanQuery::PEEK_WRITTEN, &mut out) {
+            Ok(()) => Ok(me),
+            Err(e) if e.errno() == Some(Errno::ENOTTY) || e.errno() == Some(Errno::EINVAL) => Err(
+                SysError::Invalid("passed fd is not a pagemap file supporting PAGEMAP_SCAN".into()),
+            ),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `query` over `[range.start, range.end)` (addresses in the file's
+    /// process), continuing from `walk_end` until the whole range is done,
+    /// and appends the matching address ranges to `out` (adjacent ranges
+    /// merged).
+    pub fn scan(
+        &self,
+        range: Range<u64>,
+        query: ScanQuery,
+        out: &mut Vec<Range<u64>>,
+    ) -> Result<()> {
+        let mut regions = vec![
+            page_region {
+                start: 0,
+                end: 0,
+                categories: 0
+            };
+            REGIONS_PER_CALL
+        ];
+        let mut start = range.start;
+        loop {
+            let mut arg = pm_scan_arg {
+                size: std::mem::size_of::<pm_scan_arg>() as u64,
+                flags: query.flags,
+                start,
+                end: range.end,
+                walk_end: 0,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                max_pages: 0,
+                category_inverted: 0,
+                category_mask: query.category_mask,
+                category_anyof_mask: 0,
+                return_mask: query.return_mask,
+            };
+            // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
+            // `regions`, a live buffer of exactly `vec_len` page_region
+            // entries that the kernel fills; both outlive the call.
+            let n = unsafe { ioctl_pagemap_scan(self.file.as_raw_fd(), &mut arg) }
+                .op("PAGEMAP_SCAN")?;
+            let n = usize::try_from(n).unwrap_or(0).min(regions.len());
+            for r in &regions[..n] {
+                match out.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => out.push(r.start..r.end),
+                }
+            }
+            if arg.walk_end >= range.end || arg.walk_end <= start {
+                return Ok(());
+            }
+            start = arg.walk_end;
+        }
+    }
+
+    /// Reads the 64-bit pagemap entry of the page at `addr`.
+    pub fn entry(&self, addr: u64, page_size: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.file
+            .read_exact_at(&mut b, addr / page_size * 8)
+            .map_err(|e| SysError::os("pread(pagemap)", errno_of(&e)))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Duplicates the fd (to hand it to the daemon).
+    pub fn try_clone_fd(&self) -> Result<OwnedFd> {
+        self.file
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| SysError::os("dup", errno_of(&e)))
+    }
+}
+
+impl AsFd for PagemapFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+pub(crate) fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}

@@ -1,0 +1,208 @@
+//! Blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` fd passing.
+//!
+//! One datagram is one protocol message; its fds arrive with it. The receive
+//! buffer for control data always has room for `SCM_MAX_FD` (253) fds, the
+//! most one message can carry, so the kernel never truncates the fd list and
+//! every fd that arrives is owned (and closed) by the receiver, whatever the
+//! peer sent.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, getsockopt, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
+
+use crate::error::{OsContext, Result, SysError};
+
+/// Most fds the kernel delivers with one message (`SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// A received datagram.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of payload written into the caller's buffer.
+    pub len: usize,
+    /// The fds that came with it, owned.
+    pub fds: Vec<OwnedFd>,
+    /// The datagram was longer than the buffer (`MSG_TRUNC`).
+    pub truncated: bool,
+}
+
+/// Peer credentials from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id at connect time.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// A connected `SOCK_SEQPACKET` Unix socket (blocking, close-on-exec).
+#[derive(Debug)]
+pub struct SeqpacketSocket {
+    fd: OwnedFd,
+}
+
+impl SeqpacketSocket {
+    /// Connects to the listening socket at `path`.
+    pub fn connect(path: &Path) -> Result<Self> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .op("socket")?;
+        let addr = UnixAddr::new(path).op("socket path")?;
+        connect(fd.as_raw_fd(), &addr).op("connect")?;
+        Ok(Self { fd })
+    }
+
+    /// A connected pair (for tests and in-process peers).
+    pub fn pair() -> Result<(Self, Self)> {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .op("socketpair")?;
+        Ok((Self { fd: a }, Self { fd: b }))
+    }
+
+    /// Adopts an fd that is a connected SEQPACKET socket.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Sends one datagram with `fds` attached.
+    pub fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs = if raw.is_empty() {
+            vec![]
+        } else {
+            vec![ControlMessage::ScmRights(&raw)]
+        };
+        let iov = [IoSlice::new(data)];
+        let n = sendmsg::<UnixAddr>(
+            self.fd.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .op("sendmsg")?;
+        if n != data.len() {
+            return Err(SysError::Invalid(format!(
+                "short datagram send: {n} of {}",
+                data.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf`. `len == 0` with no fds means the
+    /// peer closed the connection.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<Received> {
+        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<UnixAddr>(
+            self.fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .op("recvmsg")?;
+        let mut fds = Vec::new();
+        // With room for SCM_MAX_FD fds, MSG_CTRUNC cannot happen for
+        // SCM_RIGHTS; if it ever does, cmsgs() refuses and we report it.
+        for c in msg.cmsgs().op("recvmsg control data")? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: the kernel installed this fd in our table for
+                    // this message; nothing else refers to it yet.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Ok(Received {
+            len: msg.bytes,
+            fds,
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+        })
+    }
+
+    /// Sets both the receive and send timeouts (`None` blocks forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        let tv = match timeout {
+            Some(d) => TimeVal::new(d.as_secs() as i64, d.subsec_micros() as i64),
+            None => TimeVal::new(0, 0),
+        };
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv).op("SO_RCVTIMEO")?;
+        setsockopt(&self.fd, sockopt::SendTimeout, &tv).op("SO_SNDTIMEO")?;
+        Ok(())
+    }
+
+    /// Credentials of the peer (`SO_PEERCRED`).
+    pub fn peer_cred(&self) -> Result<PeerCred> {
+        let c = getsockopt(&self.fd, sockopt::PeerCredentials).op("SO_PEERCRED")?;
+        Ok(PeerCred {
+            pid: c.pid(),
+            uid: c.uid(),
+            gid: c.gid(),
+        })
+    }
+
+    /// True when the error means the peer is gone.
+    pub fn is_disconnect(e: &SysError) -> bool {
+        matches!(
+            e.errno(),
+            Some(Errno::EPIPE) | Some(Errno::ECONNRESET) | Some(Errno::ENOTCONN)
+        )
+    }
+}
+
+impl AsFd for SeqpacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memfd::Memfd;
+
+    #[test]
+    fn fds_travel_with_their_datagram() {
+        let (a, b) = SeqpacketSocket::pair().unwrap();
+        let m = Memfd::create_sealed("t", 4096).unwrap();
+        a.send(b"one", &[m.as_fd()]).unwrap();
+        a.send(b"two", &[]).unwrap();
+        let mut buf = [0u8; 16];
+        let r = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..r.len], b"one");
+        assert_eq!(r.fds.len(), 1);
+        assert!(!r.truncated);
+        let r = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..r.len], b"two");
+        assert!(r.fds.is_empty());
+    }
+
+    #[test]
+    fn oversized_datagram_is_reported_truncated() {
+        let (a, b) = SeqpacketSocket::pair().unwrap();
+        a.send(&[7u8; 100], &[]).unwrap();
+        let mut buf = [0u8; 10];
+        let r = b.recv(&mut buf).unwrap();
+        assert!(r.truncated);
+    }
+}

@@ -1,0 +1,259 @@
+//! userfaultfd: write-protect registration, protection changes, fault messages.
+//!
+//! The client creates the uffd on its own address space (only the owner of an
+//! mm can register ranges in it), registers each BO mapping in WP mode and
+//! passes the uffd to the daemon, which then protects and unprotects ranges of
+//! the client's mapping through it (DESIGN.md §2; seed 003's per-mm
+//! registration). With `UFFD_FEATURE_WP_ASYNC` the kernel resolves
+//! write-protect faults itself and only marks the page written, which
+//! `PAGEMAP_SCAN` then harvests ([`crate::pagemap`]); without it, faults arrive
+//! here as messages ([`Userfaultfd::read_faults`]).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use linux_raw_sys::general::{uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect};
+use nix::errno::Errno;
+
+use crate::error::{OsContext, Result, SysError};
+
+/// `UFFD_FEATURE_*` bits that cohmem uses.
+pub mod features {
+    use linux_raw_sys::general as g;
+    /// Write-protect faults on shmem (memfd) mappings.
+    pub const WP_HUGETLBFS_SHMEM: u64 = g::UFFD_FEATURE_WP_HUGETLBFS_SHMEM as u64;
+    /// Protecting unpopulated pages installs markers (no page left unprotected).
+    pub const WP_UNPOPULATED: u64 = g::UFFD_FEATURE_WP_UNPOPULATED as u64;
+    /// The kernel resolves WP faults itself and only records "written".
+    pub const WP_ASYNC: u64 = g::UFFD_FEATURE_WP_ASYNC as u64;
+
+    /// Names of the known feature bits, for `cohmemctl caps`.
+    pub fn names(bits: u64) -> Vec<&'static str> {
+        const NAMES: [(u32, &str); 17] = [
+            (g::UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
+            (g::UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"),
+            (g::UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"),
+            (g::UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE"),
+            (g::UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS"),
+            (g::UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM"),
+            (g::UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP"),
+            (g::UFFD_FEATURE_SIGBUS, "SIGBUS"),
+            (g::UFFD_FEATURE_THREAD_ID, "THREAD_ID"),
+            (g::UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS"),
+            (g::UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM"),
+            (g::UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS"),
+            (g::UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"),
+            (g::UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
+            (g::UFFD_FEATURE_POISON, "POISON"),
+            (g::UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
+            (g::UFFD_FEATURE_MOVE, "MOVE"),
+        ];
+        NAMES
+            .iter()
+            .filter(|(bit, _)| bits & u64::from(*bit) != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+nix::ioctl_readwrite!(ioctl_api, 0xAA, 0x3F, uffdio_api);
+nix::ioctl_readwrite!(ioctl_register, 0xAA, 0x00, uffdio_register);
+nix::ioctl_read!(ioctl_unregister, 0xAA, 0x01, uffdio_range);
+nix::ioctl_readwrite!(ioctl_writeprotect, 0xAA, 0x06, uffdio_writeprotect);
+
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+const UFFD_MSG_SIZE: usize = 32;
+
+/// How a uffd may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UffdFlavor {
+    /// `userfaultfd(UFFD_USER_MODE_ONLY)`: allowed unprivileged, but in sync
+    /// mode kernel-mode writes into protected pages fail with EFAULT.
+    UserModeOnly,
+    /// Handles kernel-mode faults too: needs CAP_SYS_PTRACE,
+    /// `vm.unprivileged_userfaultfd=1` or access to `/dev/userfaultfd`.
+    AllFaults,
+}
+
+/// A write-protect fault message (sync mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WpFault {
+    /// Faulting address (page aligned unless EXACT_ADDRESS was requested).
+    pub address: u64,
+    /// `UFFD_PAGEFAULT_FLAG_*` bits.
+    pub flags: u64,
+}
+
+/// An owned userfaultfd (non-blocking, close-on-exec).
+#[derive(Debug)]
+pub struct Userfaultfd {
+    fd: OwnedFd,
+}
+
+impl Userfaultfd {
+    /// Creates an uninitialised uffd of the given flavor. For `AllFaults` the
+    /// syscall is tried first, then `/dev/userfaultfd`.
+    pub fn create(flavor: UffdFlavor) -> Result<Self> {
+        let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        if flavor == UffdFlavor::UserModeOnly {
+            flags |= linux_raw_sys::general::UFFD_USER_MODE_ONLY as i32;
+        }
+        // SAFETY: userfaultfd takes a flags word and returns a new fd or -1;
+        // no pointers are involved.
+        let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if ret >= 0 {
+            // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+            return Ok(Self {
+                fd: unsafe { OwnedFd::from_raw_fd(ret as i32) },
+            });
+        }
+        let errno = Errno::last();
+        if flavor == UffdFlavor::AllFaults && errno == Errno::EPERM {
+            return Self::create_via_device(flags);
+        }
+        Err(SysError::os("userfaultfd", errno))
+    }
+
+    fn create_via_device(flags: i32) -> Result<Self> {
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")
+            .map_err(|e| SysError::os("open /dev/userfaultfd", crate::pagemap::errno_of(&e)))?;
+        // SAFETY: USERFAULTFD_IOC_NEW = _IO(0xAA, 0) takes the uffd flags as a
+        // plain integer argument, not a pointer.
+        let ret =
+            unsafe { libc::ioctl(dev.as_raw_fd(), nix::request_code_none!(0xAA, 0x00), flags) };
+        if ret < 0 {
+            return Err(SysError::os("USERFAULTFD_IOC_NEW", Errno::last()));
+        }
+        // SAFETY: fresh fd returned by the kernel.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(ret) },
+        })
+    }
+
+    /// The features this kernel offers (a throw-away uffd's UFFDIO_API with
+    /// no features requested reports all of them).
+    pub fn supported_features(flavor: UffdFlavor) -> Result<u64> {
+        let probe = Self::create(flavor)?;
+        probe.api(0)
+    }
+
+    /// Creates a uffd and enables `wanted ∩ supported` features; fails unless
+    /// all of `required` are there. Returns the uffd and the features enabled.
+    pub fn open(flavor: UffdFlavor, wanted: u64, required: u64) -> Result<(Self, u64)> {
+        let supported = Self::supported_features(flavor)?;
+        if supported & required != required {
+            return Err(SysError::Invalid(format!(
+                "kernel lacks userfaultfd features {:?}",
+                features::names(required & !supported)
+            )));
+        }
+        let uffd = Self::create(flavor)?;
+        let enabled = uffd.api(wanted & supported)?;
+        Ok((uffd, enabled))
+    }
+
+    /// UFFDIO_API handshake; returns the features the kernel reports.
+    pub fn api(&self, features: u64) -> Result<u64> {
+        let mut arg = uffdio_api {
+            api: u64::from(linux_raw_sys::general::UFFD_API),
+            features,
+            ioctls: 0,
+        };
+        // SAFETY: `arg` is a valid uffdio_api that outlives the call.
+        unsafe { ioctl_api(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_API")?;
+        Ok(arg.features)
+    }
+
+    /// Adopts a uffd received from a client, checking that it is one.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| SysError::Invalid(format!("cannot inspect the passed fd: {e}")))?;
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            return Err(SysError::Invalid(format!(
+                "passed fd is {}, not a userfaultfd",
+                link.display()
+            )));
+        }
+        Ok(Self { fd })
+    }
+
+    /// Registers `[addr, addr+len)` of the caller's address space in WP mode.
+    pub fn register_wp(&self, addr: u64, len: u64) -> Result<()> {
+        let mut arg = uffdio_register {
+            range: uffdio_range { start: addr, len },
+            mode: u64::from(linux_raw_sys::general::UFFDIO_REGISTER_MODE_WP),
+            ioctls: 0,
+        };
+        // SAFETY: `arg` is a valid uffdio_register that outlives the call; the
+        // kernel validates the range against the caller's VMAs.
+        unsafe { ioctl_register(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_REGISTER")?;
+        Ok(())
+    }
+
+    /// Unregisters a range.
+    pub fn unregister(&self, addr: u64, len: u64) -> Result<()> {
+        let mut arg = uffdio_range { start: addr, len };
+        // SAFETY: `arg` is a valid uffdio_range; the kernel only reads it.
+        unsafe { ioctl_unregister(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_UNREGISTER")?;
+        Ok(())
+    }
+
+    /// Write-protects (`protect = true`) or unprotects and wakes waiters
+    /// (`protect = false`) a registered range of the uffd's address space.
+    pub fn write_protect(&self, addr: u64, len: u64, protect: bool) -> Result<()> {
+        let mut arg = uffdio_writeprotect {
+            range: uffdio_range { start: addr, len },
+            mode: if protect {
+                UFFDIO_WRITEPROTECT_MODE_WP
+            } else {
+                0
+            },
+        };
+        // SAFETY: `arg` is a valid uffdio_writeprotect that outlives the call.
+        unsafe { ioctl_writeprotect(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_WRITEPROTECT")?;
+        Ok(())
+    }
+
+    /// Reads pending fault messages without blocking; appends WP faults to
+    /// `out` and returns how many messages were read (0 when none is pending).
+    pub fn read_faults(&self, out: &mut Vec<WpFault>) -> Result<usize> {
+        let mut buf = [0u8; UFFD_MSG_SIZE * 64];
+        match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+            Ok(n) => {
+                let msgs = n / UFFD_MSG_SIZE;
+                for m in buf[..msgs * UFFD_MSG_SIZE].chunks_exact(UFFD_MSG_SIZE) {
+                    if u32::from(m[0]) == linux_raw_sys::general::UFFD_EVENT_PAGEFAULT {
+                        let word = |at: usize| {
+                            u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]))
+                        };
+                        out.push(WpFault {
+                            flags: word(8),
+                            address: word(16),
+                        });
+                    }
+                }
+                Ok(msgs)
+            }
+            Err(Errno::EAGAIN) => Ok(0),
+            Err(e) => Err(SysError::os("read(userfaultfd)", e)),
+        }
+    }
+
+    /// Duplicates the fd (to hand it to the daemon).
+    pub fn try_clone_fd(&self) -> Result<OwnedFd> {
+        self.fd
+            .try_clone()
+            .map_err(|e| SysError::os("dup", crate::pagemap::errno_of(&e)))
+    }
+}
+
+impl AsFd for Userfaultfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

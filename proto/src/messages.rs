@@ -1,0 +1,934 @@
+//! Requests, replies and their byte layout (see `proto/README.md`).
+
+use crate::codec::{check_limit, truncate_utf8, DecodeError, Reader, Writer};
+use crate::limits::*;
+use crate::HEADER_LEN;
+
+/// How a client process's writes are observed. The numeric values are the
+/// wire encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Mechanism {
+    /// No tracking attached (nothing mapped yet).
+    None = 0,
+    /// userfaultfd WP_ASYNC + PAGEMAP_SCAN (Linux >= 6.7).
+    UffdAsync = 1,
+    /// Synchronous userfaultfd write-protect faults resolved by the daemon.
+    UffdSync = 2,
+    /// clear_refs + pagemap bit 55.
+    SoftDirty = 3,
+    /// No tracking: every sync copies the whole BO.
+    Full = 4,
+    /// The client reports damage ranges itself.
+    Explicit = 5,
+}
+
+impl Mechanism {
+    /// Decodes the wire value.
+    pub fn from_wire(v: u16) -> Result<Self, DecodeError> {
+        Ok(match v {
+            0 => Self::None,
+            1 => Self::UffdAsync,
+            2 => Self::UffdSync,
+            3 => Self::SoftDirty,
+            4 => Self::Full,
+            5 => Self::Explicit,
+            _ => {
+                return Err(DecodeError::BadValue {
+                    field: "mechanism",
+                    value: v.into(),
+                })
+            }
+        })
+    }
+
+    /// The name used on command lines and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::UffdAsync => "uffd-async",
+            Self::UffdSync => "uffd-sync",
+            Self::SoftDirty => "soft-dirty",
+            Self::Full => "full",
+            Self::Explicit => "explicit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error codes carried by the ERROR reply. Unknown codes from a newer peer
+/// decode as [`ErrorCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    BadFrame,
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// A request other than HELLO came before HELLO, or HELLO came twice.
+    NotNegotiated,
+    /// The message kind is not a request this daemon knows.
+    UnknownRequest,
+    /// The wrong number or type of file descriptors came with the request.
+    BadFds,
+    /// The BO handle is not open on this connection.
+    NoSuchBo,
+    /// The view is not mapped on this connection.
+    NoSuchView,
+    /// An argument is out of range (alignment, bounds, overlap).
+    InvalidArgument,
+    /// A size exceeds the daemon's configured maximum.
+    TooLarge,
+    /// A per-connection or per-user limit was reached.
+    LimitExceeded,
+    /// ATTACH_MM without fds, but the daemon has no subscription for this process.
+    NeedMmFds,
+    /// MAP before ATTACH_MM.
+    NoMm,
+    /// The requested mechanism or feature is not available.
+    Unsupported,
+    /// A kernel operation failed (the message names it and the errno).
+    Kernel,
+    /// The GPU backend failed.
+    Gpu,
+    /// Anything else inside the daemon.
+    Internal,
+    /// A code this crate does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// Wire value.
+    pub fn to_wire(self) -> u16 {
+        match self {
+            Self::BadFrame => 1,
+            Self::UnsupportedVersion => 2,
+            Self::NotNegotiated => 3,
+            Self::UnknownRequest => 4,
+            Self::BadFds => 5,
+            Self::NoSuchBo => 6,
+            Self::NoSuchView => 7,
+            Self::InvalidArgument => 8,
+            Self::TooLarge => 9,
+            Self::LimitExceeded => 10,
+            Self::NeedMmFds => 11,
+            Self::NoMm => 12,
+            Self::Unsupported => 13,
+            Self::Kernel => 14,
+            Self::Gpu => 15,
+            Self::Internal => 16,
+            Self::Other(v) => v,
+        }
+    }
+
+    /// Decodes a wire value; unknown values are kept as [`ErrorCode::Other`].
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => Self::BadFrame,
+            2 => Self::UnsupportedVersion,
+            3 => Self::NotNegotiated,
+            4 => Self::UnknownRequest,
+            5 => Self::BadFds,
+            6 => Self::NoSuchBo,
+            7 => Self::NoSuchView,
+            8 => Self::InvalidArgument,
+            9 => Self::TooLarge,
+            10 => Self::LimitExceeded,
+            11 => Self::NeedMmFds,
+            12 => Self::NoMm,
+            13 => Self::Unsupported,
+            14 => Self::Kernel,
+            15 => Self::Gpu,
+            16 => Self::Internal,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// Flag of SYNC: list the uploaded runs in the reply.
+pub const SYNC_REPORT_RUNS: u32 = 1;
+/// Flag of STATS: include one row per connection.
+pub const STATS_CONNECTIONS: u32 = 1;
+/// Flag of STATS: include one row per BO.
+pub const STATS_BOS: u32 = 2;
+/// Flag of ATTACH_MM: the uffd and pagemap fds are attached.
+pub const ATTACH_WITH_FDS: u32 = 1;
+
+/// A run of consecutive BO pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// First page, counted from the start of the BO.
+    pub first_page: u32,
+    /// Number of pages (at least 1).
+    pub pages: u32,
+}
+
+/// What one SYNC did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncReport {
+    /// Pages uploaded.
+    pub pages: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Number of runs uploaded (may exceed `runs.len()`).
+    pub run_count: u32,
+    /// Mechanism that found the pages.
+    pub mechanism: u16,
+    /// True when `runs` lists fewer runs than `run_count` (or none was asked for).
+    pub runs_truncated: bool,
+    /// Time the daemon spent, nanoseconds.
+    pub duration_ns: u64,
+    /// Views scanned.
+    pub views_scanned: u32,
+    /// The uploaded runs, ascending, at most [`MAX_REPORTED_RUNS`].
+    pub runs: Vec<Run>,
+}
+
+/// Daemon-wide counters in a STATS reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonStats {
+    /// Milliseconds since the daemon started.
+    pub uptime_ms: u64,
+    /// Open connections.
+    pub connections: u32,
+    /// Live mm subscriptions (client processes).
+    pub mm_subscriptions: u32,
+    /// Live BOs.
+    pub bos: u32,
+    /// Live views.
+    pub views: u32,
+    /// Completed syncs.
+    pub syncs: u64,
+    /// Pages uploaded by all syncs.
+    pub pages_uploaded: u64,
+    /// Bytes uploaded by all syncs.
+    pub bytes_uploaded: u64,
+    /// Uploads that failed (their runs were folded back).
+    pub upload_failures: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// GPU backend name.
+    pub backend: String,
+}
+
+/// One connection row of a STATS reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectionRow {
+    /// Daemon-wide connection id.
+    pub id: u64,
+    /// Peer pid (SO_PEERCRED).
+    pub pid: u32,
+    /// Peer uid.
+    pub uid: u32,
+    /// BO handles open on the connection.
+    pub bos: u32,
+    /// Views mapped through the connection.
+    pub views: u32,
+    /// Requests handled.
+    pub requests: u64,
+}
+
+/// One BO row of a STATS reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BoRow {
+    /// Daemon-wide BO id.
+    pub id: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Views across all processes.
+    pub views: u32,
+    /// Pages recorded dirty and not uploaded yet.
+    pub dirty_pages: u64,
+    /// Syncs done on this BO.
+    pub syncs: u64,
+    /// Pages uploaded by those syncs.
+    pub pages_uploaded: u64,
+    /// Bytes uploaded by those syncs.
+    pub bytes_uploaded: u64,
+}
+
+/// Reply to STATS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatsReport {
+    /// Daemon-wide counters.
+    pub daemon: DaemonStats,
+    /// Connection rows visible to the caller.
+    pub connections: Vec<ConnectionRow>,
+    /// BO rows visible to the caller.
+    pub bos: Vec<BoRow>,
+    /// True when more rows existed than the limits allow.
+    pub truncated: bool,
+}
+
+/// Requests, client → daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Version and capability negotiation; must be first.
+    Hello {
+        /// Lowest version the client speaks.
+        min_version: u16,
+        /// Highest version the client speaks.
+        max_version: u16,
+        /// Capabilities the client wants ([`crate::caps`]).
+        caps: u64,
+    },
+    /// Create a BO of `size` bytes (rounded up to pages). Reply: [`Reply::Bo`] + memfd.
+    CreateBo {
+        /// Size in bytes.
+        size: u64,
+        /// Reserved, 0.
+        flags: u32,
+    },
+    /// Open a handle to an existing BO given its memfd (1 fd). Reply: [`Reply::Bo`].
+    ImportBo,
+    /// Attach this process's write tracking (0 or 2 fds: uffd, pagemap).
+    AttachMm {
+        /// Random token identifying the client's per-process subscription.
+        token: u64,
+        /// UFFDIO_API features the client's uffd was created with.
+        uffd_features: u64,
+        /// [`ATTACH_WITH_FDS`] when the fds are attached.
+        flags: u32,
+    },
+    /// Announce a view: `len` bytes of BO `bo` at `offset`, mapped at `addr`.
+    Map {
+        /// BO handle.
+        bo: u32,
+        /// Address of the mapping in the client.
+        addr: u64,
+        /// Length in bytes (page multiple).
+        len: u64,
+        /// Offset in the BO (page multiple).
+        offset: u64,
+    },
+    /// Remove a view (after a final harvest).
+    Unmap {
+        /// BO handle.
+        bo: u32,
+        /// View id from [`Reply::Mapped`].
+        view: u32,
+    },
+    /// Upload every page written since the last sync.
+    Sync {
+        /// BO handle.
+        bo: u32,
+        /// [`SYNC_REPORT_RUNS`].
+        flags: u32,
+    },
+    /// Close a BO handle and its views on this connection.
+    Destroy {
+        /// BO handle.
+        bo: u32,
+    },
+    /// Daemon statistics.
+    Stats {
+        /// [`STATS_CONNECTIONS`] | [`STATS_BOS`].
+        flags: u32,
+    },
+    /// Export the fd of a BO's GPU resource. Reply: [`Reply::Resource`] + fd.
+    ExportResource {
+        /// BO handle.
+        bo: u32,
+        /// Resource index on the BO.
+        index: u32,
+    },
+}
+
+/// Replies, daemon → client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Negotiated version and capabilities.
+    Hello {
+        /// Version both speak.
+        version: u16,
+        /// Capabilities granted.
+        caps: u64,
+        /// Largest frame the daemon accepts.
+        max_frame: u32,
+        /// Daemon page size.
+        page_size: u32,
+        /// Largest BO the daemon will create.
+        max_bo_size: u64,
+    },
+    /// A BO handle (CREATE_BO carries the memfd, IMPORT_BO none).
+    Bo {
+        /// Connection-local handle.
+        bo: u32,
+        /// Size in bytes (page multiple).
+        size: u64,
+        /// Daemon-wide id (for status displays, not a capability).
+        id: u64,
+    },
+    /// The process's subscription is attached to this connection.
+    MmAttached {
+        /// Mechanism chosen for this process.
+        mechanism: Mechanism,
+        /// Whether the mechanism is exact under concurrent writers.
+        exact: bool,
+        /// True when an existing subscription was joined.
+        joined: bool,
+        /// Daemon-wide subscription id.
+        mm_id: u64,
+    },
+    /// A view was added.
+    Mapped {
+        /// View id, local to the connection.
+        view: u32,
+    },
+    /// Success without data.
+    Ok,
+    /// SYNC result.
+    SyncDone(SyncReport),
+    /// STATS result.
+    Stats(StatsReport),
+    /// A resource fd is attached.
+    Resource {
+        /// Resource size in bytes.
+        size: u64,
+        /// Offset of the resource's window in the BO.
+        offset: u64,
+    },
+    /// A typed error.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail (at most [`MAX_ERROR_MESSAGE`] bytes).
+        message: String,
+    },
+}
+
+/// Request kinds on the wire.
+pub mod kind {
+    #![allow(missing_docs)]
+    pub const HELLO: u16 = 0x0001;
+    pub const CREATE_BO: u16 = 0x0002;
+    pub const IMPORT_BO: u16 = 0x0003;
+    pub const ATTACH_MM: u16 = 0x0004;
+    pub const MAP: u16 = 0x0005;
+    pub const UNMAP: u16 = 0x0006;
+    pub const SYNC: u16 = 0x0007;
+    pub const DESTROY: u16 = 0x0008;
+    pub const STATS: u16 = 0x0009;
+    pub const EXPORT_RESOURCE: u16 = 0x000a;
+
+    pub const R_HELLO: u16 = 0x8001;
+    pub const R_BO: u16 = 0x8002;
+    pub const R_MM_ATTACHED: u16 = 0x8003;
+    pub const R_MAPPED: u16 = 0x8004;
+    pub const R_OK: u16 = 0x8005;
+    pub const R_SYNC_DONE: u16 = 0x8006;
+    pub const R_STATS: u16 = 0x8007;
+    pub const R_RESOURCE: u16 = 0x8008;
+    pub const R_ERROR: u16 = 0x80ff;
+}
+
+fn header(buf: &mut Vec<u8>, kind: u16, id: u32) {
+    let mut w = Writer::new(buf);
+    w.u16(kind);
+    w.u16(0);
+    w.u32(id);
+}
+
+fn read_header(buf: &[u8]) -> Result<(u16, u32, Reader<'_>), DecodeError> {
+    if buf.len() > MAX_FRAME {
+        return Err(DecodeError::TooLong(buf.len()));
+    }
+    let mut r = Reader::new(buf);
+    let kind = r.u16("kind")?;
+    let flags = r.u16("flags")?;
+    let id = r.u32("request id")?;
+    if flags != 0 {
+        return Err(DecodeError::BadFlags(flags));
+    }
+    Ok((kind, id, r))
+}
+
+/// Reads the request id of a frame without decoding it, so that an error
+/// reply can answer even an undecodable request (0 when the header is short).
+pub fn peek_request_id(buf: &[u8]) -> u32 {
+    if buf.len() < HEADER_LEN {
+        return 0;
+    }
+    u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]])
+}
+
+impl Request {
+    /// Wire kind of this request.
+    pub fn kind(&self) -> u16 {
+        match self {
+            Self::Hello { .. } => kind::HELLO,
+            Self::CreateBo { .. } => kind::CREATE_BO,
+            Self::ImportBo => kind::IMPORT_BO,
+            Self::AttachMm { .. } => kind::ATTACH_MM,
+            Self::Map { .. } => kind::MAP,
+            Self::Unmap { .. } => kind::UNMAP,
+            Self::Sync { .. } => kind::SYNC,
+            Self::Destroy { .. } => kind::DESTROY,
+            Self::Stats { .. } => kind::STATS,
+            Self::ExportResource { .. } => kind::EXPORT_RESOURCE,
+        }
+    }
+
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "HELLO",
+            Self::CreateBo { .. } => "CREATE_BO",
+            Self::ImportBo => "IMPORT_BO",
+            Self::AttachMm { .. } => "ATTACH_MM",
+            Self::Map { .. } => "MAP",
+            Self::Unmap { .. } => "UNMAP",
+            Self::Sync { .. } => "SYNC",
+            Self::Destroy { .. } => "DESTROY",
+            Self::Stats { .. } => "STATS",
+            Self::ExportResource { .. } => "EXPORT_RESOURCE",
+        }
+    }
+
+    /// The numbers of fds this request may carry (inclusive range).
+    pub fn fd_count(&self) -> (usize, usize) {
+        match self {
+            Self::ImportBo => (1, 1),
+            Self::AttachMm { flags, .. } if flags & ATTACH_WITH_FDS != 0 => (2, 2),
+            _ => (0, 0),
+        }
+    }
+
+    /// Encodes the request as one frame.
+    pub fn encode(&self, id: u32) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64);
+        header(&mut buf, self.kind(), id);
+        let mut w = Writer::new(&mut buf);
+        match *self {
+            Self::Hello {
+                min_version,
+                max_version,
+                caps,
+            } => {
+                w.u16(min_version);
+                w.u16(max_version);
+                w.u64(caps);
+            }
+            Self::CreateBo { size, flags } => {
+                w.u64(size);
+                w.u32(flags);
+            }
+            Self::ImportBo => {}
+            Self::AttachMm {
+                token,
+                uffd_features,
+                flags,
+            } => {
+                w.u64(token);
+                w.u64(uffd_features);
+                w.u32(flags);
+            }
+            Self::Map {
+                bo,
+                addr,
+                len,
+                offset,
+            } => {
+                w.u32(bo);
+                w.u64(addr);
+                w.u64(len);
+                w.u64(offset);
+            }
+            Self::Unmap { bo, view } => {
+                w.u32(bo);
+                w.u32(view);
+            }
+            Self::Sync { bo, flags } => {
+                w.u32(bo);
+                w.u32(flags);
+            }
+            Self::Destroy { bo } => w.u32(bo),
+            Self::Stats { flags } => w.u32(flags),
+            Self::ExportResource { bo, index } => {
+                w.u32(bo);
+                w.u32(index);
+            }
+        }
+        buf
+    }
+
+    /// Decodes one frame into its request id and request.
+    pub fn decode(buf: &[u8]) -> Result<(u32, Request), DecodeError> {
+        let (k, id, mut r) = read_header(buf)?;
+        let req = match k {
+            kind::HELLO => Self::Hello {
+                min_version: r.u16("min_version")?,
+                max_version: r.u16("max_version")?,
+                caps: r.u64("caps")?,
+            },
+            kind::CREATE_BO => Self::CreateBo {
+                size: r.u64("size")?,
+                flags: r.u32("flags")?,
+            },
+            kind::IMPORT_BO => Self::ImportBo,
+            kind::ATTACH_MM => Self::AttachMm {
+                token: r.u64("token")?,
+                uffd_features: r.u64("uffd_features")?,
+                flags: r.u32("flags")?,
+            },
+            kind::MAP => Self::Map {
+                bo: r.u32("bo")?,
+                addr: r.u64("addr")?,
+                len: r.u64("len")?,
+                offset: r.u64("offset")?,
+            },
+            kind::UNMAP => Self::Unmap {
+                bo: r.u32("bo")?,
+                view: r.u32("view")?,
+            },
+            kind::SYNC => Self::Sync {
+                bo: r.u32("bo")?,
+                flags: r.u32("flags")?,
+            },
+            kind::DESTROY => Self::Destroy { bo: r.u32("bo")? },
+            kind::STATS => Self::Stats {
+                flags: r.u32("flags")?,
+            },
+            kind::EXPORT_RESOURCE => Self::ExportResource {
+                bo: r.u32("bo")?,
+                index: r.u32("index")?,
+            },
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok((id, req))
+    }
+}
+
+impl Reply {
+    /// Wire kind of this reply.
+    pub fn kind(&self) -> u16 {
+        match self {
+            Self::Hello { .. } => kind::R_HELLO,
+            Self::Bo { .. } => kind::R_BO,
+            Self::MmAttached { .. } => kind::R_MM_ATTACHED,
+            Self::Mapped { .. } => kind::R_MAPPED,
+            Self::Ok => kind::R_OK,
+            Self::SyncDone(_) => kind::R_SYNC_DONE,
+            Self::Stats(_) => kind::R_STATS,
+            Self::Resource { .. } => kind::R_RESOURCE,
+            Self::Error { .. } => kind::R_ERROR,
+        }
+    }
+
+    /// Convenience constructor for an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Encodes the reply as one frame. Lists and strings longer than the
+    /// limits are cut (and flagged as truncated where the format has a flag).
+    pub fn encode(&self, id: u32) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64);
+        header(&mut buf, self.kind(), id);
+        let mut w = Writer::new(&mut buf);
+        match self {
+            Self::Hello {
+                version,
+                caps,
+                max_frame,
+                page_size,
+                max_bo_size,
+            } => {
+                w.u16(*version);
+                w.u16(0);
+                w.u64(*caps);
+                w.u32(*max_frame);
+                w.u32(*page_size);
+                w.u64(*max_bo_size);
+            }
+            Self::Bo { bo, size, id } => {
+                w.u32(*bo);
+                w.u64(*size);
+                w.u64(*id);
+            }
+            Self::MmAttached {
+                mechanism,
+                exact,
+                joined,
+                mm_id,
+            } => {
+                w.u16(*mechanism as u16);
+                w.u16(u16::from(*exact) | (u16::from(*joined) << 1));
+                w.u64(*mm_id);
+            }
+            Self::Mapped { view } => w.u32(*view),
+            Self::Ok => {}
+            Self::SyncDone(s) => {
+                let n = s.runs.len().min(MAX_REPORTED_RUNS);
+                let truncated = s.runs_truncated || n < s.runs.len();
+                w.u64(s.pages);
+                w.u64(s.bytes);
+                w.u32(s.run_count);
+                w.u16(s.mechanism);
+                w.u16(u16::from(truncated));
+                w.u64(s.duration_ns);
+                w.u32(s.views_scanned);
+                w.u16(n as u16);
+                for run in &s.runs[..n] {
+                    w.u32(run.first_page);
+                    w.u32(run.pages);
+                }
+            }
+            Self::Stats(s) => {
+                let d = &s.daemon;
+                w.u64(d.uptime_ms);
+                w.u32(d.connections);
+                w.u32(d.mm_subscriptions);
+                w.u32(d.bos);
+                w.u32(d.views);
+                w.u64(d.syncs);
+                w.u64(d.pages_uploaded);
+                w.u64(d.bytes_uploaded);
+                w.u64(d.upload_failures);
+                w.u64(d.errors);
+                let name = truncate_utf8(&d.backend, MAX_NAME);
+                w.u8(name.len() as u8);
+                w.bytes(name.as_bytes());
+                let nc = s.connections.len().min(MAX_STATS_CONNECTIONS);
+                let nb = s.bos.len().min(MAX_STATS_BOS);
+                let truncated = s.truncated || nc < s.connections.len() || nb < s.bos.len();
+                w.u8(u8::from(truncated));
+                w.u16(nc as u16);
+                for c in &s.connections[..nc] {
+                    w.u64(c.id);
+                    w.u32(c.pid);
+                    w.u32(c.uid);
+                    w.u32(c.bos);
+                    w.u32(c.views);
+                    w.u64(c.requests);
+                }
+                w.u16(nb as u16);
+                for b in &s.bos[..nb] {
+                    w.u64(b.id);
+                    w.u64(b.size);
+                    w.u32(b.views);
+                    w.u64(b.dirty_pages);
+                    w.u64(b.syncs);
+                    w.u64(b.pages_uploaded);
+                    w.u64(b.bytes_uploaded);
+                }
+            }
+            Self::Resource { size, offset } => {
+                w.u64(*size);
+                w.u64(*offset);
+            }
+            Self::Error { code, message } => {
+                let m = truncate_utf8(message, MAX_ERROR_MESSAGE);
+                w.u16(code.to_wire());
+                w.u16(m.len() as u16);
+                w.bytes(m.as_bytes());
+            }
+        }
+        buf
+    }
+
+    /// Number of fds this reply carries when answering `request`.
+    pub fn fd_count(&self, request: &Request) -> usize {
+        match (self, request) {
+            (Self::Bo { .. }, Request::CreateBo { .. }) => 1,
+            (Self::Resource { .. }, _) => 1,
+            _ => 0,
+        }
+    }
+
+    /// Decodes one frame into its request id and reply.
+    pub fn decode(buf: &[u8]) -> Result<(u32, Reply), DecodeError> {
+        let (k, id, mut r) = read_header(buf)?;
+        let reply = match k {
+            kind::R_HELLO => {
+                let version = r.u16("version")?;
+                let _reserved = r.u16("reserved")?;
+                Self::Hello {
+                    version,
+                    caps: r.u64("caps")?,
+                    max_frame: r.u32("max_frame")?,
+                    page_size: r.u32("page_size")?,
+                    max_bo_size: r.u64("max_bo_size")?,
+                }
+            }
+            kind::R_BO => Self::Bo {
+                bo: r.u32("bo")?,
+                size: r.u64("size")?,
+                id: r.u64("id")?,
+            },
+            kind::R_MM_ATTACHED => {
+                let mechanism = Mechanism::from_wire(r.u16("mechanism")?)?;
+                let flags = r.u16("flags")?;
+                Self::MmAttached {
+                    mechanism,
+                    exact: flags & 1 != 0,
+                    joined: flags & 2 != 0,
+                    mm_id: r.u64("mm_id")?,
+                }
+            }
+            kind::R_MAPPED => Self::Mapped {
+                view: r.u32("view")?,
+            },
+            kind::R_OK => Self::Ok,
+            kind::R_SYNC_DONE => {
+                let pages = r.u64("pages")?;
+                let bytes = r.u64("bytes")?;
+                let run_count = r.u32("run_count")?;
+                let mechanism = r.u16("mechanism")?;
+                let flags = r.u16("flags")?;
+                let duration_ns = r.u64("duration_ns")?;
+                let views_scanned = r.u32("views_scanned")?;
+                let n = r.count_u16("reported runs", MAX_REPORTED_RUNS)?;
+                check_limit("reported runs", n * 8, r.remaining())?;
+                let mut runs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    runs.push(Run {
+                        first_page: r.u32("run.first_page")?,
+                        pages: r.u32("run.pages")?,
+                    });
+                }
+                Self::SyncDone(SyncReport {
+                    pages,
+                    bytes,
+                    run_count,
+                    mechanism,
+                    runs_truncated: flags & 1 != 0,
+                    duration_ns,
+                    views_scanned,
+                    runs,
+                })
+            }
+            kind::R_STATS => {
+                let mut d = DaemonStats {
+                    uptime_ms: r.u64("uptime_ms")?,
+                    connections: r.u32("connections")?,
+                    mm_subscriptions: r.u32("mm_subscriptions")?,
+                    bos: r.u32("bos")?,
+                    views: r.u32("views")?,
+                    syncs: r.u64("syncs")?,
+                    pages_uploaded: r.u64("pages_uploaded")?,
+                    bytes_uploaded: r.u64("bytes_uploaded")?,
+                    upload_failures: r.u64("upload_failures")?,
+                    errors: r.u64("errors")?,
+                    backend: String::new(),
+                };
+                let name_len = r.u8("backend length")? as usize;
+                check_limit("backend length", name_len, MAX_NAME)?;
+                d.backend = r.str(name_len, "backend")?;
+                let truncated = r.u8("truncated")? != 0;
+                let nc = r.count_u16("connection rows", MAX_STATS_CONNECTIONS)?;
+                check_limit("connection rows", nc * 32, r.remaining())?;
+                let mut connections = Vec::with_capacity(nc);
+                for _ in 0..nc {
+                    connections.push(ConnectionRow {
+                        id: r.u64("connection.id")?,
+                        pid: r.u32("connection.pid")?,
+                        uid: r.u32("connection.uid")?,
+                        bos: r.u32("connection.bos")?,
+                        views: r.u32("connection.views")?,
+                        requests: r.u64("connection.requests")?,
+                    });
+                }
+                let nb = r.count_u16("bo rows", MAX_STATS_BOS)?;
+                check_limit("bo rows", nb * 52, r.remaining())?;
+                let mut bos = Vec::with_capacity(nb);
+                for _ in 0..nb {
+                    bos.push(BoRow {
+                        id: r.u64("bo.id")?,
+                        size: r.u64("bo.size")?,
+                        views: r.u32("bo.views")?,
+                        dirty_pages: r.u64("bo.dirty_pages")?,
+                        syncs: r.u64("bo.syncs")?,
+                        pages_uploaded: r.u64("bo.pages_uploaded")?,
+                        bytes_uploaded: r.u64("bo.bytes_uploaded")?,
+                    });
+                }
+                Self::Stats(StatsReport {
+                    daemon: d,
+                    connections,
+                    bos,
+                    truncated,
+                })
+            }
+            kind::R_RESOURCE => Self::Resource {
+                size: r.u64("size")?,
+                offset: r.u64("offset")?,
+            },
+            kind::R_ERROR => {
+                let code = ErrorCode::from_wire(r.u16("code")?);
+                let len = r.u16("message length")? as usize;
+                check_limit("message length", len, MAX_ERROR_MESSAGE)?;
+                Self::Error {
+                    code,
+                    message: r.str(len, "message")?,
+                }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok((id, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_round_trip() {
+        for v in 0..40u16 {
+            assert_eq!(ErrorCode::from_wire(v).to_wire(), v);
+        }
+    }
+
+    #[test]
+    fn header_flags_rejected() {
+        let mut f = Request::Stats { flags: 0 }.encode(7);
+        f[2] = 1;
+        assert_eq!(Request::decode(&f), Err(DecodeError::BadFlags(1)));
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut f = Request::Destroy { bo: 3 }.encode(1);
+        f.push(0);
+        assert_eq!(Request::decode(&f), Err(DecodeError::Trailing(1)));
+    }
+
+    #[test]
+    fn oversized_run_count_rejected_before_allocation() {
+        let mut f = Reply::SyncDone(SyncReport::default()).encode(1);
+        let n = f.len();
+        f[n - 2..].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(matches!(
+            Reply::decode(&f),
+            Err(DecodeError::OverLimit {
+                field: "reported runs",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn long_error_message_is_cut_on_a_char_boundary() {
+        let msg = "é".repeat(MAX_ERROR_MESSAGE);
+        let f = Reply::error(ErrorCode::Internal, msg).encode(9);
+        let (id, r) = Reply::decode(&f).unwrap();
+        assert_eq!(id, 9);
+        match r {
+            Reply::Error { message, .. } => {
+                assert!(message.len() <= MAX_ERROR_MESSAGE);
+                assert!(message.chars().all(|c| c == 'é'));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
