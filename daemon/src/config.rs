@@ -1,0 +1,46 @@
+//! Daemon configuration (command line now; the TOML file comes later).
+
+use std::path::PathBuf;
+
+use crate::gpu::GpuChoice;
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Listening socket path.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file.
+    pub socket_mode: u32,
+    /// GPU backend.
+    pub gpu: GpuChoice,
+    /// Largest BO a client may create, bytes.
+    pub max_bo_size: u64,
+    /// Most BO handles one connection may hold.
+    pub max_bos_per_connection: usize,
+    /// Most views one connection may hold.
+    pub max_views_per_connection: usize,
+    /// Consecutive undecodable frames after which a connection is closed.
+    pub max_consecutive_bad_frames: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket_path(),
+            socket_mode: 0o660,
+            gpu: GpuChoice::Auto,
+            max_bo_size: 4 << 30,
+            max_bos_per_connection: 4096,
+            max_views_per_connection: 4096,
+            max_consecutive_bad_frames: 32,
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/cohmem.sock`, else `/run/cohmem/cohmem.sock`.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("cohmem.sock"),
+        _ => PathBuf::from("/run/cohmem/cohmem.sock"),
+    }
+}

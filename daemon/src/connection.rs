@@ -1,0 +1,692 @@
+//! One client connection: framing, fd checks, request dispatch, cleanup.
+//!
+//! Handles (BOs, views) are local to the connection; closing it releases
+//! everything it held after a last harvest of its views. Every request is
+//! answered with a reply or a typed error; an undecodable frame gets
+//! `BadFrame`, and a connection that keeps sending them is closed. Blocking
+//! kernel work (memfd creation, write-protection, scans, copies) runs on
+//! tokio's blocking pool so that one client's sync never stalls another's
+//! requests.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cohmem_proto::limits::MAX_FRAME;
+use cohmem_proto::{
+    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, ErrorCode, Reply, Request,
+    StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+};
+use cohmem_sys::memfd::fd_identity;
+use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::uffd::{features, Userfaultfd};
+use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
+use tokio_seqpacket::UnixSeqpacket;
+
+use crate::bo::{Bo, View};
+use crate::mm::{MmKey, MmSubscription};
+use crate::server::{ConnectionInfo, Daemon};
+use crate::sync::SyncEngine;
+use crate::tracker::{TrackError, UffdAsyncTracker};
+
+/// A typed error reply.
+#[derive(Debug)]
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+type Outcome = Result<(Reply, Vec<OwnedFd>), Failure>;
+
+fn ok(reply: Reply) -> Outcome {
+    Ok((reply, Vec::new()))
+}
+
+/// A BO handle open on this connection, with the views mapped through it.
+struct Handle {
+    bo: Arc<Bo>,
+    views: HashMap<u32, Arc<View>>,
+}
+
+struct Session {
+    daemon: Arc<Daemon>,
+    info: Arc<ConnectionInfo>,
+    negotiated: bool,
+    mm: Option<Arc<MmSubscription>>,
+    handles: HashMap<u32, Handle>,
+    next_handle: u32,
+    next_view: u32,
+}
+
+/// Serves one connection until the peer closes it or misbehaves.
+pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
+    let (pid, uid) = match sock.peer_cred() {
+        Ok(c) => (c.pid().unwrap_or(0), c.uid()),
+        Err(e) => {
+            tracing::warn!(error = %e, "SO_PEERCRED failed; dropping connection");
+            return;
+        }
+    };
+    let info = daemon.add_connection(pid, uid);
+    tracing::info!(conn = info.id, pid, uid, "client connected");
+    let mut session = Session {
+        daemon: daemon.clone(),
+        info: info.clone(),
+        negotiated: false,
+        mm: None,
+        handles: HashMap::new(),
+        next_handle: 1,
+        next_view: 1,
+    };
+    let reason = session.run(&sock).await;
+    session.close().await;
+    daemon.remove_connection(info.id);
+    tracing::info!(conn = info.id, pid, reason, "client disconnected");
+}
+
+impl Session {
+    async fn run(&mut self, sock: &UnixSeqpacket) -> &'static str {
+        let mut buf = vec![0u8; MAX_FRAME + 1];
+        // Room for SCM_MAX_FD (253) fds: the kernel never has to truncate the
+        // fd list, so every fd that arrives is owned here and closed on drop.
+        let mut anc = vec![0u8; 2048];
+        let mut bad_frames = 0u32;
+        loop {
+            let (len, truncated, fds, fds_truncated) =
+                match sock.recv_with_ancillary(&mut buf, &mut anc).await {
+                    Ok((info, reader)) => {
+                        let fds_truncated = reader.is_truncated();
+                        let mut fds = Vec::new();
+                        for msg in reader.into_messages() {
+                            if let OwnedAncillaryMessage::FileDescriptors(list) = msg {
+                                fds.extend(list);
+                            }
+                        }
+                        (info.bytes_read(), info.truncated(), fds, fds_truncated)
+                    }
+                    Err(e) => {
+                        tracing::debug!(conn = self.info.id, error = %e, "recv failed");
+                        return "receive error";
+                    }
+                };
+            if len == 0 && fds.is_empty() && !truncated {
+                return "closed by peer";
+            }
+            self.info.requests.fetch_add(1, Ordering::Relaxed);
+            let frame = &buf[..len.min(MAX_FRAME)];
+            let id = peek_request_id(frame);
+            let (outcome, request) = if truncated {
+                (
+                    Err(fail(
+                        ErrorCode::BadFrame,
+                        format!("frame exceeds {MAX_FRAME} bytes"),
+                    )),
+                    None,
+                )
+            } else if fds_truncated {
+                (
+                    Err(fail(
+                        ErrorCode::BadFds,
+                        "too many file descriptors attached",
+                    )),
+                    None,
+                )
+            } else {
+                match Request::decode(frame) {
+                    Err(e) => (Err(fail(ErrorCode::BadFrame, e.to_string())), None),
+                    Ok((_, req)) => {
+                        let outcome = self.dispatch(&req, fds).await;
+                        (outcome, Some(req))
+                    }
+                }
+            };
+            let (reply, reply_fds) = match outcome {
+                Ok(r) => {
+                    bad_frames = 0;
+                    r
+                }
+                Err(f) => {
+                    self.daemon.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if f.code == ErrorCode::BadFrame || f.code == ErrorCode::NotNegotiated {
+                        bad_frames += 1;
+                    }
+                    tracing::debug!(conn = self.info.id, code = ?f.code, message = %f.message, "request failed");
+                    (Reply::error(f.code, f.message), Vec::new())
+                }
+            };
+            debug_assert!(request
+                .as_ref()
+                .is_none_or(|r| reply.fd_count(r) == reply_fds.len()));
+            let bytes = reply.encode(id);
+            let mut anc_out = [0u8; 64];
+            let mut writer = AncillaryMessageWriter::new(&mut anc_out);
+            if !reply_fds.is_empty() && writer.add_fds(reply_fds.iter().map(|f| f.as_fd())).is_err()
+            {
+                return "internal: reply fds do not fit";
+            }
+            if let Err(e) = sock.send_with_ancillary(&bytes, &mut writer).await {
+                tracing::debug!(conn = self.info.id, error = %e, "send failed");
+                return "peer gone before reply";
+            }
+            if bad_frames >= self.daemon.config.max_consecutive_bad_frames {
+                return "too many bad frames";
+            }
+            if matches!(
+                reply,
+                Reply::Error {
+                    code: ErrorCode::UnsupportedVersion,
+                    ..
+                }
+            ) {
+                return "no common protocol version";
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, req: &Request, fds: Vec<OwnedFd>) -> Outcome {
+        let (min_fds, max_fds) = req.fd_count();
+        if fds.len() < min_fds || fds.len() > max_fds {
+            return Err(fail(
+                ErrorCode::BadFds,
+                format!(
+                    "{} carries {min_fds}..={max_fds} file descriptors, got {}",
+                    req.name(),
+                    fds.len()
+                ),
+            ));
+        }
+        match (self.negotiated, req) {
+            (false, Request::Hello { .. }) => {}
+            (false, _) => return Err(fail(ErrorCode::NotNegotiated, "HELLO must come first")),
+            (true, Request::Hello { .. }) => {
+                return Err(fail(ErrorCode::NotNegotiated, "HELLO was already done"))
+            }
+            (true, _) => {}
+        }
+        match *req {
+            Request::Hello {
+                min_version,
+                max_version,
+                caps,
+            } => self.hello(min_version, max_version, caps),
+            Request::CreateBo { size, flags } => self.create_bo(size, flags).await,
+            Request::ImportBo => self.import_bo(fds),
+            Request::AttachMm {
+                token,
+                uffd_features,
+                flags,
+            } => self.attach_mm(token, uffd_features, flags, fds),
+            Request::Map {
+                bo,
+                addr,
+                len,
+                offset,
+            } => self.map(bo, addr, len, offset).await,
+            Request::Unmap { bo, view } => self.unmap(bo, view).await,
+            Request::Sync { bo, flags } => self.sync(bo, flags).await,
+            Request::Destroy { bo } => self.destroy(bo).await,
+            Request::Stats { flags } => ok(Reply::Stats(self.stats(flags))),
+            Request::ExportResource { bo, index } => self.export_resource(bo, index),
+        }
+    }
+
+    fn hello(&mut self, min: u16, max: u16, wanted: u64) -> Outcome {
+        if min > max || !(min..=max).contains(&PROTOCOL_VERSION) {
+            return Err(fail(
+                ErrorCode::UnsupportedVersion,
+                format!("client speaks versions {min}..={max}; daemon speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        self.negotiated = true;
+        ok(Reply::Hello {
+            version: PROTOCOL_VERSION,
+            caps: wanted & self.daemon.caps,
+            max_frame: MAX_FRAME as u32,
+            page_size: cohmem_sys::page_size() as u32,
+            max_bo_size: self.daemon.config.max_bo_size,
+        })
+    }
+
+    fn handle(&self, bo: u32) -> Result<&Handle, Failure> {
+        self.handles.get(&bo).ok_or_else(|| {
+            fail(
+                ErrorCode::NoSuchBo,
+                format!("BO handle {bo} is not open on this connection"),
+            )
+        })
+    }
+
+    fn new_handle(&mut self, bo: Arc<Bo>) -> Result<u32, Failure> {
+        if self.handles.len() >= self.daemon.config.max_bos_per_connection {
+            return Err(fail(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "connection already holds {} BO handles (limit max_bos_per_connection = {})",
+                    self.handles.len(),
+                    self.daemon.config.max_bos_per_connection
+                ),
+            ));
+        }
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.checked_add(1).ok_or_else(|| {
+            fail(
+                ErrorCode::LimitExceeded,
+                "BO handle numbers exhausted on this connection",
+            )
+        })?;
+        self.handles.insert(
+            h,
+            Handle {
+                bo,
+                views: HashMap::new(),
+            },
+        );
+        self.info.bos.fetch_add(1, Ordering::Relaxed);
+        Ok(h)
+    }
+
+    async fn create_bo(&mut self, size: u64, flags: u32) -> Outcome {
+        if flags != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown CREATE_BO flags {flags:#x}"),
+            ));
+        }
+        let max = self.daemon.config.max_bo_size;
+        if size == 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                "BO size must be at least 1 byte",
+            ));
+        }
+        if size > max {
+            return Err(fail(
+                ErrorCode::TooLarge,
+                format!("BO size {size} exceeds the limit max_bo_size = {max}"),
+            ));
+        }
+        let ps = cohmem_sys::page_size();
+        let size = size.div_ceil(ps) * ps;
+        let daemon = self.daemon.clone();
+        let id = daemon.bos.next_id();
+        let bo = tokio::task::spawn_blocking(move || Bo::create(id, size, daemon.gpu.as_ref()))
+            .await
+            .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
+            .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
+        let memfd = bo
+            .memfd()
+            .try_clone_fd()
+            .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
+        let bo = Arc::new(bo);
+        self.daemon.bos.insert(&bo);
+        let handle = self.new_handle(bo.clone())?;
+        tracing::debug!(conn = self.info.id, bo = id, size, handle, "BO created");
+        Ok((
+            Reply::Bo {
+                bo: handle,
+                size,
+                id: bo.id,
+            },
+            vec![memfd],
+        ))
+    }
+
+    fn import_bo(&mut self, fds: Vec<OwnedFd>) -> Outcome {
+        let fd = fds
+            .into_iter()
+            .next()
+            .ok_or_else(|| fail(ErrorCode::BadFds, "IMPORT_BO needs the BO's memfd"))?;
+        let identity =
+            fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
+        let bo = self.daemon.bos.find(identity).ok_or_else(|| {
+            fail(
+                ErrorCode::BadFds,
+                "the passed fd is not the memfd of a live cohmem BO",
+            )
+        })?;
+        let (size, id) = (bo.size, bo.id);
+        let handle = self.new_handle(bo)?;
+        ok(Reply::Bo {
+            bo: handle,
+            size,
+            id,
+        })
+    }
+
+    fn attach_mm(
+        &mut self,
+        token: u64,
+        uffd_features: u64,
+        flags: u32,
+        fds: Vec<OwnedFd>,
+    ) -> Outcome {
+        if flags & !ATTACH_WITH_FDS != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown ATTACH_MM flags {flags:#x}"),
+            ));
+        }
+        let key = MmKey {
+            pid: self.info.pid,
+            token,
+        };
+        if let Some(mm) = &self.mm {
+            if mm.key == key {
+                return ok(attached(mm, true));
+            }
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                "this connection is already attached to another subscription",
+            ));
+        }
+        if let Some(existing) = self.daemon.mms.get(key) {
+            let reply = attached(&existing, true);
+            self.mm = Some(existing);
+            return ok(reply);
+        }
+        if flags & ATTACH_WITH_FDS == 0 {
+            return Err(fail(
+                ErrorCode::NeedMmFds,
+                "no subscription for this process yet: send ATTACH_MM with the uffd and pagemap fds",
+            ));
+        }
+        if self.daemon.caps & caps::UFFD_ASYNC == 0 {
+            return Err(fail(
+                ErrorCode::Unsupported,
+                format!(
+                    "uffd-async is not available on this kernel: {}",
+                    self.daemon.kernel.uffd_async.detail
+                ),
+            ));
+        }
+        if uffd_features & features::WP_ASYNC == 0 {
+            return Err(fail(
+                ErrorCode::Unsupported,
+                "the client's userfaultfd lacks UFFD_FEATURE_WP_ASYNC (uffd-sync comes in a later version)",
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(uffd_fd), Some(pagemap_fd)) = (fds.next(), fds.next()) else {
+            return Err(fail(
+                ErrorCode::BadFds,
+                "ATTACH_MM with fds needs [userfaultfd, pagemap]",
+            ));
+        };
+        let uffd = Userfaultfd::from_fd(uffd_fd)
+            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
+        let pagemap = PagemapFile::from_fd(pagemap_fd)
+            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
+        let tracker = Box::new(UffdAsyncTracker::new(uffd, pagemap));
+        let (mm, joined) = self.daemon.mms.get_or_insert(key, self.info.uid, tracker);
+        tracing::info!(
+            conn = self.info.id,
+            mm = mm.id,
+            pid = key.pid,
+            mechanism = %mm.tracker.mechanism(),
+            joined,
+            "client process attached"
+        );
+        let reply = attached(&mm, joined);
+        self.mm = Some(mm);
+        ok(reply)
+    }
+
+    async fn map(&mut self, bo: u32, addr: u64, len: u64, offset: u64) -> Outcome {
+        let mm = self
+            .mm
+            .clone()
+            .ok_or_else(|| fail(ErrorCode::NoMm, "MAP before ATTACH_MM"))?;
+        let bo_arc = self.handle(bo)?.bo.clone();
+        let ps = bo_arc.page_size;
+        if addr % ps != 0 || len % ps != 0 || offset % ps != 0 || len == 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("MAP addr {addr:#x}, len {len} and offset {offset} must be non-zero page multiples"),
+            ));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > bo_arc.size) {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "MAP range {offset}+{len} exceeds the BO's {} bytes",
+                    bo_arc.size
+                ),
+            ));
+        }
+        if addr.checked_add(len).is_none() {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                "MAP address range overflows",
+            ));
+        }
+        let total_views: usize = self.handles.values().map(|h| h.views.len()).sum();
+        if total_views >= self.daemon.config.max_views_per_connection {
+            return Err(fail(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "connection already holds {total_views} views (limit max_views_per_connection = {})",
+                    self.daemon.config.max_views_per_connection
+                ),
+            ));
+        }
+        let view_id = self.next_view;
+        let view = Arc::new(View::new(view_id, mm.clone(), addr, len, offset));
+        if let Err(other) = mm.insert_view(view.range(), &view) {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "MAP {addr:#x}+{len} overlaps the view at {:#x}..{:#x}",
+                    other.start, other.end
+                ),
+            ));
+        }
+        let range = view.range();
+        let tracker_mm = mm.clone();
+        let protected =
+            tokio::task::spawn_blocking(move || tracker_mm.tracker.attach_view(range)).await;
+        let result = match protected {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(TrackError::BadView(m))) => Err(fail(ErrorCode::InvalidArgument, m)),
+            Ok(Err(TrackError::Gone)) => Err(fail(ErrorCode::Kernel, "client process has exited")),
+            Ok(Err(TrackError::Sys(e))) => Err(fail(ErrorCode::Kernel, e.to_string())),
+            Err(e) => Err(fail(
+                ErrorCode::Internal,
+                format!("protect task failed: {e}"),
+            )),
+        };
+        if let Err(f) = result {
+            mm.remove_view(addr);
+            return Err(f);
+        }
+        self.next_view = self.next_view.wrapping_add(1).max(1);
+        bo_arc.add_view(view.clone());
+        if let Some(h) = self.handles.get_mut(&bo) {
+            h.views.insert(view_id, view);
+        }
+        self.info.views.fetch_add(1, Ordering::Relaxed);
+        ok(Reply::Mapped { view: view_id })
+    }
+
+    async fn unmap(&mut self, bo: u32, view: u32) -> Outcome {
+        let handle = self.handles.get_mut(&bo).ok_or_else(|| {
+            fail(
+                ErrorCode::NoSuchBo,
+                format!("BO handle {bo} is not open on this connection"),
+            )
+        })?;
+        let v = handle.views.remove(&view).ok_or_else(|| {
+            fail(
+                ErrorCode::NoSuchView,
+                format!("view {view} is not mapped on BO handle {bo}"),
+            )
+        })?;
+        let bo_arc = handle.bo.clone();
+        self.info.views.fetch_sub(1, Ordering::Relaxed);
+        run_blocking(move || bo_arc.remove_view(&v)).await?;
+        ok(Reply::Ok)
+    }
+
+    async fn sync(&mut self, bo: u32, flags: u32) -> Outcome {
+        if flags & !SYNC_REPORT_RUNS != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown SYNC flags {flags:#x}"),
+            ));
+        }
+        let bo_arc = self.handle(bo)?.bo.clone();
+        let daemon = self.daemon.clone();
+        let report = run_blocking(move || {
+            SyncEngine::new(&daemon.counters).sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
+        })
+        .await?
+        .map_err(|e| {
+            fail(
+                ErrorCode::Gpu,
+                format!("upload failed (pages kept dirty): {e}"),
+            )
+        })?;
+        ok(Reply::SyncDone(report))
+    }
+
+    async fn destroy(&mut self, bo: u32) -> Outcome {
+        let handle = self.handles.remove(&bo).ok_or_else(|| {
+            fail(
+                ErrorCode::NoSuchBo,
+                format!("BO handle {bo} is not open on this connection"),
+            )
+        })?;
+        self.info.bos.fetch_sub(1, Ordering::Relaxed);
+        self.info
+            .views
+            .fetch_sub(handle.views.len() as u32, Ordering::Relaxed);
+        run_blocking(move || release(handle)).await?;
+        ok(Reply::Ok)
+    }
+
+    fn export_resource(&self, bo: u32, index: u32) -> Outcome {
+        let bo = &self.handle(bo)?.bo;
+        let res = bo.resources.get(index as usize).ok_or_else(|| {
+            fail(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "BO has {} resources; index {index} does not exist",
+                    bo.resources.len()
+                ),
+            )
+        })?;
+        let fd = res
+            .gpu
+            .export_fd()
+            .map_err(|e| fail(ErrorCode::Gpu, format!("exporting the resource: {e}")))?;
+        Ok((
+            Reply::Resource {
+                size: res.gpu.size(),
+                offset: res.window.start,
+            },
+            vec![fd],
+        ))
+    }
+
+    fn stats(&self, flags: u32) -> StatsReport {
+        let d = &self.daemon;
+        let c = &d.counters;
+        let all_conns = d.connections();
+        let all_bos = d.bos.all();
+        // Root sees everything; other users see their own connections and
+        // the BOs their connections hold.
+        let privileged = self.info.uid == 0;
+        let mut connections = Vec::new();
+        if flags & STATS_CONNECTIONS != 0 {
+            connections = all_conns
+                .iter()
+                .filter(|ci| privileged || ci.uid == self.info.uid)
+                .map(|ci| ConnectionRow {
+                    id: ci.id,
+                    pid: ci.pid as u32,
+                    uid: ci.uid,
+                    bos: ci.bos.load(Ordering::Relaxed),
+                    views: ci.views.load(Ordering::Relaxed),
+                    requests: ci.requests.load(Ordering::Relaxed),
+                })
+                .collect();
+        }
+        let mut bos = Vec::new();
+        if flags & STATS_BOS != 0 {
+            let own: Vec<u64> = self.handles.values().map(|h| h.bo.id).collect();
+            bos = all_bos
+                .iter()
+                .filter(|b| privileged || own.contains(&b.id))
+                .map(|b| BoRow {
+                    id: b.id,
+                    size: b.size,
+                    views: b.view_count() as u32,
+                    dirty_pages: b.dirty().dirty_pages(),
+                    syncs: b.counters.syncs.load(Ordering::Relaxed),
+                    pages_uploaded: b.counters.pages_uploaded.load(Ordering::Relaxed),
+                    bytes_uploaded: b.counters.bytes_uploaded.load(Ordering::Relaxed),
+                })
+                .collect();
+        }
+        StatsReport {
+            daemon: DaemonStats {
+                uptime_ms: d.uptime_ms(),
+                connections: all_conns.len() as u32,
+                mm_subscriptions: d.mms.live() as u32,
+                bos: all_bos.len() as u32,
+                views: all_bos.iter().map(|b| b.view_count() as u32).sum(),
+                syncs: c.syncs.load(Ordering::Relaxed),
+                pages_uploaded: c.pages_uploaded.load(Ordering::Relaxed),
+                bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+                upload_failures: c.upload_failures.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                backend: d.gpu.name(),
+            },
+            connections,
+            bos,
+            truncated: false,
+        }
+    }
+
+    /// Releases every handle (each view harvested one last time).
+    async fn close(&mut self) {
+        let handles: Vec<Handle> = self.handles.drain().map(|(_, h)| h).collect();
+        self.mm = None;
+        if handles.is_empty() {
+            return;
+        }
+        if let Err(f) = run_blocking(move || handles.into_iter().for_each(release)).await {
+            tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
+        }
+    }
+}
+
+fn attached(mm: &MmSubscription, joined: bool) -> Reply {
+    Reply::MmAttached {
+        mechanism: mm.tracker.mechanism(),
+        exact: mm.tracker.exact(),
+        joined,
+        mm_id: mm.id,
+    }
+}
+
+fn release(handle: Handle) {
+    for view in handle.views.values() {
+        handle.bo.remove_view(view);
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| fail(ErrorCode::Internal, format!("worker task failed: {e}")))
+}

@@ -1,0 +1,213 @@
+//! Per-BO dirty state: a page bitmap plus the conservative `[start, end)`
+//! envelope of seed 001 (vmwgfx's `vmw_bo_dirty`: `bitmap`, `start`, `end`).
+//!
+//! Behaviour follows `research/vmwgfx-dirty-spec.md` §1 and §4.6–4.7:
+//! recording a page extends the envelope; transferring a resource window hands
+//! out ascending runs and clears them, walking only to `min(window end,
+//! envelope end)` (the May 2026 `min` fix, so a window never steals another
+//! window's pages); the envelope shrinks only at its edges.
+
+use std::ops::Range;
+
+/// Bitmap and envelope of one BO, in BO-relative pages.
+#[derive(Debug, Clone)]
+pub struct DirtyState {
+    bits: Vec<u64>,
+    pages: u64,
+    start: u64,
+    end: u64,
+    count: u64,
+}
+
+impl DirtyState {
+    /// A clean state for a BO of `pages` pages (envelope `start = N, end = 0`).
+    pub fn new(pages: u64) -> Self {
+        Self {
+            bits: vec![0; pages.div_ceil(64) as usize],
+            pages,
+            start: pages,
+            end: 0,
+            count: 0,
+        }
+    }
+
+    /// Number of pages tracked (N).
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Pages whose bit is set.
+    pub fn dirty_pages(&self) -> u64 {
+        self.count
+    }
+
+    /// The envelope, or `None` when empty. It may be wider than the set bits.
+    pub fn envelope(&self) -> Option<Range<u64>> {
+        (self.start < self.end).then_some(self.start..self.end)
+    }
+
+    /// vmwgfx `is_dirty`: true iff the envelope is non-empty.
+    pub fn is_dirty(&self) -> bool {
+        self.start < self.end
+    }
+
+    fn test(&self, p: u64) -> bool {
+        self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0
+    }
+
+    /// Records pages `range` (clamped to the BO) as written.
+    pub fn record(&mut self, range: Range<u64>) {
+        let r = range.start.min(self.pages)..range.end.min(self.pages);
+        if r.is_empty() {
+            return;
+        }
+        for p in r.clone() {
+            let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
+            if self.bits[w] & b == 0 {
+                self.bits[w] |= b;
+                self.count += 1;
+            }
+        }
+        self.start = self.start.min(r.start);
+        self.end = self.end.max(r.end);
+    }
+
+    /// Hands the dirty runs inside window `[rs, re)` to the caller, ascending,
+    /// clearing their bits (vmwgfx `transfer_to_res`).
+    pub fn transfer_window(&mut self, window: Range<u64>) -> Vec<Range<u64>> {
+        let mut runs = Vec::new();
+        let (rs, re) = (window.start, window.end.min(self.pages));
+        if rs >= re || re <= self.start || rs >= self.end {
+            return runs;
+        }
+        let limit = re.min(self.end);
+        let mut p = rs.max(self.start);
+        while p < limit {
+            if !self.test(p) {
+                p += 1;
+                continue;
+            }
+            let a = p;
+            while p < limit && self.test(p) {
+                self.clear_bit(p);
+                p += 1;
+            }
+            runs.push(a..p);
+        }
+        self.shrink_envelope(rs, limit);
+        runs
+    }
+
+    /// Drops the dirty pages of window `[rs, re)` without reporting them
+    /// (vmwgfx `clear_res`, after a full upload of the window).
+    pub fn clear_window(&mut self, window: Range<u64>) {
+        let (rs, re) = (window.start, window.end.min(self.pages));
+        if rs >= re || re <= self.start || rs >= self.end {
+            return;
+        }
+        let limit = re.min(self.end);
+        for p in rs.max(self.start)..limit {
+            if self.test(p) {
+                self.clear_bit(p);
+            }
+        }
+        self.shrink_envelope(rs, limit);
+    }
+
+    /// Puts runs back after a failed upload (nothing lost).
+    pub fn fold_back(&mut self, runs: &[Range<u64>]) {
+        for r in runs {
+            self.record(r.clone());
+        }
+    }
+
+    fn clear_bit(&mut self, p: u64) {
+        self.bits[(p / 64) as usize] &= !(1 << (p % 64));
+        self.count -= 1;
+    }
+
+    fn shrink_envelope(&mut self, rs: u64, limit: u64) {
+        let covers_start = rs <= self.start && self.start < limit;
+        let covers_end = rs < self.end && self.end <= limit;
+        match (covers_start, covers_end) {
+            (true, true) => {
+                self.start = self.pages;
+                self.end = 0;
+            }
+            (true, false) => self.start = limit,
+            (false, true) => self.end = rs,
+            (false, false) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_state_is_clean_with_canonical_empty_envelope() {
+        let d = DirtyState::new(100);
+        assert!(!d.is_dirty());
+        assert_eq!((d.start, d.end), (100, 0));
+    }
+
+    #[test]
+    fn record_extends_envelope_and_transfer_returns_ascending_runs() {
+        let mut d = DirtyState::new(100);
+        d.record(40..42);
+        d.record(5..6);
+        d.record(41..45);
+        assert_eq!(d.envelope(), Some(5..45));
+        assert_eq!(d.dirty_pages(), 6);
+        assert_eq!(d.transfer_window(0..100), vec![5..6, 40..45]);
+        assert!(!d.is_dirty());
+        assert_eq!(d.dirty_pages(), 0);
+    }
+
+    #[test]
+    fn window_transfer_uses_min_and_never_steals_other_windows_pages() {
+        // Two resources on one BO: [0,10) and [10,20). Pages 3 and 15 dirty.
+        let mut d = DirtyState::new(20);
+        d.record(3..4);
+        d.record(15..16);
+        assert_eq!(d.transfer_window(0..10), vec![3..4]);
+        // The second window's page is still there and the envelope still covers it.
+        assert_eq!(d.dirty_pages(), 1);
+        assert_eq!(d.envelope(), Some(10..16));
+        assert_eq!(d.transfer_window(10..20), vec![15..16]);
+        assert!(!d.is_dirty());
+    }
+
+    #[test]
+    fn inner_window_leaves_envelope_loose() {
+        let mut d = DirtyState::new(30);
+        d.record(0..1);
+        d.record(12..13);
+        d.record(29..30);
+        assert_eq!(d.transfer_window(10..20), vec![12..13]);
+        assert_eq!(d.envelope(), Some(0..30));
+        assert!(d.is_dirty());
+    }
+
+    #[test]
+    fn clear_window_and_fold_back() {
+        let mut d = DirtyState::new(10);
+        d.record(2..8);
+        d.clear_window(0..5);
+        assert_eq!(d.dirty_pages(), 3);
+        assert_eq!(d.envelope(), Some(5..8));
+        let runs = d.transfer_window(0..10);
+        d.fold_back(&runs);
+        assert_eq!(d.dirty_pages(), 3);
+        assert_eq!(d.transfer_window(0..10), vec![5..8]);
+    }
+
+    #[test]
+    fn record_is_clamped_to_the_bo() {
+        let mut d = DirtyState::new(4);
+        d.record(2..1000);
+        assert_eq!(d.dirty_pages(), 2);
+        assert_eq!(d.envelope(), Some(2..4));
+    }
+}

@@ -1,0 +1,29 @@
+//! cohmemd: coherent GPU buffers without driver support.
+//!
+//! Clients map BOs (sealed memfds) and write to them like ordinary memory;
+//! the daemon finds out which pages were written and copies only those into
+//! the GPU resource. The module map follows DESIGN.md §3:
+//!
+//! | module | role | seed / vmwgfx behaviour |
+//! | --- | --- | --- |
+//! | [`server`], [`connection`] | socket, sessions, request dispatch | — |
+//! | [`bo`] | BO store, views | vmwgfx BOs with resources |
+//! | [`mm`] | per-process subscriptions with address → view map | seed 003 |
+//! | [`tracker`] | write-tracking mechanisms | seed 001 (protect / clean-and-record) |
+//! | [`dirty`] | bitmap + envelope | seed 001, spec §1, §4.6 |
+//! | [`sync`] | scan → transfer → upload | DESIGN.md §5.1 |
+//! | [`gpu`] | GPU backends | — |
+
+pub mod bo;
+pub mod config;
+pub mod connection;
+pub mod dirty;
+pub mod gpu;
+pub mod mm;
+pub mod server;
+pub mod stats;
+pub mod sync;
+pub mod tracker;
+
+pub use config::DaemonConfig;
+pub use server::{Daemon, Server, ServerError};

@@ -1,0 +1,125 @@
+//! mm subscriptions: one refcounted record per client process (seed 003,
+//! `mmu_notifier_get/put`).
+//!
+//! The first connection of a process hands over its userfaultfd and pagemap
+//! fd; every later connection of the same process (same peer pid and the
+//! per-process token the client library picks) joins the same subscription.
+//! The subscription lives while any connection or view holds it
+//! (`Arc` refcount) and keeps an address → view map, used to refuse
+//! overlapping views and, later, to dispatch fault addresses to BOs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::bo::View;
+use crate::tracker::Tracker;
+
+/// Identifies a client process's subscription: (peer pid, client token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MmKey {
+    /// Peer pid from SO_PEERCRED.
+    pub pid: i32,
+    /// Random token the client library chose for its process.
+    pub token: u64,
+}
+
+/// One client process's write tracking.
+pub struct MmSubscription {
+    /// Daemon-wide id.
+    pub id: u64,
+    /// Registry key.
+    pub key: MmKey,
+    /// Peer uid.
+    pub uid: u32,
+    /// The mechanism observing this process's views.
+    pub tracker: Box<dyn Tracker>,
+    views: Mutex<BTreeMap<u64, Weak<View>>>,
+}
+
+impl MmSubscription {
+    fn views(&self) -> MutexGuard<'_, BTreeMap<u64, Weak<View>>> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `range` for `view`; fails if it overlaps a live view.
+    pub fn insert_view(&self, range: Range<u64>, view: &Arc<View>) -> Result<(), Range<u64>> {
+        let mut views = self.views();
+        views.retain(|_, v| v.strong_count() > 0);
+        if let Some((_, prev)) = views.range(..range.end).next_back() {
+            if let Some(prev) = prev.upgrade() {
+                if prev.addr + prev.len > range.start {
+                    return Err(prev.addr..prev.addr + prev.len);
+                }
+            }
+        }
+        views.insert(range.start, Arc::downgrade(view));
+        Ok(())
+    }
+
+    /// Forgets the view at `addr`.
+    pub fn remove_view(&self, addr: u64) {
+        self.views().remove(&addr);
+    }
+
+    /// The view containing `addr`, if any.
+    pub fn view_at(&self, addr: u64) -> Option<Arc<View>> {
+        let views = self.views();
+        let (_, v) = views.range(..=addr).next_back()?;
+        v.upgrade().filter(|v| addr < v.addr + v.len)
+    }
+}
+
+impl Drop for MmSubscription {
+    fn drop(&mut self) {
+        tracing::info!(mm = self.id, pid = self.key.pid, "mm subscription released");
+    }
+}
+
+/// All live subscriptions, keyed by process.
+#[derive(Default)]
+pub struct MmRegistry {
+    map: Mutex<HashMap<MmKey, Weak<MmSubscription>>>,
+    next_id: AtomicU64,
+}
+
+impl MmRegistry {
+    fn map(&self) -> MutexGuard<'_, HashMap<MmKey, Weak<MmSubscription>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live subscription for `key`, if any.
+    pub fn get(&self, key: MmKey) -> Option<Arc<MmSubscription>> {
+        self.map().get(&key).and_then(Weak::upgrade)
+    }
+
+    /// Returns the live subscription for `key`, or creates one with
+    /// `tracker`. The bool is true when an existing one was joined.
+    pub fn get_or_insert(
+        &self,
+        key: MmKey,
+        uid: u32,
+        tracker: Box<dyn Tracker>,
+    ) -> (Arc<MmSubscription>, bool) {
+        let mut map = self.map();
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            return (existing, true);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let sub = Arc::new(MmSubscription {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            key,
+            uid,
+            tracker,
+            views: Mutex::new(BTreeMap::new()),
+        });
+        map.insert(key, Arc::downgrade(&sub));
+        (sub, false)
+    }
+
+    /// Number of live subscriptions.
+    pub fn live(&self) -> usize {
+        self.map().values().filter(|w| w.strong_count() > 0).count()
+    }
+}

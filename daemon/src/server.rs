@@ -1,0 +1,206 @@
+//! The listening socket and the daemon-wide state every connection shares.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cohmem_proto::caps;
+use cohmem_sys::probe::KernelCaps;
+use thiserror::Error;
+use tokio_seqpacket::UnixSeqpacketListener;
+
+use crate::bo::{lock, BoStore};
+use crate::config::DaemonConfig;
+use crate::connection;
+use crate::gpu::{open_backend, GpuBackend};
+use crate::mm::MmRegistry;
+use crate::stats::DaemonCounters;
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Another daemon answers on the socket.
+    #[error("a daemon is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    /// Socket setup failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Live view of one connection, for STATS.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Daemon-wide id.
+    pub id: u64,
+    /// Peer pid.
+    pub pid: i32,
+    /// Peer uid.
+    pub uid: u32,
+    /// BO handles open.
+    pub bos: AtomicU32,
+    /// Views mapped.
+    pub views: AtomicU32,
+    /// Requests handled.
+    pub requests: AtomicU64,
+}
+
+/// State shared by all connections.
+pub struct Daemon {
+    /// Configuration.
+    pub config: DaemonConfig,
+    /// GPU backend.
+    pub gpu: Box<dyn GpuBackend>,
+    /// Why that backend was chosen.
+    pub gpu_reason: String,
+    /// Capabilities this daemon offers in HELLO.
+    pub caps: u64,
+    /// What the kernel offers (probed at start).
+    pub kernel: KernelCaps,
+    /// Live BOs.
+    pub bos: BoStore,
+    /// Live mm subscriptions.
+    pub mms: MmRegistry,
+    /// Counters.
+    pub counters: DaemonCounters,
+    connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
+    next_connection: AtomicU64,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Probes the kernel and opens the GPU backend.
+    pub fn new(config: DaemonConfig) -> Self {
+        let kernel = cohmem_sys::probe::probe_all();
+        let (gpu, gpu_reason) = open_backend(&config.gpu);
+        let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS;
+        if kernel.uffd_async.ok {
+            offered |= caps::UFFD_ASYNC;
+        }
+        Self {
+            config,
+            gpu,
+            gpu_reason,
+            caps: offered,
+            kernel,
+            bos: BoStore::default(),
+            mms: MmRegistry::default(),
+            counters: DaemonCounters::default(),
+            connections: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Registers a new connection.
+    pub fn add_connection(&self, pid: i32, uid: u32) -> Arc<ConnectionInfo> {
+        let info = Arc::new(ConnectionInfo {
+            id: self.next_connection.fetch_add(1, Ordering::Relaxed) + 1,
+            pid,
+            uid,
+            bos: AtomicU32::new(0),
+            views: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+        });
+        lock(&self.connections).insert(info.id, info.clone());
+        info
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove_connection(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    /// All open connections, by id.
+    pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {
+        let mut v: Vec<_> = lock(&self.connections).values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Milliseconds since start.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// The listening side of the daemon.
+pub struct Server {
+    listener: UnixSeqpacketListener,
+    path: PathBuf,
+    daemon: Arc<Daemon>,
+}
+
+impl Server {
+    /// Binds the socket (mode from the config), removing a stale socket file
+    /// but refusing to replace a live daemon.
+    pub fn bind(daemon: Arc<Daemon>) -> Result<Self, ServerError> {
+        let path = daemon.config.socket.clone();
+        let io = |what, source| ServerError::Io {
+            what,
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+            }
+        }
+        if path.exists() {
+            if cohmem_sys::seqpacket::SeqpacketSocket::connect(&path).is_ok() {
+                return Err(ServerError::AlreadyRunning(path));
+            }
+            std::fs::remove_file(&path).map_err(|e| io("removing stale socket", e))?;
+        }
+        let listener = UnixSeqpacketListener::bind(&path).map_err(|e| io("binding", e))?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(daemon.config.socket_mode),
+        )
+        .map_err(|e| io("setting the mode of", e))?;
+        Ok(Self {
+            listener,
+            path,
+            daemon,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts connections until `shutdown` completes, then removes the socket.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(sock) => {
+                        let daemon = self.daemon.clone();
+                        tokio::spawn(connection::serve(daemon, sock));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Daemon-wide counters reported by STATS and `cohmemctl status`.
+
+use std::sync::atomic::AtomicU64;
+
+/// Counters shared by every connection.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    /// Completed syncs.
+    pub syncs: AtomicU64,
+    /// Pages uploaded.
+    pub pages_uploaded: AtomicU64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: AtomicU64,
+    /// Uploads that failed.
+    pub upload_failures: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+}

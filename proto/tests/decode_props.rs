@@ -1,0 +1,1192 @@
+//! Property tests of the wire format: decoding never panics, well-formed
+//! messages round-trip, mutated and truncated frames are rejected, encoded
+//! frames respect `limits::MAX_FRAME`, and counts over the limits are
+//! `DecodeError::OverLimit`. A few fixed tests pin the byte layout documented
+//! in `proto/README.md`.
+
+use cohmem_proto::limits::*;
+use cohmem_proto::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+// ---------------------------------------------------------------- helpers
+
+/// Largest prefix of `s` that is at most `max` bytes and ends on a char boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Cheap deterministic filler so that long byte vectors cost nothing to generate.
+fn fill(len: usize, mut seed: u64) -> Vec<u8> {
+    seed |= 1;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+fn le_u16(f: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(f[at..at + 2].try_into().unwrap())
+}
+fn le_u32(f: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(f[at..at + 4].try_into().unwrap())
+}
+fn le_u64(f: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
+}
+
+const REQUEST_KINDS: [u16; 10] = [
+    kind::HELLO,
+    kind::CREATE_BO,
+    kind::IMPORT_BO,
+    kind::ATTACH_MM,
+    kind::MAP,
+    kind::UNMAP,
+    kind::SYNC,
+    kind::DESTROY,
+    kind::STATS,
+    kind::EXPORT_RESOURCE,
+];
+
+const REPLY_KINDS: [u16; 9] = [
+    kind::R_HELLO,
+    kind::R_BO,
+    kind::R_MM_ATTACHED,
+    kind::R_MAPPED,
+    kind::R_OK,
+    kind::R_SYNC_DONE,
+    kind::R_STATS,
+    kind::R_RESOURCE,
+    kind::R_ERROR,
+];
+
+// ------------------------------------------------------------- strategies
+
+/// A list length that is mostly small, sometimes anything up to `max`,
+/// and sometimes exactly `max`.
+fn len_up_to(max: usize) -> BoxedStrategy<usize> {
+    prop_oneof![
+        8 => 0..=8usize,
+        1 => 0..=max,
+        1 => Just(max),
+    ]
+    .boxed()
+}
+
+/// Arbitrary unicode, cut to at most `max` bytes.
+fn unicode_up_to(max: usize) -> BoxedStrategy<String> {
+    prop_oneof![
+        4 => vec(any::<char>(), 0..=16),
+        1 => vec(any::<char>(), 0..=max),
+        1 => vec(any::<char>(), max..=max),
+    ]
+    .prop_map(move |cs| cut(cs.into_iter().collect(), max))
+    .boxed()
+}
+
+fn arb_mechanism() -> impl Strategy<Value = Mechanism> {
+    prop_oneof![
+        Just(Mechanism::None),
+        Just(Mechanism::UffdAsync),
+        Just(Mechanism::UffdSync),
+        Just(Mechanism::SoftDirty),
+        Just(Mechanism::Full),
+        Just(Mechanism::Explicit),
+    ]
+}
+
+fn arb_run() -> impl Strategy<Value = Run> {
+    (any::<u32>(), any::<u32>()).prop_map(|(first_page, pages)| Run { first_page, pages })
+}
+
+fn arb_sync_report(max_runs: usize) -> impl Strategy<Value = SyncReport> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()),
+        (any::<bool>(), any::<u64>(), any::<u32>()),
+        len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
+    )
+        .prop_map(
+            |(
+                (pages, bytes, run_count, mechanism),
+                (runs_truncated, duration_ns, views_scanned),
+                runs,
+            )| SyncReport {
+                pages,
+                bytes,
+                run_count,
+                mechanism,
+                runs_truncated,
+                duration_ns,
+                views_scanned,
+                runs,
+            },
+        )
+}
+
+fn arb_connection_row() -> impl Strategy<Value = ConnectionRow> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(|(id, pid, uid, bos, views, requests)| ConnectionRow {
+            id,
+            pid,
+            uid,
+            bos,
+            views,
+            requests,
+        })
+}
+
+fn arb_bo_row() -> impl Strategy<Value = BoRow> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(id, size, views, dirty_pages, syncs, pages_uploaded, bytes_uploaded)| BoRow {
+                id,
+                size,
+                views,
+                dirty_pages,
+                syncs,
+                pages_uploaded,
+                bytes_uploaded,
+            },
+        )
+}
+
+fn arb_daemon_stats(max_name: usize) -> impl Strategy<Value = DaemonStats> {
+    (
+        (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), unicode_up_to(max_name)),
+    )
+        .prop_map(
+            |(
+                (uptime_ms, connections, mm_subscriptions, bos),
+                (views, syncs, pages_uploaded, bytes_uploaded),
+                (upload_failures, errors, backend),
+            )| DaemonStats {
+                uptime_ms,
+                connections,
+                mm_subscriptions,
+                bos,
+                views,
+                syncs,
+                pages_uploaded,
+                bytes_uploaded,
+                upload_failures,
+                errors,
+                backend,
+            },
+        )
+}
+
+fn arb_stats_report(
+    max_name: usize,
+    max_conns: usize,
+    max_bos: usize,
+) -> impl Strategy<Value = StatsReport> {
+    (
+        arb_daemon_stats(max_name),
+        len_up_to(max_conns).prop_flat_map(|n| vec(arb_connection_row(), n..=n)),
+        len_up_to(max_bos).prop_flat_map(|n| vec(arb_bo_row(), n..=n)),
+        any::<bool>(),
+    )
+        .prop_map(|(daemon, connections, bos, truncated)| StatsReport {
+            daemon,
+            connections,
+            bos,
+            truncated,
+        })
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), any::<u64>()).prop_map(|(min_version, max_version, caps)| {
+            Request::Hello {
+                min_version,
+                max_version,
+                caps,
+            }
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(size, flags)| Request::CreateBo { size, flags }),
+        Just(Request::ImportBo),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(token, uffd_features, flags)| {
+            Request::AttachMm {
+                token,
+                uffd_features,
+                flags,
+            }
+        }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(bo, addr, len, offset)| Request::Map {
+                bo,
+                addr,
+                len,
+                offset
+            }
+        ),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, view)| Request::Unmap { bo, view }),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, flags)| Request::Sync { bo, flags }),
+        any::<u32>().prop_map(|bo| Request::Destroy { bo }),
+        any::<u32>().prop_map(|flags| Request::Stats { flags }),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ExportResource { bo, index }),
+    ]
+}
+
+/// Every reply variant. With `over = true` lists and strings may exceed the
+/// limits (for the "encode cuts" properties); otherwise they stay within them.
+fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
+    let extra = |m: usize| if over { m + m / 2 + 1 } else { m };
+    prop_oneof![
+        (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(|(version, caps, max_frame, page_size, max_bo_size)| {
+                Reply::Hello {
+                    version,
+                    caps,
+                    max_frame,
+                    page_size,
+                    max_bo_size,
+                }
+            }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, size, id)| Reply::Bo {
+            bo,
+            size,
+            id
+        }),
+        (arb_mechanism(), any::<bool>(), any::<bool>(), any::<u64>()).prop_map(
+            |(mechanism, exact, joined, mm_id)| Reply::MmAttached {
+                mechanism,
+                exact,
+                joined,
+                mm_id,
+            }
+        ),
+        any::<u32>().prop_map(|view| Reply::Mapped { view }),
+        Just(Reply::Ok),
+        arb_sync_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::SyncDone),
+        arb_stats_report(
+            extra(MAX_NAME),
+            extra(MAX_STATS_CONNECTIONS),
+            extra(MAX_STATS_BOS)
+        )
+        .prop_map(Reply::Stats),
+        (any::<u64>(), any::<u64>()).prop_map(|(size, offset)| Reply::Resource { size, offset }),
+        // Codes go through from_wire so that they are canonical
+        // (ErrorCode::Other(1) would legitimately come back as BadFrame).
+        (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
+            Reply::Error {
+                code: ErrorCode::from_wire(code),
+                message,
+            }
+        }),
+    ]
+}
+
+fn arb_reply() -> impl Strategy<Value = Reply> {
+    arb_reply_with(false)
+}
+
+/// Arbitrary bytes: mostly short, sometimes up to 70000 (past MAX_FRAME),
+/// sometimes behind a valid header so that the body decoders are reached.
+fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let known_kind = prop::sample::select(
+        REQUEST_KINDS
+            .iter()
+            .chain(REPLY_KINDS.iter())
+            .copied()
+            .collect::<Vec<u16>>(),
+    );
+    prop_oneof![
+        6 => vec(any::<u8>(), 0..=64),
+        6 => (known_kind, any::<u32>(), vec(any::<u8>(), 0..=128)).prop_map(|(k, id, body)| {
+            let mut f = Vec::with_capacity(HEADER_LEN + body.len());
+            f.extend_from_slice(&k.to_le_bytes());
+            f.extend_from_slice(&0u16.to_le_bytes());
+            f.extend_from_slice(&id.to_le_bytes());
+            f.extend_from_slice(&body);
+            f
+        }),
+        1 => (0..=70000usize, any::<u64>()).prop_map(|(len, seed)| fill(len, seed)),
+        1 => (
+            prop::sample::select(vec![kind::R_SYNC_DONE, kind::R_STATS, kind::R_ERROR]),
+            (MAX_FRAME - 64)..=(MAX_FRAME + 64),
+            any::<u64>()
+        )
+            .prop_map(|(k, len, seed)| {
+                let mut f = fill(len, seed);
+                f[0..2].copy_from_slice(&k.to_le_bytes());
+                f[2..4].fill(0);
+                f
+            }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(Index, u8),
+    Truncate(Index),
+    Append(Vec<u8>),
+    SetKind(u16),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (any::<Index>(), 1..=255u8).prop_map(|(i, x)| Mutation::Flip(i, x)),
+        2 => any::<Index>().prop_map(Mutation::Truncate),
+        2 => vec(any::<u8>(), 1..=16).prop_map(Mutation::Append),
+        1 => any::<u16>().prop_map(Mutation::SetKind),
+    ]
+}
+
+fn mutate(frame: &mut Vec<u8>, m: &Mutation) {
+    match m {
+        Mutation::Flip(i, x) => {
+            if !frame.is_empty() {
+                let at = i.index(frame.len());
+                frame[at] ^= x;
+            }
+        }
+        Mutation::Truncate(i) => {
+            let at = i.index(frame.len() + 1);
+            frame.truncate(at);
+        }
+        Mutation::Append(b) => frame.extend_from_slice(b),
+        Mutation::SetKind(k) => {
+            if frame.len() >= 2 {
+                frame[0..2].copy_from_slice(&k.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Prefix lengths to try: all of them for small frames, a sample for big ones.
+fn prefix_lengths(len: usize, picks: &[Index]) -> Vec<usize> {
+    if len <= 300 {
+        (0..len).collect()
+    } else {
+        let mut v: Vec<usize> = picks.iter().map(|i| i.index(len)).collect();
+        v.extend([0, 1, HEADER_LEN - 1, HEADER_LEN, len - 8, len - 1]);
+        v
+    }
+}
+
+/// A frame the decoder accepted must re-encode to a frame of the same size
+/// that decodes to the same value (the decoded value is within the limits,
+/// so encode cuts nothing).
+fn check_request_canonical(f: &[u8]) {
+    if let Ok((id, req)) = Request::decode(f) {
+        let again = req.encode(id);
+        assert_eq!(
+            again.len(),
+            f.len(),
+            "accepted {req:?} from a frame of another size"
+        );
+        assert_eq!(Request::decode(&again), Ok((id, req)));
+    }
+}
+
+fn check_reply_canonical(f: &[u8]) {
+    if let Ok((id, rep)) = Reply::decode(f) {
+        let again = rep.encode(id);
+        assert_eq!(
+            again.len(),
+            f.len(),
+            "accepted {rep:?} from a frame of another size"
+        );
+        assert_eq!(Reply::decode(&again), Ok((id, rep)));
+    }
+}
+
+fn cheap() -> ProptestConfig {
+    ProptestConfig {
+        cases: 2000,
+        ..ProptestConfig::default()
+    }
+}
+
+fn expensive() -> ProptestConfig {
+    ProptestConfig {
+        cases: 200,
+        ..ProptestConfig::default()
+    }
+}
+
+// ------------------------------------------------------------- properties
+
+proptest! {
+    #![proptest_config(cheap())]
+
+    /// (a) Decoding arbitrary bytes never panics; whatever is accepted is canonical.
+    #[test]
+    fn decode_never_panics(bytes in arb_bytes()) {
+        let rq = Request::decode(&bytes);
+        let rp = Reply::decode(&bytes);
+        if bytes.len() > MAX_FRAME {
+            prop_assert_eq!(rq, Err(DecodeError::TooLong(bytes.len())));
+            prop_assert_eq!(rp, Err(DecodeError::TooLong(bytes.len())));
+        }
+        check_request_canonical(&bytes);
+        check_reply_canonical(&bytes);
+        let _ = peek_request_id(&bytes);
+    }
+
+    /// (b) Requests round-trip with their request id.
+    #[test]
+    fn request_round_trip(req in arb_request(), id in any::<u32>()) {
+        let f = req.encode(id);
+        prop_assert!(f.len() <= MAX_FRAME);
+        prop_assert_eq!(le_u16(&f, 0), req.kind());
+        prop_assert_eq!(le_u16(&f, 2), 0);
+        prop_assert_eq!(peek_request_id(&f), id);
+        prop_assert_eq!(Request::decode(&f), Ok((id, req)));
+        // A request is never mistaken for a reply.
+        prop_assert_eq!(Reply::decode(&f), Err(DecodeError::UnknownKind(le_u16(&f, 0))));
+    }
+
+    /// (b) Replies (every variant, lists and strings within the limits)
+    /// round-trip with their request id.
+    #[test]
+    fn reply_round_trip(rep in arb_reply(), id in any::<u32>()) {
+        let f = rep.encode(id);
+        prop_assert!(f.len() <= MAX_FRAME);
+        prop_assert_eq!(le_u16(&f, 0), rep.kind());
+        prop_assert_eq!(peek_request_id(&f), id);
+        prop_assert_eq!(Reply::decode(&f), Ok((id, rep)));
+        prop_assert_eq!(Request::decode(&f), Err(DecodeError::UnknownKind(le_u16(&f, 0))));
+    }
+
+    /// (c) Mutated request frames decode to Ok or Err without panicking.
+    #[test]
+    fn mutated_requests(req in arb_request(), id in any::<u32>(),
+                        muts in vec(arb_mutation(), 1..=4)) {
+        let mut f = req.encode(id);
+        for m in &muts {
+            mutate(&mut f, m);
+        }
+        let _ = Request::decode(&f);
+        let _ = Reply::decode(&f);
+        check_request_canonical(&f);
+    }
+
+    /// (c) Every strict prefix of a valid request frame is rejected
+    /// (every message has an exact size determined by bytes before its end).
+    #[test]
+    fn truncated_requests_rejected(req in arb_request(), id in any::<u32>()) {
+        let f = req.encode(id);
+        for n in 0..f.len() {
+            prop_assert!(Request::decode(&f[..n]).is_err(), "prefix {} of {:?} accepted", n, req);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(expensive())]
+
+    /// (c) Mutated reply frames decode to Ok or Err without panicking.
+    #[test]
+    fn mutated_replies(rep in arb_reply(), id in any::<u32>(),
+                       muts in vec(arb_mutation(), 1..=4)) {
+        let mut f = rep.encode(id);
+        for m in &muts {
+            mutate(&mut f, m);
+        }
+        let _ = Request::decode(&f);
+        let _ = Reply::decode(&f);
+        check_reply_canonical(&f);
+    }
+
+    /// (c) Truncating a valid reply frame by one byte or more never decodes
+    /// to the same value; in fact it never decodes at all.
+    #[test]
+    fn truncated_replies_rejected(rep in arb_reply(), id in any::<u32>(),
+                                  picks in vec(any::<Index>(), 16)) {
+        let f = rep.encode(id);
+        for n in prefix_lengths(f.len(), &picks) {
+            let d = Reply::decode(&f[..n]);
+            prop_assert_ne!(&d, &Ok((id, rep.clone())), "prefix {} decodes to the same value", n);
+            prop_assert!(d.is_err(), "prefix {} of a {}-byte frame accepted: {:?}", n, f.len(), d);
+        }
+    }
+
+    /// (d) Encoded replies never exceed MAX_FRAME, even when the lists and
+    /// strings are over their limits; encode cuts them to a prefix and sets
+    /// the truncated flag where the format has one.
+    #[test]
+    fn encode_respects_max_frame(rep in arb_reply_with(true), id in any::<u32>()) {
+        let f = rep.encode(id);
+        prop_assert!(f.len() <= MAX_FRAME, "{} bytes", f.len());
+        let (got_id, got) = Reply::decode(&f).expect("encoded reply must decode");
+        prop_assert_eq!(got_id, id);
+        match (&rep, &got) {
+            (Reply::SyncDone(a), Reply::SyncDone(b)) => {
+                let n = a.runs.len().min(MAX_REPORTED_RUNS);
+                prop_assert_eq!(&b.runs[..], &a.runs[..n]);
+                prop_assert_eq!(b.runs_truncated, a.runs_truncated || n < a.runs.len());
+                prop_assert_eq!(b.run_count, a.run_count);
+            }
+            (Reply::Stats(a), Reply::Stats(b)) => {
+                let nc = a.connections.len().min(MAX_STATS_CONNECTIONS);
+                let nb = a.bos.len().min(MAX_STATS_BOS);
+                prop_assert_eq!(&b.connections[..], &a.connections[..nc]);
+                prop_assert_eq!(&b.bos[..], &a.bos[..nb]);
+                prop_assert_eq!(
+                    b.truncated,
+                    a.truncated || nc < a.connections.len() || nb < a.bos.len()
+                );
+                prop_assert!(a.daemon.backend.starts_with(&b.daemon.backend));
+                prop_assert_eq!(&b.daemon.backend, &cut(a.daemon.backend.clone(), MAX_NAME));
+            }
+            (Reply::Error { code: ca, message: ma }, Reply::Error { code: cb, message: mb }) => {
+                prop_assert_eq!(ca, cb);
+                prop_assert_eq!(mb, &cut(ma.clone(), MAX_ERROR_MESSAGE));
+            }
+            (a, b) => prop_assert_eq!(a, b),
+        }
+    }
+
+    /// (e) A SYNC_DONE run count over MAX_REPORTED_RUNS is OverLimit, whatever follows.
+    #[test]
+    fn sync_done_count_over_limit(n in (MAX_REPORTED_RUNS + 1)..=(u16::MAX as usize),
+                                  present in 0..=(MAX_REPORTED_RUNS + 1)) {
+        let f = sync_done_frame(n as u16, present);
+        prop_assert!(f.len() <= MAX_FRAME);
+        prop_assert_eq!(Reply::decode(&f), Err(over("reported runs", n, MAX_REPORTED_RUNS)));
+    }
+
+    /// (e) STATS row counts over their limits are OverLimit, whatever follows.
+    #[test]
+    fn stats_counts_over_limit(nc in 0..=(u16::MAX as usize), nb in 0..=(u16::MAX as usize),
+                               name_len in 0..=255usize) {
+        let (nc_present, nb_present) = (nc.min(MAX_STATS_CONNECTIONS), nb.min(MAX_STATS_BOS));
+        let f = stats_frame(name_len, nc as u16, nc_present, nb as u16, nb_present);
+        let d = Reply::decode(&f);
+        if name_len > MAX_NAME {
+            prop_assert_eq!(d, Err(over("backend length", name_len, MAX_NAME)));
+        } else if nc > MAX_STATS_CONNECTIONS {
+            prop_assert_eq!(d, Err(over("connection rows", nc, MAX_STATS_CONNECTIONS)));
+        } else if nb > MAX_STATS_BOS {
+            prop_assert_eq!(d, Err(over("bo rows", nb, MAX_STATS_BOS)));
+        } else {
+            let (_, rep) = d.expect("within limits");
+            match rep {
+                Reply::Stats(s) => {
+                    prop_assert_eq!(s.connections.len(), nc);
+                    prop_assert_eq!(s.bos.len(), nb);
+                    prop_assert_eq!(s.daemon.backend.len(), name_len);
+                }
+                other => prop_assert!(false, "decoded {:?}", other),
+            }
+        }
+    }
+
+    /// (e) An ERROR message length over MAX_ERROR_MESSAGE is OverLimit.
+    #[test]
+    fn error_length_over_limit(len in (MAX_ERROR_MESSAGE + 1)..=(u16::MAX as usize),
+                               present in 0..=(MAX_ERROR_MESSAGE + 8)) {
+        let mut f = header(kind::R_ERROR, 5);
+        put16(&mut f, ErrorCode::Internal.to_wire());
+        put16(&mut f, len as u16);
+        f.resize(f.len() + present, b'x');
+        prop_assert_eq!(Reply::decode(&f), Err(over("message length", len, MAX_ERROR_MESSAGE)));
+    }
+}
+
+// ------------------------------------------------ hand-built frames for (e)
+
+fn over(field: &'static str, value: usize, limit: usize) -> DecodeError {
+    DecodeError::OverLimit {
+        field,
+        value: value as u64,
+        limit: limit as u64,
+    }
+}
+
+fn header(kind: u16, id: u32) -> Vec<u8> {
+    let mut f = Vec::new();
+    put16(&mut f, kind);
+    put16(&mut f, 0);
+    put32(&mut f, id);
+    f
+}
+fn put16(f: &mut Vec<u8>, v: u16) {
+    f.extend_from_slice(&v.to_le_bytes());
+}
+fn put32(f: &mut Vec<u8>, v: u32) {
+    f.extend_from_slice(&v.to_le_bytes());
+}
+fn put64(f: &mut Vec<u8>, v: u64) {
+    f.extend_from_slice(&v.to_le_bytes());
+}
+
+/// R_SYNC_DONE whose count field says `count` and which actually carries
+/// `present` runs.
+fn sync_done_frame(count: u16, present: usize) -> Vec<u8> {
+    let mut f = header(kind::R_SYNC_DONE, 1);
+    put64(&mut f, 10); // pages
+    put64(&mut f, 40960); // bytes
+    put32(&mut f, 3); // run_count
+    put16(&mut f, 1); // mechanism
+    put16(&mut f, 0); // flags
+    put64(&mut f, 1234); // duration_ns
+    put32(&mut f, 2); // views_scanned
+    put16(&mut f, count);
+    for i in 0..present {
+        put32(&mut f, i as u32);
+        put32(&mut f, 1);
+    }
+    f
+}
+
+/// R_STATS with the given name length, row counts and rows actually present.
+fn stats_frame(name_len: usize, nc: u16, nc_present: usize, nb: u16, nb_present: usize) -> Vec<u8> {
+    let mut f = header(kind::R_STATS, 2);
+    f.resize(HEADER_LEN + 64, 7); // the fixed daemon counters
+    f.push(name_len as u8);
+    f.resize(f.len() + name_len, b'n');
+    f.push(0); // truncated
+    put16(&mut f, nc);
+    f.resize(f.len() + 32 * nc_present, 1);
+    put16(&mut f, nb);
+    f.resize(f.len() + 52 * nb_present, 2);
+    f
+}
+
+#[test]
+fn sync_done_one_run_over_the_limit_is_over_limit() {
+    let f = sync_done_frame((MAX_REPORTED_RUNS + 1) as u16, MAX_REPORTED_RUNS + 1);
+    assert!(f.len() <= MAX_FRAME);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over(
+            "reported runs",
+            MAX_REPORTED_RUNS + 1,
+            MAX_REPORTED_RUNS
+        ))
+    );
+    // The same frame at exactly the limit is fine.
+    let f = sync_done_frame(MAX_REPORTED_RUNS as u16, MAX_REPORTED_RUNS);
+    match Reply::decode(&f) {
+        Ok((1, Reply::SyncDone(s))) => assert_eq!(s.runs.len(), MAX_REPORTED_RUNS),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn stats_rows_over_the_limit_are_over_limit() {
+    let c = MAX_STATS_CONNECTIONS + 1;
+    let f = stats_frame(4, c as u16, c, 0, 0);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over("connection rows", c, MAX_STATS_CONNECTIONS))
+    );
+    let b = MAX_STATS_BOS + 1;
+    let f = stats_frame(4, 0, 0, b as u16, b);
+    assert_eq!(Reply::decode(&f), Err(over("bo rows", b, MAX_STATS_BOS)));
+    let f = stats_frame(MAX_NAME + 1, 0, 0, 0, 0);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over("backend length", MAX_NAME + 1, MAX_NAME))
+    );
+    // At the limits: accepted.
+    let f = stats_frame(
+        MAX_NAME,
+        MAX_STATS_CONNECTIONS as u16,
+        MAX_STATS_CONNECTIONS,
+        MAX_STATS_BOS as u16,
+        MAX_STATS_BOS,
+    );
+    assert!(Reply::decode(&f).is_ok());
+}
+
+#[test]
+fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
+    // Within the limit but the runs are missing: rejected (as OverLimit
+    // against the remaining bytes), not read element by element.
+    let f = sync_done_frame(100, 10);
+    assert_eq!(Reply::decode(&f), Err(over("reported runs", 800, 80)));
+    let f = stats_frame(0, 3, 2, 0, 0);
+    assert!(matches!(
+        Reply::decode(&f),
+        Err(DecodeError::OverLimit {
+            field: "connection rows",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn frames_over_max_frame_are_too_long() {
+    let f = vec![0u8; MAX_FRAME + 1];
+    assert_eq!(
+        Request::decode(&f),
+        Err(DecodeError::TooLong(MAX_FRAME + 1))
+    );
+    assert_eq!(Reply::decode(&f), Err(DecodeError::TooLong(MAX_FRAME + 1)));
+    let mut f = Request::Destroy { bo: 1 }.encode(1);
+    f.resize(MAX_FRAME, 0);
+    assert_eq!(
+        Request::decode(&f),
+        Err(DecodeError::Trailing(MAX_FRAME - HEADER_LEN - 4))
+    );
+}
+
+// ------------------------------------------------- (d) with maximal lists
+
+#[test]
+fn maximal_replies_fit_max_frame() {
+    let runs = vec![
+        Run {
+            first_page: u32::MAX,
+            pages: u32::MAX
+        };
+        3 * MAX_REPORTED_RUNS
+    ];
+    let sync = Reply::SyncDone(SyncReport {
+        run_count: u32::MAX,
+        runs,
+        ..SyncReport::default()
+    });
+    let f = sync.encode(u32::MAX);
+    assert_eq!(f.len(), HEADER_LEN + 38 + 8 * MAX_REPORTED_RUNS);
+    assert!(f.len() <= MAX_FRAME);
+    match Reply::decode(&f) {
+        Ok((_, Reply::SyncDone(s))) => {
+            assert!(s.runs_truncated);
+            assert_eq!(s.runs.len(), MAX_REPORTED_RUNS);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let stats = Reply::Stats(StatsReport {
+        daemon: DaemonStats {
+            backend: "\u{10FFFF}".repeat(100),
+            ..DaemonStats::default()
+        },
+        connections: vec![ConnectionRow::default(); 1000],
+        bos: vec![BoRow::default(); 1000],
+        truncated: false,
+    });
+    let f = stats.encode(1);
+    assert_eq!(
+        f.len(),
+        HEADER_LEN + 70 + MAX_NAME + 32 * MAX_STATS_CONNECTIONS + 52 * MAX_STATS_BOS
+    );
+    assert!(f.len() <= MAX_FRAME);
+    match Reply::decode(&f) {
+        Ok((_, Reply::Stats(s))) => {
+            assert!(s.truncated);
+            assert_eq!(s.daemon.backend.len(), MAX_NAME); // 16 four-byte chars
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let err = Reply::error(ErrorCode::Kernel, "a".repeat(100_000));
+    let f = err.encode(1);
+    assert_eq!(f.len(), HEADER_LEN + 4 + MAX_ERROR_MESSAGE);
+    assert!(f.len() <= MAX_FRAME);
+}
+
+// ------------------------------------------ byte layout of proto/README.md
+
+/// Body sizes (bytes after the header) as documented in the README.
+#[test]
+fn documented_body_sizes() {
+    let req = |r: Request| r.encode(0).len() - HEADER_LEN;
+    assert_eq!(
+        req(Request::Hello {
+            min_version: 1,
+            max_version: 1,
+            caps: 0
+        }),
+        12
+    );
+    assert_eq!(req(Request::CreateBo { size: 0, flags: 0 }), 12);
+    assert_eq!(req(Request::ImportBo), 0);
+    assert_eq!(
+        req(Request::AttachMm {
+            token: 0,
+            uffd_features: 0,
+            flags: 0
+        }),
+        20
+    );
+    assert_eq!(
+        req(Request::Map {
+            bo: 0,
+            addr: 0,
+            len: 0,
+            offset: 0
+        }),
+        28
+    );
+    assert_eq!(req(Request::Unmap { bo: 0, view: 0 }), 8);
+    assert_eq!(req(Request::Sync { bo: 0, flags: 0 }), 8);
+    assert_eq!(req(Request::Destroy { bo: 0 }), 4);
+    assert_eq!(req(Request::Stats { flags: 0 }), 4);
+    assert_eq!(req(Request::ExportResource { bo: 0, index: 0 }), 8);
+
+    let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
+    assert_eq!(
+        rep(Reply::Hello {
+            version: 1,
+            caps: 0,
+            max_frame: 0,
+            page_size: 0,
+            max_bo_size: 0
+        }),
+        28
+    );
+    assert_eq!(
+        rep(Reply::Bo {
+            bo: 0,
+            size: 0,
+            id: 0
+        }),
+        20
+    );
+    assert_eq!(
+        rep(Reply::MmAttached {
+            mechanism: Mechanism::UffdAsync,
+            exact: true,
+            joined: true,
+            mm_id: 0
+        }),
+        12
+    );
+    assert_eq!(rep(Reply::Mapped { view: 0 }), 4);
+    assert_eq!(rep(Reply::Ok), 0);
+    assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 38);
+    assert_eq!(rep(Reply::Stats(StatsReport::default())), 70);
+    assert_eq!(rep(Reply::Resource { size: 0, offset: 0 }), 16);
+    assert_eq!(rep(Reply::error(ErrorCode::Internal, "")), 4);
+}
+
+/// Field offsets (from the start of the body) as documented in the README.
+#[test]
+fn documented_field_offsets() {
+    const B: usize = HEADER_LEN;
+
+    let f = Request::Hello {
+        min_version: 0x0102,
+        max_version: 0x0304,
+        caps: 0x1122_3344_5566_7788,
+    }
+    .encode(0xdead_beef);
+    assert_eq!(le_u16(&f, 0), 0x0001);
+    assert_eq!(le_u16(&f, 2), 0);
+    assert_eq!(le_u32(&f, 4), 0xdead_beef);
+    assert_eq!(le_u16(&f, B), 0x0102);
+    assert_eq!(le_u16(&f, B + 2), 0x0304);
+    assert_eq!(le_u64(&f, B + 4), 0x1122_3344_5566_7788);
+
+    let f = Request::AttachMm {
+        token: 1,
+        uffd_features: 2,
+        flags: ATTACH_WITH_FDS,
+    }
+    .encode(0);
+    assert_eq!(
+        (le_u64(&f, B), le_u64(&f, B + 8), le_u32(&f, B + 16)),
+        (1, 2, 1)
+    );
+
+    let f = Request::Map {
+        bo: 9,
+        addr: 10,
+        len: 11,
+        offset: 12,
+    }
+    .encode(0);
+    assert_eq!(le_u32(&f, B), 9);
+    assert_eq!(le_u64(&f, B + 4), 10);
+    assert_eq!(le_u64(&f, B + 12), 11);
+    assert_eq!(le_u64(&f, B + 20), 12);
+
+    let f = Reply::Hello {
+        version: 1,
+        caps: 3,
+        max_frame: 4,
+        page_size: 5,
+        max_bo_size: 6,
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, B), 1);
+    assert_eq!(le_u16(&f, B + 2), 0);
+    assert_eq!(le_u64(&f, B + 4), 3);
+    assert_eq!(le_u32(&f, B + 12), 4);
+    assert_eq!(le_u32(&f, B + 16), 5);
+    assert_eq!(le_u64(&f, B + 20), 6);
+
+    let f = Reply::Bo {
+        bo: 1,
+        size: 2,
+        id: 3,
+    }
+    .encode(0);
+    assert_eq!(
+        (le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)),
+        (1, 2, 3)
+    );
+
+    let f = Reply::MmAttached {
+        mechanism: Mechanism::SoftDirty,
+        exact: false,
+        joined: true,
+        mm_id: 77,
+    }
+    .encode(0);
+    assert_eq!(
+        (le_u16(&f, B), le_u16(&f, B + 2), le_u64(&f, B + 4)),
+        (3, 2, 77)
+    );
+
+    let f = Reply::SyncDone(SyncReport {
+        pages: 1,
+        bytes: 2,
+        run_count: 3,
+        mechanism: 4,
+        runs_truncated: true,
+        duration_ns: 5,
+        views_scanned: 6,
+        runs: vec![Run {
+            first_page: 7,
+            pages: 8,
+        }],
+    })
+    .encode(0);
+    assert_eq!(le_u64(&f, B), 1);
+    assert_eq!(le_u64(&f, B + 8), 2);
+    assert_eq!(le_u32(&f, B + 16), 3);
+    assert_eq!(le_u16(&f, B + 20), 4);
+    assert_eq!(le_u16(&f, B + 22), 1);
+    assert_eq!(le_u64(&f, B + 24), 5);
+    assert_eq!(le_u32(&f, B + 32), 6);
+    assert_eq!(le_u16(&f, B + 36), 1);
+    assert_eq!((le_u32(&f, B + 38), le_u32(&f, B + 42)), (7, 8));
+
+    let f = Reply::Stats(StatsReport {
+        daemon: DaemonStats {
+            uptime_ms: 1,
+            connections: 2,
+            mm_subscriptions: 3,
+            bos: 4,
+            views: 5,
+            syncs: 6,
+            pages_uploaded: 7,
+            bytes_uploaded: 8,
+            upload_failures: 9,
+            errors: 10,
+            backend: "abc".into(),
+        },
+        connections: vec![ConnectionRow {
+            id: 11,
+            pid: 12,
+            uid: 13,
+            bos: 14,
+            views: 15,
+            requests: 16,
+        }],
+        bos: vec![BoRow {
+            id: 17,
+            size: 18,
+            views: 19,
+            dirty_pages: 20,
+            syncs: 21,
+            pages_uploaded: 22,
+            bytes_uploaded: 23,
+        }],
+        truncated: true,
+    })
+    .encode(0);
+    assert_eq!(le_u64(&f, B), 1);
+    assert_eq!(le_u32(&f, B + 8), 2);
+    assert_eq!(le_u32(&f, B + 12), 3);
+    assert_eq!(le_u32(&f, B + 16), 4);
+    assert_eq!(le_u32(&f, B + 20), 5);
+    assert_eq!(le_u64(&f, B + 24), 6);
+    assert_eq!(le_u64(&f, B + 32), 7);
+    assert_eq!(le_u64(&f, B + 40), 8);
+    assert_eq!(le_u64(&f, B + 48), 9);
+    assert_eq!(le_u64(&f, B + 56), 10);
+    assert_eq!(f[B + 64], 3);
+    assert_eq!(&f[B + 65..B + 68], b"abc");
+    let l = 3;
+    assert_eq!(f[B + 65 + l], 1);
+    assert_eq!(le_u16(&f, B + 66 + l), 1);
+    let c = B + 68 + l;
+    assert_eq!(le_u64(&f, c), 11);
+    assert_eq!(le_u32(&f, c + 8), 12);
+    assert_eq!(le_u32(&f, c + 12), 13);
+    assert_eq!(le_u32(&f, c + 16), 14);
+    assert_eq!(le_u32(&f, c + 20), 15);
+    assert_eq!(le_u64(&f, c + 24), 16);
+    assert_eq!(le_u16(&f, c + 32), 1);
+    let b = c + 34;
+    assert_eq!(le_u64(&f, b), 17);
+    assert_eq!(le_u64(&f, b + 8), 18);
+    assert_eq!(le_u32(&f, b + 16), 19);
+    assert_eq!(le_u64(&f, b + 20), 20);
+    assert_eq!(le_u64(&f, b + 28), 21);
+    assert_eq!(le_u64(&f, b + 36), 22);
+    assert_eq!(le_u64(&f, b + 44), 23);
+    assert_eq!(f.len(), b + 52);
+
+    let f = Reply::Resource { size: 1, offset: 2 }.encode(0);
+    assert_eq!((le_u64(&f, B), le_u64(&f, B + 8)), (1, 2));
+
+    let f = Reply::error(ErrorCode::NeedMmFds, "hé").encode(0);
+    assert_eq!((le_u16(&f, B), le_u16(&f, B + 2)), (11, 3));
+    assert_eq!(&f[B + 4..], "hé".as_bytes());
+}
+
+/// Kinds, flags, capability bits, mechanisms and error codes as documented.
+#[test]
+fn documented_constants() {
+    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(
+        REQUEST_KINDS,
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        "request kinds are 0x0001..=0x000a"
+    );
+    assert_eq!(
+        REPLY_KINDS,
+        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x80ff]
+    );
+    assert_eq!(
+        (
+            SYNC_REPORT_RUNS,
+            STATS_CONNECTIONS,
+            STATS_BOS,
+            ATTACH_WITH_FDS
+        ),
+        (1, 1, 2, 1)
+    );
+    assert_eq!(
+        [
+            caps::UFFD_ASYNC,
+            caps::UFFD_SYNC,
+            caps::SOFT_DIRTY,
+            caps::EXPORT_RESOURCE,
+            caps::SYNC_RUNS,
+            caps::ALL
+        ],
+        [1, 2, 4, 8, 16, 31]
+    );
+    for (v, m) in [
+        Mechanism::None,
+        Mechanism::UffdAsync,
+        Mechanism::UffdSync,
+        Mechanism::SoftDirty,
+        Mechanism::Full,
+        Mechanism::Explicit,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(m as u16, v as u16);
+        assert_eq!(Mechanism::from_wire(v as u16), Ok(m));
+    }
+    assert!(Mechanism::from_wire(6).is_err());
+    let codes = [
+        ErrorCode::BadFrame,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotNegotiated,
+        ErrorCode::UnknownRequest,
+        ErrorCode::BadFds,
+        ErrorCode::NoSuchBo,
+        ErrorCode::NoSuchView,
+        ErrorCode::InvalidArgument,
+        ErrorCode::TooLarge,
+        ErrorCode::LimitExceeded,
+        ErrorCode::NeedMmFds,
+        ErrorCode::NoMm,
+        ErrorCode::Unsupported,
+        ErrorCode::Kernel,
+        ErrorCode::Gpu,
+        ErrorCode::Internal,
+    ];
+    for (i, c) in codes.into_iter().enumerate() {
+        assert_eq!(c.to_wire(), i as u16 + 1);
+    }
+    assert_eq!(ErrorCode::from_wire(0), ErrorCode::Other(0));
+    assert_eq!(ErrorCode::from_wire(17), ErrorCode::Other(17));
+    assert_eq!(
+        (MAX_FRAME, MAX_ERROR_MESSAGE, MAX_NAME, MAX_REPORTED_RUNS),
+        (65536, 1024, 64, 4096)
+    );
+    assert_eq!(
+        (MAX_STATS_CONNECTIONS, MAX_STATS_BOS, MAX_BO_SIZE, MAX_FDS),
+        (256, 256, 64 << 30, 2)
+    );
+}
+
+/// File descriptors per message as documented.
+#[test]
+fn documented_fd_counts() {
+    let create = Request::CreateBo {
+        size: 4096,
+        flags: 0,
+    };
+    let attach = |flags| Request::AttachMm {
+        token: 1,
+        uffd_features: 0,
+        flags,
+    };
+    assert_eq!(create.fd_count(), (0, 0));
+    assert_eq!(Request::ImportBo.fd_count(), (1, 1));
+    assert_eq!(attach(0).fd_count(), (0, 0));
+    assert_eq!(attach(ATTACH_WITH_FDS).fd_count(), (2, 2));
+    assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
+    assert_eq!(
+        Request::ExportResource { bo: 1, index: 0 }.fd_count(),
+        (0, 0)
+    );
+
+    let bo = Reply::Bo {
+        bo: 1,
+        size: 4096,
+        id: 1,
+    };
+    assert_eq!(bo.fd_count(&create), 1);
+    assert_eq!(bo.fd_count(&Request::ImportBo), 0);
+    let res = Reply::Resource { size: 1, offset: 0 };
+    assert_eq!(
+        res.fd_count(&Request::ExportResource { bo: 1, index: 0 }),
+        1
+    );
+    assert_eq!(Reply::Ok.fd_count(&Request::Destroy { bo: 1 }), 0);
+    assert_eq!(
+        Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo),
+        0
+    );
+}
