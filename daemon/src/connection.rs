@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, ErrorCode, Reply, Request,
+    caps, peek_request_id, BoRow, DecodeError, ConnectionRow, DaemonStats, ErrorCode, Reply, Request,
     StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
@@ -141,6 +141,7 @@ impl Session {
                 )
             } else {
                 match Request::decode(frame) {
+                    Err(e @ DecodeError::UnknownKind(_)) => (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None),
                     Err(e) => (Err(fail(ErrorCode::BadFrame, e.to_string())), None),
                     Ok((_, req)) => {
                         let outcome = self.dispatch(&req, fds).await;
@@ -155,7 +156,7 @@ impl Session {
                 }
                 Err(f) => {
                     self.daemon.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    if f.code == ErrorCode::BadFrame || f.code == ErrorCode::NotNegotiated {
+                    if matches!(f.code, ErrorCode::BadFrame | ErrorCode::NotNegotiated | ErrorCode::UnknownRequest) {
                         bad_frames += 1;
                     }
                     tracing::debug!(conn = self.info.id, code = ?f.code, message = %f.message, "request failed");

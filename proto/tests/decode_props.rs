@@ -1190,3 +1190,18 @@ fn documented_fd_counts() {
         0
     );
 }
+
+/// The hex example in the README.
+#[test]
+fn readme_hello_example() {
+    let f = Request::Hello {
+        min_version: 1,
+        max_version: 1,
+        caps: caps::ALL,
+    }
+    .encode(1);
+    assert_eq!(
+        f,
+        [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x1f, 0, 0, 0, 0, 0, 0, 0]
+    );
+}

@@ -1,0 +1,364 @@
+//! Connections and BO handles.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cohmem_proto::limits::MAX_FRAME;
+use cohmem_proto::{
+    caps, ErrorCode, Mechanism, Reply, Request, Run, StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION,
+    SYNC_REPORT_RUNS,
+};
+use cohmem_sys::memfd::Memfd;
+use cohmem_sys::seqpacket::SeqpacketSocket;
+
+use crate::mapping::Mapping;
+use crate::tracking::{process_tracking, ProcessTracking};
+use crate::ClientError;
+
+/// What one sync uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncResult {
+    /// Pages uploaded.
+    pub pages: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Mechanism that found them.
+    pub mechanism: Mechanism,
+    /// Time the daemon spent.
+    pub duration: Duration,
+    /// Number of runs uploaded.
+    pub run_count: u32,
+    /// The runs (when asked for with [`Bo::sync_with_runs`]; may be cut).
+    pub runs: Vec<Run>,
+    /// True when `runs` is not the complete list.
+    pub runs_truncated: bool,
+    /// Views scanned.
+    pub views_scanned: u32,
+}
+
+impl SyncResult {
+    /// The uploaded pages, one entry per page, ascending.
+    pub fn pages_list(&self) -> Vec<u64> {
+        self.runs
+            .iter()
+            .flat_map(|r| u64::from(r.first_page)..u64::from(r.first_page) + u64::from(r.pages))
+            .collect()
+    }
+}
+
+/// An exported GPU resource.
+#[derive(Debug)]
+pub struct ExportedResource {
+    /// An fd another process can map (read-only for the software backend;
+    /// a dma-buf on real devices).
+    pub fd: OwnedFd,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the resource's window in the BO.
+    pub offset: u64,
+}
+
+pub(crate) struct ConnInner {
+    sock: Mutex<SeqpacketSocket>,
+    next_id: AtomicU32,
+    pub caps: u64,
+    pub page_size: u64,
+    pub max_bo_size: u64,
+    tracking: Mutex<Option<Arc<ProcessTracking>>>,
+}
+
+impl ConnInner {
+    /// Sends one request and waits for its reply.
+    pub fn call(&self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        sock.send(&req.encode(id), fds).map_err(|e| {
+            if SeqpacketSocket::is_disconnect(&e) {
+                ClientError::Disconnected
+            } else {
+                e.into()
+            }
+        })?;
+        let mut buf = vec![0u8; MAX_FRAME];
+        let got = sock.recv(&mut buf)?;
+        drop(sock);
+        if got.len == 0 && got.fds.is_empty() {
+            return Err(ClientError::Disconnected);
+        }
+        if got.truncated {
+            return Err(ClientError::Protocol("reply larger than the frame limit".into()));
+        }
+        let (rid, reply) =
+            Reply::decode(&buf[..got.len]).map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
+        if rid != id {
+            return Err(ClientError::Protocol(format!("reply to request {rid}, expected {id}")));
+        }
+        if let Reply::Error { code, message } = reply {
+            return Err(ClientError::Daemon {
+                request: req.name(),
+                code,
+                message,
+            });
+        }
+        let want = reply.fd_count(req);
+        if got.fds.len() != want {
+            return Err(ClientError::Protocol(format!(
+                "{} reply carried {} fds, expected {want}",
+                req.name(),
+                got.fds.len()
+            )));
+        }
+        Ok((reply, got.fds))
+    }
+
+    /// Attaches this process's tracking to the connection (once).
+    pub fn tracking(&self) -> Result<Arc<ProcessTracking>, ClientError> {
+        let mut slot = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let pt = process_tracking()?;
+        let mut req = Request::AttachMm {
+            token: pt.token,
+            uffd_features: pt.features,
+            flags: 0,
+        };
+        let result = match self.call(&req, &[]) {
+            Err(e) if e.code() == Some(ErrorCode::NeedMmFds) => {
+                req = Request::AttachMm {
+                    token: pt.token,
+                    uffd_features: pt.features,
+                    flags: ATTACH_WITH_FDS,
+                };
+                self.call(&req, &[pt.uffd.as_fd(), pt.pagemap.as_fd()])
+            }
+            other => other,
+        };
+        match result? {
+            (Reply::MmAttached { .. }, _) => {}
+            (other, _) => return Err(unexpected("ATTACH_MM", &other)),
+        }
+        *slot = Some(pt.clone());
+        Ok(pt)
+    }
+}
+
+pub(crate) fn unexpected(request: &str, reply: &Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply to {request}: {reply:?}"))
+}
+
+/// A connection to cohmemd. Cheap to clone; BOs keep it alive.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnInner>,
+}
+
+impl Connection {
+    /// Connects to the daemon at `path` and negotiates the protocol.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let sock = SeqpacketSocket::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut inner = ConnInner {
+            sock: Mutex::new(sock),
+            next_id: AtomicU32::new(1),
+            caps: 0,
+            page_size: 4096,
+            max_bo_size: 0,
+            tracking: Mutex::new(None),
+        };
+        let hello = Request::Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            caps: caps::ALL,
+        };
+        match inner.call(&hello, &[])? {
+            (
+                Reply::Hello {
+                    caps,
+                    page_size,
+                    max_bo_size,
+                    ..
+                },
+                _,
+            ) => {
+                inner.caps = caps;
+                inner.page_size = u64::from(page_size);
+                inner.max_bo_size = max_bo_size;
+            }
+            (other, _) => return Err(unexpected("HELLO", &other)),
+        }
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Connects to [`crate::default_socket_path`] (`COHMEM_SOCKET` overrides it).
+    pub fn connect_default() -> Result<Self, ClientError> {
+        Self::connect(crate::default_socket_path())
+    }
+
+    /// Capabilities the daemon granted.
+    pub fn caps(&self) -> u64 {
+        self.inner.caps
+    }
+
+    /// Largest BO the daemon creates.
+    pub fn max_bo_size(&self) -> u64 {
+        self.inner.max_bo_size
+    }
+
+    /// Creates a BO of at least `size` bytes (rounded up to pages).
+    pub fn create_bo(&self, size: u64) -> Result<Bo, ClientError> {
+        let req = Request::CreateBo { size, flags: 0 };
+        match self.inner.call(&req, &[])? {
+            (Reply::Bo { bo, size, id }, mut fds) => {
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| ClientError::Protocol("CREATE_BO reply without memfd".into()))?;
+                let memfd = Memfd::from_fd(fd)?;
+                Ok(Bo::new(self.inner.clone(), bo, size, id, memfd))
+            }
+            (other, _) => Err(unexpected("CREATE_BO", &other)),
+        }
+    }
+
+    /// Opens a handle to a BO another process shared by passing its memfd.
+    pub fn import_bo(&self, memfd: OwnedFd) -> Result<Bo, ClientError> {
+        match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
+            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?)),
+            (other, _) => Err(unexpected("IMPORT_BO", &other)),
+        }
+    }
+
+    /// Daemon statistics (`flags`: [`cohmem_proto::STATS_CONNECTIONS`] | [`cohmem_proto::STATS_BOS`]).
+    pub fn stats(&self, flags: u32) -> Result<StatsReport, ClientError> {
+        match self.inner.call(&Request::Stats { flags }, &[])? {
+            (Reply::Stats(s), _) => Ok(s),
+            (other, _) => Err(unexpected("STATS", &other)),
+        }
+    }
+}
+
+pub(crate) struct BoInner {
+    pub conn: Arc<ConnInner>,
+    pub handle: u32,
+    pub size: u64,
+    pub id: u64,
+    pub memfd: Memfd,
+}
+
+impl Drop for BoInner {
+    fn drop(&mut self) {
+        // Best effort: the daemon releases the handle with the connection anyway.
+        let _ = self.conn.call(&Request::Destroy { bo: self.handle }, &[]);
+    }
+}
+
+/// A BO handle on a connection. Dropping the last `Bo` and [`Mapping`] of it
+/// closes the handle.
+pub struct Bo {
+    inner: Arc<BoInner>,
+}
+
+impl Bo {
+    fn new(conn: Arc<ConnInner>, handle: u32, size: u64, id: u64, memfd: Memfd) -> Self {
+        Self {
+            inner: Arc::new(BoInner {
+                conn,
+                handle,
+                size,
+                id,
+                memfd,
+            }),
+        }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// The daemon-wide id (for display).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The connection-local handle.
+    pub fn handle(&self) -> u32 {
+        self.inner.handle
+    }
+
+    /// The BO's memfd: pass a duplicate to another process so it can
+    /// [`Connection::import_bo`] the BO.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.inner.memfd.as_fd()
+    }
+
+    /// Reads bytes of the BO with `pread` on its memfd (not through a mapping).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        Ok(self.inner.memfd.read_at(offset, buf)?)
+    }
+
+    /// Maps the whole BO, tracked.
+    pub fn map(&self) -> Result<Mapping, ClientError> {
+        self.map_range(0, self.inner.size)
+    }
+
+    /// Maps `len` bytes at `offset` (page multiples), tracked.
+    pub fn map_range(&self, offset: u64, len: u64) -> Result<Mapping, ClientError> {
+        let tracking = self.inner.conn.tracking()?;
+        Mapping::new(self.inner.clone(), tracking, offset, len)
+    }
+
+    /// Uploads every page written since the last sync.
+    pub fn sync(&self) -> Result<SyncResult, ClientError> {
+        self.sync_flags(0)
+    }
+
+    /// Like [`Bo::sync`], and lists the uploaded runs.
+    pub fn sync_with_runs(&self) -> Result<SyncResult, ClientError> {
+        self.sync_flags(SYNC_REPORT_RUNS)
+    }
+
+    fn sync_flags(&self, flags: u32) -> Result<SyncResult, ClientError> {
+        let req = Request::Sync {
+            bo: self.inner.handle,
+            flags,
+        };
+        match self.inner.conn.call(&req, &[])? {
+            (Reply::SyncDone(s), _) => Ok(SyncResult {
+                pages: s.pages,
+                bytes: s.bytes,
+                mechanism: Mechanism::from_wire(s.mechanism).unwrap_or(Mechanism::None),
+                duration: Duration::from_nanos(s.duration_ns),
+                run_count: s.run_count,
+                runs_truncated: s.runs_truncated || flags & SYNC_REPORT_RUNS == 0,
+                runs: s.runs,
+                views_scanned: s.views_scanned,
+            }),
+            (other, _) => Err(unexpected("SYNC", &other)),
+        }
+    }
+
+    /// Exports GPU resource `index` of the BO.
+    pub fn export_resource(&self, index: u32) -> Result<ExportedResource, ClientError> {
+        let req = Request::ExportResource {
+            bo: self.inner.handle,
+            index,
+        };
+        match self.inner.conn.call(&req, &[])? {
+            (Reply::Resource { size, offset }, mut fds) => Ok(ExportedResource {
+                fd: fds
+                    .pop()
+                    .ok_or_else(|| ClientError::Protocol("RESOURCE reply without fd".into()))?,
+                size,
+                offset,
+            }),
+            (other, _) => Err(unexpected("EXPORT_RESOURCE", &other)),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! A tracked mapping of a BO in this process.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use cohmem_proto::{Reply, Request};
+use cohmem_sys::mapping::SharedMapping;
+
+use crate::connection::{unexpected, BoInner};
+use crate::tracking::ProcessTracking;
+use crate::ClientError;
+
+/// A `MAP_SHARED` mapping of (part of) a BO, registered for write-protect
+/// tracking and announced to the daemon. Writes through it are tracked;
+/// dropping it harvests it one last time (UNMAP), unregisters and unmaps.
+///
+/// Other processes and the daemon share this memory, so it is never exposed
+/// as a Rust slice: copy in and out with [`Mapping::write`] and
+/// [`Mapping::read`], or use [`Mapping::as_ptr`] with raw-pointer writes.
+pub struct Mapping {
+    bo: Arc<BoInner>,
+    tracking: Arc<ProcessTracking>,
+    map: SharedMapping,
+    view: u32,
+    offset: u64,
+    unmapped: bool,
+}
+
+impl Mapping {
+    pub(crate) fn new(
+        bo: Arc<BoInner>,
+        tracking: Arc<ProcessTracking>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Self, ClientError> {
+        let map = SharedMapping::map(bo.memfd.as_fd(), len, offset, true)?;
+        let addr = map.addr();
+        tracking.uffd.register_wp(addr, len)?;
+        let req = Request::Map {
+            bo: bo.handle,
+            addr,
+            len,
+            offset,
+        };
+        let view = match bo.conn.call(&req, &[]) {
+            Ok((Reply::Mapped { view }, _)) => view,
+            other => {
+                let _ = tracking.uffd.unregister(addr, len);
+                return Err(match other {
+                    Err(e) => e,
+                    Ok((reply, _)) => unexpected("MAP", &reply),
+                });
+            }
+        };
+        Ok(Self {
+            bo,
+            tracking,
+            map,
+            view,
+            offset,
+            unmapped: false,
+        })
+    }
+
+    /// Address of the first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True for a zero-length mapping (never constructed).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Offset of the mapping in the BO.
+    pub fn bo_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Copies `data` into the mapping at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ClientError> {
+        Ok(self.map.write_at(offset, data)?)
+    }
+
+    /// Copies bytes out of the mapping at `offset`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), ClientError> {
+        Ok(self.map.read_at(offset, buf)?)
+    }
+
+    /// Fills `len` bytes at `offset` with `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), ClientError> {
+        Ok(self.map.fill(offset, len, byte)?)
+    }
+
+    /// Stores an aligned u64 (volatile).
+    pub fn write_u64(&self, offset: usize, value: u64) -> Result<(), ClientError> {
+        Ok(self.map.write_u64(offset, value)?)
+    }
+
+    /// Loads an aligned u64 (volatile).
+    pub fn read_u64(&self, offset: usize) -> Result<u64, ClientError> {
+        Ok(self.map.read_u64(offset)?)
+    }
+
+    /// Unmaps explicitly, reporting errors that drop would swallow.
+    pub fn unmap(mut self) -> Result<(), ClientError> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), ClientError> {
+        if self.unmapped {
+            return Ok(());
+        }
+        self.unmapped = true;
+        // UNMAP first: the daemon harvests the view while it still exists.
+        let req = Request::Unmap {
+            bo: self.bo.handle,
+            view: self.view,
+        };
+        let result = self.bo.conn.call(&req, &[]);
+        let unreg = self.tracking.uffd.unregister(self.map.addr(), self.map.len() as u64);
+        match result? {
+            (Reply::Ok, _) => {}
+            (other, _) => return Err(unexpected("UNMAP", &other)),
+        }
+        Ok(unreg?)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
