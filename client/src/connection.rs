@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, ErrorCode, Mechanism, Reply, Request, Run, StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION,
-    SYNC_REPORT_RUNS,
+    caps, ErrorCode, Mechanism, Reply, Request, Run, StatsReport, ATTACH_WITH_FDS,
+    PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::seqpacket::SeqpacketSocket;
@@ -72,7 +72,11 @@ pub(crate) struct ConnInner {
 
 impl ConnInner {
     /// Sends one request and waits for its reply.
-    pub fn call(&self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+    pub fn call(
+        &self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         sock.send(&req.encode(id), fds).map_err(|e| {
@@ -89,12 +93,16 @@ impl ConnInner {
             return Err(ClientError::Disconnected);
         }
         if got.truncated {
-            return Err(ClientError::Protocol("reply larger than the frame limit".into()));
+            return Err(ClientError::Protocol(
+                "reply larger than the frame limit".into(),
+            ));
         }
-        let (rid, reply) =
-            Reply::decode(&buf[..got.len]).map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
+        let (rid, reply) = Reply::decode(&buf[..got.len])
+            .map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
         if rid != id {
-            return Err(ClientError::Protocol(format!("reply to request {rid}, expected {id}")));
+            return Err(ClientError::Protocol(format!(
+                "reply to request {rid}, expected {id}"
+            )));
         }
         if let Reply::Error { code, message } = reply {
             return Err(ClientError::Daemon {
@@ -193,7 +201,9 @@ impl Connection {
             }
             (other, _) => return Err(unexpected("HELLO", &other)),
         }
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Connects to [`crate::default_socket_path`] (`COHMEM_SOCKET` overrides it).
@@ -229,7 +239,13 @@ impl Connection {
     /// Opens a handle to a BO another process shared by passing its memfd.
     pub fn import_bo(&self, memfd: OwnedFd) -> Result<Bo, ClientError> {
         match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
-            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?)),
+            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(
+                self.inner.clone(),
+                bo,
+                size,
+                id,
+                Memfd::from_fd(memfd)?,
+            )),
             (other, _) => Err(unexpected("IMPORT_BO", &other)),
         }
     }

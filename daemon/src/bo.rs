@@ -188,7 +188,10 @@ impl Bo {
         if let Err(e) = &result {
             let first = view.bo_offset / ps;
             dirty.record(first..first + view.len / ps);
-            if !matches!(e, TrackError::Gone) {
+            if matches!(e, TrackError::Gone) {
+                // The process exited: its view can never be written again.
+                view.dead.store(true, Ordering::Release);
+            } else {
                 tracing::warn!(bo = self.id, view = view.id, error = %e, "harvest failed; view marked dirty whole");
             }
         }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, peek_request_id, BoRow, DecodeError, ConnectionRow, DaemonStats, ErrorCode, Reply, Request,
-    StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Reply,
+    Request, StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
+    SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::pagemap::PagemapFile;
@@ -141,7 +142,9 @@ impl Session {
                 )
             } else {
                 match Request::decode(frame) {
-                    Err(e @ DecodeError::UnknownKind(_)) => (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None),
+                    Err(e @ DecodeError::UnknownKind(_)) => {
+                        (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None)
+                    }
                     Err(e) => (Err(fail(ErrorCode::BadFrame, e.to_string())), None),
                     Ok((_, req)) => {
                         let outcome = self.dispatch(&req, fds).await;
@@ -155,8 +158,14 @@ impl Session {
                     r
                 }
                 Err(f) => {
-                    self.daemon.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    if matches!(f.code, ErrorCode::BadFrame | ErrorCode::NotNegotiated | ErrorCode::UnknownRequest) {
+                    // NeedMmFds is the normal first step of ATTACH_MM, not an error.
+                    if f.code != ErrorCode::NeedMmFds {
+                        self.daemon.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if matches!(
+                        f.code,
+                        ErrorCode::BadFrame | ErrorCode::NotNegotiated | ErrorCode::UnknownRequest
+                    ) {
                         bad_frames += 1;
                     }
                     tracing::debug!(conn = self.info.id, code = ?f.code, message = %f.message, "request failed");

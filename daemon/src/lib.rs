@@ -15,6 +15,7 @@
 //! | [`gpu`] | GPU backends | — |
 
 pub mod bo;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod dirty;

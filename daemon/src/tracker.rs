@@ -88,10 +88,12 @@ impl Tracker for UffdAsyncTracker {
         let mut scratch = Vec::new();
         match self.pagemap.scan(range.clone(), check, &mut scratch) {
             Ok(()) => {}
-            Err(e) if e.errno() == Some(Errno::EPERM) => return Err(TrackError::BadView(format!(
+            Err(e) if e.errno() == Some(Errno::EPERM) => {
+                return Err(TrackError::BadView(format!(
                 "range {:#x}..{:#x} is not registered with a WP_ASYNC userfaultfd of this process",
                 range.start, range.end
-            ))),
+            )))
+            }
             Err(e) => return Err(e.into()),
         }
         match self

@@ -87,7 +87,8 @@ mod tests {
         let src = SharedMapping::map(bo.as_fd(), 4 * ps, 0, true).unwrap();
         src.fill(0, (4 * ps) as usize, 0xaa).unwrap();
         let res = SoftGpu::new().create_resource(4 * ps).unwrap();
-        res.upload(&src, 0, &[ps..2 * ps]).unwrap();
+        let one_page_run = std::iter::once(ps..2 * ps).collect::<Vec<_>>();
+        res.upload(&src, 0, &one_page_run).unwrap();
         let fd = res.export_fd().unwrap();
         let view = SharedMapping::map(fd.as_fd(), 4 * ps, 0, false).unwrap();
         let mut b = [0u8; 1];

@@ -1,0 +1,103 @@
+//! The `cohmemd` command line: argument parsing, logging, start-up and
+//! signal handling. Kept in the library so that every binary that runs the
+//! daemon (cohmemd itself, the test suite's copy) is the same code.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::gpu::GpuChoice;
+use crate::{Daemon, DaemonConfig, Server};
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Keeps GPU buffers coherent with client-written memory by tracking which
+/// pages were written and uploading only those.
+#[derive(Debug, Parser)]
+#[command(name = "cohmemd", version)]
+struct Args {
+    /// Listening socket (default: $XDG_RUNTIME_DIR/cohmem.sock, else /run/cohmem/cohmem.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// GPU backend: `soft` (embedded software GPU) or `auto`.
+    #[arg(long, default_value = "auto")]
+    gpu: GpuChoice,
+    /// Largest BO a client may create, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    max_bo_size: u64,
+    /// Socket file mode, octal.
+    #[arg(long, default_value = "660", value_parser = parse_octal)]
+    socket_mode: u32,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
+}
+
+/// Runs the daemon with the process's command line until SIGTERM/SIGINT.
+pub fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log))
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let mut config = DaemonConfig {
+        gpu: args.gpu,
+        max_bo_size: args.max_bo_size,
+        socket_mode: args.socket_mode,
+        ..DaemonConfig::default()
+    };
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    let daemon = Arc::new(Daemon::new(config));
+    let k = &daemon.kernel;
+    tracing::info!(
+        kernel = %k.kernel,
+        uffd_async = k.uffd_async.ok,
+        uffd_sync = k.uffd_sync.ok,
+        soft_dirty = k.soft_dirty.ok,
+        pagemap_scan = k.pagemap_scan.ok,
+        "kernel probed"
+    );
+    tracing::info!(backend = %daemon.gpu.name(), reason = %daemon.gpu_reason, "GPU backend chosen");
+    if !k.uffd_async.ok {
+        tracing::warn!(detail = %k.uffd_async.detail, "uffd-async unavailable: clients cannot attach tracking");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(daemon.clone()).context("binding the socket")?;
+        tracing::info!(socket = %server.path().display(), "cohmemd listening");
+        server.run(shutdown_signal()).await;
+        tracing::info!("cohmemd stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

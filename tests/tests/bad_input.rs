@@ -1,0 +1,477 @@
+//! Bad input over the real socket: garbage and truncated frames, oversized
+//! lengths and sizes, unexpected, missing and wrong fds, foreign handles,
+//! and clients killed mid-request. Each gets a clear typed error or a closed
+//! connection, while another client keeps syncing and its data stays intact.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohmem_client::{Connection, ErrorCode};
+use cohmem_proto::limits::MAX_FRAME;
+use cohmem_proto::{Reply, Request, ATTACH_WITH_FDS, STATS_CONNECTIONS};
+use cohmem_sys::mapping::SharedMapping;
+use cohmem_sys::memfd::Memfd;
+use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
+use cohmem_tests::spawn_daemon;
+use cohmem_tests::{RawClient, RawOutcome, WriterChild};
+use cohmem_tools::{verify_gpu_copy, SplitMix64};
+
+/// The daemon binary cargo builds with these tests.
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+fn writer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cohmem-test-writer"))
+}
+
+/// A well-behaved client that writes, syncs and verifies in a loop until
+/// stopped; returns the number of verified syncs.
+fn bystander(socket: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    let socket = socket.to_owned();
+    std::thread::spawn(move || {
+        let conn = Connection::connect(&socket)?;
+        let ps = cohmem_sys::page_size();
+        let bo = conn.create_bo(256 * ps)?;
+        let map = bo.map()?;
+        let mut rng = SplitMix64::new(7);
+        let mut verified = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let count = 1 + rng.below(16) as usize;
+            let written = rng.distinct(256, count);
+            for &p in &written {
+                map.write_u64((p * ps) as usize, rng.next_u64())?;
+            }
+            let done = bo.sync_with_runs()?;
+            anyhow::ensure!(
+                done.pages_list() == written,
+                "bystander: sync reported {:?}, wrote {written:?}",
+                done.pages_list()
+            );
+            let bad = verify_gpu_copy(&bo)?;
+            anyhow::ensure!(bad.is_empty(), "bystander: GPU copy differs on {bad:?}");
+            verified += 1;
+        }
+        Ok(verified)
+    })
+}
+
+fn expect_error(outcome: RawOutcome, want: ErrorCode, what: &str) {
+    match outcome {
+        RawOutcome::Reply(_, Reply::Error { code, message }, fds) => {
+            assert_eq!(code, want, "{what}: got {code:?} ({message})");
+            assert!(!message.is_empty(), "{what}: error without a message");
+            assert!(fds.is_empty(), "{what}: error reply carried fds");
+        }
+        other => panic!("{what}: expected error {want:?}, got {other:?}"),
+    }
+}
+
+fn expect_error_or_closed(outcome: RawOutcome, what: &str) {
+    match outcome {
+        RawOutcome::Reply(_, Reply::Error { code, .. }, _) => {
+            assert!(
+                matches!(
+                    code,
+                    ErrorCode::BadFrame | ErrorCode::UnknownRequest | ErrorCode::NotNegotiated
+                ),
+                "{what}: unexpected code {code:?}"
+            );
+        }
+        RawOutcome::Closed => {}
+        other => panic!("{what}: garbage was accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let socket = daemon.socket().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = bystander(&socket, stop.clone());
+    let ps = cohmem_sys::page_size();
+
+    // Requests before HELLO.
+    let c = RawClient::connect(&socket)?;
+    expect_error(
+        c.send(
+            &Request::CreateBo {
+                size: 4096,
+                flags: 0,
+            }
+            .encode(5),
+            &[],
+        )?,
+        ErrorCode::NotNegotiated,
+        "CREATE_BO before HELLO",
+    );
+
+    // Unsupported version closes the connection after a typed error.
+    let c = RawClient::connect(&socket)?;
+    let bad_hello = Request::Hello {
+        min_version: 90,
+        max_version: 99,
+        caps: 0,
+    };
+    expect_error(
+        c.send(&bad_hello.encode(1), &[])?,
+        ErrorCode::UnsupportedVersion,
+        "HELLO v90..99",
+    );
+    assert!(
+        matches!(c.recv()?, RawOutcome::Closed),
+        "connection must close after UnsupportedVersion"
+    );
+
+    // Garbage: random frames, random lengths.
+    let c = RawClient::connect_hello(&socket)?;
+    let mut rng = SplitMix64::new(SplitMix64::seed_from_time());
+    let mut closed = false;
+    for i in 0..200 {
+        let mut frame = vec![0u8; rng.below(300) as usize + 1];
+        rng.fill(&mut frame);
+        match c.send(&frame, &[])? {
+            RawOutcome::Closed => {
+                closed = true;
+                break;
+            }
+            other => expect_error_or_closed(other, &format!("garbage frame {i}")),
+        }
+    }
+    assert!(
+        closed,
+        "a connection sending nothing but garbage must eventually be closed"
+    );
+
+    let c = RawClient::connect_hello(&socket)?;
+    // Unknown kind.
+    let mut frame = Request::Stats { flags: 0 }.encode(9);
+    frame[..2].copy_from_slice(&0x7777u16.to_le_bytes());
+    expect_error(
+        c.send(&frame, &[])?,
+        ErrorCode::UnknownRequest,
+        "unknown kind",
+    );
+    // Truncated frames: every prefix of a MAP request.
+    let map = Request::Map {
+        bo: 1,
+        addr: 0x1000,
+        len: 4096,
+        offset: 0,
+    }
+    .encode(3);
+    for cut in 1..map.len() {
+        match c.send(&map[..cut], &[])? {
+            RawOutcome::Reply(_, Reply::Error { code, .. }, _) => {
+                assert_eq!(code, ErrorCode::BadFrame, "MAP cut at {cut}")
+            }
+            other => panic!("truncated MAP at {cut}: {other:?}"),
+        }
+        // Keep the bad-frame counter from closing us: a good request resets it.
+        let (r, _) = c.call(100, &Request::Stats { flags: 0 }, &[])?;
+        assert!(matches!(r, Reply::Stats(_)));
+    }
+    // Oversized datagram.
+    let mut huge = Request::Stats { flags: 0 }.encode(4);
+    huge.resize(MAX_FRAME + 100, 0);
+    expect_error(c.send(&huge, &[])?, ErrorCode::BadFrame, "oversized frame");
+    // Trailing bytes.
+    let mut trailing = Request::Destroy { bo: 1 }.encode(6);
+    trailing.extend_from_slice(&[0, 0, 0]);
+    expect_error(
+        c.send(&trailing, &[])?,
+        ErrorCode::BadFrame,
+        "trailing bytes",
+    );
+    // Absurd sizes.
+    expect_error(
+        c.send(
+            &Request::CreateBo {
+                size: 1 << 40,
+                flags: 0,
+            }
+            .encode(7),
+            &[],
+        )?,
+        ErrorCode::TooLarge,
+        "1 TiB BO",
+    );
+    expect_error(
+        c.send(
+            &Request::CreateBo {
+                size: u64::MAX,
+                flags: 0,
+            }
+            .encode(7),
+            &[],
+        )?,
+        ErrorCode::TooLarge,
+        "u64::MAX BO",
+    );
+    expect_error(
+        c.send(&Request::CreateBo { size: 0, flags: 0 }.encode(7), &[])?,
+        ErrorCode::InvalidArgument,
+        "empty BO",
+    );
+
+    // Unexpected fds: a memfd attached to CREATE_BO, and to STATS.
+    let stray = Memfd::create_sealed("stray", 4096)?;
+    expect_error(
+        c.send(
+            &Request::CreateBo {
+                size: 4096,
+                flags: 0,
+            }
+            .encode(8),
+            &[stray.as_fd()],
+        )?,
+        ErrorCode::BadFds,
+        "CREATE_BO with an fd",
+    );
+    expect_error(
+        c.send(
+            &Request::Stats { flags: 0 }.encode(8),
+            &[stray.as_fd(), stray.as_fd()],
+        )?,
+        ErrorCode::BadFds,
+        "STATS with fds",
+    );
+    // Missing and wrong fds.
+    expect_error(
+        c.send(&Request::ImportBo.encode(9), &[])?,
+        ErrorCode::BadFds,
+        "IMPORT_BO without fd",
+    );
+    expect_error(
+        c.send(&Request::ImportBo.encode(9), &[stray.as_fd()])?,
+        ErrorCode::BadFds,
+        "IMPORT_BO of a memfd that is no BO",
+    );
+    let devnull = File::open("/dev/null")?;
+    expect_error(
+        c.send(&Request::ImportBo.encode(9), &[devnull.as_fd()])?,
+        ErrorCode::BadFds,
+        "IMPORT_BO of /dev/null",
+    );
+    let attach = Request::AttachMm {
+        token: 1,
+        uffd_features: u64::MAX,
+        flags: ATTACH_WITH_FDS,
+    };
+    expect_error(
+        c.send(&attach.encode(10), &[stray.as_fd(), devnull.as_fd()])?,
+        ErrorCode::BadFds,
+        "ATTACH_MM with a memfd for the uffd",
+    );
+    expect_error(
+        c.send(&attach.encode(10), &[stray.as_fd()])?,
+        ErrorCode::BadFds,
+        "ATTACH_MM with one fd",
+    );
+    let no_fds = Request::AttachMm {
+        token: 1,
+        uffd_features: 0,
+        flags: 0,
+    };
+    expect_error(
+        c.send(&no_fds.encode(11), &[])?,
+        ErrorCode::NeedMmFds,
+        "ATTACH_MM without fds",
+    );
+    // MAP before ATTACH_MM, MAP on a handle that does not exist.
+    expect_error(c.send(&map, &[])?, ErrorCode::NoMm, "MAP before ATTACH_MM");
+    expect_error(
+        c.send(&Request::Sync { bo: 1, flags: 0 }.encode(12), &[])?,
+        ErrorCode::NoSuchBo,
+        "SYNC of a handle never opened",
+    );
+    // Too many fds (the kernel's maximum per message): all closed, typed error.
+    let many: Vec<_> = (0..200).map(|_| stray.as_fd()).collect();
+    expect_error(
+        c.send(&Request::Stats { flags: 0 }.encode(13), &many)?,
+        ErrorCode::BadFds,
+        "200 fds",
+    );
+
+    // Foreign handles: a BO created on one connection is invisible on another.
+    let owner = Connection::connect(&socket)?;
+    let owned = owner.create_bo(16 * ps)?;
+    let other = RawClient::connect_hello(&socket)?;
+    for req in [
+        Request::Sync {
+            bo: owned.handle(),
+            flags: 0,
+        },
+        Request::Destroy { bo: owned.handle() },
+        Request::ExportResource {
+            bo: owned.handle(),
+            index: 0,
+        },
+        Request::Unmap {
+            bo: owned.handle(),
+            view: 1,
+        },
+    ] {
+        expect_error(
+            other.send(&req.encode(20), &[])?,
+            ErrorCode::NoSuchBo,
+            req.name(),
+        );
+    }
+    // A real client's bad MAP arguments.
+    let (r, _) = other.call(21, &Request::ImportBo, &[owned.memfd()])?;
+    let Reply::Bo { bo: h, .. } = r else {
+        panic!("import by memfd failed: {r:?}")
+    };
+    let (r, _) = other.call(22, &Request::ExportResource { bo: h, index: 5 }, &[])?;
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::InvalidArgument,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    drop(owned);
+    drop(owner);
+
+    // MAP lies: an address range the client never registered with its
+    // WP_ASYNC uffd, overlapping views, ranges past the BO, unaligned ranges.
+    let raw = RawClient::connect_hello(&socket)?;
+    let want = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
+    let (uffd, enabled) = Userfaultfd::open(UffdFlavor::UserModeOnly, want, features::WP_ASYNC)?;
+    let pagemap = PagemapFile::open_self()?;
+    let attach = Request::AttachMm {
+        token: 0x5eed,
+        uffd_features: enabled,
+        flags: ATTACH_WITH_FDS,
+    };
+    let (r, _) = raw.call(30, &attach, &[uffd.as_fd(), pagemap.as_fd()])?;
+    assert!(
+        matches!(r, Reply::MmAttached { joined: false, .. }),
+        "{r:?}"
+    );
+    let (r, mut fds) = raw.call(
+        31,
+        &Request::CreateBo {
+            size: 16 * ps,
+            flags: 0,
+        },
+        &[],
+    )?;
+    let (Reply::Bo { bo: h, .. }, Some(memfd)) = (r, fds.pop()) else {
+        panic!("CREATE_BO failed")
+    };
+    let mapping = SharedMapping::map(memfd.as_fd(), 16 * ps, 0, true)?;
+    let map_req = |addr: u64, len: u64, offset: u64| Request::Map {
+        bo: h,
+        addr,
+        len,
+        offset,
+    };
+    let (r, _) = raw.call(32, &map_req(mapping.addr(), 16 * ps, 0), &[])?;
+    assert!(
+        matches!(&r, Reply::Error { code: ErrorCode::InvalidArgument, message } if message.contains("not registered")),
+        "MAP of an unregistered range: {r:?}"
+    );
+    uffd.register_wp(mapping.addr(), 16 * ps)?;
+    let (r, _) = raw.call(33, &map_req(mapping.addr(), 16 * ps, 0), &[])?;
+    assert!(
+        matches!(r, Reply::Mapped { .. }),
+        "MAP of a registered range: {r:?}"
+    );
+    for (what, req) in [
+        ("overlapping view", map_req(mapping.addr() + ps, ps, 0)),
+        (
+            "range past the BO end",
+            map_req(mapping.addr(), 16 * ps, ps),
+        ),
+        ("unaligned address", map_req(mapping.addr() + 1, ps, 0)),
+        ("zero length", map_req(mapping.addr(), 0, 0)),
+        ("overflowing range", map_req(u64::MAX - ps + 1, ps, 0)),
+    ] {
+        let (r, _) = raw.call(34, &req, &[])?;
+        assert!(
+            matches!(
+                r,
+                Reply::Error {
+                    code: ErrorCode::InvalidArgument,
+                    ..
+                }
+            ),
+            "{what}: {r:?}"
+        );
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let verified = good
+        .join()
+        .map_err(|_| anyhow::anyhow!("bystander panicked"))??;
+    assert!(verified > 0, "the bystander never completed a sync");
+    eprintln!("bystander verified {verified} syncs during the abuse");
+    let mut daemon = daemon;
+    assert!(daemon.is_running(), "daemon died");
+    Ok(())
+}
+
+#[test]
+fn clients_killed_mid_request_cost_the_daemon_nothing() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let socket = daemon.socket().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = bystander(&socket, stop.clone());
+    let ps = cohmem_sys::page_size();
+    let observer = Connection::connect(&socket)?;
+    let conn = Connection::connect(&socket)?;
+    let bo = conn.create_bo(4096 * ps)?;
+    let kills = AtomicU64::new(0);
+
+    for i in 0..12 {
+        let mut w = WriterChild::spawn(writer_bin(), &socket, bo.memfd(), 0, 0)?;
+        // Alternate: killed while syncing in a loop (mid-request), and while
+        // writing in a loop.
+        w.send_only(if i % 2 == 0 { "syncloop" } else { "writeloop" })?;
+        std::thread::sleep(Duration::from_millis(20 + 10 * (i % 3)));
+        w.kill()?;
+        kills.fetch_add(1, Ordering::Relaxed);
+    }
+    // Whatever the dead writers wrote reaches the GPU copy.
+    bo.sync()?;
+    assert!(
+        verify_gpu_copy(&bo)?.is_empty(),
+        "GPU copy differs after writer deaths"
+    );
+
+    // The daemon forgets the dead: only our three connections remain.
+    let mut remaining = usize::MAX;
+    for _ in 0..200 {
+        let s = observer.stats(STATS_CONNECTIONS)?;
+        remaining = s.connections.len();
+        if remaining == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        remaining, 3,
+        "connections of killed clients were not released"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let verified = good
+        .join()
+        .map_err(|_| anyhow::anyhow!("bystander panicked"))??;
+    assert!(verified > 0);
+    eprintln!(
+        "{} writers killed; bystander verified {verified} syncs",
+        kills.load(Ordering::Relaxed)
+    );
+    let mut daemon = daemon;
+    assert!(daemon.is_running());
+    Ok(())
+}

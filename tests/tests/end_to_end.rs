@@ -1,0 +1,207 @@
+//! End to end over the real socket: a spawned cohmemd, client processes that
+//! are real spawned binaries, real userfaultfd WP_ASYNC and PAGEMAP_SCAN.
+//! Exactness is checked by comparing page sets, correctness by comparing
+//! bytes: the software GPU copy against the BO, and the BO against what the
+//! writers were told to write.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use cohmem_client::{Connection, Mechanism};
+use cohmem_proto::{STATS_BOS, STATS_CONNECTIONS};
+use cohmem_tests::spawn_daemon;
+use cohmem_tests::{page_pattern, WriterChild};
+use cohmem_tools::{verify_gpu_copy, SplitMix64};
+
+/// The daemon binary cargo builds with these tests.
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+fn writer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cohmem-test-writer"))
+}
+
+fn check_bo_matches(bo: &cohmem_client::Bo, model: &[Vec<u8>]) -> anyhow::Result<()> {
+    let ps = cohmem_sys::page_size() as usize;
+    let mut buf = vec![0u8; ps];
+    for (p, want) in model.iter().enumerate() {
+        bo.read_at((p * ps) as u64, &mut buf)?;
+        assert!(buf == *want, "BO page {p} does not hold what was written");
+    }
+    Ok(())
+}
+
+#[test]
+fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let pages = 512u64;
+    let half = pages / 2;
+    let bo = conn.create_bo(pages * ps)?;
+    // Process A maps the whole BO, process B only its second half (a view at
+    // a non-zero BO offset); this process maps it too.
+    let mut a = WriterChild::spawn(writer_bin(), daemon.socket(), bo.memfd(), 0, 0)?;
+    let mut b = WriterChild::spawn(
+        writer_bin(),
+        daemon.socket(),
+        bo.memfd(),
+        half * ps,
+        half * ps,
+    )?;
+    let mine = bo.map()?;
+
+    let seed = SplitMix64::seed_from_time();
+    eprintln!("seed {seed}");
+    let mut rng = SplitMix64::new(seed);
+    let mut model = vec![vec![0u8; ps as usize]; pages as usize];
+
+    let first = bo.sync_with_runs()?;
+    assert_eq!(
+        first.pages, 0,
+        "nothing written yet, but sync uploaded {:?}",
+        first.runs
+    );
+
+    for round in 0..30u64 {
+        // Disjoint page sets per round; across rounds pages are rewritten.
+        let count = 1 + rng.below(40) as usize;
+        let all = rng.distinct(pages, count);
+        let (mut pa, mut pb, mut pm) = (vec![], vec![], vec![]);
+        for p in all {
+            match (rng.below(3), p >= half) {
+                (0, true) => pb.push(p),
+                (1, _) => pm.push(p),
+                _ => pa.push(p),
+            }
+        }
+        let (sa, sb, sm) = (rng.next_u64(), rng.next_u64(), rng.next_u64());
+        a.write_pages(sa, &pa)?;
+        b.write_pages(sb, &pb)?;
+        let mut buf = vec![0u8; ps as usize];
+        for &p in &pm {
+            page_pattern(sm, p, &mut buf);
+            mine.write((p * ps) as usize, &buf)?;
+        }
+        for (seed, list) in [(sa, &pa), (sb, &pb), (sm, &pm)] {
+            for &p in list {
+                page_pattern(seed, p, &mut model[p as usize]);
+            }
+        }
+
+        let done = bo.sync_with_runs()?;
+        let written: BTreeSet<u64> = pa.iter().chain(&pb).chain(&pm).copied().collect();
+        let reported: Vec<u64> = done.pages_list();
+        assert!(!done.runs_truncated);
+        assert_eq!(done.mechanism, Mechanism::UffdAsync);
+        assert_eq!(done.views_scanned, 3);
+        assert_eq!(
+            reported,
+            written.iter().copied().collect::<Vec<_>>(),
+            "round {round} (seed {seed}): reported pages differ from written pages"
+        );
+        assert_eq!(done.pages, written.len() as u64);
+        assert_eq!(done.bytes, written.len() as u64 * ps);
+        let mismatches = verify_gpu_copy(&bo)?;
+        assert!(
+            mismatches.is_empty(),
+            "round {round}: GPU copy differs: {mismatches:?}"
+        );
+        check_bo_matches(&bo, &model)?;
+    }
+
+    let idle = bo.sync_with_runs()?;
+    assert_eq!(
+        idle.pages, 0,
+        "a sync without writes uploaded {:?}",
+        idle.runs
+    );
+    a.quit()?;
+    b.quit()?;
+    Ok(())
+}
+
+#[test]
+fn connections_of_one_process_share_one_subscription_and_release_everything() -> anyhow::Result<()>
+{
+    let daemon = spawn_daemon(DAEMON)?;
+    let observer = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    {
+        let c1 = Connection::connect(daemon.socket())?;
+        let c2 = Connection::connect(daemon.socket())?;
+        let bo1 = c1.create_bo(64 * ps)?;
+        let bo2 = c2.create_bo(32 * ps)?;
+        let m1 = bo1.map()?;
+        let m2 = bo2.map()?;
+        let s = observer.stats(STATS_CONNECTIONS | STATS_BOS)?;
+        assert_eq!(
+            s.daemon.mm_subscriptions, 1,
+            "two connections of one process must share one subscription"
+        );
+        assert_eq!(s.daemon.bos, 2);
+        assert_eq!(s.daemon.views, 2);
+        m1.write_u64(5 * ps as usize, 1)?;
+        m2.write_u64(7 * ps as usize, 2)?;
+        m2.write_u64(8 * ps as usize, 3)?;
+        assert_eq!(bo1.sync_with_runs()?.pages_list(), vec![5]);
+        assert_eq!(bo2.sync_with_runs()?.pages_list(), vec![7, 8]);
+        assert!(verify_gpu_copy(&bo1)?.is_empty());
+        assert!(verify_gpu_copy(&bo2)?.is_empty());
+    }
+    // Everything above was dropped: mappings, BOs, connections. The daemon
+    // notices closed sockets asynchronously; wait (bounded) for it.
+    let mut s = observer.stats(STATS_CONNECTIONS | STATS_BOS)?;
+    for _ in 0..200 {
+        if s.daemon.connections == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        s = observer.stats(STATS_CONNECTIONS | STATS_BOS)?;
+    }
+    assert_eq!(s.daemon.connections, 1, "only the observer remains");
+    assert_eq!(s.daemon.bos, 0);
+    assert_eq!(s.daemon.views, 0);
+    assert_eq!(s.daemon.mm_subscriptions, 0);
+    Ok(())
+}
+
+#[test]
+fn unmap_and_process_death_lose_nothing() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(128 * ps)?;
+
+    // A view unmapped after a write: the final harvest at UNMAP keeps it exact.
+    let m = bo.map_range(16 * ps, 16 * ps)?;
+    m.write_u64(3 * ps as usize, 42)?; // BO page 19
+    m.unmap()?;
+    assert_eq!(bo.sync_with_runs()?.pages_list(), vec![19]);
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+
+    // A writer killed before anyone synced: its page tables are gone, so the
+    // daemon cannot know which pages it wrote and uploads its whole view.
+    let mut w = WriterChild::spawn(writer_bin(), daemon.socket(), bo.memfd(), 64 * ps, 32 * ps)?;
+    w.write_pages(7, &[70, 90])?;
+    w.kill()?;
+    // The daemon notices the closed connection asynchronously; sync until the
+    // dead view's pages are reported (bounded).
+    let mut uploaded = BTreeSet::new();
+    for _ in 0..200 {
+        uploaded.extend(bo.sync_with_runs()?.pages_list());
+        if uploaded.contains(&70) && uploaded.contains(&90) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        uploaded.contains(&70) && uploaded.contains(&90),
+        "killed writer's pages lost: {uploaded:?}"
+    );
+    assert!(
+        uploaded.iter().all(|p| (64..96).contains(p)),
+        "only the dead view may be marked: {uploaded:?}"
+    );
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! No lost write under concurrency, in the style of the kernel's pagemap
+//! "transact" selftest (spec §8.4): writer threads keep writing while syncs
+//! run; every write that completed before a SYNC was sent must be in the GPU
+//! copy when that SYNC returns, and the pages reported must add up to at
+//! least the pages written (double reporting allowed, loss never).
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+use cohmem_client::Connection;
+use cohmem_sys::mapping::SharedMapping;
+use cohmem_tests::spawn_daemon;
+use cohmem_tools::{verify_gpu_copy, SplitMix64};
+
+/// The daemon binary cargo builds with these tests.
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+const THREADS: u64 = 4;
+
+#[test]
+fn every_completed_write_is_in_the_gpu_copy_when_sync_returns() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let pages_per_thread = 64u64;
+    let pages = THREADS * pages_per_thread;
+    let bo = conn.create_bo(pages * ps)?;
+    let map = Arc::new(bo.map()?);
+    let res = bo.export_resource(0)?;
+    let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+
+    // completed[p] = the last value a writer finished storing into page p.
+    let completed: Arc<Vec<AtomicU64>> = Arc::new((0..pages).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let seed = SplitMix64::seed_from_time();
+    eprintln!("seed {seed}");
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (map, completed, stop) = (map.clone(), completed.clone(), stop.clone());
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut rng = SplitMix64::new(seed + t);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let p = t * pages_per_thread + rng.below(pages_per_thread);
+                    let v = completed[p as usize].load(Ordering::Relaxed) + 1;
+                    map.write_u64((p * ps) as usize, v)?;
+                    completed[p as usize].store(v, Ordering::Release);
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+
+    let mut syncs = 0;
+    for _ in 0..300 {
+        let snapshot: Vec<u64> = completed
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .collect();
+        bo.sync()?;
+        syncs += 1;
+        for (p, &want) in snapshot.iter().enumerate() {
+            let got = gpu.read_u64(p * ps as usize)?;
+            assert!(
+                got >= want,
+                "lost write: page {p} completed value {want} before SYNC, GPU copy has {got} after it (seed {seed})"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for w in writers {
+        writes += w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    bo.sync()?;
+    assert!(
+        verify_gpu_copy(&bo)?.is_empty(),
+        "quiescent GPU copy differs from the BO"
+    );
+    eprintln!("{writes} writes by {THREADS} threads checked across {syncs} syncs");
+    assert!(writes > 0);
+    Ok(())
+}
+
+#[test]
+fn transact_harvests_add_up_to_at_least_the_pages_touched() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let per_thread = 8u64;
+    let pages = 1024u64;
+    let bo = conn.create_bo(pages * ps)?;
+    let map = Arc::new(bo.map()?);
+    let seed = SplitMix64::seed_from_time();
+    eprintln!("seed {seed}");
+    let mut rng = SplitMix64::new(seed);
+    let touched = THREADS * per_thread;
+
+    for round in 0..100 {
+        // Each thread increments its own 8 pages once; the main thread syncs
+        // while they write, then again once they are done.
+        let chosen = rng.distinct(pages, touched as usize);
+        let start = Arc::new(Barrier::new(THREADS as usize + 1));
+        let writers: Vec<_> = chosen
+            .chunks(per_thread as usize)
+            .map(|mine| {
+                let (map, start, mine) = (map.clone(), start.clone(), mine.to_vec());
+                std::thread::spawn(move || -> anyhow::Result<()> {
+                    start.wait();
+                    for p in mine {
+                        let off = (p * ps) as usize;
+                        let v = map.read_u64(off)?;
+                        map.write_u64(off, v + 1)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        start.wait();
+        let during = bo.sync()?.pages;
+        for w in writers {
+            w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        }
+        let after = bo.sync()?.pages;
+        assert!(
+            during <= touched,
+            "round {round}: first harvest {during} > {touched} pages touched"
+        );
+        assert!(
+            after <= touched,
+            "round {round}: second harvest {after} > {touched} pages touched"
+        );
+        assert!(
+            during + after >= touched,
+            "round {round} (seed {seed}): harvests {during} + {after} < {touched} pages touched: a write was lost"
+        );
+        assert!(
+            verify_gpu_copy(&bo)?.is_empty(),
+            "round {round}: GPU copy differs"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! cohmemctl: inspect the kernel and a running cohmemd, or run a demo.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use cohmem_client::Connection;
+use cohmem_proto::{StatsReport, STATS_BOS, STATS_CONNECTIONS};
+use cohmem_sys::probe::{probe_all, KernelCaps, Probe};
+use cohmem_tools::{verify_gpu_copy, DaemonProcess, SplitMix64};
+use serde_json::json;
+
+/// Administer cohmem.
+#[derive(Debug, Parser)]
+#[command(name = "cohmemctl", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Which write-tracking mechanisms this kernel offers, found by real probes.
+    Caps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connections, BOs and dirty statistics of a running daemon.
+    Status {
+        /// Daemon socket (default: the daemon's default path or $COHMEM_SOCKET).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a private daemon with the software GPU, write into a BO, and
+    /// show each sync uploading exactly the written pages.
+    Demo {
+        /// Use this running daemon instead of starting one.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// BO size in MiB.
+        #[arg(long, default_value_t = 16)]
+        size_mib: u64,
+        /// Write/sync rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// RNG seed (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Cmd::Caps { json } => caps(json),
+        Cmd::Status { socket, json } => status(socket, json),
+        Cmd::Demo {
+            socket,
+            size_mib,
+            rounds,
+            seed,
+        } => demo(socket, size_mib, rounds, seed),
+    }
+}
+
+fn mark(p: &Probe) -> &'static str {
+    if p.ok {
+        "yes"
+    } else {
+        "no "
+    }
+}
+
+fn caps(as_json: bool) -> anyhow::Result<()> {
+    let k: KernelCaps = probe_all();
+    if as_json {
+        let mechanisms = json!({
+            "uffd-async": k.uffd_async.ok && k.pagemap_scan.ok,
+            "uffd-sync": k.uffd_sync.ok,
+            "soft-dirty": k.soft_dirty.ok,
+            "full": true,
+            "explicit": true,
+        });
+        let out = json!({ "kernel": k, "mechanisms": mechanisms });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("kernel {}  page size {}", k.kernel, k.page_size);
+    println!(
+        "userfaultfd features {:#x}: {}",
+        k.uffd_features,
+        k.uffd_feature_names.join(" ")
+    );
+    println!();
+    println!("mechanism     available  probe");
+    println!(
+        "uffd-async    {}        {}",
+        mark(&k.uffd_async),
+        k.uffd_async.detail
+    );
+    println!(
+        "uffd-sync     {}        {}",
+        mark(&k.uffd_sync),
+        k.uffd_sync.detail
+    );
+    println!(
+        "soft-dirty    {}        {}",
+        mark(&k.soft_dirty),
+        k.soft_dirty.detail
+    );
+    println!("full          yes        no tracking: every sync copies the whole BO");
+    println!("explicit      yes        client-reported damage, no tracking");
+    println!();
+    println!(
+        "PAGEMAP_SCAN  {}        {}",
+        mark(&k.pagemap_scan),
+        k.pagemap_scan.detail
+    );
+    println!(
+        "kernel faults {}        {}",
+        mark(&k.uffd_all_faults),
+        k.uffd_all_faults.detail
+    );
+    Ok(())
+}
+
+fn connect(socket: Option<PathBuf>) -> anyhow::Result<Connection> {
+    let path = socket.unwrap_or_else(cohmem_client::default_socket_path);
+    Connection::connect(&path).with_context(|| format!("is cohmemd running on {}?", path.display()))
+}
+
+fn print_status(s: &StatsReport) {
+    let d = &s.daemon;
+    println!(
+        "cohmemd up {:.1} s, backend {}: {} connections, {} client processes, {} BOs, {} views",
+        d.uptime_ms as f64 / 1000.0,
+        d.backend,
+        d.connections,
+        d.mm_subscriptions,
+        d.bos,
+        d.views
+    );
+    println!(
+        "syncs {}  pages uploaded {}  bytes uploaded {}  upload failures {}  error replies {}",
+        d.syncs, d.pages_uploaded, d.bytes_uploaded, d.upload_failures, d.errors
+    );
+    println!("\nconnection      pid    uid   BOs  views  requests");
+    for c in &s.connections {
+        println!(
+            "{:>10} {:>8} {:>6} {:>5} {:>6} {:>9}",
+            c.id, c.pid, c.uid, c.bos, c.views, c.requests
+        );
+    }
+    println!("\n      BO         size  views  dirty pages  syncs  pages uploaded  bytes uploaded");
+    for b in &s.bos {
+        println!(
+            "{:>8} {:>12} {:>6} {:>12} {:>6} {:>15} {:>15}",
+            b.id, b.size, b.views, b.dirty_pages, b.syncs, b.pages_uploaded, b.bytes_uploaded
+        );
+    }
+    if s.truncated {
+        println!("(lists truncated)");
+    }
+}
+
+fn stats_json(s: &StatsReport) -> serde_json::Value {
+    let d = &s.daemon;
+    json!({
+        "daemon": {
+            "uptime_ms": d.uptime_ms, "backend": d.backend, "connections": d.connections,
+            "mm_subscriptions": d.mm_subscriptions, "bos": d.bos, "views": d.views,
+            "syncs": d.syncs, "pages_uploaded": d.pages_uploaded, "bytes_uploaded": d.bytes_uploaded,
+            "upload_failures": d.upload_failures, "errors": d.errors,
+        },
+        "connections": s.connections.iter().map(|c| json!({
+            "id": c.id, "pid": c.pid, "uid": c.uid, "bos": c.bos, "views": c.views, "requests": c.requests,
+        })).collect::<Vec<_>>(),
+        "bos": s.bos.iter().map(|b| json!({
+            "id": b.id, "size": b.size, "views": b.views, "dirty_pages": b.dirty_pages, "syncs": b.syncs,
+            "pages_uploaded": b.pages_uploaded, "bytes_uploaded": b.bytes_uploaded,
+        })).collect::<Vec<_>>(),
+        "truncated": s.truncated,
+    })
+}
+
+fn status(socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+    let conn = connect(socket)?;
+    let s = conn.stats(STATS_CONNECTIONS | STATS_BOS)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&stats_json(&s))?);
+    } else {
+        print_status(&s);
+    }
+    Ok(())
+}
+
+fn short_list(pages: &[u64]) -> String {
+    const SHOW: usize = 12;
+    let head: Vec<String> = pages.iter().take(SHOW).map(u64::to_string).collect();
+    if pages.len() > SHOW {
+        format!("[{} … +{}]", head.join(","), pages.len() - SHOW)
+    } else {
+        format!("[{}]", head.join(","))
+    }
+}
+
+fn demo(
+    socket: Option<PathBuf>,
+    size_mib: u64,
+    rounds: u32,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut daemon = None;
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            println!("starting a private cohmemd with the software GPU backend …");
+            let d = DaemonProcess::spawn(&[]).context("starting cohmemd")?;
+            let s = d.socket().to_owned();
+            println!("cohmemd pid {} listening on {}", d.pid(), s.display());
+            daemon = Some(d);
+            s
+        }
+    };
+    let seed = seed.unwrap_or_else(SplitMix64::seed_from_time);
+    let mut rng = SplitMix64::new(seed);
+    let conn = Connection::connect(&socket)?;
+    let bo = conn.create_bo(size_mib << 20)?;
+    let map = bo.map()?;
+    let ps = cohmem_sys::page_size();
+    let pages = bo.size() / ps;
+    println!(
+        "\nBO {}: {} MiB = {} pages, mapped at {:p} and write-protected (seed {seed})",
+        bo.id(),
+        size_mib,
+        pages,
+        map.as_ptr()
+    );
+    let mut page_buf = vec![0u8; ps as usize];
+    for round in 1..=rounds {
+        let count = 1 + rng.below(8) as usize;
+        let written = rng.distinct(pages, count);
+        for &p in &written {
+            rng.fill(&mut page_buf);
+            map.write((p * ps) as usize, &page_buf)?;
+        }
+        let done = bo.sync_with_runs()?;
+        let synced = done.pages_list();
+        let mismatches = verify_gpu_copy(&bo)?;
+        println!(
+            "round {round}: wrote pages {} → sync uploaded {} pages {} by {} in {} µs; GPU copy {}",
+            short_list(&written),
+            done.pages,
+            short_list(&synced),
+            done.mechanism,
+            done.duration.as_micros(),
+            if mismatches.is_empty() {
+                "identical to the BO".to_string()
+            } else {
+                format!("DIFFERS on {} pages", mismatches.len())
+            }
+        );
+        if synced != written || !mismatches.is_empty() {
+            bail!("round {round}: tracking or upload was wrong (seed {seed})");
+        }
+    }
+    let done = bo.sync()?;
+    println!("sync with no writes uploaded {} pages", done.pages);
+    println!();
+    print_status(&conn.stats(STATS_CONNECTIONS | STATS_BOS)?);
+    drop(map);
+    drop(bo);
+    drop(conn);
+    if let Some(mut d) = daemon {
+        let clean = d.stop()?;
+        println!(
+            "\ncohmemd stopped ({})",
+            if clean { "clean exit" } else { "killed" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! A private cohmemd on a temporary socket, stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cohmem_sys::seqpacket::SeqpacketSocket;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A running daemon child process.
+pub struct DaemonProcess {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+/// Finds the `cohmemd` binary: `$COHMEMD_BIN`, else next to the running
+/// executable or one directory up (cargo puts test binaries in `deps/`).
+pub fn find_cohmemd() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("COHMEMD_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("cohmemd");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cohmemd not found next to {} (build the workspace first: cargo build --workspace, or set COHMEMD_BIN)",
+        exe.display()
+    )
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl DaemonProcess {
+    /// Starts `cohmemd --socket <tmp> --gpu soft` plus `extra` arguments and
+    /// waits until it accepts connections. Its log goes to our stderr.
+    pub fn spawn(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_bin(&find_cohmemd()?, extra)
+    }
+
+    /// Like [`DaemonProcess::spawn`] with an explicit daemon binary.
+    pub fn spawn_bin(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "cohmem-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let socket = dir.join("cohmem.sock");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--gpu", "soft"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut me = Self { child, dir, socket };
+        me.wait_ready(Duration::from_secs(20))?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("cohmemd exited during start-up: {status}");
+            }
+            if SeqpacketSocket::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "cohmemd did not listen on {} within {timeout:?}",
+                    self.socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops it with SIGTERM (SIGKILL after 5 s) and returns whether it
+    /// exited cleanly.
+    pub fn stop(&mut self) -> anyhow::Result<bool> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        self.child.wait()?;
+        Ok(false)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,10 @@
+//! Helpers shared by cohmem's tools and tests: a private daemon on a
+//! temporary socket, GPU-copy verification, and a small deterministic RNG.
+
+pub mod daemon;
+pub mod rng;
+pub mod verify;
+
+pub use daemon::DaemonProcess;
+pub use rng::SplitMix64;
+pub use verify::{verify_gpu_copy, Mismatch};
