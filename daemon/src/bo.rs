@@ -164,7 +164,10 @@ impl Bo {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|v| !Arc::ptr_eq(v, view));
         view.mm.remove_view(view.addr);
-        // A failure has already marked the view dirty whole.
+        // Under the sync lock: a concurrent sync must not transfer before this
+        // last harvest is recorded, or a write completed before its SYNC was
+        // sent could miss that sync. A failure marks the view dirty whole.
+        let _serial = lock(&self.sync_lock);
         let _ = self.harvest_view(view);
         view.dead.store(true, Ordering::Release);
     }

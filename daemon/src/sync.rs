@@ -114,3 +114,80 @@ impl<'a> SyncEngine<'a> {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use cohmem_sys::mapping::SharedMapping;
+
+    use super::SyncEngine;
+    use crate::bo::Bo;
+    use crate::gpu::soft::SoftGpu;
+    use crate::gpu::{GpuBackend, GpuError, GpuResource};
+    use crate::stats::DaemonCounters;
+
+    /// A software GPU whose uploads fail while `fail` is set (unit-test
+    /// fault injection; the real backends are tested end to end).
+    struct FlakyGpu(Arc<AtomicBool>);
+    struct FlakyResource(Box<dyn GpuResource>, Arc<AtomicBool>);
+
+    impl GpuBackend for FlakyGpu {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError> {
+            Ok(Box::new(FlakyResource(
+                SoftGpu::new().create_resource(size)?,
+                self.0.clone(),
+            )))
+        }
+    }
+
+    impl GpuResource for FlakyResource {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn upload(
+            &self,
+            src: &SharedMapping,
+            base: u64,
+            runs: &[Range<u64>],
+        ) -> Result<(), GpuError> {
+            if self.1.load(Ordering::Relaxed) {
+                return Err(GpuError::Unsupported("injected upload failure".into()));
+            }
+            self.0.upload(src, base, runs)
+        }
+        fn export_fd(&self) -> Result<OwnedFd, GpuError> {
+            self.0.export_fd()
+        }
+    }
+
+    #[test]
+    fn failed_upload_folds_its_runs_back_and_the_next_sync_uploads_them() {
+        let fail = Arc::new(AtomicBool::new(true));
+        let ps = cohmem_sys::page_size();
+        let bo = Bo::create(1, 16 * ps, &FlakyGpu(fail.clone())).unwrap();
+        bo.dirty().record(3..5);
+        bo.dirty().record(9..10);
+        let counters = DaemonCounters::default();
+        let engine = SyncEngine::new(&counters);
+        assert!(engine.sync(&bo, true).is_err());
+        assert_eq!(
+            bo.dirty().dirty_pages(),
+            3,
+            "runs of a failed upload must be folded back"
+        );
+        assert_eq!(counters.upload_failures.load(Ordering::Relaxed), 1);
+        fail.store(false, Ordering::Relaxed);
+        let report = engine.sync(&bo, true).unwrap();
+        assert_eq!(report.pages, 3);
+        assert_eq!(report.run_count, 2);
+        assert_eq!(bo.dirty().dirty_pages(), 0);
+        assert_eq!(engine.sync(&bo, true).unwrap().pages, 0);
+    }
+}

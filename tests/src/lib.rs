@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
@@ -19,10 +20,15 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 /// (integration tests pass `env!("CARGO_BIN_EXE_cohmem-test-daemon")`).
 /// `COHMEMD_BIN` overrides it, e.g. to test an installed cohmemd.
 pub fn spawn_daemon(test_daemon: &str) -> anyhow::Result<DaemonProcess> {
+    spawn_daemon_with(test_daemon, &[])
+}
+
+/// [`spawn_daemon`] with extra daemon arguments.
+pub fn spawn_daemon_with(test_daemon: &str, extra: &[&str]) -> anyhow::Result<DaemonProcess> {
     let bin = std::env::var_os("COHMEMD_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| test_daemon.into());
-    DaemonProcess::spawn_bin(&bin, &[])
+    DaemonProcess::spawn_bin(&bin, extra)
 }
 
 /// The content a writer puts into `page` for `seed` (reproducible on both
@@ -127,16 +133,33 @@ impl WriterChild {
         offset: u64,
         len: u64,
     ) -> anyhow::Result<Self> {
+        Self::spawn_as(None, bin, socket, memfd, offset, len)
+    }
+
+    /// Like [`WriterChild::spawn`], running as user and group `uid` when
+    /// given (needs root).
+    pub fn spawn_as(
+        uid: Option<u32>,
+        bin: &Path,
+        socket: &Path,
+        memfd: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+    ) -> anyhow::Result<Self> {
         // An inheritable duplicate: the child finds the BO at this fd number.
         let dup: OwnedFd = memfd.try_clone_to_owned()?;
         fcntl(dup.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
-        let mut child = Command::new(bin)
-            .arg(socket)
+        let mut cmd = Command::new(bin);
+        cmd.arg(socket)
             .arg(dup.as_raw_fd().to_string())
             .arg(offset.to_string())
             .arg(len.to_string())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         drop(dup);

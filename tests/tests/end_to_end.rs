@@ -9,8 +9,8 @@ use std::path::Path;
 
 use cohmem_client::{Connection, Mechanism};
 use cohmem_proto::{STATS_BOS, STATS_CONNECTIONS};
-use cohmem_tests::spawn_daemon;
 use cohmem_tests::{page_pattern, WriterChild};
+use cohmem_tests::{spawn_daemon, spawn_daemon_with};
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -204,4 +204,31 @@ fn unmap_and_process_death_lose_nothing() -> anyhow::Result<()> {
     );
     assert!(verify_gpu_copy(&bo)?.is_empty());
     Ok(())
+}
+
+#[test]
+fn an_unprivileged_writer_process_is_tracked_exactly() -> anyhow::Result<()> {
+    // The client creates its uffd with UFFD_USER_MODE_ONLY, which needs no
+    // privilege even with vm.unprivileged_userfaultfd = 0. Run a writer as
+    // "nobody" against a daemon whose socket it may open.
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: cannot drop to another uid; this test checks nothing here");
+        return Ok(());
+    }
+    let daemon = spawn_daemon_with(DAEMON, &["--socket-mode", "666"])?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(64 * ps)?;
+    let mut w =
+        WriterChild::spawn_as(Some(65534), writer_bin(), daemon.socket(), bo.memfd(), 0, 0)?;
+    let s = conn.stats(STATS_CONNECTIONS)?;
+    assert!(
+        s.connections.iter().any(|c| c.uid == 65534),
+        "the writer must connect as uid 65534: {:?}",
+        s.connections
+    );
+    w.write_pages(3, &[1, 2, 40])?;
+    assert_eq!(bo.sync_with_runs()?.pages_list(), vec![1, 2, 40]);
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    w.quit()
 }

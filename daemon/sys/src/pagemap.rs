@@ -177,3 +177,57 @@ impl AsFd for PagemapFile {
 pub(crate) fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::SharedMapping;
+    use crate::memfd::Memfd;
+    use crate::uffd::{features, UffdFlavor, Userfaultfd};
+
+    /// More runs than one ioctl call returns: the scan must continue from
+    /// `walk_end` and still report every page (pagemap_ioctl.c's "every
+    /// other page" and walk_end cases).
+    #[test]
+    fn harvest_continues_from_walk_end_across_calls() {
+        let ps = crate::page_size();
+        let pages = 4 * REGIONS_PER_CALL as u64;
+        let m = Memfd::create_sealed("t", pages * ps).unwrap();
+        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
+        let (uffd, _) = Userfaultfd::open(
+            UffdFlavor::UserModeOnly,
+            features::WP_ASYNC | features::WP_UNPOPULATED,
+            features::WP_ASYNC,
+        )
+        .unwrap();
+        let pm = PagemapFile::open_self().unwrap();
+        let (base, len) = (map.addr(), pages * ps);
+        uffd.register_wp(base, len).unwrap();
+        uffd.write_protect(base, len, true).unwrap();
+        for p in (0..pages).step_by(2) {
+            map.write_u64((p * ps) as usize, p).unwrap();
+        }
+        let mut out = Vec::new();
+        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out)
+            .unwrap();
+        assert_eq!(out.len() as u64, pages / 2, "one run per written page");
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.start == base + 2 * i as u64 * ps && r.end == r.start + ps));
+        out.clear();
+        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out)
+            .unwrap();
+        assert!(
+            out.is_empty(),
+            "harvest must re-protect everything it reported"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_pagemap_is_refused() {
+        let m = Memfd::create_sealed("t", 4096).unwrap();
+        let err = PagemapFile::from_fd(m.try_clone_fd().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("not a pagemap"), "{err}");
+    }
+}
