@@ -1,10 +1,11 @@
 //! Buffer objects and their views.
 //!
 //! A BO is a sealed memfd owned and mapped by the daemon (DESIGN.md §1), with
-//! its dirty state, the views client processes announced, and one GPU
-//! resource per page-aligned window (one window covering the whole BO for
-//! now). BOs are found again by the identity of their memfd, so possessing
-//! the memfd is the only way to import one: there is no global name.
+//! the views client processes announced, its GPU resources at page-aligned
+//! windows, and — while at least one resource exists — a vmwgfx tracker
+//! ([`DirtyTracker`]). BOs are found again by the identity of their memfd, so
+//! possessing the memfd is the only way to import one: there is no global
+//! name. The operations on a BO's tracker live in [`crate::sync`].
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -15,10 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
 
-use crate::dirty::DirtyState;
+use crate::dirty::PageSet;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
 use crate::mm::MmSubscription;
-use crate::tracker::TrackError;
+use crate::policy::DirtyTracker;
 
 /// A GPU resource bound to a byte window of a BO.
 pub struct Resource {
@@ -37,6 +38,19 @@ pub struct BoCounters {
     pub pages_uploaded: AtomicU64,
     /// Bytes uploaded.
     pub bytes_uploaded: AtomicU64,
+    /// Method switches.
+    pub method_switches: AtomicU64,
+    /// Pages marked dirty without proof of a write (switches, dead views).
+    pub extra_pages: AtomicU64,
+}
+
+/// The mutable state of a BO, behind one lock (vmwgfx's BO reservation):
+/// every tracker operation holds it from start to end.
+pub struct BoState {
+    /// The vmwgfx tracker; `None` while no resource is bound.
+    pub tracker: Option<DirtyTracker>,
+    /// Resource slots; indices stay stable, released slots become `None`.
+    pub resources: Vec<Option<Arc<Resource>>>,
 }
 
 /// One buffer object.
@@ -51,12 +65,8 @@ pub struct Bo {
     identity: FileIdentity,
     /// The daemon's own mapping: the source of every upload.
     pub mapping: SharedMapping,
-    dirty: Mutex<DirtyState>,
+    state: Mutex<BoState>,
     views: RwLock<Vec<Arc<View>>>,
-    /// GPU resources, ascending windows.
-    pub resources: Vec<Resource>,
-    /// Serialises syncs of this BO.
-    pub sync_lock: Mutex<()>,
     /// Counters.
     pub counters: BoCounters,
 }
@@ -73,12 +83,24 @@ pub struct View {
     pub len: u64,
     /// Offset in the BO.
     pub bo_offset: u64,
-    dead: AtomicBool,
+    /// Set once the process is gone or the view was removed.
+    pub dead: AtomicBool,
+    /// View-relative pages known to be writable (not write-protected) right
+    /// now: the MKWRITE "PTE is writable" state. Only touched with the BO's
+    /// state lock held.
+    pub writable: Mutex<PageSet>,
 }
 
 impl View {
-    /// Creates a view record.
-    pub fn new(id: u32, mm: Arc<MmSubscription>, addr: u64, len: u64, bo_offset: u64) -> Self {
+    /// Creates a view record (all pages protected).
+    pub fn new(
+        id: u32,
+        mm: Arc<MmSubscription>,
+        addr: u64,
+        len: u64,
+        bo_offset: u64,
+        page_size: u64,
+    ) -> Self {
         Self {
             id,
             mm,
@@ -86,12 +108,19 @@ impl View {
             len,
             bo_offset,
             dead: AtomicBool::new(false),
+            writable: Mutex::new(PageSet::new(len / page_size)),
         }
     }
 
     /// Address range in the client.
     pub fn range(&self) -> Range<u64> {
         self.addr..self.addr + self.len
+    }
+
+    /// BO pages this view maps.
+    pub fn bo_pages(&self, page_size: u64) -> Range<u64> {
+        let first = self.bo_offset / page_size;
+        first..first + self.len / page_size
     }
 }
 
@@ -101,17 +130,30 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Bo {
-    /// Creates a sealed memfd of `size` bytes (a page multiple), maps it and
-    /// allocates its GPU resource.
-    pub fn create(id: u64, size: u64, gpu: &dyn GpuBackend) -> Result<Self, GpuError> {
+    /// Creates a sealed memfd of `size` bytes (a page multiple) and maps it;
+    /// with `default_resource`, also binds a GPU resource covering the whole
+    /// BO (which creates the tracker).
+    pub fn create(
+        id: u64,
+        size: u64,
+        gpu: &dyn GpuBackend,
+        default_resource: bool,
+    ) -> Result<Self, GpuError> {
         let page_size = cohmem_sys::page_size();
         let memfd = Memfd::create_sealed(&format!("cohmem-bo-{id}"), size)?;
         let identity = memfd.identity()?;
         let mapping = SharedMapping::map(memfd.as_fd(), size, 0, false)?;
-        let resource = Resource {
-            window: 0..size,
-            gpu: gpu.create_resource(size)?,
+        let mut state = BoState {
+            tracker: None,
+            resources: Vec::new(),
         };
+        if default_resource {
+            state.resources.push(Some(Arc::new(Resource {
+                window: 0..size,
+                gpu: gpu.create_resource(size)?,
+            })));
+            state.tracker = Some(DirtyTracker::new(size / page_size));
+        }
         Ok(Self {
             id,
             size,
@@ -119,12 +161,15 @@ impl Bo {
             memfd,
             identity,
             mapping,
-            dirty: Mutex::new(DirtyState::new(size / page_size)),
+            state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
-            resources: vec![resource],
-            sync_lock: Mutex::new(()),
             counters: BoCounters::default(),
         })
+    }
+
+    /// Pages in the BO (N).
+    pub fn pages(&self) -> u64 {
+        self.size / self.page_size
     }
 
     /// The memfd (to pass to the creator).
@@ -132,12 +177,13 @@ impl Bo {
         &self.memfd
     }
 
-    /// Locks the dirty state.
-    pub fn dirty(&self) -> MutexGuard<'_, DirtyState> {
-        lock(&self.dirty)
+    /// Locks the BO's state (tracker and resources).
+    pub fn state(&self) -> MutexGuard<'_, BoState> {
+        lock(&self.state)
     }
 
-    /// A snapshot of the live views.
+    /// A snapshot of the live views (readers never block view changes of
+    /// other BOs; seed 002's read-mostly list).
     pub fn views(&self) -> Vec<Arc<View>> {
         self.views.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -155,50 +201,14 @@ impl Bo {
             .push(view);
     }
 
-    /// Removes a view from the BO and its mm, harvesting it one last time so
-    /// nothing written through it is lost (whole view marked dirty if the
-    /// harvest is impossible, e.g. the process exited).
-    pub fn remove_view(&self, view: &Arc<View>) {
+    /// Drops a view from the list (the caller harvested it first).
+    pub fn detach_view(&self, view: &Arc<View>) {
         self.views
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|v| !Arc::ptr_eq(v, view));
         view.mm.remove_view(view.addr);
-        // Under the sync lock: a concurrent sync must not transfer before this
-        // last harvest is recorded, or a write completed before its SYNC was
-        // sent could miss that sync. A failure marks the view dirty whole.
-        let _serial = lock(&self.sync_lock);
-        let _ = self.harvest_view(view);
         view.dead.store(true, Ordering::Release);
-    }
-
-    /// Collects the written pages of one view into the dirty state. A view
-    /// whose process is gone, or whose scan fails, is marked dirty whole:
-    /// what cannot be proven clean is dirty.
-    pub fn harvest_view(&self, view: &View) -> Result<(), TrackError> {
-        if view.dead.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut ranges = Vec::new();
-        let result = view.mm.tracker.collect(view.range(), &mut ranges);
-        let ps = self.page_size;
-        let mut dirty = self.dirty();
-        for r in &ranges {
-            let start = r.start.max(view.addr) - view.addr + view.bo_offset;
-            let end = r.end.min(view.addr + view.len) - view.addr + view.bo_offset;
-            dirty.record(start / ps..end.div_ceil(ps));
-        }
-        if let Err(e) = &result {
-            let first = view.bo_offset / ps;
-            dirty.record(first..first + view.len / ps);
-            if matches!(e, TrackError::Gone) {
-                // The process exited: its view can never be written again.
-                view.dead.store(true, Ordering::Release);
-            } else {
-                tracing::warn!(bo = self.id, view = view.id, error = %e, "harvest failed; view marked dirty whole");
-            }
-        }
-        result
     }
 }
 

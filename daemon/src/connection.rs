@@ -16,8 +16,8 @@ use std::sync::Arc;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Reply,
-    Request, StatsReport, ATTACH_WITH_FDS, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
-    SYNC_REPORT_RUNS,
+    Request, StatsReport, ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS,
+    STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::pagemap::PagemapFile;
@@ -28,7 +28,7 @@ use tokio_seqpacket::UnixSeqpacket;
 use crate::bo::{Bo, View};
 use crate::mm::{MmKey, MmSubscription};
 use crate::server::{ConnectionInfo, Daemon};
-use crate::sync::SyncEngine;
+use crate::sync::{SyncEngine, SyncError};
 use crate::tracker::{TrackError, UffdAsyncTracker};
 
 /// A typed error reply.
@@ -245,7 +245,72 @@ impl Session {
             Request::Destroy { bo } => self.destroy(bo).await,
             Request::Stats { flags } => ok(Reply::Stats(self.stats(flags))),
             Request::ExportResource { bo, index } => self.export_resource(bo, index),
+            Request::AddResource { bo, offset, len } => {
+                let end = offset
+                    .checked_add(len)
+                    .ok_or_else(|| fail(ErrorCode::InvalidArgument, "resource window overflows"))?;
+                let daemon = self.daemon.clone();
+                self.tracker_op(bo, move |e, b| {
+                    e.add_resource(b, daemon.gpu.as_ref(), offset..end)
+                        .map(|index| Reply::ResourceAdded { index })
+                })
+                .await
+            }
+            Request::ReleaseResource { bo, index } => {
+                self.tracker_op(bo, move |e, b| {
+                    e.release_resource(b, index).map(|()| Reply::Ok)
+                })
+                .await
+            }
+            Request::Scan { bo } => {
+                self.tracker_op(bo, |e, b| Ok(Reply::Scanned(e.scan(b))))
+                    .await
+            }
+            Request::Transfer { bo, index, flags } => {
+                if flags & !SYNC_REPORT_RUNS != 0 {
+                    return Err(fail(
+                        ErrorCode::InvalidArgument,
+                        format!("unknown TRANSFER flags {flags:#x}"),
+                    ));
+                }
+                self.tracker_op(bo, move |e, b| {
+                    e.transfer(b, index, flags & SYNC_REPORT_RUNS != 0)
+                        .map(Reply::SyncDone)
+                })
+                .await
+            }
+            Request::ClearResource { bo, index } => {
+                self.tracker_op(bo, move |e, b| {
+                    e.clear_resource(b, index).map(|()| Reply::Ok)
+                })
+                .await
+            }
+            Request::ClearAll { bo } => {
+                self.tracker_op(bo, |e, b| {
+                    e.clear_all(b);
+                    Ok(Reply::Ok)
+                })
+                .await
+            }
+            Request::DirtyState { bo } => {
+                self.tracker_op(bo, |e, b| Ok(Reply::DirtyState(e.dirty_state(b))))
+                    .await
+            }
         }
+    }
+
+    /// Runs a tracker operation on a BO of this connection on the blocking pool.
+    async fn tracker_op(
+        &self,
+        bo: u32,
+        op: impl FnOnce(&SyncEngine<'_>, &Bo) -> Result<Reply, SyncError> + Send + 'static,
+    ) -> Outcome {
+        let bo_arc = self.handle(bo)?.bo.clone();
+        let daemon = self.daemon.clone();
+        let reply = run_blocking(move || op(&SyncEngine::new(&daemon.counters), &bo_arc))
+            .await?
+            .map_err(sync_failure)?;
+        ok(reply)
     }
 
     fn hello(&mut self, min: u16, max: u16, wanted: u64) -> Outcome {
@@ -327,10 +392,13 @@ impl Session {
         let size = size.div_ceil(ps) * ps;
         let daemon = self.daemon.clone();
         let id = daemon.bos.next_id();
-        let bo = tokio::task::spawn_blocking(move || Bo::create(id, size, daemon.gpu.as_ref()))
-            .await
-            .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
-            .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
+        let default_resource = flags & CREATE_NO_RESOURCE == 0;
+        let bo = tokio::task::spawn_blocking(move || {
+            Bo::create(id, size, daemon.gpu.as_ref(), default_resource)
+        })
+        .await
+        .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
+        .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
         let memfd = bo
             .memfd()
             .try_clone_fd()
@@ -488,7 +556,7 @@ impl Session {
             ));
         }
         let view_id = self.next_view;
-        let view = Arc::new(View::new(view_id, mm.clone(), addr, len, offset));
+        let view = Arc::new(View::new(view_id, mm.clone(), addr, len, offset, ps));
         if let Err(other) = mm.insert_view(view.range(), &view) {
             return Err(fail(
                 ErrorCode::InvalidArgument,
@@ -540,7 +608,8 @@ impl Session {
         })?;
         let bo_arc = handle.bo.clone();
         self.info.views.fetch_sub(1, Ordering::Relaxed);
-        run_blocking(move || bo_arc.remove_view(&v)).await?;
+        let daemon = self.daemon.clone();
+        run_blocking(move || SyncEngine::new(&daemon.counters).remove_view(&bo_arc, &v)).await?;
         ok(Reply::Ok)
     }
 
@@ -577,19 +646,22 @@ impl Session {
         self.info
             .views
             .fetch_sub(handle.views.len() as u32, Ordering::Relaxed);
-        run_blocking(move || release(handle)).await?;
+        let daemon = self.daemon.clone();
+        run_blocking(move || release(&daemon, handle)).await?;
         ok(Reply::Ok)
     }
 
     fn export_resource(&self, bo: u32, index: u32) -> Outcome {
         let bo = &self.handle(bo)?.bo;
-        let res = bo.resources.get(index as usize).ok_or_else(|| {
+        let res = bo
+            .state()
+            .resources
+            .get(index as usize)
+            .and_then(Option::clone);
+        let res = res.ok_or_else(|| {
             fail(
                 ErrorCode::InvalidArgument,
-                format!(
-                    "BO has {} resources; index {index} does not exist",
-                    bo.resources.len()
-                ),
+                format!("the BO has no resource {index}"),
             )
         })?;
         let fd = res
@@ -638,7 +710,11 @@ impl Session {
                     id: b.id,
                     size: b.size,
                     views: b.view_count() as u32,
-                    dirty_pages: b.dirty().dirty_pages(),
+                    dirty_pages: b
+                        .state()
+                        .tracker
+                        .as_ref()
+                        .map_or(0, |t| t.dirty.dirty_pages()),
                     syncs: b.counters.syncs.load(Ordering::Relaxed),
                     pages_uploaded: b.counters.pages_uploaded.load(Ordering::Relaxed),
                     bytes_uploaded: b.counters.bytes_uploaded.load(Ordering::Relaxed),
@@ -672,7 +748,10 @@ impl Session {
         if handles.is_empty() {
             return;
         }
-        if let Err(f) = run_blocking(move || handles.into_iter().for_each(release)).await {
+        let daemon = self.daemon.clone();
+        if let Err(f) =
+            run_blocking(move || handles.into_iter().for_each(|h| release(&daemon, h))).await
+        {
             tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
         }
     }
@@ -687,9 +766,22 @@ fn attached(mm: &MmSubscription, joined: bool) -> Reply {
     }
 }
 
-fn release(handle: Handle) {
+fn release(daemon: &Daemon, handle: Handle) {
+    let engine = SyncEngine::new(&daemon.counters);
     for view in handle.views.values() {
-        handle.bo.remove_view(view);
+        engine.remove_view(&handle.bo, view);
+    }
+}
+
+fn sync_failure(e: SyncError) -> Failure {
+    match e {
+        SyncError::NoSuchResource(_) | SyncError::BadWindow(_) => {
+            fail(ErrorCode::InvalidArgument, e.to_string())
+        }
+        SyncError::Gpu(e) => fail(
+            ErrorCode::Gpu,
+            format!("upload failed (pages kept dirty): {e}"),
+        ),
     }
 }
 

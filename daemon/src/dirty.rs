@@ -211,3 +211,135 @@ mod tests {
         assert_eq!(d.envelope(), Some(2..4));
     }
 }
+
+impl DirtyState {
+    /// True if page `p`'s bit is set.
+    pub fn contains(&self, p: u64) -> bool {
+        p < self.pages && self.test(p)
+    }
+
+    /// Maximal runs of set bits, ascending.
+    pub fn runs(&self) -> Vec<Range<u64>> {
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        let Some(env) = self.envelope() else {
+            return runs;
+        };
+        for p in env {
+            if self.test(p) {
+                match runs.last_mut() {
+                    Some(last) if last.end == p => last.end = p + 1,
+                    _ => runs.push(p..p + 1),
+                }
+            }
+        }
+        runs
+    }
+
+    /// vmwgfx's MKWRITE → PAGETABLE switch: the bitmap becomes all ones on
+    /// the envelope and zeros elsewhere. Returns how many pages were added
+    /// (the over-report, counted in the statistics).
+    pub fn fill_envelope(&mut self) -> u64 {
+        let Some(env) = self.envelope() else {
+            return 0;
+        };
+        let before = self.count;
+        for p in env {
+            let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
+            if self.bits[w] & b == 0 {
+                self.bits[w] |= b;
+                self.count += 1;
+            }
+        }
+        self.count - before
+    }
+}
+
+/// A plain set of pages (no envelope): the per-view shadow of which pages
+/// are writable (unprotected) right now.
+#[derive(Debug, Clone, Default)]
+pub struct PageSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl PageSet {
+    /// An empty set for pages `0..pages`.
+    pub fn new(pages: u64) -> Self {
+        Self {
+            words: vec![0; pages.div_ceil(64) as usize],
+            len: 0,
+        }
+    }
+
+    /// Inserts `p`; returns true if it was absent. Out-of-range pages are ignored.
+    pub fn insert(&mut self, p: u64) -> bool {
+        let Some(w) = self.words.get_mut((p / 64) as usize) else {
+            return false;
+        };
+        let b = 1u64 << (p % 64);
+        let fresh = *w & b == 0;
+        *w |= b;
+        self.len += u64::from(fresh);
+        fresh
+    }
+
+    /// True if `p` is in the set.
+    pub fn contains(&self, p: u64) -> bool {
+        self.words
+            .get((p / 64) as usize)
+            .is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+
+    /// Removes `p`; returns true if it was present.
+    pub fn remove(&mut self, p: u64) -> bool {
+        let Some(w) = self.words.get_mut((p / 64) as usize) else {
+            return false;
+        };
+        let b = 1u64 << (p % 64);
+        let was = *w & b != 0;
+        *w &= !b;
+        self.len -= u64::from(was);
+        was
+    }
+
+    /// Empties the set.
+    pub fn clear(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.len = 0;
+    }
+
+    /// Number of pages in the set.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn fill_envelope_sets_every_page_between_the_edges() {
+        let mut d = DirtyState::new(20);
+        d.record(3..4);
+        d.record(9..10);
+        assert_eq!(d.fill_envelope(), 5);
+        assert_eq!(d.runs(), vec![3..10]);
+    }
+
+    #[test]
+    fn page_set_counts() {
+        let mut s = PageSet::new(100);
+        assert!(s.insert(5));
+        assert!(!s.insert(5));
+        assert!(!s.insert(1000));
+        assert_eq!(s.len(), 1);
+        assert!(s.remove(5));
+        assert!(s.is_empty());
+    }
+}

@@ -11,7 +11,8 @@
 //! | [`mm`] | per-process subscriptions with address → view map | seed 003 |
 //! | [`tracker`] | write-tracking mechanisms | seed 001 (protect / clean-and-record) |
 //! | [`dirty`] | bitmap + envelope | seed 001, spec §1, §4.6 |
-//! | [`sync`] | scan → transfer → upload | DESIGN.md §5.1 |
+//! | [`policy`] | method, change count, users | vmwgfx spec §2–§3 |
+//! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
 //! | [`gpu`] | GPU backends | — |
 
 pub mod bo;
@@ -21,6 +22,7 @@ pub mod connection;
 pub mod dirty;
 pub mod gpu;
 pub mod mm;
+pub mod policy;
 pub mod server;
 pub mod stats;
 pub mod sync;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::bo::View;
-use crate::tracker::Tracker;
+use crate::tracker::WriteTracker;
 
 /// Identifies a client process's subscription: (peer pid, client token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,7 +34,7 @@ pub struct MmSubscription {
     /// Peer uid.
     pub uid: u32,
     /// The mechanism observing this process's views.
-    pub tracker: Box<dyn Tracker>,
+    pub tracker: Box<dyn WriteTracker>,
     views: Mutex<BTreeMap<u64, Weak<View>>>,
 }
 
@@ -100,7 +100,7 @@ impl MmRegistry {
         &self,
         key: MmKey,
         uid: u32,
-        tracker: Box<dyn Tracker>,
+        tracker: Box<dyn WriteTracker>,
     ) -> (Arc<MmSubscription>, bool) {
         let mut map = self.map();
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {

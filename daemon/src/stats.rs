@@ -15,4 +15,9 @@ pub struct DaemonCounters {
     pub upload_failures: AtomicU64,
     /// Requests answered with an error.
     pub errors: AtomicU64,
+    /// vmwgfx method switches.
+    pub method_switches: AtomicU64,
+    /// Pages marked dirty without proof of a write (method switches, views
+    /// that could not be scanned): the price of never under-reporting.
+    pub extra_pages: AtomicU64,
 }

@@ -1,29 +1,68 @@
-//! The sync engine: scan every view, transfer dirty runs per resource,
-//! upload (DESIGN.md §2 and §5.1).
+//! The sync engine: vmwgfx's tracker operations (research spec §3–§4) on
+//! top of the client processes' write-tracking mechanisms, and the upload
+//! to GPU resources (DESIGN.md §2 and §5.1).
 //!
-//! Order of operations, which is what makes "no lost write" hold:
-//! 1. *protect before collect*: each view is harvested with an atomic
-//!    harvest-and-re-protect, so a write after the harvest faults again and is
-//!    reported by the next sync;
-//! 2. *collect before copy*: runs are taken out of the dirty state (vmwgfx
-//!    `transfer_to_res`) before their bytes are copied, so a write racing the
-//!    copy is either copied now or recorded for the next sync;
-//! 3. an upload that fails folds its runs back into the dirty state.
+//! Every operation holds the BO's state lock from start to end, like vmwgfx
+//! holds the BO reservation. The vmwgfx page-table steps map onto a
+//! mechanism as follows (uffd-async here; "written" is the kernel's
+//! PAGE_IS_WRITTEN, i.e. not write-protected):
+//!
+//! | vmwgfx | here |
+//! | --- | --- |
+//! | clean-and-record (PAGETABLE harvest, MKWRITE add, switches, pre_unmap) | `harvest`: PAGEMAP_SCAN with WP_MATCHING, atomic per page |
+//! | mkwrite fault records a page | `observe`: pages written and not yet known writable are recorded (lazily, before any step that looks at the bitmap) |
+//! | MKWRITE scan re-protects writable PTEs in the envelope | `protect` of the view's known-writable pages inside the envelope |
+//!
+//! Order of operations, which is what makes "no lost write" hold for SYNC:
+//! scan (protect before collect) → transfer (bits leave the bitmap before
+//! their bytes are copied) → upload; an upload that fails folds its runs back.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cohmem_proto::limits::MAX_REPORTED_RUNS;
-use cohmem_proto::{Mechanism, Run, SyncReport};
+use cohmem_proto::{DirtyStateReport, Mechanism, Method, Run, ScanReport, SyncReport};
 
-use crate::bo::{lock, Bo};
-use crate::gpu::GpuError;
+use crate::bo::{lock, Bo, BoState, Resource, View};
+use crate::gpu::{GpuBackend, GpuError};
+use crate::policy::{DirtyTracker, ScanDecision};
 use crate::stats::DaemonCounters;
+use crate::tracker::TrackError;
 
-/// Runs syncs and keeps the daemon-wide counters.
+/// Why a tracker operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The resource index names no live resource.
+    #[error("the BO has no resource {0}")]
+    NoSuchResource(u32),
+    /// The window is not page aligned or not inside the BO.
+    #[error("{0}")]
+    BadWindow(String),
+    /// The GPU backend failed (pages kept dirty).
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// Runs tracker operations and keeps the daemon-wide counters.
 pub struct SyncEngine<'a> {
     counters: &'a DaemonCounters,
+}
+
+fn to_runs(ranges: &[Range<u64>]) -> Vec<Run> {
+    ranges
+        .iter()
+        .take(MAX_REPORTED_RUNS)
+        .map(|r| Run {
+            first_page: r.start as u32,
+            pages: (r.end - r.start) as u32,
+        })
+        .collect()
+}
+
+fn method_of(st: &BoState) -> Method {
+    st.tracker.as_ref().map_or(Method::None, |t| t.method)
 }
 
 impl<'a> SyncEngine<'a> {
@@ -32,42 +71,290 @@ impl<'a> SyncEngine<'a> {
         Self { counters }
     }
 
-    /// Syncs `bo`: every page written through any view since the last sync
-    /// reaches the BO's GPU resources before this returns.
-    pub fn sync(&self, bo: &Bo, report_runs: bool) -> Result<SyncReport, GpuError> {
-        let _serial = lock(&bo.sync_lock);
-        let t0 = Instant::now();
-        let views = bo.views();
-        let mut mechanism = Mechanism::None;
-        for view in &views {
-            mechanism = view.mm.tracker.mechanism();
-            // A failed harvest marks the view dirty whole; nothing to do here.
-            let _ = bo.harvest_view(view);
-        }
+    /// Converts client address ranges of `view` into BO page ranges.
+    fn bo_pages(bo: &Bo, view: &View, ranges: &[Range<u64>]) -> Vec<Range<u64>> {
         let ps = bo.page_size;
-        let mut all_runs: Vec<Range<u64>> = Vec::new();
-        for res in &bo.resources {
-            let window = res.window.start / ps..res.window.end / ps;
-            let runs = bo.dirty().transfer_window(window.clone());
-            if runs.is_empty() {
+        ranges
+            .iter()
+            .filter_map(|r| {
+                let s = r.start.max(view.addr);
+                let e = r.end.min(view.addr + view.len);
+                (s < e).then(|| {
+                    let first = (s - view.addr + view.bo_offset) / ps;
+                    first..(e - view.addr + view.bo_offset).div_ceil(ps)
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a view that cannot be scanned (its process exited, or the scan
+    /// failed) dirty whole: what cannot be proven clean is dirty.
+    fn unprovable(&self, bo: &Bo, st: &mut BoState, view: &View, err: &TrackError) {
+        if matches!(err, TrackError::Gone) {
+            view.dead.store(true, Ordering::Release);
+        } else {
+            tracing::warn!(bo = bo.id, view = view.id, error = %err, "scan failed; view marked dirty whole");
+        }
+        if let Some(t) = st.tracker.as_mut() {
+            let pages = view.bo_pages(bo.page_size);
+            let before = t.dirty.dirty_pages();
+            t.dirty.record(pages);
+            let extra = t.dirty.dirty_pages() - before;
+            bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
+        }
+    }
+
+    /// Harvest-and-re-protect of one view (vmwgfx clean-and-record). Returns
+    /// the BO pages found written, or `None` if the view is unprovable (then
+    /// already marked dirty whole). Afterwards no page of the view is writable.
+    fn harvest_view(&self, bo: &Bo, st: &mut BoState, view: &View) -> Option<Vec<Range<u64>>> {
+        if view.dead.load(Ordering::Acquire) {
+            return Some(Vec::new());
+        }
+        let mut ranges = Vec::new();
+        let result = view.mm.tracker.harvest(view.range(), &mut ranges);
+        lock(&view.writable).clear();
+        match result {
+            Ok(()) => Some(Self::bo_pages(bo, view, &ranges)),
+            Err(e) => {
+                self.unprovable(bo, st, view, &e);
+                None
+            }
+        }
+    }
+
+    /// Harvests every view; records what it finds when `record`; returns the
+    /// number of pages found, counted per view (spec item 22).
+    fn harvest_all(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], record: bool) -> u64 {
+        let mut marked = 0;
+        for view in views {
+            let Some(pages) = self.harvest_view(bo, st, view) else {
+                continue;
+            };
+            marked += pages.iter().map(|r| r.end - r.start).sum::<u64>();
+            if let (true, Some(t)) = (record, st.tracker.as_mut()) {
+                pages.into_iter().for_each(|r| t.dirty.record(r));
+            }
+        }
+        marked
+    }
+
+    /// MKWRITE: records the first writes since the last look (vmwgfx's
+    /// mkwrite handler, applied lazily before any step that reads the
+    /// bitmap). Pages written and not yet known writable are "faults".
+    fn observe(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        if !matches!(st.tracker.as_ref().map(|t| t.method), Some(Method::MkWrite)) {
+            return;
+        }
+        for view in views {
+            if view.dead.load(Ordering::Acquire) {
                 continue;
             }
-            let byte_runs: Vec<Range<u64>> = runs
-                .iter()
-                .map(|r| (r.start - window.start) * ps..(r.end - window.start) * ps)
-                .collect();
-            if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
-                bo.dirty().fold_back(&runs);
-                self.counters
-                    .upload_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(bo = bo.id, error = %e, "upload failed; runs folded back");
-                return Err(e);
+            let mut ranges = Vec::new();
+            if let Err(e) = view.mm.tracker.peek(view.range(), &mut ranges) {
+                self.unprovable(bo, st, view, &e);
+                continue;
             }
-            all_runs.extend(runs);
+            let first = view.bo_offset / bo.page_size;
+            let mut writable = lock(&view.writable);
+            let Some(t) = st.tracker.as_mut() else {
+                return;
+            };
+            for r in Self::bo_pages(bo, view, &ranges) {
+                for p in r {
+                    if writable.insert(p - first) {
+                        t.dirty.record(p..p + 1);
+                    }
+                }
+            }
         }
-        let pages: u64 = all_runs.iter().map(|r| r.end - r.start).sum();
-        let bytes = pages * ps;
+    }
+
+    /// vmwgfx `scan` (spec §3), with the state lock held.
+    fn scan_locked(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) -> ScanReport {
+        let Some(method) = st.tracker.as_ref().map(|t| t.method) else {
+            return ScanReport::default();
+        };
+        let num_marked;
+        let mut switched = None;
+        match method {
+            Method::PageTable | Method::None => {
+                num_marked = self.harvest_all(bo, st, views, true);
+                let decision = st.tracker.as_mut().map_or(ScanDecision::Stay, |t| {
+                    t.after_pagetable_harvest(num_marked)
+                });
+                if let ScanDecision::Switch(m) = decision {
+                    // Write-protect the whole BO, then clean-and-record once
+                    // more: a harvest does both, atomically per page.
+                    self.harvest_all(bo, st, views, true);
+                    switched = Some(m);
+                }
+            }
+            Method::MkWrite => {
+                self.observe(bo, st, views);
+                let envelope = st.tracker.as_ref().and_then(|t| t.dirty.envelope());
+                let Some(envelope) = envelope else {
+                    // Empty envelope: return at once, count untouched.
+                    return self.scan_report(st, 0, None);
+                };
+                num_marked = self.reprotect(bo, st, views, envelope);
+                let decision = st.tracker.as_mut().map_or(ScanDecision::Stay, |t| {
+                    t.after_mkwrite_reprotect(num_marked)
+                });
+                if let ScanDecision::Switch(m) = decision {
+                    self.switch_to_pagetable(bo, st, views);
+                    switched = Some(m);
+                }
+            }
+        }
+        if switched.is_some() {
+            bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .method_switches
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(bo = bo.id, method = %method_of(st), "tracking method switched");
+        }
+        self.scan_report(st, num_marked, switched)
+    }
+
+    fn scan_report(&self, st: &BoState, num_marked: u64, switched: Option<Method>) -> ScanReport {
+        ScanReport {
+            method: method_of(st) as u16,
+            switched_to: switched.map_or(0, |m| m as u16),
+            change_count: st.tracker.as_ref().map_or(0, |t| t.change_count),
+            num_marked,
+        }
+    }
+
+    /// MKWRITE re-protect of the known-writable pages inside `envelope`;
+    /// returns how many were re-protected, per view.
+    fn reprotect(
+        &self,
+        bo: &Bo,
+        st: &mut BoState,
+        views: &[Arc<View>],
+        envelope: Range<u64>,
+    ) -> u64 {
+        let ps = bo.page_size;
+        let mut marked = 0;
+        for view in views {
+            if view.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            let first = view.bo_offset / ps;
+            let vp = view.bo_pages(ps);
+            let (lo, hi) = (envelope.start.max(vp.start), envelope.end.min(vp.end));
+            let mut runs: Vec<Range<u64>> = Vec::new();
+            {
+                let mut writable = lock(&view.writable);
+                for p in lo..hi {
+                    if writable.remove(p - first) {
+                        match runs.last_mut() {
+                            Some(last) if last.end == p => last.end = p + 1,
+                            _ => runs.push(p..p + 1),
+                        }
+                    }
+                }
+            }
+            for r in &runs {
+                let addr = view.addr + (r.start - first) * ps;
+                if let Err(e) = view.mm.tracker.protect(addr..addr + (r.end - r.start) * ps) {
+                    self.unprovable(bo, st, view, &e);
+                    break;
+                }
+                marked += r.end - r.start;
+            }
+        }
+        marked
+    }
+
+    /// MKWRITE → PAGETABLE (spec §3.2 step 5): clean every view with a
+    /// throw-away envelope, then bitmap := all ones on the envelope. Writes
+    /// that arrived after the last observe would have faulted and been
+    /// recorded in vmwgfx, so they are recorded here too, not thrown away.
+    fn switch_to_pagetable(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        for view in views {
+            let known: Vec<u64> = {
+                let w = lock(&view.writable);
+                let first = view.bo_offset / bo.page_size;
+                (0..view.len / bo.page_size)
+                    .filter(|p| w.contains(*p))
+                    .map(|p| p + first)
+                    .collect()
+            };
+            let Some(found) = self.harvest_view(bo, st, view) else {
+                continue;
+            };
+            if let Some(t) = st.tracker.as_mut() {
+                for r in found {
+                    for p in r {
+                        if known.binary_search(&p).is_err() {
+                            t.dirty.record(p..p + 1);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(t) = st.tracker.as_mut() {
+            let extra = t.finish_switch_to_pagetable();
+            bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
+            self.counters
+                .extra_pages
+                .fetch_add(extra, Ordering::Relaxed);
+        }
+    }
+
+    /// Transfers resource `index`'s dirty runs and uploads them; on upload
+    /// failure the runs are folded back.
+    fn transfer_locked(
+        &self,
+        bo: &Bo,
+        st: &mut BoState,
+        index: u32,
+    ) -> Result<Vec<Range<u64>>, SyncError> {
+        let res = Self::resource(st, index)?;
+        let Some(t) = st.tracker.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let ps = bo.page_size;
+        let window = res.window.start / ps..res.window.end / ps;
+        let runs = t.dirty.transfer_window(window.clone());
+        if runs.is_empty() {
+            return Ok(runs);
+        }
+        let byte_runs: Vec<Range<u64>> = runs
+            .iter()
+            .map(|r| (r.start - window.start) * ps..(r.end - window.start) * ps)
+            .collect();
+        if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
+            t.dirty.fold_back(&runs);
+            self.counters
+                .upload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(bo = bo.id, resource = index, error = %e, "upload failed; runs folded back");
+            return Err(e.into());
+        }
+        Ok(runs)
+    }
+
+    fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
+        st.resources
+            .get(index as usize)
+            .and_then(Option::clone)
+            .ok_or(SyncError::NoSuchResource(index))
+    }
+
+    fn report(
+        &self,
+        bo: &Bo,
+        st: &BoState,
+        views: &[Arc<View>],
+        runs: &[Range<u64>],
+        t0: Instant,
+        with_runs: bool,
+    ) -> SyncReport {
+        let pages: u64 = runs.iter().map(|r| r.end - r.start).sum();
+        let bytes = pages * bo.page_size;
         bo.counters.syncs.fetch_add(1, Ordering::Relaxed);
         bo.counters
             .pages_uploaded
@@ -82,36 +369,210 @@ impl<'a> SyncEngine<'a> {
         self.counters
             .bytes_uploaded
             .fetch_add(bytes, Ordering::Relaxed);
-        let runs: Vec<Run> = if report_runs {
-            all_runs
-                .iter()
-                .take(MAX_REPORTED_RUNS)
-                .map(|r| Run {
-                    first_page: r.start as u32,
-                    pages: (r.end - r.start) as u32,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let report = SyncReport {
+        let listed = if with_runs { to_runs(runs) } else { Vec::new() };
+        let mechanism = views
+            .first()
+            .map_or(Mechanism::None, |v| v.mm.tracker.mechanism());
+        SyncReport {
             pages,
             bytes,
-            run_count: all_runs.len() as u32,
+            run_count: runs.len() as u32,
             mechanism: mechanism as u16,
-            runs_truncated: runs.len() < all_runs.len(),
+            method: method_of(st) as u16,
+            runs_truncated: listed.len() < runs.len(),
             duration_ns: t0.elapsed().as_nanos() as u64,
-            views_scanned: views.len() as u32,
-            runs,
-        };
+            views_scanned: views
+                .iter()
+                .filter(|v| !v.dead.load(Ordering::Relaxed))
+                .count() as u32,
+            runs: listed,
+        }
+    }
+
+    /// SYNC: scan, then transfer and upload every resource in ascending
+    /// window order. Every page written through any view before this call
+    /// reaches the GPU resources before it returns.
+    pub fn sync(&self, bo: &Bo, with_runs: bool) -> Result<SyncReport, SyncError> {
+        let t0 = Instant::now();
+        let mut st = bo.state();
+        let views = bo.views();
+        self.scan_locked(bo, &mut st, &views);
+        let mut order: Vec<(u64, u32)> = st
+            .resources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (r.window.start, i as u32)))
+            .collect();
+        order.sort_unstable();
+        let mut all = Vec::new();
+        for (_, index) in order {
+            all.extend(self.transfer_locked(bo, &mut st, index)?);
+        }
+        let report = self.report(bo, &st, &views, &all, t0, with_runs);
         tracing::debug!(
             bo = bo.id,
-            pages,
+            pages = report.pages,
             runs = report.run_count,
             ns = report.duration_ns,
             "sync"
         );
         Ok(report)
+    }
+
+    /// vmwgfx `scan` alone.
+    pub fn scan(&self, bo: &Bo) -> ScanReport {
+        let mut st = bo.state();
+        let views = bo.views();
+        self.scan_locked(bo, &mut st, &views)
+    }
+
+    /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
+    pub fn transfer(&self, bo: &Bo, index: u32, with_runs: bool) -> Result<SyncReport, SyncError> {
+        let t0 = Instant::now();
+        let mut st = bo.state();
+        let views = bo.views();
+        self.observe(bo, &mut st, &views);
+        let runs = self.transfer_locked(bo, &mut st, index)?;
+        Ok(self.report(bo, &st, &views, &runs, t0, with_runs))
+    }
+
+    /// vmwgfx `clear_res`.
+    pub fn clear_resource(&self, bo: &Bo, index: u32) -> Result<(), SyncError> {
+        let mut st = bo.state();
+        let views = bo.views();
+        self.observe(bo, &mut st, &views);
+        let res = Self::resource(&st, index)?;
+        if let Some(t) = st.tracker.as_mut() {
+            let ps = bo.page_size;
+            t.dirty
+                .clear_window(res.window.start / ps..res.window.end / ps);
+        }
+        Ok(())
+    }
+
+    /// vmwgfx `dirty_clear`.
+    pub fn clear_all(&self, bo: &Bo) {
+        let mut st = bo.state();
+        let views = bo.views();
+        self.observe(bo, &mut st, &views);
+        if let Some(t) = st.tracker.as_mut() {
+            let n = t.dirty.pages();
+            t.dirty.clear_window(0..n);
+        }
+    }
+
+    /// The tracker as vmwgfx would hold it now.
+    pub fn dirty_state(&self, bo: &Bo) -> DirtyStateReport {
+        let mut st = bo.state();
+        let views = bo.views();
+        self.observe(bo, &mut st, &views);
+        let Some(t) = st.tracker.as_ref() else {
+            return DirtyStateReport {
+                pages: bo.pages(),
+                start: bo.pages(),
+                ..DirtyStateReport::default()
+            };
+        };
+        let runs = t.dirty.runs();
+        let (start, end) = t
+            .dirty
+            .envelope()
+            .map_or((t.dirty.pages(), 0), |e| (e.start, e.end));
+        DirtyStateReport {
+            method: t.method as u16,
+            change_count: t.change_count,
+            users: t.users,
+            pages: t.dirty.pages(),
+            start,
+            end,
+            dirty_pages: t.dirty.dirty_pages(),
+            truncated: runs.len() > MAX_REPORTED_RUNS,
+            runs: to_runs(&runs),
+        }
+    }
+
+    /// vmwgfx `dirty_add` with a new resource at `window` (bytes). Returns
+    /// the resource index.
+    pub fn add_resource(
+        &self,
+        bo: &Bo,
+        gpu: &dyn GpuBackend,
+        window: Range<u64>,
+    ) -> Result<u32, SyncError> {
+        let ps = bo.page_size;
+        if window.start % ps != 0
+            || window.end % ps != 0
+            || window.is_empty()
+            || window.end > bo.size
+        {
+            return Err(SyncError::BadWindow(format!(
+                "resource window {}..{} must be a non-empty page-aligned range inside the BO's {} bytes",
+                window.start, window.end, bo.size
+            )));
+        }
+        let resource = Arc::new(Resource {
+            gpu: gpu.create_resource(window.end - window.start)?,
+            window,
+        });
+        let mut st = bo.state();
+        let views = bo.views();
+        match st.tracker.as_mut() {
+            Some(t) => t.users += 1,
+            None => {
+                let t = DirtyTracker::new(bo.pages());
+                let mkwrite = t.method == Method::MkWrite;
+                st.tracker = Some(t);
+                if mkwrite {
+                    // Write-protect the whole BO, then clean-and-record:
+                    // pages written before the add are recorded now.
+                    self.harvest_all(bo, &mut st, &views, true);
+                }
+            }
+        }
+        st.resources.push(Some(resource));
+        Ok((st.resources.len() - 1) as u32)
+    }
+
+    /// vmwgfx `dirty_release` of resource `index`.
+    pub fn release_resource(&self, bo: &Bo, index: u32) -> Result<(), SyncError> {
+        let mut st = bo.state();
+        let slot = st
+            .resources
+            .get_mut(index as usize)
+            .filter(|s| s.is_some())
+            .ok_or(SyncError::NoSuchResource(index))?;
+        *slot = None;
+        let gone = match st.tracker.as_mut() {
+            Some(t) => {
+                t.users = t.users.saturating_sub(1);
+                t.users == 0
+            }
+            None => false,
+        };
+        if gone {
+            st.tracker = None;
+            for view in bo.views() {
+                lock(&view.writable).clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a view after harvesting it (vmwgfx `pre_unmap`, spec §4.4):
+    /// in PAGETABLE mode its written pages are cleaned and recorded; in
+    /// MKWRITE mode its pending first writes are recorded. A view whose
+    /// process is gone is marked dirty whole.
+    pub fn remove_view(&self, bo: &Bo, view: &Arc<View>) {
+        let mut st = bo.state();
+        let one = [view.clone()];
+        match st.tracker.as_ref().map(|t| t.method) {
+            Some(Method::MkWrite) => self.observe(bo, &mut st, &one),
+            Some(_) => {
+                self.harvest_all(bo, &mut st, &one, true);
+            }
+            None => {}
+        }
+        bo.detach_view(view);
     }
 }
 
@@ -167,18 +628,22 @@ mod tests {
         }
     }
 
+    fn record(bo: &Bo, r: Range<u64>) {
+        bo.state().tracker.as_mut().unwrap().dirty.record(r);
+    }
+
     #[test]
     fn failed_upload_folds_its_runs_back_and_the_next_sync_uploads_them() {
         let fail = Arc::new(AtomicBool::new(true));
         let ps = cohmem_sys::page_size();
-        let bo = Bo::create(1, 16 * ps, &FlakyGpu(fail.clone())).unwrap();
-        bo.dirty().record(3..5);
-        bo.dirty().record(9..10);
+        let bo = Bo::create(1, 16 * ps, &FlakyGpu(fail.clone()), true).unwrap();
+        record(&bo, 3..5);
+        record(&bo, 9..10);
         let counters = DaemonCounters::default();
         let engine = SyncEngine::new(&counters);
         assert!(engine.sync(&bo, true).is_err());
         assert_eq!(
-            bo.dirty().dirty_pages(),
+            engine.dirty_state(&bo).dirty_pages,
             3,
             "runs of a failed upload must be folded back"
         );
@@ -187,7 +652,36 @@ mod tests {
         let report = engine.sync(&bo, true).unwrap();
         assert_eq!(report.pages, 3);
         assert_eq!(report.run_count, 2);
-        assert_eq!(bo.dirty().dirty_pages(), 0);
+        assert_eq!(engine.dirty_state(&bo).dirty_pages, 0);
         assert_eq!(engine.sync(&bo, true).unwrap().pages, 0);
+    }
+
+    #[test]
+    fn resources_take_only_their_window_and_the_last_release_drops_the_tracker() {
+        let ps = cohmem_sys::page_size();
+        let gpu = SoftGpu::new();
+        let bo = Bo::create(1, 20 * ps, &gpu, false).unwrap();
+        let counters = DaemonCounters::default();
+        let engine = SyncEngine::new(&counters);
+        assert_eq!(engine.dirty_state(&bo).method, 0, "no resource, no tracker");
+        let a = engine.add_resource(&bo, &gpu, 0..10 * ps).unwrap();
+        let b = engine.add_resource(&bo, &gpu, 10 * ps..20 * ps).unwrap();
+        assert_eq!(engine.dirty_state(&bo).users, 2);
+        record(&bo, 3..4);
+        record(&bo, 15..16);
+        let t = engine.transfer(&bo, a, true).unwrap();
+        assert_eq!(t.pages, 1);
+        assert_eq!(
+            engine.dirty_state(&bo).dirty_pages,
+            1,
+            "the neighbouring window keeps its page"
+        );
+        engine.clear_resource(&bo, b).unwrap();
+        assert_eq!(engine.dirty_state(&bo).dirty_pages, 0);
+        engine.release_resource(&bo, a).unwrap();
+        engine.release_resource(&bo, b).unwrap();
+        assert_eq!(engine.dirty_state(&bo).users, 0);
+        assert!(engine.release_resource(&bo, b).is_err());
+        assert!(engine.add_resource(&bo, &gpu, 0..21 * ps).is_err());
     }
 }

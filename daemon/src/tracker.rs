@@ -1,6 +1,6 @@
 //! Write-tracking mechanisms behind one trait.
 //!
-//! A [`Tracker`] belongs to one client process's mm subscription and observes
+//! A [`WriteTracker`] belongs to one client process's mm subscription and observes
 //! the views that process maps. This issue implements `uffd-async`
 //! (userfaultfd WP_ASYNC + `PAGEMAP_SCAN`): the MKWRITE-like
 //! "protect, then harvest-and-re-protect" cycle of vmwgfx with the kernel
@@ -40,7 +40,7 @@ impl From<SysError> for TrackError {
 }
 
 /// Observes writes to the views of one client process.
-pub trait Tracker: Send + Sync {
+pub trait WriteTracker: Send + Sync {
     /// Which mechanism this is.
     fn mechanism(&self) -> Mechanism;
     /// Whether collection is exact under concurrent writers.
@@ -48,9 +48,15 @@ pub trait Tracker: Send + Sync {
     /// Checks a newly announced view and write-protects it, so that only
     /// writes from now on are reported.
     fn attach_view(&self, range: Range<u64>) -> Result<(), TrackError>;
-    /// Appends the address ranges written since the last collect and
-    /// re-protects them (protect before collect: one atomic step per page).
-    fn collect(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
+    /// Appends the address ranges written since they were last protected
+    /// and re-protects them (protect before collect: one atomic step per
+    /// page). Afterwards the whole range is protected.
+    fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
+    /// Appends the address ranges written since they were last protected,
+    /// changing nothing.
+    fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
+    /// Write-protects a range again (the MKWRITE re-protect).
+    fn protect(&self, range: Range<u64>) -> Result<(), TrackError>;
 }
 
 /// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd.
@@ -66,7 +72,7 @@ impl UffdAsyncTracker {
     }
 }
 
-impl Tracker for UffdAsyncTracker {
+impl WriteTracker for UffdAsyncTracker {
     fn mechanism(&self) -> Mechanism {
         Mechanism::UffdAsync
     }
@@ -111,8 +117,19 @@ impl Tracker for UffdAsyncTracker {
         }
     }
 
-    fn collect(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+    fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
         self.pagemap.scan(range, ScanQuery::HARVEST_WRITTEN, out)?;
+        Ok(())
+    }
+
+    fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        self.pagemap.scan(range, ScanQuery::PEEK_WRITTEN, out)?;
+        Ok(())
+    }
+
+    fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
+        self.uffd
+            .write_protect(range.start, range.end - range.start, true)?;
         Ok(())
     }
 }

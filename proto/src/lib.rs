@@ -33,7 +33,8 @@ pub mod limits {
     pub const MAX_ERROR_MESSAGE: usize = 1024;
     /// Largest short name (backend names in STATS), in bytes of UTF-8.
     pub const MAX_NAME: usize = 64;
-    /// Most dirty runs a SYNC_DONE reply lists (the rest is only counted).
+    /// Most dirty runs a SYNC_DONE or DIRTY_STATE reply lists (the rest is
+    /// only counted or flagged).
     pub const MAX_REPORTED_RUNS: usize = 4096;
     /// Most connection rows in a STATS reply.
     pub const MAX_STATS_CONNECTIONS: usize = 256;

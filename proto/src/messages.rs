@@ -61,6 +61,49 @@ impl std::fmt::Display for Mechanism {
     }
 }
 
+/// vmwgfx's per-BO tracking method (spec §2). The numeric values are the
+/// wire encoding; 0 means the BO has no tracker (no resource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Method {
+    /// No tracker: no resource is bound to the BO.
+    None = 0,
+    /// Harvest written state by scanning (hardware dirty bits).
+    PageTable = 1,
+    /// Write-protect; record on first write.
+    MkWrite = 2,
+}
+
+impl Method {
+    /// Decodes the wire value.
+    pub fn from_wire(v: u16) -> Result<Self, DecodeError> {
+        match v {
+            0 => Ok(Self::None),
+            1 => Ok(Self::PageTable),
+            2 => Ok(Self::MkWrite),
+            _ => Err(DecodeError::BadValue {
+                field: "method",
+                value: v.into(),
+            }),
+        }
+    }
+
+    /// Name for logs and tools.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::PageTable => "pagetable",
+            Self::MkWrite => "mkwrite",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Error codes carried by the ERROR reply. Unknown codes from a newer peer
 /// decode as [`ErrorCode::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,6 +200,9 @@ pub const STATS_CONNECTIONS: u32 = 1;
 pub const STATS_BOS: u32 = 2;
 /// Flag of ATTACH_MM: the uffd and pagemap fds are attached.
 pub const ATTACH_WITH_FDS: u32 = 1;
+/// Flag of CREATE_BO: create the BO without its default whole-BO resource
+/// (so without a tracker until ADD_RESOURCE).
+pub const CREATE_NO_RESOURCE: u32 = 1;
 
 /// A run of consecutive BO pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +224,8 @@ pub struct SyncReport {
     pub run_count: u32,
     /// Mechanism that found the pages.
     pub mechanism: u16,
+    /// vmwgfx method of the BO after the sync ([`Method`] wire value).
+    pub method: u16,
     /// True when `runs` lists fewer runs than `run_count` (or none was asked for).
     pub runs_truncated: bool,
     /// Time the daemon spent, nanoseconds.
@@ -264,6 +312,42 @@ pub struct StatsReport {
     pub truncated: bool,
 }
 
+/// Reply to DIRTY_STATE: the BO's tracker as vmwgfx would hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DirtyStateReport {
+    /// [`Method`] wire value (0: no tracker).
+    pub method: u16,
+    /// Consecutive scans that asked for a method switch.
+    pub change_count: u32,
+    /// Users of the tracker (resources bound to the BO).
+    pub users: u32,
+    /// Pages of the BO (N).
+    pub pages: u64,
+    /// Envelope start (N when empty).
+    pub start: u64,
+    /// Envelope end (0 when empty).
+    pub end: u64,
+    /// Pages whose bit is set.
+    pub dirty_pages: u64,
+    /// True when `runs` is not the complete list of set bits.
+    pub truncated: bool,
+    /// Maximal runs of set bits, ascending, at most [`MAX_REPORTED_RUNS`].
+    pub runs: Vec<Run>,
+}
+
+/// Reply to SCAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanReport {
+    /// [`Method`] wire value after the scan.
+    pub method: u16,
+    /// [`Method`] wire value switched to by this scan, 0 if none.
+    pub switched_to: u16,
+    /// Change count after the scan.
+    pub change_count: u32,
+    /// PTEs cleaned (PAGETABLE) or re-protected (MKWRITE), per mapping.
+    pub num_marked: u64,
+}
+
 /// Requests, client → daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -280,7 +364,7 @@ pub enum Request {
     CreateBo {
         /// Size in bytes.
         size: u64,
-        /// Reserved, 0.
+        /// [`CREATE_NO_RESOURCE`] or 0.
         flags: u32,
     },
     /// Open a handle to an existing BO given its memfd (1 fd). Reply: [`Reply::Bo`].
@@ -335,6 +419,56 @@ pub enum Request {
         bo: u32,
         /// Resource index on the BO.
         index: u32,
+    },
+    /// Bind a new GPU resource to a page-aligned window of the BO (vmwgfx
+    /// `dirty_add`). Reply: [`Reply::ResourceAdded`].
+    AddResource {
+        /// BO handle.
+        bo: u32,
+        /// Window offset in bytes (page multiple).
+        offset: u64,
+        /// Window length in bytes (non-zero page multiple).
+        len: u64,
+    },
+    /// Destroy a resource (vmwgfx `dirty_release`).
+    ReleaseResource {
+        /// BO handle.
+        bo: u32,
+        /// Resource index.
+        index: u32,
+    },
+    /// vmwgfx `scan` without transfer. Reply: [`Reply::Scanned`].
+    Scan {
+        /// BO handle.
+        bo: u32,
+    },
+    /// vmwgfx `transfer_to_res` + upload for one resource (no scan first).
+    /// Reply: [`Reply::SyncDone`].
+    Transfer {
+        /// BO handle.
+        bo: u32,
+        /// Resource index.
+        index: u32,
+        /// [`SYNC_REPORT_RUNS`].
+        flags: u32,
+    },
+    /// vmwgfx `clear_res`: drop a resource's dirty pages unreported (after a
+    /// full upload).
+    ClearResource {
+        /// BO handle.
+        bo: u32,
+        /// Resource index.
+        index: u32,
+    },
+    /// vmwgfx `dirty_clear`: drop every dirty page of the BO unreported.
+    ClearAll {
+        /// BO handle.
+        bo: u32,
+    },
+    /// The BO's tracker state. Reply: [`Reply::DirtyState`].
+    DirtyState {
+        /// BO handle.
+        bo: u32,
     },
 }
 
@@ -392,6 +526,15 @@ pub enum Reply {
         /// Offset of the resource's window in the BO.
         offset: u64,
     },
+    /// A resource was bound.
+    ResourceAdded {
+        /// Resource index on the BO.
+        index: u32,
+    },
+    /// SCAN result.
+    Scanned(ScanReport),
+    /// DIRTY_STATE result.
+    DirtyState(DirtyStateReport),
     /// A typed error.
     Error {
         /// What went wrong.
@@ -414,6 +557,13 @@ pub mod kind {
     pub const DESTROY: u16 = 0x0008;
     pub const STATS: u16 = 0x0009;
     pub const EXPORT_RESOURCE: u16 = 0x000a;
+    pub const ADD_RESOURCE: u16 = 0x000b;
+    pub const RELEASE_RESOURCE: u16 = 0x000c;
+    pub const SCAN: u16 = 0x000d;
+    pub const TRANSFER: u16 = 0x000e;
+    pub const CLEAR_RESOURCE: u16 = 0x000f;
+    pub const CLEAR_ALL: u16 = 0x0010;
+    pub const DIRTY_STATE: u16 = 0x0011;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -423,6 +573,9 @@ pub mod kind {
     pub const R_SYNC_DONE: u16 = 0x8006;
     pub const R_STATS: u16 = 0x8007;
     pub const R_RESOURCE: u16 = 0x8008;
+    pub const R_RESOURCE_ADDED: u16 = 0x8009;
+    pub const R_SCANNED: u16 = 0x800a;
+    pub const R_DIRTY_STATE: u16 = 0x800b;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -470,6 +623,13 @@ impl Request {
             Self::Destroy { .. } => kind::DESTROY,
             Self::Stats { .. } => kind::STATS,
             Self::ExportResource { .. } => kind::EXPORT_RESOURCE,
+            Self::AddResource { .. } => kind::ADD_RESOURCE,
+            Self::ReleaseResource { .. } => kind::RELEASE_RESOURCE,
+            Self::Scan { .. } => kind::SCAN,
+            Self::Transfer { .. } => kind::TRANSFER,
+            Self::ClearResource { .. } => kind::CLEAR_RESOURCE,
+            Self::ClearAll { .. } => kind::CLEAR_ALL,
+            Self::DirtyState { .. } => kind::DIRTY_STATE,
         }
     }
 
@@ -486,6 +646,13 @@ impl Request {
             Self::Destroy { .. } => "DESTROY",
             Self::Stats { .. } => "STATS",
             Self::ExportResource { .. } => "EXPORT_RESOURCE",
+            Self::AddResource { .. } => "ADD_RESOURCE",
+            Self::ReleaseResource { .. } => "RELEASE_RESOURCE",
+            Self::Scan { .. } => "SCAN",
+            Self::Transfer { .. } => "TRANSFER",
+            Self::ClearResource { .. } => "CLEAR_RESOURCE",
+            Self::ClearAll { .. } => "CLEAR_ALL",
+            Self::DirtyState { .. } => "DIRTY_STATE",
         }
     }
 
@@ -548,9 +715,22 @@ impl Request {
             }
             Self::Destroy { bo } => w.u32(bo),
             Self::Stats { flags } => w.u32(flags),
-            Self::ExportResource { bo, index } => {
+            Self::ExportResource { bo, index }
+            | Self::ReleaseResource { bo, index }
+            | Self::ClearResource { bo, index } => {
                 w.u32(bo);
                 w.u32(index);
+            }
+            Self::AddResource { bo, offset, len } => {
+                w.u32(bo);
+                w.u64(offset);
+                w.u64(len);
+            }
+            Self::Scan { bo } | Self::ClearAll { bo } | Self::DirtyState { bo } => w.u32(bo),
+            Self::Transfer { bo, index, flags } => {
+                w.u32(bo);
+                w.u32(index);
+                w.u32(flags);
             }
         }
         buf
@@ -597,6 +777,27 @@ impl Request {
                 bo: r.u32("bo")?,
                 index: r.u32("index")?,
             },
+            kind::ADD_RESOURCE => Self::AddResource {
+                bo: r.u32("bo")?,
+                offset: r.u64("offset")?,
+                len: r.u64("len")?,
+            },
+            kind::RELEASE_RESOURCE => Self::ReleaseResource {
+                bo: r.u32("bo")?,
+                index: r.u32("index")?,
+            },
+            kind::SCAN => Self::Scan { bo: r.u32("bo")? },
+            kind::TRANSFER => Self::Transfer {
+                bo: r.u32("bo")?,
+                index: r.u32("index")?,
+                flags: r.u32("flags")?,
+            },
+            kind::CLEAR_RESOURCE => Self::ClearResource {
+                bo: r.u32("bo")?,
+                index: r.u32("index")?,
+            },
+            kind::CLEAR_ALL => Self::ClearAll { bo: r.u32("bo")? },
+            kind::DIRTY_STATE => Self::DirtyState { bo: r.u32("bo")? },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -616,6 +817,9 @@ impl Reply {
             Self::SyncDone(_) => kind::R_SYNC_DONE,
             Self::Stats(_) => kind::R_STATS,
             Self::Resource { .. } => kind::R_RESOURCE,
+            Self::ResourceAdded { .. } => kind::R_RESOURCE_ADDED,
+            Self::Scanned(_) => kind::R_SCANNED,
+            Self::DirtyState(_) => kind::R_DIRTY_STATE,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -673,6 +877,7 @@ impl Reply {
                 w.u64(s.bytes);
                 w.u32(s.run_count);
                 w.u16(s.mechanism);
+                w.u16(s.method);
                 w.u16(u16::from(truncated));
                 w.u64(s.duration_ns);
                 w.u32(s.views_scanned);
@@ -724,6 +929,30 @@ impl Reply {
             Self::Resource { size, offset } => {
                 w.u64(*size);
                 w.u64(*offset);
+            }
+            Self::ResourceAdded { index } => w.u32(*index),
+            Self::Scanned(s) => {
+                w.u16(s.method);
+                w.u16(s.switched_to);
+                w.u32(s.change_count);
+                w.u64(s.num_marked);
+            }
+            Self::DirtyState(d) => {
+                let n = d.runs.len().min(MAX_REPORTED_RUNS);
+                let truncated = d.truncated || n < d.runs.len();
+                w.u16(d.method);
+                w.u32(d.change_count);
+                w.u32(d.users);
+                w.u64(d.pages);
+                w.u64(d.start);
+                w.u64(d.end);
+                w.u64(d.dirty_pages);
+                w.u8(u8::from(truncated));
+                w.u16(n as u16);
+                for run in &d.runs[..n] {
+                    w.u32(run.first_page);
+                    w.u32(run.pages);
+                }
             }
             Self::Error { code, message } => {
                 let m = truncate_utf8(message, MAX_ERROR_MESSAGE);
@@ -783,6 +1012,7 @@ impl Reply {
                 let bytes = r.u64("bytes")?;
                 let run_count = r.u32("run_count")?;
                 let mechanism = r.u16("mechanism")?;
+                let method = r.u16("method")?;
                 let flags = r.u16("flags")?;
                 let duration_ns = r.u64("duration_ns")?;
                 let views_scanned = r.u32("views_scanned")?;
@@ -800,6 +1030,7 @@ impl Reply {
                     bytes,
                     run_count,
                     mechanism,
+                    method,
                     runs_truncated: flags & 1 != 0,
                     duration_ns,
                     views_scanned,
@@ -862,6 +1093,38 @@ impl Reply {
                 size: r.u64("size")?,
                 offset: r.u64("offset")?,
             },
+            kind::R_RESOURCE_ADDED => Self::ResourceAdded {
+                index: r.u32("index")?,
+            },
+            kind::R_SCANNED => Self::Scanned(ScanReport {
+                method: r.u16("method")?,
+                switched_to: r.u16("switched_to")?,
+                change_count: r.u32("change_count")?,
+                num_marked: r.u64("num_marked")?,
+            }),
+            kind::R_DIRTY_STATE => {
+                let mut d = DirtyStateReport {
+                    method: r.u16("method")?,
+                    change_count: r.u32("change_count")?,
+                    users: r.u32("users")?,
+                    pages: r.u64("pages")?,
+                    start: r.u64("start")?,
+                    end: r.u64("end")?,
+                    dirty_pages: r.u64("dirty_pages")?,
+                    truncated: r.u8("truncated")? != 0,
+                    runs: Vec::new(),
+                };
+                let n = r.count_u16("dirty runs", MAX_REPORTED_RUNS)?;
+                check_limit("dirty runs", n * 8, r.remaining())?;
+                d.runs.reserve_exact(n);
+                for _ in 0..n {
+                    d.runs.push(Run {
+                        first_page: r.u32("run.first_page")?,
+                        pages: r.u32("run.pages")?,
+                    });
+                }
+                Self::DirtyState(d)
+            }
             kind::R_ERROR => {
                 let code = ErrorCode::from_wire(r.u16("code")?);
                 let len = r.u16("message length")? as usize;

@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 10] = [
+const REQUEST_KINDS: [u16; 17] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -58,9 +58,16 @@ const REQUEST_KINDS: [u16; 10] = [
     kind::DESTROY,
     kind::STATS,
     kind::EXPORT_RESOURCE,
+    kind::ADD_RESOURCE,
+    kind::RELEASE_RESOURCE,
+    kind::SCAN,
+    kind::TRANSFER,
+    kind::CLEAR_RESOURCE,
+    kind::CLEAR_ALL,
+    kind::DIRTY_STATE,
 ];
 
-const REPLY_KINDS: [u16; 9] = [
+const REPLY_KINDS: [u16; 12] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -69,6 +76,9 @@ const REPLY_KINDS: [u16; 9] = [
     kind::R_SYNC_DONE,
     kind::R_STATS,
     kind::R_RESOURCE,
+    kind::R_RESOURCE_ADDED,
+    kind::R_SCANNED,
+    kind::R_DIRTY_STATE,
     kind::R_ERROR,
 ];
 
@@ -111,26 +121,76 @@ fn arb_run() -> impl Strategy<Value = Run> {
     (any::<u32>(), any::<u32>()).prop_map(|(first_page, pages)| Run { first_page, pages })
 }
 
+/// A [`Method`] wire value: mostly a valid one, sometimes anything (the
+/// replies carry it as a plain u16 that the decoder does not check).
+fn arb_method_wire() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        4 => 0..=2u16,
+        1 => any::<u16>(),
+    ]
+}
+
 fn arb_sync_report(max_runs: usize) -> impl Strategy<Value = SyncReport> {
     (
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()),
-        (any::<bool>(), any::<u64>(), any::<u32>()),
+        (arb_method_wire(), any::<bool>(), any::<u64>(), any::<u32>()),
         len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
     )
         .prop_map(
             |(
                 (pages, bytes, run_count, mechanism),
-                (runs_truncated, duration_ns, views_scanned),
+                (method, runs_truncated, duration_ns, views_scanned),
                 runs,
             )| SyncReport {
                 pages,
                 bytes,
                 run_count,
                 mechanism,
+                method,
                 runs_truncated,
                 duration_ns,
                 views_scanned,
                 runs,
+            },
+        )
+}
+
+fn arb_scan_report() -> impl Strategy<Value = ScanReport> {
+    (
+        arb_method_wire(),
+        arb_method_wire(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(method, switched_to, change_count, num_marked)| ScanReport {
+                method,
+                switched_to,
+                change_count,
+                num_marked,
+            },
+        )
+}
+
+fn arb_dirty_state_report(max_runs: usize) -> impl Strategy<Value = DirtyStateReport> {
+    (
+        (arb_method_wire(), any::<u32>(), any::<u32>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
+        len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
+    )
+        .prop_map(
+            |((method, change_count, users, pages), (start, end, dirty_pages, truncated), runs)| {
+                DirtyStateReport {
+                    method,
+                    change_count,
+                    users,
+                    pages,
+                    start,
+                    end,
+                    dirty_pages,
+                    truncated,
+                    runs,
+                }
             },
         )
 }
@@ -254,6 +314,15 @@ fn arb_request() -> impl Strategy<Value = Request> {
         any::<u32>().prop_map(|bo| Request::Destroy { bo }),
         any::<u32>().prop_map(|flags| Request::Stats { flags }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ExportResource { bo, index }),
+        (any::<u32>(), any::<u64>(), any::<u64>())
+            .prop_map(|(bo, offset, len)| Request::AddResource { bo, offset, len }),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ReleaseResource { bo, index }),
+        any::<u32>().prop_map(|bo| Request::Scan { bo }),
+        (any::<u32>(), any::<u32>(), any::<u32>())
+            .prop_map(|(bo, index, flags)| Request::Transfer { bo, index, flags }),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ClearResource { bo, index }),
+        any::<u32>().prop_map(|bo| Request::ClearAll { bo }),
+        any::<u32>().prop_map(|bo| Request::DirtyState { bo }),
     ]
 }
 
@@ -301,6 +370,9 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         )
         .prop_map(Reply::Stats),
         (any::<u64>(), any::<u64>()).prop_map(|(size, offset)| Reply::Resource { size, offset }),
+        any::<u32>().prop_map(|index| Reply::ResourceAdded { index }),
+        arb_scan_report().prop_map(Reply::Scanned),
+        arb_dirty_state_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::DirtyState),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -338,7 +410,12 @@ fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
         }),
         1 => (0..=70000usize, any::<u64>()).prop_map(|(len, seed)| fill(len, seed)),
         1 => (
-            prop::sample::select(vec![kind::R_SYNC_DONE, kind::R_STATS, kind::R_ERROR]),
+            prop::sample::select(vec![
+                kind::R_SYNC_DONE,
+                kind::R_STATS,
+                kind::R_DIRTY_STATE,
+                kind::R_ERROR,
+            ]),
             (MAX_FRAME - 64)..=(MAX_FRAME + 64),
             any::<u64>()
         )
@@ -553,6 +630,18 @@ proptest! {
                 prop_assert_eq!(&b.runs[..], &a.runs[..n]);
                 prop_assert_eq!(b.runs_truncated, a.runs_truncated || n < a.runs.len());
                 prop_assert_eq!(b.run_count, a.run_count);
+                prop_assert_eq!(b.method, a.method);
+            }
+            (Reply::DirtyState(a), Reply::DirtyState(b)) => {
+                let n = a.runs.len().min(MAX_REPORTED_RUNS);
+                prop_assert_eq!(&b.runs[..], &a.runs[..n]);
+                prop_assert_eq!(b.truncated, a.truncated || n < a.runs.len());
+                let strip = |d: &DirtyStateReport| DirtyStateReport {
+                    truncated: false,
+                    runs: Vec::new(),
+                    ..d.clone()
+                };
+                prop_assert_eq!(strip(b), strip(a));
             }
             (Reply::Stats(a), Reply::Stats(b)) => {
                 let nc = a.connections.len().min(MAX_STATS_CONNECTIONS);
@@ -581,6 +670,15 @@ proptest! {
         let f = sync_done_frame(n as u16, present);
         prop_assert!(f.len() <= MAX_FRAME);
         prop_assert_eq!(Reply::decode(&f), Err(over("reported runs", n, MAX_REPORTED_RUNS)));
+    }
+
+    /// (e) A DIRTY_STATE run count over MAX_REPORTED_RUNS is OverLimit, whatever follows.
+    #[test]
+    fn dirty_state_count_over_limit(n in (MAX_REPORTED_RUNS + 1)..=(u16::MAX as usize),
+                                    present in 0..=(MAX_REPORTED_RUNS + 1)) {
+        let f = dirty_state_frame(n as u16, present);
+        prop_assert!(f.len() <= MAX_FRAME);
+        prop_assert_eq!(Reply::decode(&f), Err(over("dirty runs", n, MAX_REPORTED_RUNS)));
     }
 
     /// (e) STATS row counts over their limits are OverLimit, whatever follows.
@@ -656,12 +754,33 @@ fn sync_done_frame(count: u16, present: usize) -> Vec<u8> {
     put64(&mut f, 40960); // bytes
     put32(&mut f, 3); // run_count
     put16(&mut f, 1); // mechanism
+    put16(&mut f, 2); // method
     put16(&mut f, 0); // flags
     put64(&mut f, 1234); // duration_ns
     put32(&mut f, 2); // views_scanned
     put16(&mut f, count);
     for i in 0..present {
         put32(&mut f, i as u32);
+        put32(&mut f, 1);
+    }
+    f
+}
+
+/// R_DIRTY_STATE whose count field says `count` and which actually carries
+/// `present` runs.
+fn dirty_state_frame(count: u16, present: usize) -> Vec<u8> {
+    let mut f = header(kind::R_DIRTY_STATE, 3);
+    put16(&mut f, 1); // method
+    put32(&mut f, 2); // change_count
+    put32(&mut f, 1); // users
+    put64(&mut f, 100_000); // pages (N)
+    put64(&mut f, 0); // start
+    put64(&mut f, 2 * present as u64); // end
+    put64(&mut f, present as u64); // dirty_pages
+    f.push(0); // truncated
+    put16(&mut f, count);
+    for i in 0..present {
+        put32(&mut f, 2 * i as u32);
         put32(&mut f, 1);
     }
     f
@@ -702,6 +821,39 @@ fn sync_done_one_run_over_the_limit_is_over_limit() {
 }
 
 #[test]
+fn dirty_state_one_run_over_the_limit_is_over_limit() {
+    let f = dirty_state_frame((MAX_REPORTED_RUNS + 1) as u16, MAX_REPORTED_RUNS + 1);
+    assert!(f.len() <= MAX_FRAME);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over("dirty runs", MAX_REPORTED_RUNS + 1, MAX_REPORTED_RUNS))
+    );
+    // u16::MAX with no runs present: the limit check comes first.
+    let f = dirty_state_frame(u16::MAX, 0);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over("dirty runs", u16::MAX as usize, MAX_REPORTED_RUNS))
+    );
+    // The same frame at exactly the limit is fine.
+    let f = dirty_state_frame(MAX_REPORTED_RUNS as u16, MAX_REPORTED_RUNS);
+    assert_eq!(f.len(), HEADER_LEN + 45 + 8 * MAX_REPORTED_RUNS);
+    match Reply::decode(&f) {
+        Ok((3, Reply::DirtyState(d))) => {
+            assert_eq!(d.runs.len(), MAX_REPORTED_RUNS);
+            assert_eq!(
+                d.runs[1],
+                Run {
+                    first_page: 2,
+                    pages: 1
+                }
+            );
+            assert!(!d.truncated);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn stats_rows_over_the_limit_are_over_limit() {
     let c = MAX_STATS_CONNECTIONS + 1;
     let f = stats_frame(4, c as u16, c, 0, 0);
@@ -734,6 +886,8 @@ fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
     // against the remaining bytes), not read element by element.
     let f = sync_done_frame(100, 10);
     assert_eq!(Reply::decode(&f), Err(over("reported runs", 800, 80)));
+    let f = dirty_state_frame(100, 10);
+    assert_eq!(Reply::decode(&f), Err(over("dirty runs", 800, 80)));
     let f = stats_frame(0, 3, 2, 0, 0);
     assert!(matches!(
         Reply::decode(&f),
@@ -777,12 +931,36 @@ fn maximal_replies_fit_max_frame() {
         ..SyncReport::default()
     });
     let f = sync.encode(u32::MAX);
-    assert_eq!(f.len(), HEADER_LEN + 38 + 8 * MAX_REPORTED_RUNS);
+    assert_eq!(f.len(), HEADER_LEN + 40 + 8 * MAX_REPORTED_RUNS);
+    assert_eq!(f.len(), 32816);
     assert!(f.len() <= MAX_FRAME);
     match Reply::decode(&f) {
         Ok((_, Reply::SyncDone(s))) => {
             assert!(s.runs_truncated);
             assert_eq!(s.runs.len(), MAX_REPORTED_RUNS);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The largest reply of version 1 (README §1).
+    let dirty = Reply::DirtyState(DirtyStateReport {
+        runs: vec![
+            Run {
+                first_page: u32::MAX,
+                pages: u32::MAX
+            };
+            MAX_REPORTED_RUNS + 1
+        ],
+        ..DirtyStateReport::default()
+    });
+    let f = dirty.encode(u32::MAX);
+    assert_eq!(f.len(), HEADER_LEN + 45 + 8 * MAX_REPORTED_RUNS);
+    assert_eq!(f.len(), 32821);
+    assert!(f.len() <= MAX_FRAME);
+    match Reply::decode(&f) {
+        Ok((_, Reply::DirtyState(d))) => {
+            assert!(d.truncated);
+            assert_eq!(d.runs.len(), MAX_REPORTED_RUNS);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -854,6 +1032,27 @@ fn documented_body_sizes() {
     assert_eq!(req(Request::Destroy { bo: 0 }), 4);
     assert_eq!(req(Request::Stats { flags: 0 }), 4);
     assert_eq!(req(Request::ExportResource { bo: 0, index: 0 }), 8);
+    assert_eq!(
+        req(Request::AddResource {
+            bo: 0,
+            offset: 0,
+            len: 0
+        }),
+        20
+    );
+    assert_eq!(req(Request::ReleaseResource { bo: 0, index: 0 }), 8);
+    assert_eq!(req(Request::Scan { bo: 0 }), 4);
+    assert_eq!(
+        req(Request::Transfer {
+            bo: 0,
+            index: 0,
+            flags: 0
+        }),
+        12
+    );
+    assert_eq!(req(Request::ClearResource { bo: 0, index: 0 }), 8);
+    assert_eq!(req(Request::ClearAll { bo: 0 }), 4);
+    assert_eq!(req(Request::DirtyState { bo: 0 }), 4);
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -885,9 +1084,38 @@ fn documented_body_sizes() {
     );
     assert_eq!(rep(Reply::Mapped { view: 0 }), 4);
     assert_eq!(rep(Reply::Ok), 0);
-    assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 38);
+    assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 40);
     assert_eq!(rep(Reply::Stats(StatsReport::default())), 70);
     assert_eq!(rep(Reply::Resource { size: 0, offset: 0 }), 16);
+    assert_eq!(rep(Reply::ResourceAdded { index: 0 }), 4);
+    assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
+    assert_eq!(rep(Reply::DirtyState(DirtyStateReport::default())), 45);
+    assert_eq!(
+        rep(Reply::DirtyState(DirtyStateReport {
+            runs: vec![
+                Run {
+                    first_page: 0,
+                    pages: 1
+                };
+                3
+            ],
+            ..DirtyStateReport::default()
+        })),
+        45 + 8 * 3
+    );
+    assert_eq!(
+        rep(Reply::SyncDone(SyncReport {
+            runs: vec![
+                Run {
+                    first_page: 0,
+                    pages: 1
+                };
+                3
+            ],
+            ..SyncReport::default()
+        })),
+        40 + 8 * 3
+    );
     assert_eq!(rep(Reply::error(ErrorCode::Internal, "")), 4);
 }
 
@@ -975,6 +1203,7 @@ fn documented_field_offsets() {
         bytes: 2,
         run_count: 3,
         mechanism: 4,
+        method: Method::MkWrite as u16,
         runs_truncated: true,
         duration_ns: 5,
         views_scanned: 6,
@@ -988,11 +1217,13 @@ fn documented_field_offsets() {
     assert_eq!(le_u64(&f, B + 8), 2);
     assert_eq!(le_u32(&f, B + 16), 3);
     assert_eq!(le_u16(&f, B + 20), 4);
-    assert_eq!(le_u16(&f, B + 22), 1);
-    assert_eq!(le_u64(&f, B + 24), 5);
-    assert_eq!(le_u32(&f, B + 32), 6);
-    assert_eq!(le_u16(&f, B + 36), 1);
-    assert_eq!((le_u32(&f, B + 38), le_u32(&f, B + 42)), (7, 8));
+    assert_eq!(le_u16(&f, B + 22), 2);
+    assert_eq!(le_u16(&f, B + 24), 1);
+    assert_eq!(le_u64(&f, B + 26), 5);
+    assert_eq!(le_u32(&f, B + 34), 6);
+    assert_eq!(le_u16(&f, B + 38), 1);
+    assert_eq!((le_u32(&f, B + 40), le_u32(&f, B + 44)), (7, 8));
+    assert_eq!(f.len(), B + 48);
 
     let f = Reply::Stats(StatsReport {
         daemon: DaemonStats {
@@ -1064,6 +1295,108 @@ fn documented_field_offsets() {
     let f = Reply::Resource { size: 1, offset: 2 }.encode(0);
     assert_eq!((le_u64(&f, B), le_u64(&f, B + 8)), (1, 2));
 
+    let f = Request::CreateBo {
+        size: 0x1_0000_0000,
+        flags: CREATE_NO_RESOURCE,
+    }
+    .encode(0);
+    assert_eq!((le_u64(&f, B), le_u32(&f, B + 8)), (0x1_0000_0000, 1));
+
+    let f = Request::AddResource {
+        bo: 1,
+        offset: 0x2000,
+        len: 0x3000,
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x000b);
+    assert_eq!(
+        (le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)),
+        (1, 0x2000, 0x3000)
+    );
+
+    for (r, k) in [
+        (Request::ReleaseResource { bo: 4, index: 5 }, 0x000c),
+        (Request::ClearResource { bo: 4, index: 5 }, 0x000f),
+    ] {
+        let f = r.encode(0);
+        assert_eq!(le_u16(&f, 0), k);
+        assert_eq!((le_u32(&f, B), le_u32(&f, B + 4)), (4, 5));
+    }
+    for (r, k) in [
+        (Request::Scan { bo: 6 }, 0x000d),
+        (Request::ClearAll { bo: 6 }, 0x0010),
+        (Request::DirtyState { bo: 6 }, 0x0011),
+    ] {
+        let f = r.encode(0);
+        assert_eq!(le_u16(&f, 0), k);
+        assert_eq!(le_u32(&f, B), 6);
+    }
+
+    let f = Request::Transfer {
+        bo: 7,
+        index: 8,
+        flags: SYNC_REPORT_RUNS,
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x000e);
+    assert_eq!(
+        (le_u32(&f, B), le_u32(&f, B + 4), le_u32(&f, B + 8)),
+        (7, 8, 1)
+    );
+
+    let f = Reply::ResourceAdded { index: 9 }.encode(0);
+    assert_eq!(le_u16(&f, 0), 0x8009);
+    assert_eq!(le_u32(&f, B), 9);
+
+    let f = Reply::Scanned(ScanReport {
+        method: Method::PageTable as u16,
+        switched_to: Method::MkWrite as u16,
+        change_count: 3,
+        num_marked: 0x1_0000_0004,
+    })
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x800a);
+    assert_eq!(le_u16(&f, B), 1);
+    assert_eq!(le_u16(&f, B + 2), 2);
+    assert_eq!(le_u32(&f, B + 4), 3);
+    assert_eq!(le_u64(&f, B + 8), 0x1_0000_0004);
+    assert_eq!(f.len(), B + 16);
+
+    let f = Reply::DirtyState(DirtyStateReport {
+        method: Method::MkWrite as u16,
+        change_count: 1,
+        users: 2,
+        pages: 3,
+        start: 4,
+        end: 5,
+        dirty_pages: 6,
+        truncated: true,
+        runs: vec![
+            Run {
+                first_page: 7,
+                pages: 8,
+            },
+            Run {
+                first_page: 9,
+                pages: 10,
+            },
+        ],
+    })
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x800b);
+    assert_eq!(le_u16(&f, B), 2);
+    assert_eq!(le_u32(&f, B + 2), 1);
+    assert_eq!(le_u32(&f, B + 6), 2);
+    assert_eq!(le_u64(&f, B + 10), 3);
+    assert_eq!(le_u64(&f, B + 18), 4);
+    assert_eq!(le_u64(&f, B + 26), 5);
+    assert_eq!(le_u64(&f, B + 34), 6);
+    assert_eq!(f[B + 42], 1);
+    assert_eq!(le_u16(&f, B + 43), 2);
+    assert_eq!((le_u32(&f, B + 45), le_u32(&f, B + 49)), (7, 8));
+    assert_eq!((le_u32(&f, B + 53), le_u32(&f, B + 57)), (9, 10));
+    assert_eq!(f.len(), B + 61);
+
     let f = Reply::error(ErrorCode::NeedMmFds, "hé").encode(0);
     assert_eq!((le_u16(&f, B), le_u16(&f, B + 2)), (11, 3));
     assert_eq!(&f[B + 4..], "hé".as_bytes());
@@ -1075,21 +1408,25 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-        "request kinds are 0x0001..=0x000a"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
+        "request kinds are 0x0001..=0x0011"
     );
     assert_eq!(
         REPLY_KINDS,
-        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x80ff]
+        [
+            0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b,
+            0x80ff
+        ]
     );
     assert_eq!(
         (
             SYNC_REPORT_RUNS,
             STATS_CONNECTIONS,
             STATS_BOS,
-            ATTACH_WITH_FDS
+            ATTACH_WITH_FDS,
+            CREATE_NO_RESOURCE
         ),
-        (1, 1, 2, 1)
+        (1, 1, 2, 1, 1)
     );
     assert_eq!(
         [
@@ -1117,6 +1454,24 @@ fn documented_constants() {
         assert_eq!(Mechanism::from_wire(v as u16), Ok(m));
     }
     assert!(Mechanism::from_wire(6).is_err());
+    for (v, m) in [Method::None, Method::PageTable, Method::MkWrite]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(m as u16, v as u16);
+        assert_eq!(Method::from_wire(v as u16), Ok(m));
+    }
+    assert_eq!(
+        [Method::None, Method::PageTable, Method::MkWrite].map(Method::name),
+        ["none", "pagetable", "mkwrite"]
+    );
+    assert_eq!(
+        Method::from_wire(3),
+        Err(DecodeError::BadValue {
+            field: "method",
+            value: 3
+        })
+    );
     let codes = [
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
@@ -1171,6 +1526,44 @@ fn documented_fd_counts() {
         Request::ExportResource { bo: 1, index: 0 }.fd_count(),
         (0, 0)
     );
+    let tracker_requests = [
+        Request::CreateBo {
+            size: 4096,
+            flags: CREATE_NO_RESOURCE,
+        },
+        Request::AddResource {
+            bo: 1,
+            offset: 0,
+            len: 4096,
+        },
+        Request::ReleaseResource { bo: 1, index: 0 },
+        Request::Scan { bo: 1 },
+        Request::Transfer {
+            bo: 1,
+            index: 0,
+            flags: SYNC_REPORT_RUNS,
+        },
+        Request::ClearResource { bo: 1, index: 0 },
+        Request::ClearAll { bo: 1 },
+        Request::DirtyState { bo: 1 },
+    ];
+    for r in &tracker_requests {
+        assert_eq!(r.fd_count(), (0, 0), "{r:?}");
+    }
+    for (rep, r) in [
+        (Reply::ResourceAdded { index: 0 }, &tracker_requests[1]),
+        (Reply::Ok, &tracker_requests[2]),
+        (Reply::Scanned(ScanReport::default()), &tracker_requests[3]),
+        (Reply::SyncDone(SyncReport::default()), &tracker_requests[4]),
+        (Reply::Ok, &tracker_requests[5]),
+        (Reply::Ok, &tracker_requests[6]),
+        (
+            Reply::DirtyState(DirtyStateReport::default()),
+            &tracker_requests[7],
+        ),
+    ] {
+        assert_eq!(rep.fd_count(r), 0, "{rep:?} to {r:?}");
+    }
 
     let bo = Reply::Bo {
         bo: 1,
