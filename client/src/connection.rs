@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, ErrorCode, Mechanism, Reply, Request, Run, StatsReport, ATTACH_WITH_FDS,
-    PROTOCOL_VERSION, SYNC_REPORT_RUNS,
+    caps, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, StatsReport,
+    ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::seqpacket::SeqpacketSocket;
@@ -27,6 +27,8 @@ pub struct SyncResult {
     pub bytes: u64,
     /// Mechanism that found them.
     pub mechanism: Mechanism,
+    /// The BO's vmwgfx method after the sync.
+    pub method: Method,
     /// Time the daemon spent.
     pub duration: Duration,
     /// Number of runs uploaded.
@@ -72,11 +74,7 @@ pub(crate) struct ConnInner {
 
 impl ConnInner {
     /// Sends one request and waits for its reply.
-    pub fn call(
-        &self,
-        req: &Request,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+    pub fn call(&self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         sock.send(&req.encode(id), fds).map_err(|e| {
@@ -93,16 +91,12 @@ impl ConnInner {
             return Err(ClientError::Disconnected);
         }
         if got.truncated {
-            return Err(ClientError::Protocol(
-                "reply larger than the frame limit".into(),
-            ));
+            return Err(ClientError::Protocol("reply larger than the frame limit".into()));
         }
-        let (rid, reply) = Reply::decode(&buf[..got.len])
-            .map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
+        let (rid, reply) =
+            Reply::decode(&buf[..got.len]).map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
         if rid != id {
-            return Err(ClientError::Protocol(format!(
-                "reply to request {rid}, expected {id}"
-            )));
+            return Err(ClientError::Protocol(format!("reply to request {rid}, expected {id}")));
         }
         if let Reply::Error { code, message } = reply {
             return Err(ClientError::Daemon {
@@ -201,9 +195,7 @@ impl Connection {
             }
             (other, _) => return Err(unexpected("HELLO", &other)),
         }
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Connects to [`crate::default_socket_path`] (`COHMEM_SOCKET` overrides it).
@@ -221,9 +213,20 @@ impl Connection {
         self.inner.max_bo_size
     }
 
-    /// Creates a BO of at least `size` bytes (rounded up to pages).
+    /// Creates a BO of at least `size` bytes (rounded up to pages), with one
+    /// GPU resource covering it.
     pub fn create_bo(&self, size: u64) -> Result<Bo, ClientError> {
-        let req = Request::CreateBo { size, flags: 0 };
+        self.create_bo_flags(size, 0)
+    }
+
+    /// Creates a BO without any GPU resource (and so without a tracker):
+    /// bind windows with [`Bo::add_resource`].
+    pub fn create_bo_without_resource(&self, size: u64) -> Result<Bo, ClientError> {
+        self.create_bo_flags(size, CREATE_NO_RESOURCE)
+    }
+
+    fn create_bo_flags(&self, size: u64, flags: u32) -> Result<Bo, ClientError> {
+        let req = Request::CreateBo { size, flags };
         match self.inner.call(&req, &[])? {
             (Reply::Bo { bo, size, id }, mut fds) => {
                 let fd = fds
@@ -239,13 +242,7 @@ impl Connection {
     /// Opens a handle to a BO another process shared by passing its memfd.
     pub fn import_bo(&self, memfd: OwnedFd) -> Result<Bo, ClientError> {
         match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
-            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(
-                self.inner.clone(),
-                bo,
-                size,
-                id,
-                Memfd::from_fd(memfd)?,
-            )),
+            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?)),
             (other, _) => Err(unexpected("IMPORT_BO", &other)),
         }
     }
@@ -345,18 +342,96 @@ impl Bo {
             bo: self.inner.handle,
             flags,
         };
-        match self.inner.conn.call(&req, &[])? {
+        self.sync_like(&req, flags)
+    }
+
+    fn sync_like(&self, req: &Request, flags: u32) -> Result<SyncResult, ClientError> {
+        match self.inner.conn.call(req, &[])? {
             (Reply::SyncDone(s), _) => Ok(SyncResult {
                 pages: s.pages,
                 bytes: s.bytes,
                 mechanism: Mechanism::from_wire(s.mechanism).unwrap_or(Mechanism::None),
+                method: Method::from_wire(s.method).unwrap_or(Method::None),
                 duration: Duration::from_nanos(s.duration_ns),
                 run_count: s.run_count,
                 runs_truncated: s.runs_truncated || flags & SYNC_REPORT_RUNS == 0,
                 runs: s.runs,
                 views_scanned: s.views_scanned,
             }),
-            (other, _) => Err(unexpected("SYNC", &other)),
+            (other, _) => Err(unexpected(req.name(), &other)),
+        }
+    }
+
+    fn call_ok(&self, req: &Request) -> Result<(), ClientError> {
+        match self.inner.conn.call(req, &[])? {
+            (Reply::Ok, _) => Ok(()),
+            (other, _) => Err(unexpected(req.name(), &other)),
+        }
+    }
+
+    /// Binds a new GPU resource to the page-aligned window
+    /// `[offset, offset+len)` (vmwgfx `dirty_add`); returns its index.
+    pub fn add_resource(&self, offset: u64, len: u64) -> Result<u32, ClientError> {
+        let req = Request::AddResource {
+            bo: self.inner.handle,
+            offset,
+            len,
+        };
+        match self.inner.conn.call(&req, &[])? {
+            (Reply::ResourceAdded { index }, _) => Ok(index),
+            (other, _) => Err(unexpected("ADD_RESOURCE", &other)),
+        }
+    }
+
+    /// Destroys resource `index` (vmwgfx `dirty_release`).
+    pub fn release_resource(&self, index: u32) -> Result<(), ClientError> {
+        self.call_ok(&Request::ReleaseResource {
+            bo: self.inner.handle,
+            index,
+        })
+    }
+
+    /// vmwgfx `scan` without transfer.
+    pub fn scan(&self) -> Result<ScanReport, ClientError> {
+        match self.inner.conn.call(&Request::Scan { bo: self.inner.handle }, &[])? {
+            (Reply::Scanned(s), _) => Ok(s),
+            (other, _) => Err(unexpected("SCAN", &other)),
+        }
+    }
+
+    /// vmwgfx `transfer_to_res` + upload of resource `index`, without a
+    /// scan first (use [`Bo::sync`] for the no-lost-write guarantee).
+    pub fn transfer(&self, index: u32) -> Result<SyncResult, ClientError> {
+        let req = Request::Transfer {
+            bo: self.inner.handle,
+            index,
+            flags: SYNC_REPORT_RUNS,
+        };
+        self.sync_like(&req, SYNC_REPORT_RUNS)
+    }
+
+    /// vmwgfx `clear_res`: drops resource `index`'s dirty pages unreported.
+    pub fn clear_resource(&self, index: u32) -> Result<(), ClientError> {
+        self.call_ok(&Request::ClearResource {
+            bo: self.inner.handle,
+            index,
+        })
+    }
+
+    /// vmwgfx `dirty_clear`: drops every dirty page unreported.
+    pub fn clear_all(&self) -> Result<(), ClientError> {
+        self.call_ok(&Request::ClearAll { bo: self.inner.handle })
+    }
+
+    /// The BO's tracker state (method, change count, users, envelope, bits).
+    pub fn dirty_state(&self) -> Result<DirtyStateReport, ClientError> {
+        match self
+            .inner
+            .conn
+            .call(&Request::DirtyState { bo: self.inner.handle }, &[])?
+        {
+            (Reply::DirtyState(d), _) => Ok(d),
+            (other, _) => Err(unexpected("DIRTY_STATE", &other)),
         }
     }
 

@@ -123,10 +123,7 @@ impl Mapping {
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
-        let unreg = self
-            .tracking
-            .uffd
-            .unregister(self.map.addr(), self.map.len() as u64);
+        let unreg = self.tracking.uffd.unregister(self.map.addr(), self.map.len() as u64);
         match result? {
             (Reply::Ok, _) => {}
             (other, _) => return Err(unexpected("UNMAP", &other)),

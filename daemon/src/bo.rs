@@ -89,18 +89,16 @@ pub struct View {
     /// now: the MKWRITE "PTE is writable" state. Only touched with the BO's
     /// state lock held.
     pub writable: Mutex<PageSet>,
+    /// View-relative pages re-protected by an MKWRITE scan since the last
+    /// clean-and-record: vmwgfx leaves their hardware dirty bit set, so the
+    /// next clean-and-record reports them again. Only touched with the BO's
+    /// state lock held.
+    pub stale_dirty: Mutex<PageSet>,
 }
 
 impl View {
     /// Creates a view record (all pages protected).
-    pub fn new(
-        id: u32,
-        mm: Arc<MmSubscription>,
-        addr: u64,
-        len: u64,
-        bo_offset: u64,
-        page_size: u64,
-    ) -> Self {
+    pub fn new(id: u32, mm: Arc<MmSubscription>, addr: u64, len: u64, bo_offset: u64, page_size: u64) -> Self {
         Self {
             id,
             mm,
@@ -109,6 +107,7 @@ impl View {
             bo_offset,
             dead: AtomicBool::new(false),
             writable: Mutex::new(PageSet::new(len / page_size)),
+            stale_dirty: Mutex::new(PageSet::new(len / page_size)),
         }
     }
 
@@ -133,12 +132,7 @@ impl Bo {
     /// Creates a sealed memfd of `size` bytes (a page multiple) and maps it;
     /// with `default_resource`, also binds a GPU resource covering the whole
     /// BO (which creates the tracker).
-    pub fn create(
-        id: u64,
-        size: u64,
-        gpu: &dyn GpuBackend,
-        default_resource: bool,
-    ) -> Result<Self, GpuError> {
+    pub fn create(id: u64, size: u64, gpu: &dyn GpuBackend, default_resource: bool) -> Result<Self, GpuError> {
         let page_size = cohmem_sys::page_size();
         let memfd = Memfd::create_sealed(&format!("cohmem-bo-{id}"), size)?;
         let identity = memfd.identity()?;
@@ -195,10 +189,7 @@ impl Bo {
 
     /// Adds a view (already protected by its tracker).
     pub fn add_view(&self, view: Arc<View>) {
-        self.views
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(view);
+        self.views.write().unwrap_or_else(|p| p.into_inner()).push(view);
     }
 
     /// Drops a view from the list (the caller harvested it first).
@@ -234,17 +225,12 @@ impl BoStore {
 
     /// The live BO whose memfd has this identity.
     pub fn find(&self, identity: FileIdentity) -> Option<Arc<Bo>> {
-        lock(&self.by_identity)
-            .get(&identity)
-            .and_then(Weak::upgrade)
+        lock(&self.by_identity).get(&identity).and_then(Weak::upgrade)
     }
 
     /// All live BOs.
     pub fn all(&self) -> Vec<Arc<Bo>> {
-        let mut v: Vec<Arc<Bo>> = lock(&self.by_identity)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let mut v: Vec<Arc<Bo>> = lock(&self.by_identity).values().filter_map(Weak::upgrade).collect();
         v.sort_by_key(|b| b.id);
         v
     }

@@ -15,9 +15,8 @@ use std::sync::Arc;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Reply,
-    Request, StatsReport, ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS,
-    STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Reply, Request, StatsReport,
+    ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::pagemap::PagemapFile;
@@ -101,23 +100,22 @@ impl Session {
         let mut anc = vec![0u8; 2048];
         let mut bad_frames = 0u32;
         loop {
-            let (len, truncated, fds, fds_truncated) =
-                match sock.recv_with_ancillary(&mut buf, &mut anc).await {
-                    Ok((info, reader)) => {
-                        let fds_truncated = reader.is_truncated();
-                        let mut fds = Vec::new();
-                        for msg in reader.into_messages() {
-                            if let OwnedAncillaryMessage::FileDescriptors(list) = msg {
-                                fds.extend(list);
-                            }
+            let (len, truncated, fds, fds_truncated) = match sock.recv_with_ancillary(&mut buf, &mut anc).await {
+                Ok((info, reader)) => {
+                    let fds_truncated = reader.is_truncated();
+                    let mut fds = Vec::new();
+                    for msg in reader.into_messages() {
+                        if let OwnedAncillaryMessage::FileDescriptors(list) = msg {
+                            fds.extend(list);
                         }
-                        (info.bytes_read(), info.truncated(), fds, fds_truncated)
                     }
-                    Err(e) => {
-                        tracing::debug!(conn = self.info.id, error = %e, "recv failed");
-                        return "receive error";
-                    }
-                };
+                    (info.bytes_read(), info.truncated(), fds, fds_truncated)
+                }
+                Err(e) => {
+                    tracing::debug!(conn = self.info.id, error = %e, "recv failed");
+                    return "receive error";
+                }
+            };
             if len == 0 && fds.is_empty() && !truncated {
                 return "closed by peer";
             }
@@ -126,25 +124,14 @@ impl Session {
             let id = peek_request_id(frame);
             let (outcome, request) = if truncated {
                 (
-                    Err(fail(
-                        ErrorCode::BadFrame,
-                        format!("frame exceeds {MAX_FRAME} bytes"),
-                    )),
+                    Err(fail(ErrorCode::BadFrame, format!("frame exceeds {MAX_FRAME} bytes"))),
                     None,
                 )
             } else if fds_truncated {
-                (
-                    Err(fail(
-                        ErrorCode::BadFds,
-                        "too many file descriptors attached",
-                    )),
-                    None,
-                )
+                (Err(fail(ErrorCode::BadFds, "too many file descriptors attached")), None)
             } else {
                 match Request::decode(frame) {
-                    Err(e @ DecodeError::UnknownKind(_)) => {
-                        (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None)
-                    }
+                    Err(e @ DecodeError::UnknownKind(_)) => (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None),
                     Err(e) => (Err(fail(ErrorCode::BadFrame, e.to_string())), None),
                     Ok((_, req)) => {
                         let outcome = self.dispatch(&req, fds).await;
@@ -172,14 +159,11 @@ impl Session {
                     (Reply::error(f.code, f.message), Vec::new())
                 }
             };
-            debug_assert!(request
-                .as_ref()
-                .is_none_or(|r| reply.fd_count(r) == reply_fds.len()));
+            debug_assert!(request.as_ref().is_none_or(|r| reply.fd_count(r) == reply_fds.len()));
             let bytes = reply.encode(id);
             let mut anc_out = [0u8; 64];
             let mut writer = AncillaryMessageWriter::new(&mut anc_out);
-            if !reply_fds.is_empty() && writer.add_fds(reply_fds.iter().map(|f| f.as_fd())).is_err()
-            {
+            if !reply_fds.is_empty() && writer.add_fds(reply_fds.iter().map(|f| f.as_fd())).is_err() {
                 return "internal: reply fds do not fit";
             }
             if let Err(e) = sock.send_with_ancillary(&bytes, &mut writer).await {
@@ -216,9 +200,7 @@ impl Session {
         match (self.negotiated, req) {
             (false, Request::Hello { .. }) => {}
             (false, _) => return Err(fail(ErrorCode::NotNegotiated, "HELLO must come first")),
-            (true, Request::Hello { .. }) => {
-                return Err(fail(ErrorCode::NotNegotiated, "HELLO was already done"))
-            }
+            (true, Request::Hello { .. }) => return Err(fail(ErrorCode::NotNegotiated, "HELLO was already done")),
             (true, _) => {}
         }
         match *req {
@@ -234,12 +216,7 @@ impl Session {
                 uffd_features,
                 flags,
             } => self.attach_mm(token, uffd_features, flags, fds),
-            Request::Map {
-                bo,
-                addr,
-                len,
-                offset,
-            } => self.map(bo, addr, len, offset).await,
+            Request::Map { bo, addr, len, offset } => self.map(bo, addr, len, offset).await,
             Request::Unmap { bo, view } => self.unmap(bo, view).await,
             Request::Sync { bo, flags } => self.sync(bo, flags).await,
             Request::Destroy { bo } => self.destroy(bo).await,
@@ -257,15 +234,10 @@ impl Session {
                 .await
             }
             Request::ReleaseResource { bo, index } => {
-                self.tracker_op(bo, move |e, b| {
-                    e.release_resource(b, index).map(|()| Reply::Ok)
-                })
-                .await
-            }
-            Request::Scan { bo } => {
-                self.tracker_op(bo, |e, b| Ok(Reply::Scanned(e.scan(b))))
+                self.tracker_op(bo, move |e, b| e.release_resource(b, index).map(|()| Reply::Ok))
                     .await
             }
+            Request::Scan { bo } => self.tracker_op(bo, |e, b| Ok(Reply::Scanned(e.scan(b)))).await,
             Request::Transfer { bo, index, flags } => {
                 if flags & !SYNC_REPORT_RUNS != 0 {
                     return Err(fail(
@@ -274,16 +246,13 @@ impl Session {
                     ));
                 }
                 self.tracker_op(bo, move |e, b| {
-                    e.transfer(b, index, flags & SYNC_REPORT_RUNS != 0)
-                        .map(Reply::SyncDone)
+                    e.transfer(b, index, flags & SYNC_REPORT_RUNS != 0).map(Reply::SyncDone)
                 })
                 .await
             }
             Request::ClearResource { bo, index } => {
-                self.tracker_op(bo, move |e, b| {
-                    e.clear_resource(b, index).map(|()| Reply::Ok)
-                })
-                .await
+                self.tracker_op(bo, move |e, b| e.clear_resource(b, index).map(|()| Reply::Ok))
+                    .await
             }
             Request::ClearAll { bo } => {
                 self.tracker_op(bo, |e, b| {
@@ -377,10 +346,7 @@ impl Session {
         }
         let max = self.daemon.config.max_bo_size;
         if size == 0 {
-            return Err(fail(
-                ErrorCode::InvalidArgument,
-                "BO size must be at least 1 byte",
-            ));
+            return Err(fail(ErrorCode::InvalidArgument, "BO size must be at least 1 byte"));
         }
         if size > max {
             return Err(fail(
@@ -393,12 +359,10 @@ impl Session {
         let daemon = self.daemon.clone();
         let id = daemon.bos.next_id();
         let default_resource = flags & CREATE_NO_RESOURCE == 0;
-        let bo = tokio::task::spawn_blocking(move || {
-            Bo::create(id, size, daemon.gpu.as_ref(), default_resource)
-        })
-        .await
-        .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
-        .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
+        let bo = tokio::task::spawn_blocking(move || Bo::create(id, size, daemon.gpu.as_ref(), default_resource))
+            .await
+            .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
+            .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
         let memfd = bo
             .memfd()
             .try_clone_fd()
@@ -422,30 +386,18 @@ impl Session {
             .into_iter()
             .next()
             .ok_or_else(|| fail(ErrorCode::BadFds, "IMPORT_BO needs the BO's memfd"))?;
-        let identity =
-            fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
-        let bo = self.daemon.bos.find(identity).ok_or_else(|| {
-            fail(
-                ErrorCode::BadFds,
-                "the passed fd is not the memfd of a live cohmem BO",
-            )
-        })?;
+        let identity = fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
+        let bo = self
+            .daemon
+            .bos
+            .find(identity)
+            .ok_or_else(|| fail(ErrorCode::BadFds, "the passed fd is not the memfd of a live cohmem BO"))?;
         let (size, id) = (bo.size, bo.id);
         let handle = self.new_handle(bo)?;
-        ok(Reply::Bo {
-            bo: handle,
-            size,
-            id,
-        })
+        ok(Reply::Bo { bo: handle, size, id })
     }
 
-    fn attach_mm(
-        &mut self,
-        token: u64,
-        uffd_features: u64,
-        flags: u32,
-        fds: Vec<OwnedFd>,
-    ) -> Outcome {
+    fn attach_mm(&mut self, token: u64, uffd_features: u64, flags: u32, fds: Vec<OwnedFd>) -> Outcome {
         if flags & !ATTACH_WITH_FDS != 0 {
             return Err(fail(
                 ErrorCode::InvalidArgument,
@@ -498,10 +450,8 @@ impl Session {
                 "ATTACH_MM with fds needs [userfaultfd, pagemap]",
             ));
         };
-        let uffd = Userfaultfd::from_fd(uffd_fd)
-            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
-        let pagemap = PagemapFile::from_fd(pagemap_fd)
-            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
+        let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
+        let pagemap = PagemapFile::from_fd(pagemap_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
         let tracker = Box::new(UffdAsyncTracker::new(uffd, pagemap));
         let (mm, joined) = self.daemon.mms.get_or_insert(key, self.info.uid, tracker);
         tracing::info!(
@@ -533,17 +483,11 @@ impl Session {
         if offset.checked_add(len).is_none_or(|end| end > bo_arc.size) {
             return Err(fail(
                 ErrorCode::InvalidArgument,
-                format!(
-                    "MAP range {offset}+{len} exceeds the BO's {} bytes",
-                    bo_arc.size
-                ),
+                format!("MAP range {offset}+{len} exceeds the BO's {} bytes", bo_arc.size),
             ));
         }
         if addr.checked_add(len).is_none() {
-            return Err(fail(
-                ErrorCode::InvalidArgument,
-                "MAP address range overflows",
-            ));
+            return Err(fail(ErrorCode::InvalidArgument, "MAP address range overflows"));
         }
         let total_views: usize = self.handles.values().map(|h| h.views.len()).sum();
         if total_views >= self.daemon.config.max_views_per_connection {
@@ -568,17 +512,13 @@ impl Session {
         }
         let range = view.range();
         let tracker_mm = mm.clone();
-        let protected =
-            tokio::task::spawn_blocking(move || tracker_mm.tracker.attach_view(range)).await;
+        let protected = tokio::task::spawn_blocking(move || tracker_mm.tracker.attach_view(range)).await;
         let result = match protected {
             Ok(Ok(())) => Ok(()),
             Ok(Err(TrackError::BadView(m))) => Err(fail(ErrorCode::InvalidArgument, m)),
             Ok(Err(TrackError::Gone)) => Err(fail(ErrorCode::Kernel, "client process has exited")),
             Ok(Err(TrackError::Sys(e))) => Err(fail(ErrorCode::Kernel, e.to_string())),
-            Err(e) => Err(fail(
-                ErrorCode::Internal,
-                format!("protect task failed: {e}"),
-            )),
+            Err(e) => Err(fail(ErrorCode::Internal, format!("protect task failed: {e}"))),
         };
         if let Err(f) = result {
             mm.remove_view(addr);
@@ -622,16 +562,10 @@ impl Session {
         }
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let report = run_blocking(move || {
-            SyncEngine::new(&daemon.counters).sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
-        })
-        .await?
-        .map_err(|e| {
-            fail(
-                ErrorCode::Gpu,
-                format!("upload failed (pages kept dirty): {e}"),
-            )
-        })?;
+        let report =
+            run_blocking(move || SyncEngine::new(&daemon.counters).sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0))
+                .await?
+                .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
         ok(Reply::SyncDone(report))
     }
 
@@ -643,9 +577,7 @@ impl Session {
             )
         })?;
         self.info.bos.fetch_sub(1, Ordering::Relaxed);
-        self.info
-            .views
-            .fetch_sub(handle.views.len() as u32, Ordering::Relaxed);
+        self.info.views.fetch_sub(handle.views.len() as u32, Ordering::Relaxed);
         let daemon = self.daemon.clone();
         run_blocking(move || release(&daemon, handle)).await?;
         ok(Reply::Ok)
@@ -653,17 +585,8 @@ impl Session {
 
     fn export_resource(&self, bo: u32, index: u32) -> Outcome {
         let bo = &self.handle(bo)?.bo;
-        let res = bo
-            .state()
-            .resources
-            .get(index as usize)
-            .and_then(Option::clone);
-        let res = res.ok_or_else(|| {
-            fail(
-                ErrorCode::InvalidArgument,
-                format!("the BO has no resource {index}"),
-            )
-        })?;
+        let res = bo.state().resources.get(index as usize).and_then(Option::clone);
+        let res = res.ok_or_else(|| fail(ErrorCode::InvalidArgument, format!("the BO has no resource {index}")))?;
         let fd = res
             .gpu
             .export_fd()
@@ -710,11 +633,7 @@ impl Session {
                     id: b.id,
                     size: b.size,
                     views: b.view_count() as u32,
-                    dirty_pages: b
-                        .state()
-                        .tracker
-                        .as_ref()
-                        .map_or(0, |t| t.dirty.dirty_pages()),
+                    dirty_pages: b.state().tracker.as_ref().map_or(0, |t| t.dirty.dirty_pages()),
                     syncs: b.counters.syncs.load(Ordering::Relaxed),
                     pages_uploaded: b.counters.pages_uploaded.load(Ordering::Relaxed),
                     bytes_uploaded: b.counters.bytes_uploaded.load(Ordering::Relaxed),
@@ -749,9 +668,7 @@ impl Session {
             return;
         }
         let daemon = self.daemon.clone();
-        if let Err(f) =
-            run_blocking(move || handles.into_iter().for_each(|h| release(&daemon, h))).await
-        {
+        if let Err(f) = run_blocking(move || handles.into_iter().for_each(|h| release(&daemon, h))).await {
             tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
         }
     }
@@ -775,19 +692,12 @@ fn release(daemon: &Daemon, handle: Handle) {
 
 fn sync_failure(e: SyncError) -> Failure {
     match e {
-        SyncError::NoSuchResource(_) | SyncError::BadWindow(_) => {
-            fail(ErrorCode::InvalidArgument, e.to_string())
-        }
-        SyncError::Gpu(e) => fail(
-            ErrorCode::Gpu,
-            format!("upload failed (pages kept dirty): {e}"),
-        ),
+        SyncError::NoSuchResource(_) | SyncError::BadWindow(_) => fail(ErrorCode::InvalidArgument, e.to_string()),
+        SyncError::Gpu(e) => fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")),
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Failure> {
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| fail(ErrorCode::Internal, format!("worker task failed: {e}")))

@@ -96,12 +96,7 @@ impl MmRegistry {
 
     /// Returns the live subscription for `key`, or creates one with
     /// `tracker`. The bool is true when an existing one was joined.
-    pub fn get_or_insert(
-        &self,
-        key: MmKey,
-        uid: u32,
-        tracker: Box<dyn WriteTracker>,
-    ) -> (Arc<MmSubscription>, bool) {
+    pub fn get_or_insert(&self, key: MmKey, uid: u32, tracker: Box<dyn WriteTracker>) -> (Arc<MmSubscription>, bool) {
         let mut map = self.map();
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
             return (existing, true);

@@ -118,10 +118,7 @@ mod tests {
         assert_eq!(t.change_count, 0);
         t.after_pagetable_harvest(0);
         t.after_pagetable_harvest(0);
-        assert_eq!(
-            t.after_pagetable_harvest(0),
-            ScanDecision::Switch(Method::MkWrite)
-        );
+        assert_eq!(t.after_pagetable_harvest(0), ScanDecision::Switch(Method::MkWrite));
         assert_eq!((t.method, t.change_count), (Method::MkWrite, 0));
     }
 
@@ -133,9 +130,6 @@ mod tests {
         }
         assert_eq!(t.after_mkwrite_reprotect(110), ScanDecision::Stay);
         assert_eq!(t.after_mkwrite_reprotect(110), ScanDecision::Stay);
-        assert_eq!(
-            t.after_mkwrite_reprotect(110),
-            ScanDecision::Switch(Method::PageTable)
-        );
+        assert_eq!(t.after_mkwrite_reprotect(110), ScanDecision::Switch(Method::PageTable));
     }
 }

@@ -163,16 +163,9 @@ impl Server {
             std::fs::remove_file(&path).map_err(|e| io("removing stale socket", e))?;
         }
         let listener = UnixSeqpacketListener::bind(&path).map_err(|e| io("binding", e))?;
-        std::fs::set_permissions(
-            &path,
-            std::fs::Permissions::from_mode(daemon.config.socket_mode),
-        )
-        .map_err(|e| io("setting the mode of", e))?;
-        Ok(Self {
-            listener,
-            path,
-            daemon,
-        })
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(daemon.config.socket_mode))
+            .map_err(|e| io("setting the mode of", e))?;
+        Ok(Self { listener, path, daemon })
     }
 
     /// The socket path.

@@ -105,17 +105,29 @@ impl<'a> SyncEngine<'a> {
     }
 
     /// Harvest-and-re-protect of one view (vmwgfx clean-and-record). Returns
-    /// the BO pages found written, or `None` if the view is unprovable (then
-    /// already marked dirty whole). Afterwards no page of the view is writable.
-    fn harvest_view(&self, bo: &Bo, st: &mut BoState, view: &View) -> Option<Vec<Range<u64>>> {
+    /// the BO pages found written since they were last protected, and the
+    /// pages whose emulated dirty bit was left set by MKWRITE re-protects
+    /// (`stale`); `None` if the view is unprovable (then already marked dirty
+    /// whole). Afterwards no page of the view is writable or dirty.
+    fn harvest_view(&self, bo: &Bo, st: &mut BoState, view: &View) -> Option<(Vec<Range<u64>>, Vec<u64>)> {
         if view.dead.load(Ordering::Acquire) {
-            return Some(Vec::new());
+            return Some((Vec::new(), Vec::new()));
         }
         let mut ranges = Vec::new();
         let result = view.mm.tracker.harvest(view.range(), &mut ranges);
         lock(&view.writable).clear();
+        let first = view.bo_offset / bo.page_size;
+        let stale: Vec<u64> = {
+            let mut s = lock(&view.stale_dirty);
+            let pages = (0..view.len / bo.page_size)
+                .filter(|p| s.contains(*p))
+                .map(|p| p + first)
+                .collect();
+            s.clear();
+            pages
+        };
         match result {
-            Ok(()) => Some(Self::bo_pages(bo, view, &ranges)),
+            Ok(()) => Some((Self::bo_pages(bo, view, &ranges), stale)),
             Err(e) => {
                 self.unprovable(bo, st, view, &e);
                 None
@@ -128,12 +140,15 @@ impl<'a> SyncEngine<'a> {
     fn harvest_all(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], record: bool) -> u64 {
         let mut marked = 0;
         for view in views {
-            let Some(pages) = self.harvest_view(bo, st, view) else {
+            let Some((written, stale)) = self.harvest_view(bo, st, view) else {
                 continue;
             };
-            marked += pages.iter().map(|r| r.end - r.start).sum::<u64>();
+            let mut pages: Vec<u64> = written.into_iter().flatten().chain(stale).collect();
+            pages.sort_unstable();
+            pages.dedup();
+            marked += pages.len() as u64;
             if let (true, Some(t)) = (record, st.tracker.as_mut()) {
-                pages.into_iter().for_each(|r| t.dirty.record(r));
+                pages.into_iter().for_each(|p| t.dirty.record(p..p + 1));
             }
         }
         marked
@@ -180,9 +195,10 @@ impl<'a> SyncEngine<'a> {
         match method {
             Method::PageTable | Method::None => {
                 num_marked = self.harvest_all(bo, st, views, true);
-                let decision = st.tracker.as_mut().map_or(ScanDecision::Stay, |t| {
-                    t.after_pagetable_harvest(num_marked)
-                });
+                let decision = st
+                    .tracker
+                    .as_mut()
+                    .map_or(ScanDecision::Stay, |t| t.after_pagetable_harvest(num_marked));
                 if let ScanDecision::Switch(m) = decision {
                     // Write-protect the whole BO, then clean-and-record once
                     // more: a harvest does both, atomically per page.
@@ -198,9 +214,10 @@ impl<'a> SyncEngine<'a> {
                     return self.scan_report(st, 0, None);
                 };
                 num_marked = self.reprotect(bo, st, views, envelope);
-                let decision = st.tracker.as_mut().map_or(ScanDecision::Stay, |t| {
-                    t.after_mkwrite_reprotect(num_marked)
-                });
+                let decision = st
+                    .tracker
+                    .as_mut()
+                    .map_or(ScanDecision::Stay, |t| t.after_mkwrite_reprotect(num_marked));
                 if let ScanDecision::Switch(m) = decision {
                     self.switch_to_pagetable(bo, st, views);
                     switched = Some(m);
@@ -209,9 +226,7 @@ impl<'a> SyncEngine<'a> {
         }
         if switched.is_some() {
             bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .method_switches
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.method_switches.fetch_add(1, Ordering::Relaxed);
             tracing::info!(bo = bo.id, method = %method_of(st), "tracking method switched");
         }
         self.scan_report(st, num_marked, switched)
@@ -228,13 +243,7 @@ impl<'a> SyncEngine<'a> {
 
     /// MKWRITE re-protect of the known-writable pages inside `envelope`;
     /// returns how many were re-protected, per view.
-    fn reprotect(
-        &self,
-        bo: &Bo,
-        st: &mut BoState,
-        views: &[Arc<View>],
-        envelope: Range<u64>,
-    ) -> u64 {
+    fn reprotect(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], envelope: Range<u64>) -> u64 {
         let ps = bo.page_size;
         let mut marked = 0;
         for view in views {
@@ -247,8 +256,10 @@ impl<'a> SyncEngine<'a> {
             let mut runs: Vec<Range<u64>> = Vec::new();
             {
                 let mut writable = lock(&view.writable);
+                let mut stale = lock(&view.stale_dirty);
                 for p in lo..hi {
                     if writable.remove(p - first) {
+                        stale.insert(p - first);
                         match runs.last_mut() {
                             Some(last) if last.end == p => last.end = p + 1,
                             _ => runs.push(p..p + 1),
@@ -282,7 +293,7 @@ impl<'a> SyncEngine<'a> {
                     .map(|p| p + first)
                     .collect()
             };
-            let Some(found) = self.harvest_view(bo, st, view) else {
+            let Some((found, _stale)) = self.harvest_view(bo, st, view) else {
                 continue;
             };
             if let Some(t) = st.tracker.as_mut() {
@@ -298,20 +309,13 @@ impl<'a> SyncEngine<'a> {
         if let Some(t) = st.tracker.as_mut() {
             let extra = t.finish_switch_to_pagetable();
             bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
-            self.counters
-                .extra_pages
-                .fetch_add(extra, Ordering::Relaxed);
+            self.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
         }
     }
 
     /// Transfers resource `index`'s dirty runs and uploads them; on upload
     /// failure the runs are folded back.
-    fn transfer_locked(
-        &self,
-        bo: &Bo,
-        st: &mut BoState,
-        index: u32,
-    ) -> Result<Vec<Range<u64>>, SyncError> {
+    fn transfer_locked(&self, bo: &Bo, st: &mut BoState, index: u32) -> Result<Vec<Range<u64>>, SyncError> {
         let res = Self::resource(st, index)?;
         let Some(t) = st.tracker.as_mut() else {
             return Ok(Vec::new());
@@ -328,9 +332,7 @@ impl<'a> SyncEngine<'a> {
             .collect();
         if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
             t.dirty.fold_back(&runs);
-            self.counters
-                .upload_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(bo = bo.id, resource = index, error = %e, "upload failed; runs folded back");
             return Err(e.into());
         }
@@ -356,23 +358,13 @@ impl<'a> SyncEngine<'a> {
         let pages: u64 = runs.iter().map(|r| r.end - r.start).sum();
         let bytes = pages * bo.page_size;
         bo.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        bo.counters
-            .pages_uploaded
-            .fetch_add(pages, Ordering::Relaxed);
-        bo.counters
-            .bytes_uploaded
-            .fetch_add(bytes, Ordering::Relaxed);
+        bo.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
+        bo.counters.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .pages_uploaded
-            .fetch_add(pages, Ordering::Relaxed);
-        self.counters
-            .bytes_uploaded
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
+        self.counters.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
         let listed = if with_runs { to_runs(runs) } else { Vec::new() };
-        let mechanism = views
-            .first()
-            .map_or(Mechanism::None, |v| v.mm.tracker.mechanism());
+        let mechanism = views.first().map_or(Mechanism::None, |v| v.mm.tracker.mechanism());
         SyncReport {
             pages,
             bytes,
@@ -381,10 +373,7 @@ impl<'a> SyncEngine<'a> {
             method: method_of(st) as u16,
             runs_truncated: listed.len() < runs.len(),
             duration_ns: t0.elapsed().as_nanos() as u64,
-            views_scanned: views
-                .iter()
-                .filter(|v| !v.dead.load(Ordering::Relaxed))
-                .count() as u32,
+            views_scanned: views.iter().filter(|v| !v.dead.load(Ordering::Relaxed)).count() as u32,
             runs: listed,
         }
     }
@@ -444,8 +433,7 @@ impl<'a> SyncEngine<'a> {
         let res = Self::resource(&st, index)?;
         if let Some(t) = st.tracker.as_mut() {
             let ps = bo.page_size;
-            t.dirty
-                .clear_window(res.window.start / ps..res.window.end / ps);
+            t.dirty.clear_window(res.window.start / ps..res.window.end / ps);
         }
         Ok(())
     }
@@ -474,10 +462,7 @@ impl<'a> SyncEngine<'a> {
             };
         };
         let runs = t.dirty.runs();
-        let (start, end) = t
-            .dirty
-            .envelope()
-            .map_or((t.dirty.pages(), 0), |e| (e.start, e.end));
+        let (start, end) = t.dirty.envelope().map_or((t.dirty.pages(), 0), |e| (e.start, e.end));
         DirtyStateReport {
             method: t.method as u16,
             change_count: t.change_count,
@@ -493,18 +478,9 @@ impl<'a> SyncEngine<'a> {
 
     /// vmwgfx `dirty_add` with a new resource at `window` (bytes). Returns
     /// the resource index.
-    pub fn add_resource(
-        &self,
-        bo: &Bo,
-        gpu: &dyn GpuBackend,
-        window: Range<u64>,
-    ) -> Result<u32, SyncError> {
+    pub fn add_resource(&self, bo: &Bo, gpu: &dyn GpuBackend, window: Range<u64>) -> Result<u32, SyncError> {
         let ps = bo.page_size;
-        if window.start % ps != 0
-            || window.end % ps != 0
-            || window.is_empty()
-            || window.end > bo.size
-        {
+        if window.start % ps != 0 || window.end % ps != 0 || window.is_empty() || window.end > bo.size {
             return Err(SyncError::BadWindow(format!(
                 "resource window {}..{} must be a non-empty page-aligned range inside the BO's {} bytes",
                 window.start, window.end, bo.size
@@ -550,10 +526,9 @@ impl<'a> SyncEngine<'a> {
             None => false,
         };
         if gone {
+            // The page-table state (writable, dirty) stays as it is, as in
+            // vmwgfx; without a tracker nothing looks at it until a new add.
             st.tracker = None;
-            for view in bo.views() {
-                lock(&view.writable).clear();
-            }
         }
         Ok(())
     }
@@ -612,12 +587,7 @@ mod tests {
         fn size(&self) -> u64 {
             self.0.size()
         }
-        fn upload(
-            &self,
-            src: &SharedMapping,
-            base: u64,
-            runs: &[Range<u64>],
-        ) -> Result<(), GpuError> {
+        fn upload(&self, src: &SharedMapping, base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
             if self.1.load(Ordering::Relaxed) {
                 return Err(GpuError::Unsupported("injected upload failure".into()));
             }

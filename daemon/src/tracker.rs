@@ -96,23 +96,17 @@ impl WriteTracker for UffdAsyncTracker {
             Ok(()) => {}
             Err(e) if e.errno() == Some(Errno::EPERM) => {
                 return Err(TrackError::BadView(format!(
-                "range {:#x}..{:#x} is not registered with a WP_ASYNC userfaultfd of this process",
-                range.start, range.end
-            )))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        match self
-            .uffd
-            .write_protect(range.start, range.end - range.start, true)
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.errno() == Some(Errno::ENOENT) || e.errno() == Some(Errno::EINVAL) => {
-                Err(TrackError::BadView(format!(
-                    "cannot write-protect {:#x}..{:#x}: {e}",
+                    "range {:#x}..{:#x} is not registered with a WP_ASYNC userfaultfd of this process",
                     range.start, range.end
                 )))
             }
+            Err(e) => return Err(e.into()),
+        }
+        match self.uffd.write_protect(range.start, range.end - range.start, true) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno() == Some(Errno::ENOENT) || e.errno() == Some(Errno::EINVAL) => Err(TrackError::BadView(
+                format!("cannot write-protect {:#x}..{:#x}: {e}", range.start, range.end),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -128,8 +122,7 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
-        self.uffd
-            .write_protect(range.start, range.end - range.start, true)?;
+        self.uffd.write_protect(range.start, range.end - range.start, true)?;
         Ok(())
     }
 }

@@ -694,12 +694,7 @@ impl Request {
                 w.u64(uffd_features);
                 w.u32(flags);
             }
-            Self::Map {
-                bo,
-                addr,
-                len,
-                offset,
-            } => {
+            Self::Map { bo, addr, len, offset } => {
                 w.u32(bo);
                 w.u64(addr);
                 w.u64(len);
@@ -770,9 +765,7 @@ impl Request {
                 flags: r.u32("flags")?,
             },
             kind::DESTROY => Self::Destroy { bo: r.u32("bo")? },
-            kind::STATS => Self::Stats {
-                flags: r.u32("flags")?,
-            },
+            kind::STATS => Self::Stats { flags: r.u32("flags")? },
             kind::EXPORT_RESOURCE => Self::ExportResource {
                 bo: r.u32("bo")?,
                 index: r.u32("index")?,
@@ -1003,9 +996,7 @@ impl Reply {
                     mm_id: r.u64("mm_id")?,
                 }
             }
-            kind::R_MAPPED => Self::Mapped {
-                view: r.u32("view")?,
-            },
+            kind::R_MAPPED => Self::Mapped { view: r.u32("view")? },
             kind::R_OK => Self::Ok,
             kind::R_SYNC_DONE => {
                 let pages = r.u64("pages")?;
@@ -1093,9 +1084,7 @@ impl Reply {
                 size: r.u64("size")?,
                 offset: r.u64("offset")?,
             },
-            kind::R_RESOURCE_ADDED => Self::ResourceAdded {
-                index: r.u32("index")?,
-            },
+            kind::R_RESOURCE_ADDED => Self::ResourceAdded { index: r.u32("index")? },
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,
                 switched_to: r.u16("switched_to")?,

@@ -137,39 +137,31 @@ fn arb_sync_report(max_runs: usize) -> impl Strategy<Value = SyncReport> {
         len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
     )
         .prop_map(
-            |(
-                (pages, bytes, run_count, mechanism),
-                (method, runs_truncated, duration_ns, views_scanned),
-                runs,
-            )| SyncReport {
-                pages,
-                bytes,
-                run_count,
-                mechanism,
-                method,
-                runs_truncated,
-                duration_ns,
-                views_scanned,
-                runs,
+            |((pages, bytes, run_count, mechanism), (method, runs_truncated, duration_ns, views_scanned), runs)| {
+                SyncReport {
+                    pages,
+                    bytes,
+                    run_count,
+                    mechanism,
+                    method,
+                    runs_truncated,
+                    duration_ns,
+                    views_scanned,
+                    runs,
+                }
             },
         )
 }
 
 fn arb_scan_report() -> impl Strategy<Value = ScanReport> {
-    (
-        arb_method_wire(),
-        arb_method_wire(),
-        any::<u32>(),
-        any::<u64>(),
+    (arb_method_wire(), arb_method_wire(), any::<u32>(), any::<u64>()).prop_map(
+        |(method, switched_to, change_count, num_marked)| ScanReport {
+            method,
+            switched_to,
+            change_count,
+            num_marked,
+        },
     )
-        .prop_map(
-            |(method, switched_to, change_count, num_marked)| ScanReport {
-                method,
-                switched_to,
-                change_count,
-                num_marked,
-            },
-        )
 }
 
 fn arb_dirty_state_report(max_runs: usize) -> impl Strategy<Value = DirtyStateReport> {
@@ -179,18 +171,16 @@ fn arb_dirty_state_report(max_runs: usize) -> impl Strategy<Value = DirtyStateRe
         len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
     )
         .prop_map(
-            |((method, change_count, users, pages), (start, end, dirty_pages, truncated), runs)| {
-                DirtyStateReport {
-                    method,
-                    change_count,
-                    users,
-                    pages,
-                    start,
-                    end,
-                    dirty_pages,
-                    truncated,
-                    runs,
-                }
+            |((method, change_count, users, pages), (start, end, dirty_pages, truncated), runs)| DirtyStateReport {
+                method,
+                change_count,
+                users,
+                pages,
+                start,
+                end,
+                dirty_pages,
+                truncated,
+                runs,
             },
         )
 }
@@ -264,11 +254,7 @@ fn arb_daemon_stats(max_name: usize) -> impl Strategy<Value = DaemonStats> {
         )
 }
 
-fn arb_stats_report(
-    max_name: usize,
-    max_conns: usize,
-    max_bos: usize,
-) -> impl Strategy<Value = StatsReport> {
+fn arb_stats_report(max_name: usize, max_conns: usize, max_bos: usize) -> impl Strategy<Value = StatsReport> {
     (
         arb_daemon_stats(max_name),
         len_up_to(max_conns).prop_flat_map(|n| vec(arb_connection_row(), n..=n)),
@@ -301,25 +287,29 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 flags,
             }
         }),
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(bo, addr, len, offset)| Request::Map {
-                bo,
-                addr,
-                len,
-                offset
-            }
-        ),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(bo, addr, len, offset)| Request::Map {
+            bo,
+            addr,
+            len,
+            offset
+        }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, view)| Request::Unmap { bo, view }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, flags)| Request::Sync { bo, flags }),
         any::<u32>().prop_map(|bo| Request::Destroy { bo }),
         any::<u32>().prop_map(|flags| Request::Stats { flags }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ExportResource { bo, index }),
-        (any::<u32>(), any::<u64>(), any::<u64>())
-            .prop_map(|(bo, offset, len)| Request::AddResource { bo, offset, len }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, offset, len)| Request::AddResource {
+            bo,
+            offset,
+            len
+        }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ReleaseResource { bo, index }),
         any::<u32>().prop_map(|bo| Request::Scan { bo }),
-        (any::<u32>(), any::<u32>(), any::<u32>())
-            .prop_map(|(bo, index, flags)| Request::Transfer { bo, index, flags }),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(bo, index, flags)| Request::Transfer {
+            bo,
+            index,
+            flags
+        }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ClearResource { bo, index }),
         any::<u32>().prop_map(|bo| Request::ClearAll { bo }),
         any::<u32>().prop_map(|bo| Request::DirtyState { bo }),
@@ -331,14 +321,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
 fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
     let extra = |m: usize| if over { m + m / 2 + 1 } else { m };
     prop_oneof![
-        (
-            any::<u16>(),
-            any::<u64>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u64>()
-        )
-            .prop_map(|(version, caps, max_frame, page_size, max_bo_size)| {
+        (any::<u16>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+            |(version, caps, max_frame, page_size, max_bo_size)| {
                 Reply::Hello {
                     version,
                     caps,
@@ -346,29 +330,21 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
                     page_size,
                     max_bo_size,
                 }
-            }),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, size, id)| Reply::Bo {
-            bo,
-            size,
-            id
-        }),
-        (arb_mechanism(), any::<bool>(), any::<bool>(), any::<u64>()).prop_map(
-            |(mechanism, exact, joined, mm_id)| Reply::MmAttached {
+            }
+        ),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, size, id)| Reply::Bo { bo, size, id }),
+        (arb_mechanism(), any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(mechanism, exact, joined, mm_id)| {
+            Reply::MmAttached {
                 mechanism,
                 exact,
                 joined,
                 mm_id,
             }
-        ),
+        }),
         any::<u32>().prop_map(|view| Reply::Mapped { view }),
         Just(Reply::Ok),
         arb_sync_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::SyncDone),
-        arb_stats_report(
-            extra(MAX_NAME),
-            extra(MAX_STATS_CONNECTIONS),
-            extra(MAX_STATS_BOS)
-        )
-        .prop_map(Reply::Stats),
+        arb_stats_report(extra(MAX_NAME), extra(MAX_STATS_CONNECTIONS), extra(MAX_STATS_BOS)).prop_map(Reply::Stats),
         (any::<u64>(), any::<u64>()).prop_map(|(size, offset)| Reply::Resource { size, offset }),
         any::<u32>().prop_map(|index| Reply::ResourceAdded { index }),
         arb_scan_report().prop_map(Reply::Scanned),
@@ -483,11 +459,7 @@ fn prefix_lengths(len: usize, picks: &[Index]) -> Vec<usize> {
 fn check_request_canonical(f: &[u8]) {
     if let Ok((id, req)) = Request::decode(f) {
         let again = req.encode(id);
-        assert_eq!(
-            again.len(),
-            f.len(),
-            "accepted {req:?} from a frame of another size"
-        );
+        assert_eq!(again.len(), f.len(), "accepted {req:?} from a frame of another size");
         assert_eq!(Request::decode(&again), Ok((id, req)));
     }
 }
@@ -495,11 +467,7 @@ fn check_request_canonical(f: &[u8]) {
 fn check_reply_canonical(f: &[u8]) {
     if let Ok((id, rep)) = Reply::decode(f) {
         let again = rep.encode(id);
-        assert_eq!(
-            again.len(),
-            f.len(),
-            "accepted {rep:?} from a frame of another size"
-        );
+        assert_eq!(again.len(), f.len(), "accepted {rep:?} from a frame of another size");
         assert_eq!(Reply::decode(&again), Ok((id, rep)));
     }
 }
@@ -806,11 +774,7 @@ fn sync_done_one_run_over_the_limit_is_over_limit() {
     assert!(f.len() <= MAX_FRAME);
     assert_eq!(
         Reply::decode(&f),
-        Err(over(
-            "reported runs",
-            MAX_REPORTED_RUNS + 1,
-            MAX_REPORTED_RUNS
-        ))
+        Err(over("reported runs", MAX_REPORTED_RUNS + 1, MAX_REPORTED_RUNS))
     );
     // The same frame at exactly the limit is fine.
     let f = sync_done_frame(MAX_REPORTED_RUNS as u16, MAX_REPORTED_RUNS);
@@ -865,10 +829,7 @@ fn stats_rows_over_the_limit_are_over_limit() {
     let f = stats_frame(4, 0, 0, b as u16, b);
     assert_eq!(Reply::decode(&f), Err(over("bo rows", b, MAX_STATS_BOS)));
     let f = stats_frame(MAX_NAME + 1, 0, 0, 0, 0);
-    assert_eq!(
-        Reply::decode(&f),
-        Err(over("backend length", MAX_NAME + 1, MAX_NAME))
-    );
+    assert_eq!(Reply::decode(&f), Err(over("backend length", MAX_NAME + 1, MAX_NAME)));
     // At the limits: accepted.
     let f = stats_frame(
         MAX_NAME,
@@ -901,10 +862,7 @@ fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
 #[test]
 fn frames_over_max_frame_are_too_long() {
     let f = vec![0u8; MAX_FRAME + 1];
-    assert_eq!(
-        Request::decode(&f),
-        Err(DecodeError::TooLong(MAX_FRAME + 1))
-    );
+    assert_eq!(Request::decode(&f), Err(DecodeError::TooLong(MAX_FRAME + 1)));
     assert_eq!(Reply::decode(&f), Err(DecodeError::TooLong(MAX_FRAME + 1)));
     let mut f = Request::Destroy { bo: 1 }.encode(1);
     f.resize(MAX_FRAME, 0);
@@ -1065,14 +1023,7 @@ fn documented_body_sizes() {
         }),
         28
     );
-    assert_eq!(
-        rep(Reply::Bo {
-            bo: 0,
-            size: 0,
-            id: 0
-        }),
-        20
-    );
+    assert_eq!(rep(Reply::Bo { bo: 0, size: 0, id: 0 }), 20);
     assert_eq!(
         rep(Reply::MmAttached {
             mechanism: Mechanism::UffdAsync,
@@ -1143,10 +1094,7 @@ fn documented_field_offsets() {
         flags: ATTACH_WITH_FDS,
     }
     .encode(0);
-    assert_eq!(
-        (le_u64(&f, B), le_u64(&f, B + 8), le_u32(&f, B + 16)),
-        (1, 2, 1)
-    );
+    assert_eq!((le_u64(&f, B), le_u64(&f, B + 8), le_u32(&f, B + 16)), (1, 2, 1));
 
     let f = Request::Map {
         bo: 9,
@@ -1175,16 +1123,8 @@ fn documented_field_offsets() {
     assert_eq!(le_u32(&f, B + 16), 5);
     assert_eq!(le_u64(&f, B + 20), 6);
 
-    let f = Reply::Bo {
-        bo: 1,
-        size: 2,
-        id: 3,
-    }
-    .encode(0);
-    assert_eq!(
-        (le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)),
-        (1, 2, 3)
-    );
+    let f = Reply::Bo { bo: 1, size: 2, id: 3 }.encode(0);
+    assert_eq!((le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)), (1, 2, 3));
 
     let f = Reply::MmAttached {
         mechanism: Mechanism::SoftDirty,
@@ -1193,10 +1133,7 @@ fn documented_field_offsets() {
         mm_id: 77,
     }
     .encode(0);
-    assert_eq!(
-        (le_u16(&f, B), le_u16(&f, B + 2), le_u64(&f, B + 4)),
-        (3, 2, 77)
-    );
+    assert_eq!((le_u16(&f, B), le_u16(&f, B + 2), le_u64(&f, B + 4)), (3, 2, 77));
 
     let f = Reply::SyncDone(SyncReport {
         pages: 1,
@@ -1339,10 +1276,7 @@ fn documented_field_offsets() {
     }
     .encode(0);
     assert_eq!(le_u16(&f, 0), 0x000e);
-    assert_eq!(
-        (le_u32(&f, B), le_u32(&f, B + 4), le_u32(&f, B + 8)),
-        (7, 8, 1)
-    );
+    assert_eq!((le_u32(&f, B), le_u32(&f, B + 4), le_u32(&f, B + 8)), (7, 8, 1));
 
     let f = Reply::ResourceAdded { index: 9 }.encode(0);
     assert_eq!(le_u16(&f, 0), 0x8009);
@@ -1413,10 +1347,7 @@ fn documented_constants() {
     );
     assert_eq!(
         REPLY_KINDS,
-        [
-            0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b,
-            0x80ff
-        ]
+        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x80ff]
     );
     assert_eq!(
         (
@@ -1508,10 +1439,7 @@ fn documented_constants() {
 /// File descriptors per message as documented.
 #[test]
 fn documented_fd_counts() {
-    let create = Request::CreateBo {
-        size: 4096,
-        flags: 0,
-    };
+    let create = Request::CreateBo { size: 4096, flags: 0 };
     let attach = |flags| Request::AttachMm {
         token: 1,
         uffd_features: 0,
@@ -1522,10 +1450,7 @@ fn documented_fd_counts() {
     assert_eq!(attach(0).fd_count(), (0, 0));
     assert_eq!(attach(ATTACH_WITH_FDS).fd_count(), (2, 2));
     assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
-    assert_eq!(
-        Request::ExportResource { bo: 1, index: 0 }.fd_count(),
-        (0, 0)
-    );
+    assert_eq!(Request::ExportResource { bo: 1, index: 0 }.fd_count(), (0, 0));
     let tracker_requests = [
         Request::CreateBo {
             size: 4096,
@@ -1557,10 +1482,7 @@ fn documented_fd_counts() {
         (Reply::SyncDone(SyncReport::default()), &tracker_requests[4]),
         (Reply::Ok, &tracker_requests[5]),
         (Reply::Ok, &tracker_requests[6]),
-        (
-            Reply::DirtyState(DirtyStateReport::default()),
-            &tracker_requests[7],
-        ),
+        (Reply::DirtyState(DirtyStateReport::default()), &tracker_requests[7]),
     ] {
         assert_eq!(rep.fd_count(r), 0, "{rep:?} to {r:?}");
     }
@@ -1573,15 +1495,9 @@ fn documented_fd_counts() {
     assert_eq!(bo.fd_count(&create), 1);
     assert_eq!(bo.fd_count(&Request::ImportBo), 0);
     let res = Reply::Resource { size: 1, offset: 0 };
-    assert_eq!(
-        res.fd_count(&Request::ExportResource { bo: 1, index: 0 }),
-        1
-    );
+    assert_eq!(res.fd_count(&Request::ExportResource { bo: 1, index: 0 }), 1);
     assert_eq!(Reply::Ok.fd_count(&Request::Destroy { bo: 1 }), 0);
-    assert_eq!(
-        Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo),
-        0
-    );
+    assert_eq!(Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo), 0);
 }
 
 /// The hex example in the README.
@@ -1593,8 +1509,5 @@ fn readme_hello_example() {
         caps: caps::ALL,
     }
     .encode(1);
-    assert_eq!(
-        f,
-        [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x1f, 0, 0, 0, 0, 0, 0, 0]
-    );
+    assert_eq!(f, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x1f, 0, 0, 0, 0, 0, 0, 0]);
 }

@@ -97,14 +97,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     // Requests before HELLO.
     let c = RawClient::connect(&socket)?;
     expect_error(
-        c.send(
-            &Request::CreateBo {
-                size: 4096,
-                flags: 0,
-            }
-            .encode(5),
-            &[],
-        )?,
+        c.send(&Request::CreateBo { size: 4096, flags: 0 }.encode(5), &[])?,
         ErrorCode::NotNegotiated,
         "CREATE_BO before HELLO",
     );
@@ -150,11 +143,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     // Unknown kind.
     let mut frame = Request::Stats { flags: 0 }.encode(9);
     frame[..2].copy_from_slice(&0x7777u16.to_le_bytes());
-    expect_error(
-        c.send(&frame, &[])?,
-        ErrorCode::UnknownRequest,
-        "unknown kind",
-    );
+    expect_error(c.send(&frame, &[])?, ErrorCode::UnknownRequest, "unknown kind");
     // Truncated frames: every prefix of a MAP request.
     let map = Request::Map {
         bo: 1,
@@ -181,11 +170,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     // Trailing bytes.
     let mut trailing = Request::Destroy { bo: 1 }.encode(6);
     trailing.extend_from_slice(&[0, 0, 0]);
-    expect_error(
-        c.send(&trailing, &[])?,
-        ErrorCode::BadFrame,
-        "trailing bytes",
-    );
+    expect_error(c.send(&trailing, &[])?, ErrorCode::BadFrame, "trailing bytes");
     // Absurd sizes.
     expect_error(
         c.send(
@@ -220,22 +205,12 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     // Unexpected fds: a memfd attached to CREATE_BO, and to STATS.
     let stray = Memfd::create_sealed("stray", 4096)?;
     expect_error(
-        c.send(
-            &Request::CreateBo {
-                size: 4096,
-                flags: 0,
-            }
-            .encode(8),
-            &[stray.as_fd()],
-        )?,
+        c.send(&Request::CreateBo { size: 4096, flags: 0 }.encode(8), &[stray.as_fd()])?,
         ErrorCode::BadFds,
         "CREATE_BO with an fd",
     );
     expect_error(
-        c.send(
-            &Request::Stats { flags: 0 }.encode(8),
-            &[stray.as_fd(), stray.as_fd()],
-        )?,
+        c.send(&Request::Stats { flags: 0 }.encode(8), &[stray.as_fd(), stray.as_fd()])?,
         ErrorCode::BadFds,
         "STATS with fds",
     );
@@ -315,11 +290,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
             view: 1,
         },
     ] {
-        expect_error(
-            other.send(&req.encode(20), &[])?,
-            ErrorCode::NoSuchBo,
-            req.name(),
-        );
+        expect_error(other.send(&req.encode(20), &[])?, ErrorCode::NoSuchBo, req.name());
     }
     // A real client's bad MAP arguments.
     let (r, _) = other.call(21, &Request::ImportBo, &[owned.memfd()])?;
@@ -352,10 +323,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
         flags: ATTACH_WITH_FDS,
     };
     let (r, _) = raw.call(30, &attach, &[uffd.as_fd(), pagemap.as_fd()])?;
-    assert!(
-        matches!(r, Reply::MmAttached { joined: false, .. }),
-        "{r:?}"
-    );
+    assert!(matches!(r, Reply::MmAttached { joined: false, .. }), "{r:?}");
     let (r, mut fds) = raw.call(
         31,
         &Request::CreateBo {
@@ -381,16 +349,10 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     );
     uffd.register_wp(mapping.addr(), 16 * ps)?;
     let (r, _) = raw.call(33, &map_req(mapping.addr(), 16 * ps, 0), &[])?;
-    assert!(
-        matches!(r, Reply::Mapped { .. }),
-        "MAP of a registered range: {r:?}"
-    );
+    assert!(matches!(r, Reply::Mapped { .. }), "MAP of a registered range: {r:?}");
     for (what, req) in [
         ("overlapping view", map_req(mapping.addr() + ps, ps, 0)),
-        (
-            "range past the BO end",
-            map_req(mapping.addr(), 16 * ps, ps),
-        ),
+        ("range past the BO end", map_req(mapping.addr(), 16 * ps, ps)),
         ("unaligned address", map_req(mapping.addr() + 1, ps, 0)),
         ("zero length", map_req(mapping.addr(), 0, 0)),
         ("overflowing range", map_req(u64::MAX - ps + 1, ps, 0)),
@@ -409,9 +371,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     }
 
     stop.store(true, Ordering::Relaxed);
-    let verified = good
-        .join()
-        .map_err(|_| anyhow::anyhow!("bystander panicked"))??;
+    let verified = good.join().map_err(|_| anyhow::anyhow!("bystander panicked"))??;
     assert!(verified > 0, "the bystander never completed a sync");
     eprintln!("bystander verified {verified} syncs during the abuse");
     let mut daemon = daemon;
@@ -442,10 +402,7 @@ fn clients_killed_mid_request_cost_the_daemon_nothing() -> anyhow::Result<()> {
     }
     // Whatever the dead writers wrote reaches the GPU copy.
     bo.sync()?;
-    assert!(
-        verify_gpu_copy(&bo)?.is_empty(),
-        "GPU copy differs after writer deaths"
-    );
+    assert!(verify_gpu_copy(&bo)?.is_empty(), "GPU copy differs after writer deaths");
 
     // The daemon forgets the dead: only our three connections remain.
     let mut remaining = usize::MAX;
@@ -457,15 +414,10 @@ fn clients_killed_mid_request_cost_the_daemon_nothing() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(
-        remaining, 3,
-        "connections of killed clients were not released"
-    );
+    assert_eq!(remaining, 3, "connections of killed clients were not released");
 
     stop.store(true, Ordering::Relaxed);
-    let verified = good
-        .join()
-        .map_err(|_| anyhow::anyhow!("bystander panicked"))??;
+    let verified = good.join().map_err(|_| anyhow::anyhow!("bystander panicked"))??;
     assert!(verified > 0);
     eprintln!(
         "{} writers killed; bystander verified {verified} syncs",

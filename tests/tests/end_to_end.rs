@@ -41,13 +41,7 @@ fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy() -> anyh
     // Process A maps the whole BO, process B only its second half (a view at
     // a non-zero BO offset); this process maps it too.
     let mut a = WriterChild::spawn(writer_bin(), daemon.socket(), bo.memfd(), 0, 0)?;
-    let mut b = WriterChild::spawn(
-        writer_bin(),
-        daemon.socket(),
-        bo.memfd(),
-        half * ps,
-        half * ps,
-    )?;
+    let mut b = WriterChild::spawn(writer_bin(), daemon.socket(), bo.memfd(), half * ps, half * ps)?;
     let mine = bo.map()?;
 
     let seed = SplitMix64::seed_from_time();
@@ -102,27 +96,19 @@ fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy() -> anyh
         assert_eq!(done.pages, written.len() as u64);
         assert_eq!(done.bytes, written.len() as u64 * ps);
         let mismatches = verify_gpu_copy(&bo)?;
-        assert!(
-            mismatches.is_empty(),
-            "round {round}: GPU copy differs: {mismatches:?}"
-        );
+        assert!(mismatches.is_empty(), "round {round}: GPU copy differs: {mismatches:?}");
         check_bo_matches(&bo, &model)?;
     }
 
     let idle = bo.sync_with_runs()?;
-    assert_eq!(
-        idle.pages, 0,
-        "a sync without writes uploaded {:?}",
-        idle.runs
-    );
+    assert_eq!(idle.pages, 0, "a sync without writes uploaded {:?}", idle.runs);
     a.quit()?;
     b.quit()?;
     Ok(())
 }
 
 #[test]
-fn connections_of_one_process_share_one_subscription_and_release_everything() -> anyhow::Result<()>
-{
+fn connections_of_one_process_share_one_subscription_and_release_everything() -> anyhow::Result<()> {
     let daemon = spawn_daemon(DAEMON)?;
     let observer = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
@@ -219,8 +205,7 @@ fn an_unprivileged_writer_process_is_tracked_exactly() -> anyhow::Result<()> {
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let bo = conn.create_bo(64 * ps)?;
-    let mut w =
-        WriterChild::spawn_as(Some(65534), writer_bin(), daemon.socket(), bo.memfd(), 0, 0)?;
+    let mut w = WriterChild::spawn_as(Some(65534), writer_bin(), &[], daemon.socket(), bo.memfd(), 0, 0)?;
     let s = conn.stats(STATS_CONNECTIONS)?;
     assert!(
         s.connections.iter().any(|c| c.uid == 65534),

@@ -55,10 +55,7 @@ fn every_completed_write_is_in_the_gpu_copy_when_sync_returns() -> anyhow::Resul
 
     let mut syncs = 0;
     for _ in 0..300 {
-        let snapshot: Vec<u64> = completed
-            .iter()
-            .map(|c| c.load(Ordering::Acquire))
-            .collect();
+        let snapshot: Vec<u64> = completed.iter().map(|c| c.load(Ordering::Acquire)).collect();
         bo.sync()?;
         syncs += 1;
         for (p, &want) in snapshot.iter().enumerate() {
@@ -136,10 +133,7 @@ fn transact_harvests_add_up_to_at_least_the_pages_touched() -> anyhow::Result<()
             during + after >= touched,
             "round {round} (seed {seed}): harvests {during} + {after} < {touched} pages touched: a write was lost"
         );
-        assert!(
-            verify_gpu_copy(&bo)?.is_empty(),
-            "round {round}: GPU copy differs"
-        );
+        assert!(verify_gpu_copy(&bo)?.is_empty(), "round {round}: GPU copy differs");
     }
     Ok(())
 }

@@ -77,10 +77,7 @@ impl DaemonProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "cohmemd did not listen on {} within {timeout:?}",
-                    self.socket.display()
-                );
+                bail!("cohmemd did not listen on {} within {timeout:?}", self.socket.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

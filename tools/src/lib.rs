@@ -4,6 +4,8 @@
 pub mod daemon;
 pub mod rng;
 pub mod verify;
+pub mod vmwgfx;
+pub mod writer;
 
 pub use daemon::DaemonProcess;
 pub use rng::SplitMix64;

@@ -47,12 +47,7 @@ pub trait GpuResource: Send + Sync {
     fn size(&self) -> u64;
     /// Copies the byte ranges `runs` (relative to the resource) from `src`
     /// starting at `src_base` (the window's offset in the BO mapping).
-    fn upload(
-        &self,
-        src: &SharedMapping,
-        src_base: u64,
-        runs: &[Range<u64>],
-    ) -> Result<(), GpuError>;
+    fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError>;
     /// An fd through which another process can read the resource (the
     /// software backend's memfd, a dma-buf on real devices).
     fn export_fd(&self) -> Result<OwnedFd, GpuError>;
@@ -73,9 +68,7 @@ impl std::str::FromStr for GpuChoice {
         match s {
             "soft" => Ok(Self::Soft),
             "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown GPU backend {other:?} (this build knows: soft, auto)"
-            )),
+            other => Err(format!("unknown GPU backend {other:?} (this build knows: soft, auto)")),
         }
     }
 }
@@ -83,10 +76,7 @@ impl std::str::FromStr for GpuChoice {
 /// Opens the backend `choice` names. Returns it and why it was chosen.
 pub fn open_backend(choice: &GpuChoice) -> (Box<dyn GpuBackend>, String) {
     match choice {
-        GpuChoice::Soft => (
-            Box::new(soft::SoftGpu::new()),
-            "requested with --gpu soft".into(),
-        ),
+        GpuChoice::Soft => (Box::new(soft::SoftGpu::new()), "requested with --gpu soft".into()),
         GpuChoice::Auto => {
             let why = if std::path::Path::new("/dev/dri").exists() {
                 "DRM devices exist but the DRM backend is not built yet; using the software backend"

@@ -31,11 +31,7 @@ impl GpuBackend for SoftGpu {
     }
 
     fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError> {
-        let memfd = Memfd::create(
-            "cohmem-soft-vram",
-            size,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-        )?;
+        let memfd = Memfd::create("cohmem-soft-vram", size, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)?;
         let mapping = SharedMapping::map(memfd.as_fd(), size, 0, true)?;
         // Writable mapping first, then forbid any new write access.
         memfd.add_seals(libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL)?;
@@ -53,20 +49,10 @@ impl GpuResource for SoftResource {
         self.memfd.size()
     }
 
-    fn upload(
-        &self,
-        src: &SharedMapping,
-        src_base: u64,
-        runs: &[Range<u64>],
-    ) -> Result<(), GpuError> {
+    fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
         for r in runs {
             let len = (r.end - r.start) as usize;
-            src.copy_to(
-                (src_base + r.start) as usize,
-                &self.mapping,
-                r.start as usize,
-                len,
-            )?;
+            src.copy_to((src_base + r.start) as usize, &self.mapping, r.start as usize, len)?;
         }
         Ok(())
     }

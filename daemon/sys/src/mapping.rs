@@ -33,12 +33,10 @@ impl SharedMapping {
     /// Maps `len` bytes of `fd` at `offset` (a page multiple), read-write or
     /// read-only.
     pub fn map(fd: BorrowedFd<'_>, len: u64, offset: u64, writable: bool) -> Result<Self> {
-        let len_usize = usize::try_from(len)
-            .map_err(|_| SysError::Invalid(format!("mapping length {len} too large")))?;
-        let nz = NonZeroUsize::new(len_usize)
-            .ok_or_else(|| SysError::Invalid("mapping length is zero".into()))?;
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| SysError::Invalid(format!("offset {offset} too large")))?;
+        let len_usize =
+            usize::try_from(len).map_err(|_| SysError::Invalid(format!("mapping length {len} too large")))?;
+        let nz = NonZeroUsize::new(len_usize).ok_or_else(|| SysError::Invalid("mapping length is zero".into()))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| SysError::Invalid(format!("offset {offset} too large")))?;
         let prot = if writable {
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
         } else {
@@ -90,13 +88,7 @@ impl SharedMapping {
         self.check(offset, dst.len())?;
         // SAFETY: the source range was bounds-checked against this live
         // mapping; `dst` is a distinct Rust buffer, so the ranges cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
@@ -108,9 +100,7 @@ impl SharedMapping {
         self.check(offset, src.len())?;
         // SAFETY: destination bounds-checked against this live, writable
         // mapping; `src` is a Rust buffer outside it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) };
         Ok(())
     }
 
@@ -128,13 +118,7 @@ impl SharedMapping {
     /// Copies `len` bytes from this mapping at `src_offset` into `dst` at
     /// `dst_offset` (two different mappings: the source of an upload and the
     /// device memory it goes to).
-    pub fn copy_to(
-        &self,
-        src_offset: usize,
-        dst: &SharedMapping,
-        dst_offset: usize,
-        len: usize,
-    ) -> Result<()> {
+    pub fn copy_to(&self, src_offset: usize, dst: &SharedMapping, dst_offset: usize, len: usize) -> Result<()> {
         if !dst.writable {
             return Err(SysError::Invalid("destination mapping is read-only".into()));
         }
@@ -147,11 +131,7 @@ impl SharedMapping {
         // they belong to two distinct mappings, which the kernel never places
         // at overlapping addresses.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(src_offset),
-                dst.ptr.as_ptr().add(dst_offset),
-                len,
-            )
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(src_offset), dst.ptr.as_ptr().add(dst_offset), len)
         };
         Ok(())
     }
@@ -161,9 +141,7 @@ impl SharedMapping {
     pub fn read_u64(&self, offset: usize) -> Result<u64> {
         self.check(offset, 8)?;
         if offset % 8 != 0 {
-            return Err(SysError::Invalid(format!(
-                "offset {offset} is not 8-byte aligned"
-            )));
+            return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));
         }
         // SAFETY: in bounds and aligned (mappings are page aligned); a
         // volatile load of plain memory.
@@ -177,9 +155,7 @@ impl SharedMapping {
         }
         self.check(offset, 8)?;
         if offset % 8 != 0 {
-            return Err(SysError::Invalid(format!(
-                "offset {offset} is not 8-byte aligned"
-            )));
+            return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));
         }
         // SAFETY: in bounds, aligned, writable; a volatile store to plain memory.
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(offset).cast::<u64>(), value) };

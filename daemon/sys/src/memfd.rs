@@ -37,13 +37,9 @@ pub struct Memfd {
 impl Memfd {
     /// Creates a memfd of `size` bytes and applies `seals` (`F_SEAL_*` bits).
     pub fn create(name: &str, size: u64, seals: i32) -> Result<Self> {
-        let cname = CString::new(name)
-            .map_err(|_| SysError::Invalid(format!("memfd name {name:?} contains NUL")))?;
-        let fd = memfd_create(
-            cname.as_c_str(),
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .op("memfd_create")?;
+        let cname = CString::new(name).map_err(|_| SysError::Invalid(format!("memfd name {name:?} contains NUL")))?;
+        let fd =
+            memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).op("memfd_create")?;
         let file = File::from(fd);
         file.set_len(size)
             .map_err(|e| SysError::os("ftruncate", errno_of(&e)))?;
@@ -63,18 +59,11 @@ impl Memfd {
     /// (memfds are) and reads its size.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
         let file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| SysError::os("fstat", errno_of(&e)))?;
+        let meta = file.metadata().map_err(|e| SysError::os("fstat", errno_of(&e)))?;
         if !meta.file_type().is_file() {
-            return Err(SysError::Invalid(
-                "fd is not a memfd (not a regular file)".into(),
-            ));
+            return Err(SysError::Invalid("fd is not a memfd (not a regular file)".into()));
         }
-        Ok(Self {
-            file,
-            size: meta.len(),
-        })
+        Ok(Self { file, size: meta.len() })
     }
 
     /// Size in bytes.
@@ -84,11 +73,7 @@ impl Memfd {
 
     /// Adds `F_SEAL_*` seals.
     pub fn add_seals(&self, seals: i32) -> Result<()> {
-        fcntl(
-            &self.file,
-            FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(seals)),
-        )
-        .op("F_ADD_SEALS")?;
+        fcntl(&self.file, FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(seals))).op("F_ADD_SEALS")?;
         Ok(())
     }
 

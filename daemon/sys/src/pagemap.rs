@@ -84,15 +84,13 @@ impl PagemapFile {
     /// Adopts a pagemap fd received from a client. The fd is checked with a
     /// zero-length `PAGEMAP_SCAN`, which only a pagemap file accepts.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
-        let me = Self {
-            file: File::from(fd),
-        };
+        let me = Self { file: File::from(fd) };
         let mut out = Vec::new();
         match me.scan(0..0, ScanQuery::PEEK_WRITTEN, &mut out) {
             Ok(()) => Ok(me),
-            Err(e) if e.errno() == Some(Errno::ENOTTY) || e.errno() == Some(Errno::EINVAL) => Err(
-                SysError::Invalid("passed fd is not a pagemap file supporting PAGEMAP_SCAN".into()),
-            ),
+            Err(e) if e.errno() == Some(Errno::ENOTTY) || e.errno() == Some(Errno::EINVAL) => Err(SysError::Invalid(
+                "passed fd is not a pagemap file supporting PAGEMAP_SCAN".into(),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -101,12 +99,7 @@ impl PagemapFile {
     /// process), continuing from `walk_end` until the whole range is done,
     /// and appends the matching address ranges to `out` (adjacent ranges
     /// merged).
-    pub fn scan(
-        &self,
-        range: Range<u64>,
-        query: ScanQuery,
-        out: &mut Vec<Range<u64>>,
-    ) -> Result<()> {
+    pub fn scan(&self, range: Range<u64>, query: ScanQuery, out: &mut Vec<Range<u64>>) -> Result<()> {
         let mut regions = vec![
             page_region {
                 start: 0,
@@ -134,8 +127,7 @@ impl PagemapFile {
             // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
             // `regions`, a live buffer of exactly `vec_len` page_region
             // entries that the kernel fills; both outlive the call.
-            let n = unsafe { ioctl_pagemap_scan(self.file.as_raw_fd(), &mut arg) }
-                .op("PAGEMAP_SCAN")?;
+            let n = unsafe { ioctl_pagemap_scan(self.file.as_raw_fd(), &mut arg) }.op("PAGEMAP_SCAN")?;
             let n = usize::try_from(n).unwrap_or(0).min(regions.len());
             for r in &regions[..n] {
                 match out.last_mut() {
@@ -208,20 +200,15 @@ mod tests {
             map.write_u64((p * ps) as usize, p).unwrap();
         }
         let mut out = Vec::new();
-        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out)
-            .unwrap();
+        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out).unwrap();
         assert_eq!(out.len() as u64, pages / 2, "one run per written page");
         assert!(out
             .iter()
             .enumerate()
             .all(|(i, r)| r.start == base + 2 * i as u64 * ps && r.end == r.start + ps));
         out.clear();
-        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out)
-            .unwrap();
-        assert!(
-            out.is_empty(),
-            "harvest must re-protect everything it reported"
-        );
+        pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out).unwrap();
+        assert!(out.is_empty(), "harvest must re-protect everything it reported");
     }
 
     #[test]

@@ -138,10 +138,7 @@ fn probe_uffd_async() -> Result<String> {
     if !out.is_empty() {
         return Err(SysError::Invalid("harvest did not re-protect".into()));
     }
-    Ok(
-        "WP_ASYNC + PAGEMAP_SCAN: wrote pages 3,7,8; harvested exactly those; re-harvest empty"
-            .into(),
-    )
+    Ok("WP_ASYNC + PAGEMAP_SCAN: wrote pages 3,7,8; harvested exactly those; re-harvest empty".into())
 }
 
 fn probe_uffd_sync() -> Result<String> {
@@ -186,9 +183,7 @@ fn probe_uffd_sync() -> Result<String> {
             "fault at {:#x}, expected {target:#x}",
             f.address
         ))),
-        None => Err(SysError::Invalid(
-            "no write-protect fault message within 2 s".into(),
-        )),
+        None => Err(SysError::Invalid("no write-protect fault message within 2 s".into())),
     }
 }
 
@@ -201,9 +196,7 @@ fn probe_soft_dirty() -> Result<String> {
     map.write_u64(2 * ps as usize, 1)?;
     clear.clear_soft_dirty()?;
     if pm.entry(addr, ps)? & PM_SOFT_DIRTY != 0 {
-        return Err(SysError::Invalid(
-            "bit 55 still set after clear_refs".into(),
-        ));
+        return Err(SysError::Invalid("bit 55 still set after clear_refs".into()));
     }
     map.write_u64(2 * ps as usize, 2)?;
     if pm.entry(addr, ps)? & PM_SOFT_DIRTY == 0 {

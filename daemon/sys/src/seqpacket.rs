@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, getsockopt, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily,
-    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    connect, getsockopt, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
 
@@ -54,13 +54,7 @@ pub struct SeqpacketSocket {
 impl SeqpacketSocket {
     /// Connects to the listening socket at `path`.
     pub fn connect(path: &Path) -> Result<Self> {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .op("socket")?;
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).op("socket")?;
         let addr = UnixAddr::new(path).op("socket path")?;
         connect(fd.as_raw_fd(), &addr).op("connect")?;
         Ok(Self { fd })
@@ -68,13 +62,8 @@ impl SeqpacketSocket {
 
     /// A connected pair (for tests and in-process peers).
     pub fn pair() -> Result<(Self, Self)> {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .op("socketpair")?;
+        let (a, b) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).op("socketpair")?;
         Ok((Self { fd: a }, Self { fd: b }))
     }
 
@@ -92,19 +81,9 @@ impl SeqpacketSocket {
             vec![ControlMessage::ScmRights(&raw)]
         };
         let iov = [IoSlice::new(data)];
-        let n = sendmsg::<UnixAddr>(
-            self.fd.as_raw_fd(),
-            &iov,
-            &cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .op("sendmsg")?;
+        let n = sendmsg::<UnixAddr>(self.fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).op("sendmsg")?;
         if n != data.len() {
-            return Err(SysError::Invalid(format!(
-                "short datagram send: {n} of {}",
-                data.len()
-            )));
+            return Err(SysError::Invalid(format!("short datagram send: {n} of {}", data.len())));
         }
         Ok(())
     }

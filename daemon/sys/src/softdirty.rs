@@ -33,9 +33,7 @@ impl ClearRefs {
 
     /// Adopts a clear_refs fd passed by a client.
     pub fn from_fd(fd: OwnedFd) -> Self {
-        Self {
-            file: File::from(fd),
-        }
+        Self { file: File::from(fd) }
     }
 
     /// Clears the soft-dirty bits of the file's whole mm.

@@ -124,8 +124,7 @@ impl Userfaultfd {
             .map_err(|e| SysError::os("open /dev/userfaultfd", crate::pagemap::errno_of(&e)))?;
         // SAFETY: USERFAULTFD_IOC_NEW = _IO(0xAA, 0) takes the uffd flags as a
         // plain integer argument, not a pointer.
-        let ret =
-            unsafe { libc::ioctl(dev.as_raw_fd(), nix::request_code_none!(0xAA, 0x00), flags) };
+        let ret = unsafe { libc::ioctl(dev.as_raw_fd(), nix::request_code_none!(0xAA, 0x00), flags) };
         if ret < 0 {
             return Err(SysError::os("USERFAULTFD_IOC_NEW", Errno::last()));
         }
@@ -208,11 +207,7 @@ impl Userfaultfd {
     pub fn write_protect(&self, addr: u64, len: u64, protect: bool) -> Result<()> {
         let mut arg = uffdio_writeprotect {
             range: uffdio_range { start: addr, len },
-            mode: if protect {
-                UFFDIO_WRITEPROTECT_MODE_WP
-            } else {
-                0
-            },
+            mode: if protect { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
         };
         // SAFETY: `arg` is a valid uffdio_writeprotect that outlives the call.
         unsafe { ioctl_writeprotect(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_WRITEPROTECT")?;
@@ -228,9 +223,7 @@ impl Userfaultfd {
                 let msgs = n / UFFD_MSG_SIZE;
                 for m in buf[..msgs * UFFD_MSG_SIZE].chunks_exact(UFFD_MSG_SIZE) {
                     if u32::from(m[0]) == linux_raw_sys::general::UFFD_EVENT_PAGEFAULT {
-                        let word = |at: usize| {
-                            u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]))
-                        };
+                        let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]));
                         out.push(WpFault {
                             flags: word(8),
                             address: word(16),

@@ -96,21 +96,9 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
     );
     println!();
     println!("mechanism     available  probe");
-    println!(
-        "uffd-async    {}        {}",
-        mark(&k.uffd_async),
-        k.uffd_async.detail
-    );
-    println!(
-        "uffd-sync     {}        {}",
-        mark(&k.uffd_sync),
-        k.uffd_sync.detail
-    );
-    println!(
-        "soft-dirty    {}        {}",
-        mark(&k.soft_dirty),
-        k.soft_dirty.detail
-    );
+    println!("uffd-async    {}        {}", mark(&k.uffd_async), k.uffd_async.detail);
+    println!("uffd-sync     {}        {}", mark(&k.uffd_sync), k.uffd_sync.detail);
+    println!("soft-dirty    {}        {}", mark(&k.soft_dirty), k.soft_dirty.detail);
     println!("full          yes        no tracking: every sync copies the whole BO");
     println!("explicit      yes        client-reported damage, no tracking");
     println!();
@@ -207,12 +195,7 @@ fn short_list(pages: &[u64]) -> String {
     }
 }
 
-fn demo(
-    socket: Option<PathBuf>,
-    size_mib: u64,
-    rounds: u32,
-    seed: Option<u64>,
-) -> anyhow::Result<()> {
+fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) -> anyhow::Result<()> {
     let mut daemon = None;
     let socket = match socket {
         Some(s) => s,
@@ -276,10 +259,7 @@ fn demo(
     drop(conn);
     if let Some(mut d) = daemon {
         let clean = d.stop()?;
-        println!(
-            "\ncohmemd stopped ({})",
-            if clean { "clean exit" } else { "killed" }
-        );
+        println!("\ncohmemd stopped ({})", if clean { "clean exit" } else { "killed" });
     }
     Ok(())
 }
