@@ -338,7 +338,7 @@ impl Session {
     }
 
     async fn create_bo(&mut self, size: u64, flags: u32) -> Outcome {
-        if flags != 0 {
+        if flags & !CREATE_NO_RESOURCE != 0 {
             return Err(fail(
                 ErrorCode::InvalidArgument,
                 format!("unknown CREATE_BO flags {flags:#x}"),

@@ -27,7 +27,10 @@ pub fn spawn_daemon_with(test_daemon: &str, extra: &[&str]) -> anyhow::Result<Da
     let bin = std::env::var_os("COHMEMD_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| test_daemon.into());
-    DaemonProcess::spawn_bin(&bin, extra)
+    // Quiet daemons keep test output readable; RUST_LOG still overrides.
+    let mut args = vec!["--log", "warn"];
+    args.extend_from_slice(extra);
+    DaemonProcess::spawn_bin(&bin, &args)
 }
 
 /// What the daemon did with a raw frame.

@@ -35,6 +35,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a vmwgfx trace (tools/TRACE_FORMAT.md) against the daemon with
+    /// real client processes and against the reference model, step by step;
+    /// print the first disagreement (exit status 1) or the number of steps.
+    Replay {
+        /// The trace file.
+        file: PathBuf,
+        /// Use this running daemon instead of starting a private one.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Internal: the writer client process the replayer spawns.
+    #[command(hide = true)]
+    WriterChild {
+        /// SOCKET MEMFD_FD OFFSET LEN.
+        args: Vec<String>,
+    },
     /// Start a private daemon with the software GPU, write into a BO, and
     /// show each sync uploading exactly the written pages.
     Demo {
@@ -63,6 +79,8 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seed,
         } => demo(socket, size_mib, rounds, seed),
+        Cmd::Replay { file, socket } => replay_trace(&file, socket),
+        Cmd::WriterChild { args } => cohmem_tools::writer::child_main(&args),
     }
 }
 
@@ -262,4 +280,37 @@ fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) 
         println!("\ncohmemd stopped ({})", if clean { "clean exit" } else { "killed" });
     }
     Ok(())
+}
+
+fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    use cohmem_tools::vmwgfx::replay::{replay, WriterCommand};
+    use cohmem_tools::vmwgfx::trace::parse_trace;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let events = parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut daemon = None;
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            let d = DaemonProcess::spawn(&["--log", "warn"]).context("starting cohmemd")?;
+            let s = d.socket().to_owned();
+            daemon = Some(d);
+            s
+        }
+    };
+    let writer = WriterCommand {
+        program: std::env::current_exe().context("locating cohmemctl")?,
+        pre_args: vec!["writer-child".into()],
+    };
+    let outcome = replay(&socket, &writer, &events)?;
+    drop(daemon);
+    match outcome {
+        Ok(steps) => {
+            println!("daemon and model agree on all {steps} steps of {}", file.display());
+            Ok(())
+        }
+        Err(d) => {
+            println!("first disagreement: {d}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -14,4 +14,5 @@
 //! what it does and does not cover.
 
 pub mod model;
+pub mod replay;
 pub mod trace;
