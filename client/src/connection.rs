@@ -65,6 +65,7 @@ pub struct ExportedResource {
 
 pub(crate) struct ConnInner {
     sock: Mutex<SeqpacketSocket>,
+    broken: std::sync::atomic::AtomicBool,
     next_id: AtomicU32,
     pub caps: u64,
     pub page_size: u64,
@@ -77,16 +78,27 @@ impl ConnInner {
     pub fn call(&self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        sock.send(&req.encode(id), fds).map_err(|e| {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(ClientError::Disconnected);
+        }
+        // Any failure between send and a complete receive leaves the
+        // connection out of step (a late reply would answer the next
+        // request), so it is marked broken for good.
+        let broken = |e: cohmem_sys::SysError| {
+            self.broken.store(true, Ordering::Relaxed);
             if SeqpacketSocket::is_disconnect(&e) {
                 ClientError::Disconnected
             } else {
                 e.into()
             }
-        })?;
+        };
+        sock.send(&req.encode(id), fds).map_err(broken)?;
         let mut buf = vec![0u8; MAX_FRAME];
-        let got = sock.recv(&mut buf)?;
+        let got = sock.recv(&mut buf).map_err(broken)?;
         drop(sock);
+        if got.len == 0 && got.fds.is_empty() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
         if got.len == 0 && got.fds.is_empty() {
             return Err(ClientError::Disconnected);
         }
@@ -168,6 +180,7 @@ impl Connection {
         })?;
         let mut inner = ConnInner {
             sock: Mutex::new(sock),
+            broken: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             caps: 0,
             page_size: 4096,

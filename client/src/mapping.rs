@@ -17,6 +17,9 @@ use crate::ClientError;
 /// Other processes and the daemon share this memory, so it is never exposed
 /// as a Rust slice: copy in and out with [`Mapping::write`] and
 /// [`Mapping::read`], or use [`Mapping::as_ptr`] with raw-pointer writes.
+///
+/// A forked child does not inherit the mapping (`MADV_DONTFORK`): tracking
+/// is per address space, so a child's writes could not be seen.
 pub struct Mapping {
     bo: Arc<BoInner>,
     tracking: Arc<ProcessTracking>,
@@ -34,6 +37,7 @@ impl Mapping {
         len: u64,
     ) -> Result<Self, ClientError> {
         let map = SharedMapping::map(bo.memfd.as_fd(), len, offset, true)?;
+        map.dont_fork()?;
         let addr = map.addr();
         tracking.uffd.register_wp(addr, len)?;
         let req = Request::Map {

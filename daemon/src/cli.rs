@@ -50,6 +50,13 @@ pub fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    if args.max_bo_size > cohmem_proto::limits::MAX_BO_SIZE || args.max_bo_size == 0 {
+        anyhow::bail!(
+            "--max-bo-size {} is outside 1..={} (the wire format's limit)",
+            args.max_bo_size,
+            cohmem_proto::limits::MAX_BO_SIZE
+        );
+    }
     let mut config = DaemonConfig {
         gpu: args.gpu,
         max_bo_size: args.max_bo_size,
@@ -59,6 +66,7 @@ pub fn main() -> anyhow::Result<()> {
     if let Some(s) = args.socket {
         config.socket = s;
     }
+    raise_fd_limit();
     let daemon = Arc::new(Daemon::new(config));
     let k = &daemon.kernel;
     tracing::info!(
@@ -96,5 +104,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Every BO costs the daemon two fds (its memfd and the software GPU's), so
+/// the soft RLIMIT_NOFILE (often 1024) is raised to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised RLIMIT_NOFILE"),
+            Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "getrlimit(RLIMIT_NOFILE) failed"),
     }
 }

@@ -60,6 +60,8 @@ struct Session {
     daemon: Arc<Daemon>,
     info: Arc<ConnectionInfo>,
     negotiated: bool,
+    /// Capabilities granted in HELLO.
+    caps: u64,
     mm: Option<Arc<MmSubscription>>,
     handles: HashMap<u32, Handle>,
     next_handle: u32,
@@ -81,6 +83,7 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
         daemon: daemon.clone(),
         info: info.clone(),
         negotiated: false,
+        caps: 0,
         mm: None,
         handles: HashMap::new(),
         next_handle: 1,
@@ -203,6 +206,7 @@ impl Session {
             (true, Request::Hello { .. }) => return Err(fail(ErrorCode::NotNegotiated, "HELLO was already done")),
             (true, _) => {}
         }
+        self.check_caps(req)?;
         match *req {
             Request::Hello {
                 min_version,
@@ -290,13 +294,43 @@ impl Session {
             ));
         }
         self.negotiated = true;
+        self.caps = wanted & self.daemon.caps;
         ok(Reply::Hello {
             version: PROTOCOL_VERSION,
-            caps: wanted & self.daemon.caps,
+            caps: self.caps,
             max_frame: MAX_FRAME as u32,
             page_size: cohmem_sys::page_size() as u32,
             max_bo_size: self.daemon.config.max_bo_size,
         })
+    }
+
+    /// Refuses requests that need a capability this session did not negotiate.
+    fn check_caps(&self, req: &Request) -> Result<(), Failure> {
+        let needs = match *req {
+            Request::ExportResource { .. } => caps::EXPORT_RESOURCE,
+            Request::Sync { flags, .. } | Request::Transfer { flags, .. } if flags & SYNC_REPORT_RUNS != 0 => {
+                caps::SYNC_RUNS
+            }
+            _ => 0,
+        };
+        if self.caps & needs != needs {
+            return Err(fail(
+                ErrorCode::Unsupported,
+                format!("{} needs capability {needs:#x}, which HELLO did not grant", req.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A view id not in use on this connection (ids wrap after 2^32 maps).
+    fn fresh_view_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_view;
+            self.next_view = self.next_view.wrapping_add(1).max(1);
+            if self.handles.values().all(|h| !h.views.contains_key(&id)) {
+                return id;
+            }
+        }
     }
 
     fn handle(&self, bo: u32) -> Result<&Handle, Failure> {
@@ -452,6 +486,22 @@ impl Session {
         };
         let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
         let pagemap = PagemapFile::from_fd(pagemap_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
+        // The pagemap must be the peer's own: another process's pagemap (any
+        // process of the same user can open it) would let this client scan,
+        // and steal the written state of, someone else's memory.
+        match pagemap.owner_pid() {
+            Some(pid) if pid == self.info.pid => {}
+            other => {
+                return Err(fail(
+                    ErrorCode::BadFds,
+                    format!(
+                        "fd 1 is the pagemap of {}, not of the connecting process {}",
+                        other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
+                        self.info.pid
+                    ),
+                ))
+            }
+        }
         let tracker = Box::new(UffdAsyncTracker::new(uffd, pagemap));
         let (mm, joined) = self.daemon.mms.get_or_insert(key, self.info.uid, tracker);
         tracing::info!(
@@ -499,7 +549,7 @@ impl Session {
                 ),
             ));
         }
-        let view_id = self.next_view;
+        let view_id = self.fresh_view_id();
         let view = Arc::new(View::new(view_id, mm.clone(), addr, len, offset, ps));
         if let Err(other) = mm.insert_view(view.range(), &view) {
             return Err(fail(
@@ -524,7 +574,6 @@ impl Session {
             mm.remove_view(addr);
             return Err(f);
         }
-        self.next_view = self.next_view.wrapping_add(1).max(1);
         bo_arc.add_view(view.clone());
         if let Some(h) = self.handles.get_mut(&bo) {
             h.views.insert(view_id, view);

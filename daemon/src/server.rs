@@ -156,7 +156,14 @@ impl Server {
                 std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
             }
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(io(
+                    "refusing to replace a non-socket file at",
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                ));
+            }
             if cohmem_sys::seqpacket::SeqpacketSocket::connect(&path).is_ok() {
                 return Err(ServerError::AlreadyRunning(path));
             }

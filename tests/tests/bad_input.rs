@@ -322,6 +322,17 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
         uffd_features: enabled,
         flags: ATTACH_WITH_FDS,
     };
+    // Another process's pagemap (this one may open its child's) is refused:
+    // it would let this client scan someone else's memory.
+    let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+    let foreign = File::open(format!("/proc/{}/pagemap", child.id()))?;
+    let (r, _) = raw.call(29, &attach, &[uffd.as_fd(), foreign.as_fd()])?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        matches!(&r, Reply::Error { code: ErrorCode::BadFds, message } if message.contains("not of the connecting process")),
+        "a foreign pagemap must be refused: {r:?}"
+    );
     let (r, _) = raw.call(30, &attach, &[uffd.as_fd(), pagemap.as_fd()])?;
     assert!(matches!(r, Reply::MmAttached { joined: false, .. }), "{r:?}");
     let (r, mut fds) = raw.call(

@@ -217,3 +217,25 @@ fn an_unprivileged_writer_process_is_tracked_exactly() -> anyhow::Result<()> {
     assert!(verify_gpu_copy(&bo)?.is_empty());
     w.quit()
 }
+
+#[test]
+fn a_forked_child_does_not_inherit_a_tracked_mapping() -> anyhow::Result<()> {
+    // Tracking is per address space: a child's writes could not be seen, so
+    // the client library keeps its mappings out of children (MADV_DONTFORK)
+    // and such a write faults instead of being silently lost.
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(16 * ps)?;
+    let mut w = WriterChild::spawn(writer_bin(), daemon.socket(), bo.memfd(), 0, 0)?;
+    let answer = w.command("forkwrite 4")?;
+    assert!(
+        answer.contains("SIGSEGV"),
+        "the child must fault, not write untracked: {answer}"
+    );
+    let mut b = [0u8; 1];
+    bo.read_at(4 * ps, &mut b)?;
+    assert_eq!(b[0], 0, "nothing may have been written");
+    assert_eq!(bo.sync()?.pages, 0);
+    w.quit()
+}

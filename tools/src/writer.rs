@@ -4,6 +4,7 @@
 //! vmwgfx trace replayer.
 //!
 //! Commands: `write SEED PAGE…` (prints `ok`), `read PAGE…` (prints `ok`),
+//! `forkwrite PAGE` (a forked child writes the page; prints how it ended),
 //! `sync` (prints `synced N`), `syncloop` (syncs until killed), `writeloop`
 //! (writes until killed), `quit` (unmaps, prints nothing, exits).
 
@@ -73,6 +74,31 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                     map.read(at as usize, &mut page)?;
                 }
                 writeln!(out, "ok")?;
+            }
+            Some("forkwrite") => {
+                // A forked child writes page P through the inherited address
+                // space; prints how the child ended.
+                let p: u64 = words.next().context("page")?.parse()?;
+                let at = (p * ps).checked_sub(offset).context("page outside this view")?;
+                let ptr = map.as_ptr();
+                out.flush()?;
+                // SAFETY: this writer process is single-threaded, so fork is
+                // safe; the child only stores one byte and calls _exit.
+                match unsafe { nix::unistd::fork() }? {
+                    nix::unistd::ForkResult::Child => {
+                        // SAFETY: `ptr + at` lies inside the parent's mapping;
+                        // if the child did not inherit it, this faults, which
+                        // is what the caller checks for.
+                        unsafe {
+                            ptr.add(at as usize).write_volatile(1);
+                            libc::_exit(0)
+                        }
+                    }
+                    nix::unistd::ForkResult::Parent { child } => {
+                        let status = nix::sys::wait::waitpid(child, None)?;
+                        writeln!(out, "child {status:?}")?;
+                    }
+                }
             }
             Some("sync") => writeln!(out, "synced {}", bo.sync()?.pages)?,
             Some("syncloop") => loop {

@@ -52,6 +52,16 @@ impl SharedMapping {
         })
     }
 
+    /// Keeps the mapping out of children created by `fork` (`MADV_DONTFORK`):
+    /// a child's writes could not be tracked (tracking is per address space),
+    /// so the child does not get the mapping at all.
+    pub fn dont_fork(&self) -> Result<()> {
+        // SAFETY: advice on a range this value owns; MADV_DONTFORK changes
+        // only what a future fork copies, not this process's memory.
+        unsafe { nix::sys::mman::madvise(self.ptr.cast(), self.len, nix::sys::mman::MmapAdvise::MADV_DONTFORK) }
+            .op("madvise(MADV_DONTFORK)")
+    }
+
     /// Start address of the mapping.
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64

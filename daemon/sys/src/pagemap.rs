@@ -95,6 +95,16 @@ impl PagemapFile {
         }
     }
 
+    /// The pid whose pagemap this is, as the kernel names the open file
+    /// (`/proc/<pid>/pagemap`; `/proc/self/pagemap` resolves to the opener's
+    /// pid). `None` if the name does not have that form, e.g. a file opened
+    /// in another pid namespace's procfs.
+    pub fn owner_pid(&self) -> Option<i32> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd())).ok()?;
+        let s = link.to_str()?;
+        s.strip_prefix("/proc/")?.strip_suffix("/pagemap")?.parse().ok()
+    }
+
     /// Runs `query` over `[range.start, range.end)` (addresses in the file's
     /// process), continuing from `walk_end` until the whole range is done,
     /// and appends the matching address ranges to `out` (adjacent ranges
@@ -209,6 +219,12 @@ mod tests {
         out.clear();
         pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out).unwrap();
         assert!(out.is_empty(), "harvest must re-protect everything it reported");
+    }
+
+    #[test]
+    fn owner_pid_names_the_opener() {
+        let pm = PagemapFile::open_self().unwrap();
+        assert_eq!(pm.owner_pid(), Some(std::process::id() as i32));
     }
 
     #[test]
