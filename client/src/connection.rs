@@ -9,13 +9,13 @@ use std::time::Duration;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, StatsReport,
-    ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
+    ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::seqpacket::SeqpacketSocket;
 
 use crate::mapping::Mapping;
-use crate::tracking::{process_tracking, ProcessTracking};
+use crate::tracking::{process_tracking, requested_mechanism, ProcessTracking};
 use crate::ClientError;
 
 /// What one sync uploaded.
@@ -70,7 +70,7 @@ pub(crate) struct ConnInner {
     pub caps: u64,
     pub page_size: u64,
     pub max_bo_size: u64,
-    tracking: Mutex<Option<Arc<ProcessTracking>>>,
+    tracking: Mutex<Option<(Arc<ProcessTracking>, Mechanism)>>,
 }
 
 impl ConnInner {
@@ -128,35 +128,39 @@ impl ConnInner {
         Ok((reply, got.fds))
     }
 
-    /// Attaches this process's tracking to the connection (once).
-    pub fn tracking(&self) -> Result<Arc<ProcessTracking>, ClientError> {
+    /// Attaches this process's tracking to the connection (once); returns
+    /// it with the mechanism the daemon chose for the process.
+    pub fn tracking(&self) -> Result<(Arc<ProcessTracking>, Mechanism), ClientError> {
         let mut slot = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
         let pt = process_tracking()?;
-        let mut req = Request::AttachMm {
+        let requested = u32::from(requested_mechanism()? as u16) << ATTACH_MECHANISM_SHIFT;
+        let (offer_flags, features, fds) = pt.offer();
+        let bare = Request::AttachMm {
             token: pt.token,
-            uffd_features: pt.features,
-            flags: 0,
+            uffd_features: features,
+            flags: requested,
         };
-        let result = match self.call(&req, &[]) {
+        let result = match self.call(&bare, &[]) {
             Err(e) if e.code() == Some(ErrorCode::NeedMmFds) => {
-                req = Request::AttachMm {
+                let with_fds = Request::AttachMm {
                     token: pt.token,
-                    uffd_features: pt.features,
-                    flags: ATTACH_WITH_FDS,
+                    uffd_features: features,
+                    flags: requested | offer_flags,
                 };
-                self.call(&req, &[pt.uffd.as_fd(), pt.pagemap.as_fd()])
+                self.call(&with_fds, &fds)
             }
             other => other,
         };
-        match result? {
-            (Reply::MmAttached { .. }, _) => {}
+        let mechanism = match result? {
+            (Reply::MmAttached { mechanism, .. }, _) => mechanism,
             (other, _) => return Err(unexpected("ATTACH_MM", &other)),
-        }
-        *slot = Some(pt.clone());
-        Ok(pt)
+        };
+        pt.uffd_for(mechanism)?;
+        *slot = Some((pt.clone(), mechanism));
+        Ok((pt, mechanism))
     }
 }
 
@@ -336,8 +340,8 @@ impl Bo {
 
     /// Maps `len` bytes at `offset` (page multiples), tracked.
     pub fn map_range(&self, offset: u64, len: u64) -> Result<Mapping, ClientError> {
-        let tracking = self.inner.conn.tracking()?;
-        Mapping::new(self.inner.clone(), tracking, offset, len)
+        let (tracking, mechanism) = self.inner.conn.tracking()?;
+        Mapping::new(self.inner.clone(), tracking, mechanism, offset, len)
     }
 
     /// Uploads every page written since the last sync.

@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use cohmem_proto::{Reply, Request};
+use cohmem_proto::{Mechanism, Reply, Request};
 use cohmem_sys::mapping::SharedMapping;
 
 use crate::connection::{unexpected, BoInner};
@@ -24,6 +24,7 @@ pub struct Mapping {
     bo: Arc<BoInner>,
     tracking: Arc<ProcessTracking>,
     map: SharedMapping,
+    mechanism: Mechanism,
     view: u32,
     offset: u64,
     unmapped: bool,
@@ -33,13 +34,15 @@ impl Mapping {
     pub(crate) fn new(
         bo: Arc<BoInner>,
         tracking: Arc<ProcessTracking>,
+        mechanism: Mechanism,
         offset: u64,
         len: u64,
     ) -> Result<Self, ClientError> {
         let map = SharedMapping::map(bo.memfd.as_fd(), len, offset, true)?;
         map.dont_fork()?;
         let addr = map.addr();
-        tracking.uffd.register_wp(addr, len)?;
+        let uffd = tracking.uffd_for(mechanism)?;
+        uffd.register_wp(addr, len)?;
         let req = Request::Map {
             bo: bo.handle,
             addr,
@@ -49,7 +52,7 @@ impl Mapping {
         let view = match bo.conn.call(&req, &[]) {
             Ok((Reply::Mapped { view }, _)) => view,
             other => {
-                let _ = tracking.uffd.unregister(addr, len);
+                let _ = uffd.unregister(addr, len);
                 return Err(match other {
                     Err(e) => e,
                     Ok((reply, _)) => unexpected("MAP", &reply),
@@ -60,6 +63,7 @@ impl Mapping {
             bo,
             tracking,
             map,
+            mechanism,
             view,
             offset,
             unmapped: false,
@@ -127,7 +131,10 @@ impl Mapping {
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
-        let unreg = self.tracking.uffd.unregister(self.map.addr(), self.map.len() as u64);
+        let unreg = self
+            .tracking
+            .uffd_for(self.mechanism)
+            .and_then(|u| Ok(u.unregister(self.map.addr(), self.map.len() as u64)?));
         match result? {
             (Reply::Ok, _) => {}
             (other, _) => return Err(unexpected("UNMAP", &other)),

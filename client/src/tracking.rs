@@ -1,22 +1,71 @@
 //! The per-process write tracking handed to the daemon (seed 003: one
 //! registration per mm, shared by every connection of the process).
+//!
+//! The process offers what its kernel and privileges allow: a WP_ASYNC
+//! userfaultfd with its pagemap fd (uffd-async), and a synchronous
+//! userfaultfd (uffd-sync), created to handle kernel-mode faults where
+//! permitted. The daemon picks one mechanism per process; every mapping of the
+//! process is then registered with the matching uffd.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, Weak};
 
+use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 
 use crate::ClientError;
 
-/// This process's userfaultfd and pagemap fd.
-pub(crate) struct ProcessTracking {
-    pub pid: u32,
-    pub token: u64,
+/// The uffd-async pair.
+pub(crate) struct AsyncTracking {
     pub uffd: Userfaultfd,
     pub pagemap: PagemapFile,
     pub features: u64,
+}
+
+/// This process's tracking fds.
+pub(crate) struct ProcessTracking {
+    pub pid: u32,
+    pub token: u64,
+    pub asynchronous: Option<AsyncTracking>,
+    pub synchronous: Option<Userfaultfd>,
+    /// The synchronous uffd handles kernel-mode faults.
+    pub sync_all_faults: bool,
+}
+
+impl ProcessTracking {
+    /// ATTACH_MM flags and fds offering everything this process has.
+    pub fn offer(&self) -> (u32, u64, Vec<BorrowedFd<'_>>) {
+        let mut flags = 0;
+        let mut fds = Vec::new();
+        let mut features = 0;
+        if let Some(a) = &self.asynchronous {
+            flags |= ATTACH_WITH_FDS;
+            fds.push(a.uffd.as_fd());
+            fds.push(a.pagemap.as_fd());
+            features = a.features;
+        }
+        if let Some(s) = &self.synchronous {
+            flags |= ATTACH_WITH_SYNC_UFFD;
+            if self.sync_all_faults {
+                flags |= ATTACH_SYNC_ALL_FAULTS;
+            }
+            fds.push(s.as_fd());
+        }
+        (flags, features, fds)
+    }
+
+    /// The uffd that mappings are registered with under `mechanism`.
+    pub fn uffd_for(&self, mechanism: Mechanism) -> Result<&Userfaultfd, ClientError> {
+        let uffd = match mechanism {
+            Mechanism::UffdAsync => self.asynchronous.as_ref().map(|a| &a.uffd),
+            Mechanism::UffdSync => self.synchronous.as_ref(),
+            _ => None,
+        };
+        uffd.ok_or_else(|| ClientError::Protocol(format!("daemon chose {mechanism}, which this process did not offer")))
+    }
 }
 
 static PROCESS: Mutex<Option<Weak<ProcessTracking>>> = Mutex::new(None);
@@ -34,17 +83,52 @@ pub(crate) fn process_tracking() -> Result<Arc<ProcessTracking>, ClientError> {
     let wanted = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
     // User-mode-only is enough for WP_ASYNC: the kernel resolves the faults
     // itself, so syscalls writing into protected pages work too.
-    let (uffd, enabled) = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, features::WP_ASYNC)?;
-    let pagemap = PagemapFile::open_self()?;
+    let asynchronous = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, features::WP_ASYNC)
+        .and_then(|(uffd, features)| {
+            Ok(AsyncTracking {
+                uffd,
+                pagemap: PagemapFile::open_self()?,
+                features,
+            })
+        })
+        .ok();
+    let sync_features = features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
+    let (synchronous, sync_all_faults) = match Userfaultfd::open(UffdFlavor::AllFaults, sync_features, 0) {
+        Ok((uffd, _)) => (Some(uffd), true),
+        Err(_) => (
+            Userfaultfd::open(UffdFlavor::UserModeOnly, sync_features, 0)
+                .ok()
+                .map(|(u, _)| u),
+            false,
+        ),
+    };
+    if asynchronous.is_none() && synchronous.is_none() {
+        return Err(ClientError::Protocol(
+            "this process can create no userfaultfd for write tracking".into(),
+        ));
+    }
     let mut h = RandomState::new().build_hasher();
     h.write_u32(pid);
     let pt = Arc::new(ProcessTracking {
         pid,
         token: h.finish(),
-        uffd,
-        pagemap,
-        features: enabled,
+        asynchronous,
+        synchronous,
+        sync_all_faults,
     });
     *slot = Some(Arc::downgrade(&pt));
     Ok(pt)
+}
+
+/// The mechanism this process asks for: `$COHMEM_MECHANISM`
+/// (`uffd-async`, `uffd-sync`), else the daemon's choice.
+pub(crate) fn requested_mechanism() -> Result<Mechanism, ClientError> {
+    match std::env::var("COHMEM_MECHANISM").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(Mechanism::None),
+        Ok("uffd-async") => Ok(Mechanism::UffdAsync),
+        Ok("uffd-sync") => Ok(Mechanism::UffdSync),
+        Ok(other) => Err(ClientError::Protocol(format!(
+            "COHMEM_MECHANISM={other:?} is not one of auto, uffd-async, uffd-sync"
+        ))),
+    }
 }

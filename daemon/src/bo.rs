@@ -75,6 +75,8 @@ pub struct Bo {
 pub struct View {
     /// Connection-local view id.
     pub id: u32,
+    /// The BO this view maps (weak: the BO owns its views).
+    pub bo: Weak<Bo>,
     /// The client process's subscription.
     pub mm: Arc<MmSubscription>,
     /// Start address in the client.
@@ -98,9 +100,18 @@ pub struct View {
 
 impl View {
     /// Creates a view record (all pages protected).
-    pub fn new(id: u32, mm: Arc<MmSubscription>, addr: u64, len: u64, bo_offset: u64, page_size: u64) -> Self {
+    pub fn new(
+        id: u32,
+        bo: Weak<Bo>,
+        mm: Arc<MmSubscription>,
+        addr: u64,
+        len: u64,
+        bo_offset: u64,
+        page_size: u64,
+    ) -> Self {
         Self {
             id,
+            bo,
             mm,
             addr,
             len,

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cohmem_proto::Mechanism;
+
 use crate::gpu::GpuChoice;
 use crate::{Daemon, DaemonConfig, Server};
 use anyhow::Context;
@@ -23,6 +25,10 @@ struct Args {
     /// GPU backend: `soft` (embedded software GPU) or `auto`.
     #[arg(long, default_value = "auto")]
     gpu: GpuChoice,
+    /// Write-tracking mechanism for every client: `auto` (uffd-async where it
+    /// works, else uffd-sync), `uffd-async` or `uffd-sync`.
+    #[arg(long, default_value = "auto", value_parser = parse_mechanism)]
+    mechanism: MechanismArg,
     /// Largest BO a client may create, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_bo_size: u64,
@@ -32,6 +38,20 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// `--mechanism`: `None` is `auto`.
+#[derive(Debug, Clone, Copy)]
+struct MechanismArg(Option<Mechanism>);
+
+fn parse_mechanism(s: &str) -> Result<MechanismArg, String> {
+    match s {
+        "auto" => Ok(MechanismArg(None)),
+        "uffd-async" => Ok(MechanismArg(Some(Mechanism::UffdAsync))),
+        "uffd-sync" => Ok(MechanismArg(Some(Mechanism::UffdSync))),
+        "soft-dirty" | "full" | "explicit" => Err(format!("mechanism {s} is not implemented yet")),
+        other => Err(format!("unknown mechanism {other:?} (auto, uffd-async, uffd-sync)")),
+    }
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -59,6 +79,7 @@ pub fn main() -> anyhow::Result<()> {
     }
     let mut config = DaemonConfig {
         gpu: args.gpu,
+        mechanism: args.mechanism.0,
         max_bo_size: args.max_bo_size,
         socket_mode: args.socket_mode,
         ..DaemonConfig::default()
@@ -67,7 +88,7 @@ pub fn main() -> anyhow::Result<()> {
         config.socket = s;
     }
     raise_fd_limit();
-    let daemon = Arc::new(Daemon::new(config));
+    let daemon = Arc::new(Daemon::new(config).context("starting the daemon")?);
     let k = &daemon.kernel;
     tracing::info!(
         kernel = %k.kernel,

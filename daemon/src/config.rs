@@ -13,6 +13,8 @@ pub struct DaemonConfig {
     pub socket_mode: u32,
     /// GPU backend.
     pub gpu: GpuChoice,
+    /// Mechanism forced for every client (`None`: chosen per client).
+    pub mechanism: Option<cohmem_proto::Mechanism>,
     /// Largest BO a client may create, bytes.
     pub max_bo_size: u64,
     /// Most BO handles one connection may hold.
@@ -29,6 +31,7 @@ impl Default for DaemonConfig {
             socket: default_socket_path(),
             socket_mode: 0o660,
             gpu: GpuChoice::Auto,
+            mechanism: None,
             max_bo_size: 4 << 30,
             max_bos_per_connection: 4096,
             max_views_per_connection: 4096,

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Reply, Request, StatsReport,
-    ATTACH_WITH_FDS, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
+    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD,
+    CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::pagemap::PagemapFile;
@@ -28,7 +29,7 @@ use crate::bo::{Bo, View};
 use crate::mm::{MmKey, MmSubscription};
 use crate::server::{ConnectionInfo, Daemon};
 use crate::sync::{SyncEngine, SyncError};
-use crate::tracker::{TrackError, UffdAsyncTracker};
+use crate::tracker::{TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
 
 /// A typed error reply.
 #[derive(Debug)]
@@ -432,7 +433,8 @@ impl Session {
     }
 
     fn attach_mm(&mut self, token: u64, uffd_features: u64, flags: u32, fds: Vec<OwnedFd>) -> Outcome {
-        if flags & !ATTACH_WITH_FDS != 0 {
+        let known = ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_SYNC_ALL_FAULTS | (0xff << ATTACH_MECHANISM_SHIFT);
+        if flags & !known != 0 {
             return Err(fail(
                 ErrorCode::InvalidArgument,
                 format!("unknown ATTACH_MM flags {flags:#x}"),
@@ -456,54 +458,52 @@ impl Session {
             self.mm = Some(existing);
             return ok(reply);
         }
-        if flags & ATTACH_WITH_FDS == 0 {
+        if flags & (ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD) == 0 {
             return Err(fail(
                 ErrorCode::NeedMmFds,
-                "no subscription for this process yet: send ATTACH_MM with the uffd and pagemap fds",
+                "no subscription for this process yet: send ATTACH_MM with its userfaultfd(s) and pagemap fd",
             ));
         }
-        if self.daemon.caps & caps::UFFD_ASYNC == 0 {
-            return Err(fail(
-                ErrorCode::Unsupported,
-                format!(
-                    "uffd-async is not available on this kernel: {}",
-                    self.daemon.kernel.uffd_async.detail
-                ),
-            ));
-        }
-        if uffd_features & features::WP_ASYNC == 0 {
-            return Err(fail(
-                ErrorCode::Unsupported,
-                "the client's userfaultfd lacks UFFD_FEATURE_WP_ASYNC (uffd-sync comes in a later version)",
-            ));
-        }
+        let requested = (flags >> ATTACH_MECHANISM_SHIFT) & 0xff;
+        let requested = Mechanism::from_wire(requested as u16).map_err(|_| {
+            fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown mechanism {requested} requested"),
+            )
+        })?;
         let mut fds = fds.into_iter();
-        let (Some(uffd_fd), Some(pagemap_fd)) = (fds.next(), fds.next()) else {
-            return Err(fail(
-                ErrorCode::BadFds,
-                "ATTACH_MM with fds needs [userfaultfd, pagemap]",
-            ));
+        let async_fds = if flags & ATTACH_WITH_FDS != 0 {
+            fds.next().zip(fds.next())
+        } else {
+            None
         };
-        let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
-        let pagemap = PagemapFile::from_fd(pagemap_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
-        // The pagemap must be the peer's own: another process's pagemap (any
-        // process of the same user can open it) would let this client scan,
-        // and steal the written state of, someone else's memory.
-        match pagemap.owner_pid() {
-            Some(pid) if pid == self.info.pid => {}
-            other => {
-                return Err(fail(
-                    ErrorCode::BadFds,
-                    format!(
-                        "fd 1 is the pagemap of {}, not of the connecting process {}",
-                        other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
-                        self.info.pid
-                    ),
-                ))
+        let sync_fd = if flags & ATTACH_WITH_SYNC_UFFD != 0 {
+            fds.next()
+        } else {
+            None
+        };
+        let choice = self.choose_mechanism(requested, async_fds.is_some(), sync_fd.is_some(), flags, uffd_features)?;
+        let tracker: Box<dyn WriteTracker> = match choice {
+            Mechanism::UffdAsync => {
+                let (uffd_fd, pagemap_fd) = async_fds.ok_or_else(|| fail(ErrorCode::Internal, "async fds vanished"))?;
+                let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
+                let pagemap =
+                    PagemapFile::from_fd(pagemap_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
+                self.check_pagemap_owner(&pagemap)?;
+                Box::new(UffdAsyncTracker::new(uffd, pagemap))
             }
-        }
-        let tracker = Box::new(UffdAsyncTracker::new(uffd, pagemap));
-        let (mm, joined) = self.daemon.mms.get_or_insert(key, self.info.uid, tracker);
+            _ => {
+                let fd = sync_fd.ok_or_else(|| fail(ErrorCode::Internal, "sync fd vanished"))?;
+                let uffd =
+                    Userfaultfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, format!("synchronous uffd: {e}")))?;
+                Box::new(UffdSyncTracker::new(uffd))
+            }
+        };
+        let (mm, joined) = self
+            .daemon
+            .mms
+            .get_or_insert(key, self.info.uid, tracker, &self.daemon.faults)
+            .map_err(|e| fail(ErrorCode::Kernel, format!("registering with the fault service: {e}")))?;
         tracing::info!(
             conn = self.info.id,
             mm = mm.id,
@@ -515,6 +515,97 @@ impl Session {
         let reply = attached(&mm, joined);
         self.mm = Some(mm);
         ok(reply)
+    }
+
+    /// Picks the mechanism for a new client process: the client's request,
+    /// else the daemon's `--mechanism`, else uffd-async where it works, else
+    /// uffd-sync. uffd-sync is refused when the client's uffd would break its
+    /// own syscalls (user-mode only: `read(2)` into a protected page would
+    /// fail with EFAULT).
+    fn choose_mechanism(
+        &self,
+        requested: Mechanism,
+        has_async: bool,
+        has_sync: bool,
+        flags: u32,
+        uffd_features: u64,
+    ) -> Result<Mechanism, Failure> {
+        let kernel = &self.daemon.kernel;
+        let async_ok = || -> Result<(), String> {
+            if !has_async {
+                return Err("the client sent no WP_ASYNC userfaultfd and pagemap fd".into());
+            }
+            if !kernel.uffd_async.ok {
+                return Err(format!(
+                    "uffd-async is not available on this kernel: {}",
+                    kernel.uffd_async.detail
+                ));
+            }
+            if uffd_features & features::WP_ASYNC == 0 {
+                return Err("the client's userfaultfd lacks UFFD_FEATURE_WP_ASYNC".into());
+            }
+            Ok(())
+        };
+        let sync_ok = || -> Result<(), String> {
+            if !has_sync {
+                return Err("the client sent no synchronous userfaultfd".into());
+            }
+            if !kernel.uffd_sync.ok {
+                return Err(format!(
+                    "uffd-sync is not available on this kernel: {}",
+                    kernel.uffd_sync.detail
+                ));
+            }
+            if flags & ATTACH_SYNC_ALL_FAULTS == 0 {
+                return Err(
+                    "the client's synchronous userfaultfd is UFFD_USER_MODE_ONLY: read(2) or recv(2) into \
+                            a write-protected page would fail with EFAULT; uffd-sync needs a userfaultfd that \
+                            handles kernel faults (CAP_SYS_PTRACE, access to /dev/userfaultfd, or \
+                            vm.unprivileged_userfaultfd=1)"
+                        .into(),
+                );
+            }
+            Ok(())
+        };
+        let wanted = match requested {
+            Mechanism::None => self.daemon.config.mechanism,
+            m => Some(m),
+        };
+        let unsupported = |m: Mechanism, why: String| fail(ErrorCode::Unsupported, format!("{m} refused: {why}"));
+        match wanted {
+            Some(Mechanism::UffdAsync) => async_ok()
+                .map(|()| Mechanism::UffdAsync)
+                .map_err(|w| unsupported(Mechanism::UffdAsync, w)),
+            Some(Mechanism::UffdSync) => sync_ok()
+                .map(|()| Mechanism::UffdSync)
+                .map_err(|w| unsupported(Mechanism::UffdSync, w)),
+            Some(other) => Err(unsupported(other, "not implemented by this daemon yet".into())),
+            None => match (async_ok(), sync_ok()) {
+                (Ok(()), _) => Ok(Mechanism::UffdAsync),
+                (Err(_), Ok(())) => Ok(Mechanism::UffdSync),
+                (Err(a), Err(s)) => Err(fail(
+                    ErrorCode::Unsupported,
+                    format!("no write-tracking mechanism for this client: uffd-async: {a}; uffd-sync: {s}"),
+                )),
+            },
+        }
+    }
+
+    /// The pagemap must be the peer's own: another process's pagemap (any
+    /// process of the same user can open it) would let this client scan, and
+    /// steal the written state of, someone else's memory.
+    fn check_pagemap_owner(&self, pagemap: &PagemapFile) -> Result<(), Failure> {
+        match pagemap.owner_pid() {
+            Some(pid) if pid == self.info.pid => Ok(()),
+            other => Err(fail(
+                ErrorCode::BadFds,
+                format!(
+                    "fd 1 is the pagemap of {}, not of the connecting process {}",
+                    other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
+                    self.info.pid
+                ),
+            )),
+        }
     }
 
     async fn map(&mut self, bo: u32, addr: u64, len: u64, offset: u64) -> Outcome {
@@ -550,7 +641,15 @@ impl Session {
             ));
         }
         let view_id = self.fresh_view_id();
-        let view = Arc::new(View::new(view_id, mm.clone(), addr, len, offset, ps));
+        let view = Arc::new(View::new(
+            view_id,
+            Arc::downgrade(&bo_arc),
+            mm.clone(),
+            addr,
+            len,
+            offset,
+            ps,
+        ));
         if let Err(other) = mm.insert_view(view.range(), &view) {
             return Err(fail(
                 ErrorCode::InvalidArgument,

@@ -10,6 +10,7 @@
 //! | [`bo`] | BO store, views | vmwgfx BOs with resources |
 //! | [`mm`] | per-process subscriptions with address → view map | seed 003 |
 //! | [`tracker`] | write-tracking mechanisms | seed 001 (protect / clean-and-record) |
+//! | [`faults`] | uffd-sync fault thread: record + unprotect under the BO lock | vmwgfx `vm_mkwrite`, spec 17c |
 //! | [`dirty`] | bitmap + envelope | seed 001, spec §1, §4.6 |
 //! | [`policy`] | method, change count, users | vmwgfx spec §2–§3 |
 //! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod dirty;
+pub mod faults;
 pub mod gpu;
 pub mod mm;
 pub mod policy;

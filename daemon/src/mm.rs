@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::bo::View;
+use crate::faults::{FaultRegistration, FaultService};
 use crate::tracker::WriteTracker;
 
 /// Identifies a client process's subscription: (peer pid, client token).
@@ -33,6 +34,10 @@ pub struct MmSubscription {
     pub key: MmKey,
     /// Peer uid.
     pub uid: u32,
+    /// Registration with the fault service (uffd-sync); declared before
+    /// `tracker` so that it is dropped, and deregistered, before the uffd
+    /// closes.
+    fault_registration: OnceLock<FaultRegistration>,
     /// The mechanism observing this process's views.
     pub tracker: Box<dyn WriteTracker>,
     views: Mutex<BTreeMap<u64, Weak<View>>>,
@@ -95,22 +100,33 @@ impl MmRegistry {
     }
 
     /// Returns the live subscription for `key`, or creates one with
-    /// `tracker`. The bool is true when an existing one was joined.
-    pub fn get_or_insert(&self, key: MmKey, uid: u32, tracker: Box<dyn WriteTracker>) -> (Arc<MmSubscription>, bool) {
+    /// `tracker` (registered with the fault service if it takes faults).
+    /// The bool is true when an existing one was joined.
+    pub fn get_or_insert(
+        &self,
+        key: MmKey,
+        uid: u32,
+        tracker: Box<dyn WriteTracker>,
+        faults: &Arc<FaultService>,
+    ) -> std::io::Result<(Arc<MmSubscription>, bool)> {
         let mut map = self.map();
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
-            return (existing, true);
+            return Ok((existing, true));
         }
         map.retain(|_, w| w.strong_count() > 0);
         let sub = Arc::new(MmSubscription {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             key,
             uid,
+            fault_registration: OnceLock::new(),
             tracker,
             views: Mutex::new(BTreeMap::new()),
         });
+        if let Some(reg) = faults.register(&sub)? {
+            let _ = sub.fault_registration.set(reg);
+        }
         map.insert(key, Arc::downgrade(&sub));
-        (sub, false)
+        Ok((sub, false))
     }
 
     /// Number of live subscriptions.

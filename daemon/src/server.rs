@@ -15,6 +15,7 @@ use tokio_seqpacket::UnixSeqpacketListener;
 use crate::bo::{lock, BoStore};
 use crate::config::DaemonConfig;
 use crate::connection;
+use crate::faults::FaultService;
 use crate::gpu::{open_backend, GpuBackend};
 use crate::mm::MmRegistry;
 use crate::stats::DaemonCounters;
@@ -73,21 +74,27 @@ pub struct Daemon {
     pub mms: MmRegistry,
     /// Counters.
     pub counters: DaemonCounters,
+    /// The uffd-sync fault service.
+    pub faults: Arc<FaultService>,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
 }
 
 impl Daemon {
-    /// Probes the kernel and opens the GPU backend.
-    pub fn new(config: DaemonConfig) -> Self {
+    /// Probes the kernel, opens the GPU backend and starts the fault service.
+    pub fn new(config: DaemonConfig) -> std::io::Result<Self> {
         let kernel = cohmem_sys::probe::probe_all();
         let (gpu, gpu_reason) = open_backend(&config.gpu);
         let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS;
         if kernel.uffd_async.ok {
             offered |= caps::UFFD_ASYNC;
         }
-        Self {
+        if kernel.uffd_sync.ok {
+            offered |= caps::UFFD_SYNC;
+        }
+        let faults = FaultService::start()?;
+        Ok(Self {
             config,
             gpu,
             gpu_reason,
@@ -96,10 +103,11 @@ impl Daemon {
             bos: BoStore::default(),
             mms: MmRegistry::default(),
             counters: DaemonCounters::default(),
+            faults,
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),
-        }
+        })
     }
 
     /// Registers a new connection.

@@ -114,9 +114,16 @@ impl<'a> SyncEngine<'a> {
             return Some((Vec::new(), Vec::new()));
         }
         let mut ranges = Vec::new();
-        let result = view.mm.tracker.harvest(view.range(), &mut ranges);
-        lock(&view.writable).clear();
         let first = view.bo_offset / bo.page_size;
+        let result = if view.mm.tracker.eager() {
+            // Faults were resolved by the fault service: the writable set is
+            // exactly what was written. Re-protect it (the fault service
+            // cannot interleave: it needs the state lock we hold).
+            self.protect_writable(bo, view, &mut ranges)
+        } else {
+            view.mm.tracker.harvest(view.range(), &mut ranges)
+        };
+        lock(&view.writable).clear();
         let stale: Vec<u64> = {
             let mut s = lock(&view.stale_dirty);
             let pages = (0..view.len / bo.page_size)
@@ -133,6 +140,27 @@ impl<'a> SyncEngine<'a> {
                 None
             }
         }
+    }
+
+    /// Write-protects every page in the view's writable set; appends their
+    /// address ranges to `out`.
+    fn protect_writable(&self, bo: &Bo, view: &View, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        let ps = bo.page_size;
+        let pages: Vec<u64> = {
+            let w = lock(&view.writable);
+            (0..view.len / ps).filter(|p| w.contains(*p)).collect()
+        };
+        for p in pages {
+            let addr = view.addr + p * ps;
+            match out.last_mut() {
+                Some(last) if last.end == addr => last.end = addr + ps,
+                _ => out.push(addr..addr + ps),
+            }
+        }
+        for r in out.iter() {
+            view.mm.tracker.protect(r.clone())?;
+        }
+        Ok(())
     }
 
     /// Harvests every view; records what it finds when `record`; returns the
@@ -162,7 +190,8 @@ impl<'a> SyncEngine<'a> {
             return;
         }
         for view in views {
-            if view.dead.load(Ordering::Acquire) {
+            // Eager mechanisms recorded their faults as they happened.
+            if view.dead.load(Ordering::Acquire) || view.mm.tracker.eager() {
                 continue;
             }
             let mut ranges = Vec::new();

@@ -4,8 +4,9 @@
 //! the views that process maps. This issue implements `uffd-async`
 //! (userfaultfd WP_ASYNC + `PAGEMAP_SCAN`): the MKWRITE-like
 //! "protect, then harvest-and-re-protect" cycle of vmwgfx with the kernel
-//! doing the fault handling. Later mechanisms (uffd-sync, soft-dirty, full,
-//! explicit) implement the same trait.
+//! doing the fault handling; and `uffd-sync`, where the faults come to the
+//! daemon ([`crate::faults`]), the true MKWRITE analogue. Later mechanisms
+//! (soft-dirty, full, explicit) implement the same trait.
 
 use std::ops::Range;
 
@@ -57,6 +58,17 @@ pub trait WriteTracker: Send + Sync {
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
     /// Write-protects a range again (the MKWRITE re-protect).
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError>;
+    /// True when first writes are delivered as faults and recorded by the
+    /// fault service as they happen (the view's writable set is then the
+    /// truth, and `harvest`/`peek` are not used to find writes).
+    fn eager(&self) -> bool {
+        false
+    }
+    /// The synchronous userfaultfd whose fault messages the fault service
+    /// reads, if this mechanism has one.
+    fn fault_uffd(&self) -> Option<&Userfaultfd> {
+        None
+    }
 }
 
 /// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd.
@@ -124,5 +136,65 @@ impl WriteTracker for UffdAsyncTracker {
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
         self.uffd.write_protect(range.start, range.end - range.start, true)?;
         Ok(())
+    }
+}
+
+/// `uffd-sync`: write-protect faults are delivered to the daemon's fault
+/// service, which records the page and unprotects it in one step under the
+/// BO's lock (spec item 17c) — vmwgfx's MKWRITE, with the client's thread
+/// waiting in the kernel meanwhile.
+pub struct UffdSyncTracker {
+    uffd: Userfaultfd,
+}
+
+impl UffdSyncTracker {
+    /// Wraps the synchronous uffd a client handed over.
+    pub fn new(uffd: Userfaultfd) -> Self {
+        Self { uffd }
+    }
+}
+
+impl WriteTracker for UffdSyncTracker {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::UffdSync
+    }
+
+    fn exact(&self) -> bool {
+        true
+    }
+
+    fn attach_view(&self, range: Range<u64>) -> Result<(), TrackError> {
+        match self.uffd.write_protect(range.start, range.end - range.start, true) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno() == Some(Errno::ENOENT) || e.errno() == Some(Errno::EINVAL) => {
+                Err(TrackError::BadView(format!(
+                    "range {:#x}..{:#x} is not registered with this process's synchronous userfaultfd: {e}",
+                    range.start, range.end
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn harvest(&self, range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        // Writes were delivered as faults; only the protection is restored.
+        self.protect(range)
+    }
+
+    fn peek(&self, _range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
+        self.uffd.write_protect(range.start, range.end - range.start, true)?;
+        Ok(())
+    }
+
+    fn eager(&self) -> bool {
+        true
+    }
+
+    fn fault_uffd(&self) -> Option<&Userfaultfd> {
+        Some(&self.uffd)
     }
 }

@@ -198,8 +198,18 @@ pub const SYNC_REPORT_RUNS: u32 = 1;
 pub const STATS_CONNECTIONS: u32 = 1;
 /// Flag of STATS: include one row per BO.
 pub const STATS_BOS: u32 = 2;
-/// Flag of ATTACH_MM: the uffd and pagemap fds are attached.
+/// Flag of ATTACH_MM: the WP_ASYNC uffd and pagemap fds are attached.
 pub const ATTACH_WITH_FDS: u32 = 1;
+/// Flag of ATTACH_MM: a synchronous (no WP_ASYNC) uffd is attached, after
+/// the fds of [`ATTACH_WITH_FDS`] if those are attached too.
+pub const ATTACH_WITH_SYNC_UFFD: u32 = 2;
+/// Flag of ATTACH_MM: the synchronous uffd handles kernel-mode faults too
+/// (created without `UFFD_USER_MODE_ONLY`), so `read(2)` into a protected page
+/// waits for the daemon instead of failing with EFAULT.
+pub const ATTACH_SYNC_ALL_FAULTS: u32 = 4;
+/// ATTACH_MM flags bits 8..16: the [`Mechanism`] the client asks for (0 =
+/// the daemon's choice).
+pub const ATTACH_MECHANISM_SHIFT: u32 = 8;
 /// Flag of CREATE_BO: create the BO without its default whole-BO resource
 /// (so without a tracker until ADD_RESOURCE).
 pub const CREATE_NO_RESOURCE: u32 = 1;
@@ -660,7 +670,10 @@ impl Request {
     pub fn fd_count(&self) -> (usize, usize) {
         match self {
             Self::ImportBo => (1, 1),
-            Self::AttachMm { flags, .. } if flags & ATTACH_WITH_FDS != 0 => (2, 2),
+            Self::AttachMm { flags, .. } => {
+                let n = 2 * usize::from(flags & ATTACH_WITH_FDS != 0) + usize::from(flags & ATTACH_WITH_SYNC_UFFD != 0);
+                (n, n)
+            }
             _ => (0, 0),
         }
     }

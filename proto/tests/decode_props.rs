@@ -1432,7 +1432,7 @@ fn documented_constants() {
     );
     assert_eq!(
         (MAX_STATS_CONNECTIONS, MAX_STATS_BOS, MAX_BO_SIZE, MAX_FDS),
-        (256, 256, 64 << 30, 2)
+        (256, 256, 64 << 30, 3)
     );
 }
 
@@ -1449,6 +1449,11 @@ fn documented_fd_counts() {
     assert_eq!(Request::ImportBo.fd_count(), (1, 1));
     assert_eq!(attach(0).fd_count(), (0, 0));
     assert_eq!(attach(ATTACH_WITH_FDS).fd_count(), (2, 2));
+    assert_eq!(attach(ATTACH_WITH_SYNC_UFFD).fd_count(), (1, 1));
+    assert_eq!(
+        attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_SYNC_ALL_FAULTS).fd_count(),
+        (3, 3)
+    );
     assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
     assert_eq!(Request::ExportResource { bo: 1, index: 0 }.fd_count(), (0, 0));
     let tracker_requests = [

@@ -22,6 +22,29 @@ pub fn spawn_daemon(test_daemon: &str) -> anyhow::Result<DaemonProcess> {
     spawn_daemon_with(test_daemon, &[])
 }
 
+/// [`spawn_daemon`] forcing one write-tracking mechanism for every client.
+pub fn spawn_daemon_for(test_daemon: &str, mechanism: cohmem_client::Mechanism) -> anyhow::Result<DaemonProcess> {
+    spawn_daemon_with(test_daemon, &["--mechanism", mechanism.name()])
+}
+
+/// Defines one test per write-tracking mechanism available on this host
+/// (`NAME::uffd_async`, `NAME::uffd_sync`), each running `BODY(mechanism)`.
+#[macro_export]
+macro_rules! test_each_mechanism {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn uffd_async() -> anyhow::Result<()> {
+                super::$body(cohmem_client::Mechanism::UffdAsync)
+            }
+            #[test]
+            fn uffd_sync() -> anyhow::Result<()> {
+                super::$body(cohmem_client::Mechanism::UffdSync)
+            }
+        }
+    };
+}
+
 /// [`spawn_daemon`] with extra daemon arguments.
 pub fn spawn_daemon_with(test_daemon: &str, extra: &[&str]) -> anyhow::Result<DaemonProcess> {
     let bin = std::env::var_os("COHMEMD_BIN")

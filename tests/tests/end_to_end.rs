@@ -10,7 +10,7 @@ use std::path::Path;
 use cohmem_client::{Connection, Mechanism};
 use cohmem_proto::{STATS_BOS, STATS_CONNECTIONS};
 use cohmem_tests::{page_pattern, WriterChild};
-use cohmem_tests::{spawn_daemon, spawn_daemon_with};
+use cohmem_tests::{spawn_daemon, spawn_daemon_for, spawn_daemon_with};
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -30,9 +30,15 @@ fn check_bo_matches(bo: &cohmem_client::Bo, model: &[Vec<u8>]) -> anyhow::Result
     Ok(())
 }
 
-#[test]
-fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy,
+    two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy_with
+);
+
+fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy_with(
+    mechanism: Mechanism,
+) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let pages = 512u64;
@@ -86,7 +92,7 @@ fn two_writer_processes_get_exact_dirty_sets_and_an_identical_gpu_copy() -> anyh
         let written: BTreeSet<u64> = pa.iter().chain(&pb).chain(&pm).copied().collect();
         let reported: Vec<u64> = done.pages_list();
         assert!(!done.runs_truncated);
-        assert_eq!(done.mechanism, Mechanism::UffdAsync);
+        assert_eq!(done.mechanism, mechanism);
         assert_eq!(done.views_scanned, 3);
         assert_eq!(
             reported,
@@ -151,9 +157,13 @@ fn connections_of_one_process_share_one_subscription_and_release_everything() ->
     Ok(())
 }
 
-#[test]
-fn unmap_and_process_death_lose_nothing() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    unmap_and_process_death_lose_nothing,
+    unmap_and_process_death_lose_nothing_with
+);
+
+fn unmap_and_process_death_lose_nothing_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let bo = conn.create_bo(128 * ps)?;
@@ -238,4 +248,40 @@ fn a_forked_child_does_not_inherit_a_tracked_mapping() -> anyhow::Result<()> {
     assert_eq!(b[0], 0, "nothing may have been written");
     assert_eq!(bo.sync()?.pages, 0);
     w.quit()
+}
+
+#[test]
+fn uffd_sync_is_refused_where_it_would_break_the_clients_syscalls() -> anyhow::Result<()> {
+    // An unprivileged process can only create a user-mode-only uffd; with
+    // uffd-sync that would make read(2) into its own BO fail with EFAULT, so
+    // the daemon refuses and says why instead.
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: cannot drop to another uid; this test checks nothing here");
+        return Ok(());
+    }
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+    let daemon = spawn_daemon_with(DAEMON, &["--mechanism", "uffd-sync", "--socket-mode", "666"])?;
+    let conn = Connection::connect(daemon.socket())?;
+    let bo = conn.create_bo(16 * cohmem_sys::page_size())?;
+    let inheritable = bo.memfd().try_clone_to_owned()?;
+    nix::fcntl::fcntl(
+        inheritable.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )?;
+    let out = std::process::Command::new(writer_bin())
+        .arg(daemon.socket())
+        .arg(inheritable.as_raw_fd().to_string())
+        .args(["0", "0"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the unprivileged writer must not get uffd-sync");
+    assert!(
+        stderr.contains("Unsupported") && stderr.contains("EFAULT"),
+        "the refusal must say why: {stderr}"
+    );
+    Ok(())
 }

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use cohmem_client::Connection;
+use cohmem_client::Mechanism;
 use cohmem_sys::mapping::SharedMapping;
-use cohmem_tests::spawn_daemon;
+use cohmem_tests::spawn_daemon_for;
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -18,9 +19,13 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
 const THREADS: u64 = 4;
 
-#[test]
-fn every_completed_write_is_in_the_gpu_copy_when_sync_returns() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    every_completed_write_is_in_the_gpu_copy_when_sync_returns,
+    every_completed_write_is_in_the_gpu_copy_when_sync_returns_with
+);
+
+fn every_completed_write_is_in_the_gpu_copy_when_sync_returns_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let pages_per_thread = 64u64;
@@ -81,9 +86,13 @@ fn every_completed_write_is_in_the_gpu_copy_when_sync_returns() -> anyhow::Resul
     Ok(())
 }
 
-#[test]
-fn transact_harvests_add_up_to_at_least_the_pages_touched() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    transact_harvests_add_up_to_at_least_the_pages_touched,
+    transact_harvests_add_up_to_at_least_the_pages_touched_with
+);
+
+fn transact_harvests_add_up_to_at_least_the_pages_touched_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let per_thread = 8u64;

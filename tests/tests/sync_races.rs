@@ -6,15 +6,20 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use cohmem_client::Connection;
+use cohmem_client::Mechanism;
 use cohmem_sys::mapping::SharedMapping;
-use cohmem_tests::spawn_daemon;
+use cohmem_tests::spawn_daemon_for;
 
 /// The daemon binary cargo builds with these tests.
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
-#[test]
-fn sync_racing_unmap_of_the_written_view_loses_nothing() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    sync_racing_unmap_of_the_written_view_loses_nothing,
+    sync_racing_unmap_of_the_written_view_loses_nothing_with
+);
+
+fn sync_racing_unmap_of_the_written_view_loses_nothing_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let ps = cohmem_sys::page_size();
     for round in 0..5u64 {
         let (c0, c1, c2) = (

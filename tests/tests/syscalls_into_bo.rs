@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use cohmem_client::{Connection, Mechanism};
-use cohmem_tests::spawn_daemon;
+use cohmem_tests::spawn_daemon_for;
 use cohmem_tools::verify_gpu_copy;
 
 /// The daemon binary cargo builds with these tests.
@@ -18,9 +18,13 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe().expect("pipe")
 }
 
-#[test]
-fn read_into_and_write_from_a_tracked_mapping() -> anyhow::Result<()> {
-    let daemon = spawn_daemon(DAEMON)?;
+cohmem_tests::test_each_mechanism!(
+    read_into_and_write_from_a_tracked_mapping,
+    read_into_and_write_from_a_tracked_mapping_with
+);
+
+fn read_into_and_write_from_a_tracked_mapping_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size() as usize;
     let bo = conn.create_bo(64 * ps as u64)?;
@@ -41,7 +45,7 @@ fn read_into_and_write_from_a_tracked_mapping() -> anyhow::Result<()> {
         std::io::Error::last_os_error()
     );
     let done = bo.sync_with_runs()?;
-    assert_eq!(done.mechanism, Mechanism::UffdAsync);
+    assert_eq!(done.mechanism, mechanism);
     assert_eq!(done.pages_list(), vec![5], "the page read(2) wrote must be reported");
     assert!(verify_gpu_copy(&bo)?.is_empty());
 

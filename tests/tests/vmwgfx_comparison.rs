@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use cohmem_tests::spawn_daemon;
+use cohmem_client::Mechanism;
+use cohmem_tests::{spawn_daemon, spawn_daemon_for};
 use cohmem_tools::vmwgfx::replay::{random_trace, replay, WriterCommand};
 use cohmem_tools::vmwgfx::trace::parse_trace;
 use cohmem_tools::SplitMix64;
@@ -24,14 +25,19 @@ fn writer() -> WriterCommand {
     }
 }
 
-/// Replays `trace` against a fresh daemon and the model; panics on the
-/// first disagreement.
+/// The mechanisms this host offers; every trace runs under each.
+const MECHANISMS: [Mechanism; 2] = [Mechanism::UffdAsync, Mechanism::UffdSync];
+
+/// Replays `trace` against a fresh daemon and the model, once per
+/// mechanism; panics on the first disagreement.
 fn agree(trace: &str) {
     let events = parse_trace(trace).unwrap_or_else(|e| panic!("bad trace: {e}"));
-    let daemon = spawn_daemon(DAEMON).expect("daemon");
-    match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
-        Ok(steps) => assert_eq!(steps, events.len()),
-        Err(d) => panic!("daemon and model disagree at {d}\ntrace:\n{trace}"),
+    for mechanism in MECHANISMS {
+        let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
+        match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
+            Ok(steps) => assert_eq!(steps, events.len()),
+            Err(d) => panic!("{mechanism}: daemon and model disagree at {d}\ntrace:\n{trace}"),
+        }
     }
 }
 
@@ -215,11 +221,13 @@ proptest! {
         let pages = [24u64, 300, 640][size];
         let mut rng = SplitMix64::new(seed);
         let events = random_trace(&mut rng, pages, 60);
-        let daemon = spawn_daemon(DAEMON).expect("daemon");
         let text: String = events.iter().map(|e| format!("{e}\n")).collect();
-        match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
-            Ok(_) => {}
-            Err(d) => prop_assert!(false, "disagreement at {}\ntrace:\n{}", d, text),
+        for mechanism in MECHANISMS {
+            let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
+            match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
+                Ok(_) => {}
+                Err(d) => prop_assert!(false, "{}: disagreement at {}\ntrace:\n{}", mechanism, d, text),
+            }
         }
     }
 }

@@ -1,0 +1,187 @@
+//! The fault service: one thread that waits on every synchronous userfaultfd
+//! at once (epoll), reads fault messages in batches and resolves them.
+//!
+//! This is vmwgfx's `vm_mkwrite` (spec §4.9) in userspace: for each
+//! write-protect fault it finds the view and BO from the address (seed 003's
+//! address → view map), then — holding the BO's state lock — records the page
+//! (MKWRITE), marks it writable, and unprotects it, which wakes the faulting
+//! thread. Recording and unprotecting are one step with respect to scans and
+//! transfers, which take the same lock (spec item 17c). A fault on an address
+//! that belongs to no view is unprotected at once, so a client never hangs on
+//! a view the daemon has already forgotten.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use cohmem_proto::Method;
+use cohmem_sys::uffd::WpFault;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use crate::bo::{lock, Bo, View};
+use crate::mm::MmSubscription;
+
+/// Faults read per uffd per wake-up, at most.
+const BATCH: usize = 1024;
+
+/// The shared fault service.
+pub struct FaultService {
+    epoll: Epoll,
+    subscriptions: Mutex<HashMap<u64, Weak<MmSubscription>>>,
+    stop: AtomicBool,
+    /// Faults resolved so far.
+    pub faults: AtomicU64,
+}
+
+/// Keeps one uffd registered; deregisters it on drop (before the uffd is
+/// closed: the client still holds the same file, so epoll would not forget it
+/// by itself).
+pub struct FaultRegistration {
+    service: Arc<FaultService>,
+    fd: RawFd,
+    mm_id: u64,
+}
+
+impl Drop for FaultRegistration {
+    fn drop(&mut self) {
+        // SAFETY: the registration is owned by the subscription that owns the
+        // uffd, and is dropped before it, so the fd is still open here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        if let Err(e) = self.service.epoll.delete(fd) {
+            tracing::warn!(error = %e, "removing a uffd from the fault service failed");
+        }
+        lock(&self.service.subscriptions).remove(&self.mm_id);
+    }
+}
+
+impl FaultService {
+    /// Starts the fault thread.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
+        let service = Arc::new(Self {
+            epoll,
+            subscriptions: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+        });
+        let worker = Arc::downgrade(&service);
+        std::thread::Builder::new()
+            .name("cohmem-faults".into())
+            .spawn(move || run(worker))?;
+        Ok(service)
+    }
+
+    /// Watches `mm`'s synchronous uffd. The registration must be stored in
+    /// the subscription (dropped before its uffd).
+    pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<FaultRegistration>> {
+        let Some(uffd) = mm.tracker.fault_uffd() else {
+            return Ok(None);
+        };
+        lock(&self.subscriptions).insert(mm.id, Arc::downgrade(mm));
+        self.epoll
+            .add(uffd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, mm.id))
+            .map_err(std::io::Error::from)?;
+        Ok(Some(FaultRegistration {
+            service: self.clone(),
+            fd: uffd.as_fd().as_raw_fd(),
+            mm_id: mm.id,
+        }))
+    }
+
+    /// Asks the thread to stop (it notices within 100 ms).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run(service: Weak<FaultService>) {
+    let mut events = vec![EpollEvent::empty(); 64];
+    let mut faults: Vec<WpFault> = Vec::with_capacity(BATCH);
+    loop {
+        let Some(svc) = service.upgrade() else {
+            return;
+        };
+        if svc.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = match svc.epoll.wait(&mut events, 100u16) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed; fault service stopping");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let mm = lock(&svc.subscriptions).get(&ev.data()).and_then(Weak::upgrade);
+            if let Some(mm) = mm {
+                faults.clear();
+                drain(&mm, &mut faults);
+                if !faults.is_empty() {
+                    resolve(&mm, &faults);
+                    svc.faults.fetch_add(faults.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Reads pending fault messages (non-blocking) up to [`BATCH`].
+fn drain(mm: &MmSubscription, out: &mut Vec<WpFault>) {
+    let Some(uffd) = mm.tracker.fault_uffd() else {
+        return;
+    };
+    while out.len() < BATCH {
+        match uffd.read_faults(out) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(mm = mm.id, error = %e, "reading faults failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Records and unprotects a batch of faults of one process, one BO lock
+/// acquisition per BO.
+fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
+    let Some(uffd) = mm.tracker.fault_uffd() else {
+        return;
+    };
+    let ps = cohmem_sys::page_size();
+    let mut by_bo: HashMap<u64, (Arc<Bo>, Vec<(Arc<View>, u64)>)> = HashMap::new();
+    for f in faults {
+        let page = f.address & !(ps - 1);
+        match mm.view_at(page).and_then(|v| v.bo.upgrade().map(|b| (v, b))) {
+            Some((view, bo)) => by_bo
+                .entry(bo.id)
+                .or_insert_with(|| (bo, Vec::new()))
+                .1
+                .push((view, page)),
+            None => {
+                // No view (already unmapped on our side): never leave the
+                // client waiting.
+                let _ = uffd.write_protect(page, ps, false);
+            }
+        }
+    }
+    for (_, (bo, pages)) in by_bo {
+        let mut st = bo.state();
+        let mkwrite = matches!(st.tracker.as_ref().map(|t| t.method), Some(Method::MkWrite));
+        for (view, page) in pages {
+            let view_page = (page - view.addr) / ps;
+            if lock(&view.writable).insert(view_page) && mkwrite {
+                let p = view_page + view.bo_offset / ps;
+                if let Some(t) = st.tracker.as_mut() {
+                    t.dirty.record(p..p + 1);
+                }
+            }
+            if let Err(e) = uffd.write_protect(page, ps, false) {
+                tracing::debug!(mm = mm.id, error = %e, "unprotecting a faulted page failed");
+            }
+        }
+        drop(st);
+    }
+}
