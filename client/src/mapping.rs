@@ -139,7 +139,7 @@ impl Mapping {
             (Reply::Ok, _) => {}
             (other, _) => return Err(unexpected("UNMAP", &other)),
         }
-        Ok(unreg?)
+        unreg
     }
 }
 

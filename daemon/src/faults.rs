@@ -144,6 +144,9 @@ fn drain(mm: &MmSubscription, out: &mut Vec<WpFault>) {
     }
 }
 
+/// The faults of one batch that hit one BO: (view, page address) pairs.
+type BoFaults = (Arc<Bo>, Vec<(Arc<View>, u64)>);
+
 /// Records and unprotects a batch of faults of one process, one BO lock
 /// acquisition per BO.
 fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
@@ -151,7 +154,7 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
         return;
     };
     let ps = cohmem_sys::page_size();
-    let mut by_bo: HashMap<u64, (Arc<Bo>, Vec<(Arc<View>, u64)>)> = HashMap::new();
+    let mut by_bo: HashMap<u64, BoFaults> = HashMap::new();
     for f in faults {
         let page = f.address & !(ps - 1);
         match mm.view_at(page).and_then(|v| v.bo.upgrade().map(|b| (v, b))) {
