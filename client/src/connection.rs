@@ -65,6 +65,8 @@ pub struct ExportedResource {
 
 pub(crate) struct ConnInner {
     sock: Mutex<SeqpacketSocket>,
+    /// The daemon's socket: the key of this process's tracking for it.
+    socket_path: std::path::PathBuf,
     broken: std::sync::atomic::AtomicBool,
     next_id: AtomicU32,
     pub caps: u64,
@@ -135,7 +137,7 @@ impl ConnInner {
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
-        let pt = process_tracking()?;
+        let pt = process_tracking(&self.socket_path)?;
         let requested = u32::from(requested_mechanism()? as u16) << ATTACH_MECHANISM_SHIFT;
         let (offer_flags, features, fds) = pt.offer();
         let bare = Request::AttachMm {
@@ -184,6 +186,7 @@ impl Connection {
         })?;
         let mut inner = ConnInner {
             sock: Mutex::new(sock),
+            socket_path: path.to_owned(),
             broken: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             caps: 0,

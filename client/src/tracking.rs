@@ -8,8 +8,10 @@
 //! process is then registered with the matching uffd.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
@@ -68,18 +70,24 @@ impl ProcessTracking {
     }
 }
 
-static PROCESS: Mutex<Option<Weak<ProcessTracking>>> = Mutex::new(None);
+/// One tracking per daemon: a synchronous uffd's fault messages must reach
+/// exactly the daemon that tracks the mappings registered with it, so two
+/// daemons never share one uffd.
+static PROCESS: Mutex<Option<HashMap<PathBuf, Weak<ProcessTracking>>>> = Mutex::new(None);
 
-/// The process's tracking, created on first use. A forked child gets its own
-/// (registrations are per mm and not inherited).
-pub(crate) fn process_tracking() -> Result<Arc<ProcessTracking>, ClientError> {
-    let mut slot = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+/// The process's tracking for the daemon at `daemon`, created on first use.
+/// A forked child gets its own (registrations are per mm and not inherited).
+pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, ClientError> {
+    let mut guard = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
     let pid = std::process::id();
-    if let Some(pt) = slot.as_ref().and_then(Weak::upgrade) {
+    let key = daemon.canonicalize().unwrap_or_else(|_| daemon.to_owned());
+    if let Some(pt) = map.get(&key).and_then(Weak::upgrade) {
         if pt.pid == pid {
             return Ok(pt);
         }
     }
+    map.retain(|_, w| w.strong_count() > 0);
     let wanted = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
     // User-mode-only is enough for WP_ASYNC: the kernel resolves the faults
     // itself, so syscalls writing into protected pages work too.
@@ -116,7 +124,7 @@ pub(crate) fn process_tracking() -> Result<Arc<ProcessTracking>, ClientError> {
         synchronous,
         sync_all_faults,
     });
-    *slot = Some(Arc::downgrade(&pt));
+    map.insert(key, Arc::downgrade(&pt));
     Ok(pt)
 }
 

@@ -40,6 +40,10 @@ pub struct BoCounters {
     pub bytes_uploaded: AtomicU64,
     /// Method switches.
     pub method_switches: AtomicU64,
+    /// Sync read sections retried after colliding with a structural change.
+    pub sync_retries: AtomicU64,
+    /// Syncs that took the exclusive path (seed 000's fallback).
+    pub sync_exclusive: AtomicU64,
     /// Pages marked dirty without proof of a write (switches, dead views).
     pub extra_pages: AtomicU64,
 }
@@ -67,6 +71,14 @@ pub struct Bo {
     pub mapping: SharedMapping,
     state: Mutex<BoState>,
     views: RwLock<Vec<Arc<View>>>,
+    /// Serialises syncs and transfers of this BO from start to end of upload,
+    /// so a sync never returns while an earlier one still copies its pages.
+    pub sync_lock: Mutex<()>,
+    /// Seed 000's sequence count: odd while a structural change (a view
+    /// added or removed) runs; syncs read it around their scan-and-copy.
+    structure_seq: AtomicU64,
+    /// Serialises structural changes; a sync holds it on its exclusive path.
+    structure_writers: Mutex<()>,
     /// Counters.
     pub counters: BoCounters,
 }
@@ -168,6 +180,9 @@ impl Bo {
             mapping,
             state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
+            sync_lock: Mutex::new(()),
+            structure_seq: AtomicU64::new(0),
+            structure_writers: Mutex::new(()),
             counters: BoCounters::default(),
         })
     }
@@ -198,7 +213,28 @@ impl Bo {
         self.views.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Adds a view (already protected by its tracker).
+    /// Runs a structural change (a view added or removed) as the write side
+    /// of the sequence count: syncs whose read section overlaps it retry.
+    pub fn structural_change<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _writers = lock(&self.structure_writers);
+        self.structure_seq.fetch_add(1, Ordering::SeqCst);
+        let result = change();
+        self.structure_seq.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    /// The current sequence count (odd: a structural change is running).
+    pub fn structure_seq(&self) -> u64 {
+        self.structure_seq.load(Ordering::SeqCst)
+    }
+
+    /// Blocks structural changes (the exclusive path of a sync).
+    pub fn block_structural_changes(&self) -> MutexGuard<'_, ()> {
+        lock(&self.structure_writers)
+    }
+
+    /// Adds a view (already protected by its tracker). Callers hold the state
+    /// lock, so that tracker operations see a stable view list.
     pub fn add_view(&self, view: Arc<View>) {
         self.views.write().unwrap_or_else(|p| p.into_inner()).push(view);
     }

@@ -673,7 +673,12 @@ impl Session {
             mm.remove_view(addr);
             return Err(f);
         }
-        bo_arc.add_view(view.clone());
+        // With the state lock held: every tracker operation sees a stable
+        // view list while it holds that lock.
+        bo_arc.structural_change(|| {
+            let _state = bo_arc.state();
+            bo_arc.add_view(view.clone());
+        });
         if let Some(h) = self.handles.get_mut(&bo) {
             h.views.insert(view_id, view);
         }
@@ -777,14 +782,25 @@ impl Session {
             bos = all_bos
                 .iter()
                 .filter(|b| privileged || own.contains(&b.id))
-                .map(|b| BoRow {
-                    id: b.id,
-                    size: b.size,
-                    views: b.view_count() as u32,
-                    dirty_pages: b.state().tracker.as_ref().map_or(0, |t| t.dirty.dirty_pages()),
-                    syncs: b.counters.syncs.load(Ordering::Relaxed),
-                    pages_uploaded: b.counters.pages_uploaded.load(Ordering::Relaxed),
-                    bytes_uploaded: b.counters.bytes_uploaded.load(Ordering::Relaxed),
+                .map(|b| {
+                    let (dirty_pages, method) = {
+                        let st = b.state();
+                        st.tracker
+                            .as_ref()
+                            .map_or((0, 0), |t| (t.dirty.dirty_pages(), t.method as u16))
+                    };
+                    BoRow {
+                        id: b.id,
+                        size: b.size,
+                        views: b.view_count() as u32,
+                        dirty_pages,
+                        syncs: b.counters.syncs.load(Ordering::Relaxed),
+                        pages_uploaded: b.counters.pages_uploaded.load(Ordering::Relaxed),
+                        bytes_uploaded: b.counters.bytes_uploaded.load(Ordering::Relaxed),
+                        method,
+                        sync_retries: b.counters.sync_retries.load(Ordering::Relaxed),
+                        sync_exclusive: b.counters.sync_exclusive.load(Ordering::Relaxed),
+                    }
                 })
                 .collect();
         }
@@ -800,6 +816,11 @@ impl Session {
                 bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
                 upload_failures: c.upload_failures.load(Ordering::Relaxed),
                 errors: c.errors.load(Ordering::Relaxed),
+                method_switches: c.method_switches.load(Ordering::Relaxed),
+                extra_pages: c.extra_pages.load(Ordering::Relaxed),
+                sync_retries: c.sync_retries.load(Ordering::Relaxed),
+                sync_exclusive: c.sync_exclusive.load(Ordering::Relaxed),
+                faults: d.faults.faults.load(Ordering::Relaxed),
                 backend: d.gpu.name(),
             },
             connections,

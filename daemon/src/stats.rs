@@ -20,4 +20,8 @@ pub struct DaemonCounters {
     /// Pages marked dirty without proof of a write (method switches, views
     /// that could not be scanned): the price of never under-reporting.
     pub extra_pages: AtomicU64,
+    /// Sync read sections retried after a collision.
+    pub sync_retries: AtomicU64,
+    /// Syncs that took the exclusive path.
+    pub sync_exclusive: AtomicU64,
 }

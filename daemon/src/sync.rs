@@ -31,6 +31,12 @@ use crate::policy::{DirtyTracker, ScanDecision};
 use crate::stats::DaemonCounters;
 use crate::tracker::TrackError;
 
+/// Collisions with structural changes after which a sync takes the
+/// exclusive path.
+pub const MAX_SYNC_COLLISIONS: u32 = 3;
+/// Time after which a colliding sync takes the exclusive path.
+pub const SYNC_RETRY_BOUND: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Why a tracker operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -44,6 +50,10 @@ pub enum SyncError {
     #[error(transparent)]
     Gpu(#[from] GpuError),
 }
+
+/// A view harvested outside the state lock: BO pages written, stale pages,
+/// or why it could not be scanned.
+type Harvested = (Arc<View>, Result<(Vec<Range<u64>>, Vec<u64>), TrackError>);
 
 /// Runs tracker operations and keeps the daemon-wide counters.
 pub struct SyncEngine<'a> {
@@ -110,15 +120,28 @@ impl<'a> SyncEngine<'a> {
     /// (`stale`); `None` if the view is unprovable (then already marked dirty
     /// whole). Afterwards no page of the view is writable or dirty.
     fn harvest_view(&self, bo: &Bo, st: &mut BoState, view: &View) -> Option<(Vec<Range<u64>>, Vec<u64>)> {
+        match self.harvest_raw(bo, view) {
+            Ok(found) => Some(found),
+            Err(e) => {
+                self.unprovable(bo, st, view, &e);
+                None
+            }
+        }
+    }
+
+    /// The page-table work of [`SyncEngine::harvest_view`], which needs no
+    /// state lock for non-eager mechanisms (seed 000's sleepable read
+    /// section: the scan of a large view does not block anyone).
+    fn harvest_raw(&self, bo: &Bo, view: &View) -> Result<(Vec<Range<u64>>, Vec<u64>), TrackError> {
         if view.dead.load(Ordering::Acquire) {
-            return Some((Vec::new(), Vec::new()));
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut ranges = Vec::new();
         let first = view.bo_offset / bo.page_size;
         let result = if view.mm.tracker.eager() {
             // Faults were resolved by the fault service: the writable set is
             // exactly what was written. Re-protect it (the fault service
-            // cannot interleave: it needs the state lock we hold).
+            // cannot interleave: it needs the state lock the caller holds).
             self.protect_writable(bo, view, &mut ranges)
         } else {
             view.mm.tracker.harvest(view.range(), &mut ranges)
@@ -133,13 +156,28 @@ impl<'a> SyncEngine<'a> {
             s.clear();
             pages
         };
-        match result {
-            Ok(()) => Some((Self::bo_pages(bo, view, &ranges), stale)),
-            Err(e) => {
-                self.unprovable(bo, st, view, &e);
-                None
+        result.map(|()| (Self::bo_pages(bo, view, &ranges), stale))
+    }
+
+    /// Records what views harvested outside the lock found; returns the
+    /// pages counted per view.
+    fn apply_harvest(&self, bo: &Bo, st: &mut BoState, harvested: Vec<Harvested>) -> u64 {
+        let mut marked = 0;
+        for (view, result) in harvested {
+            match result {
+                Ok((written, stale)) => {
+                    let mut pages: Vec<u64> = written.into_iter().flatten().chain(stale).collect();
+                    pages.sort_unstable();
+                    pages.dedup();
+                    marked += pages.len() as u64;
+                    if let Some(t) = st.tracker.as_mut() {
+                        pages.into_iter().for_each(|p| t.dirty.record(p..p + 1));
+                    }
+                }
+                Err(e) => self.unprovable(bo, st, &view, &e),
             }
         }
+        marked
     }
 
     /// Write-protects every page in the view's writable set; appends their
@@ -216,14 +254,40 @@ impl<'a> SyncEngine<'a> {
 
     /// vmwgfx `scan` (spec §3), with the state lock held.
     fn scan_locked(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) -> ScanReport {
-        let Some(method) = st.tracker.as_ref().map(|t| t.method) else {
+        self.scan_locked_pre(bo, st, views, None)
+    }
+
+    /// vmwgfx `scan`, where `pre` holds the PAGETABLE harvest of the
+    /// non-eager views already done outside the lock (None: harvest here).
+    fn scan_locked_pre(
+        &self,
+        bo: &Bo,
+        st: &mut BoState,
+        views: &[Arc<View>],
+        mut pre: Option<Vec<Harvested>>,
+    ) -> ScanReport {
+        let method = st.tracker.as_ref().map(|t| t.method);
+        if method != Some(Method::PageTable) {
+            // The method changed after the unlocked harvest: what it found
+            // are real writes all the same.
+            if let Some(found) = pre.take() {
+                self.apply_harvest(bo, st, found);
+            }
+        }
+        let Some(method) = method else {
             return ScanReport::default();
         };
         let num_marked;
         let mut switched = None;
         match method {
             Method::PageTable | Method::None => {
-                num_marked = self.harvest_all(bo, st, views, true);
+                num_marked = match pre {
+                    Some(found) => {
+                        let eager: Vec<Arc<View>> = views.iter().filter(|v| v.mm.tracker.eager()).cloned().collect();
+                        self.apply_harvest(bo, st, found) + self.harvest_all(bo, st, &eager, true)
+                    }
+                    None => self.harvest_all(bo, st, views, true),
+                };
                 let decision = st
                     .tracker
                     .as_mut()
@@ -342,30 +406,49 @@ impl<'a> SyncEngine<'a> {
         }
     }
 
-    /// Transfers resource `index`'s dirty runs and uploads them; on upload
-    /// failure the runs are folded back.
-    fn transfer_locked(&self, bo: &Bo, st: &mut BoState, index: u32) -> Result<Vec<Range<u64>>, SyncError> {
+    /// vmwgfx `transfer_to_res`: takes resource `index`'s dirty runs out of
+    /// the bitmap (state lock held). The caller uploads them.
+    fn take_runs(&self, bo: &Bo, st: &mut BoState, index: u32) -> Result<(Arc<Resource>, Vec<Range<u64>>), SyncError> {
         let res = Self::resource(st, index)?;
         let Some(t) = st.tracker.as_mut() else {
-            return Ok(Vec::new());
+            return Ok((res, Vec::new()));
         };
         let ps = bo.page_size;
-        let window = res.window.start / ps..res.window.end / ps;
-        let runs = t.dirty.transfer_window(window.clone());
-        if runs.is_empty() {
-            return Ok(runs);
+        let runs = t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        Ok((res, runs))
+    }
+
+    /// Copies taken runs into their resources without the state lock (writers
+    /// and the fault service go on meanwhile); on failure the runs not yet
+    /// uploaded are folded back. Returns every run uploaded.
+    fn upload(&self, bo: &Bo, work: Vec<(Arc<Resource>, Vec<Range<u64>>)>) -> Result<Vec<Range<u64>>, SyncError> {
+        let ps = bo.page_size;
+        let mut done = Vec::new();
+        let mut pending = work.into_iter();
+        while let Some((res, runs)) = pending.next() {
+            if runs.is_empty() {
+                continue;
+            }
+            let first = res.window.start / ps;
+            let byte_runs: Vec<Range<u64>> = runs
+                .iter()
+                .map(|r| (r.start - first) * ps..(r.end - first) * ps)
+                .collect();
+            if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
+                let mut st = bo.state();
+                if let Some(t) = st.tracker.as_mut() {
+                    t.dirty.fold_back(&runs);
+                    for (_, later) in pending {
+                        t.dirty.fold_back(&later);
+                    }
+                }
+                self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(bo = bo.id, error = %e, "upload failed; runs folded back");
+                return Err(e.into());
+            }
+            done.extend(runs);
         }
-        let byte_runs: Vec<Range<u64>> = runs
-            .iter()
-            .map(|r| (r.start - window.start) * ps..(r.end - window.start) * ps)
-            .collect();
-        if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
-            t.dirty.fold_back(&runs);
-            self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(bo = bo.id, resource = index, error = %e, "upload failed; runs folded back");
-            return Err(e.into());
-        }
-        Ok(runs)
+        Ok(done)
     }
 
     fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
@@ -410,35 +493,93 @@ impl<'a> SyncEngine<'a> {
     /// SYNC: scan, then transfer and upload every resource in ascending
     /// window order. Every page written through any view before this call
     /// reaches the GPU resources before it returns.
+    ///
+    /// Seed 000: the scan-and-copy is a read section against structural
+    /// changes (views added or removed, which harvest a leaving view into
+    /// the bitmap). If one overlapped, the section runs again to pick up what
+    /// it recorded; after [`MAX_SYNC_COLLISIONS`] collisions or
+    /// [`SYNC_RETRY_BOUND`] the sync blocks structural changes and runs once
+    /// more exclusively, so it can never live-lock.
     pub fn sync(&self, bo: &Bo, with_runs: bool) -> Result<SyncReport, SyncError> {
+        let _serial = lock(&bo.sync_lock);
         let t0 = Instant::now();
-        let mut st = bo.state();
-        let views = bo.views();
-        self.scan_locked(bo, &mut st, &views);
-        let mut order: Vec<(u64, u32)> = st
-            .resources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().map(|r| (r.window.start, i as u32)))
-            .collect();
-        order.sort_unstable();
         let mut all = Vec::new();
-        for (_, index) in order {
-            all.extend(self.transfer_locked(bo, &mut st, index)?);
+        let mut collisions = 0u32;
+        loop {
+            let exclusive = collisions >= MAX_SYNC_COLLISIONS || t0.elapsed() >= SYNC_RETRY_BOUND;
+            let _blocked = exclusive.then(|| bo.block_structural_changes());
+            let seq = bo.structure_seq();
+            if !exclusive && seq % 2 == 1 {
+                collisions += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            all.extend(self.sync_section(bo)?);
+            if exclusive {
+                bo.counters.sync_exclusive.fetch_add(1, Ordering::Relaxed);
+                self.counters.sync_exclusive.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            if bo.structure_seq() == seq {
+                break;
+            }
+            collisions += 1;
+            bo.counters.sync_retries.fetch_add(1, Ordering::Relaxed);
+            self.counters.sync_retries.fetch_add(1, Ordering::Relaxed);
         }
-        let report = self.report(bo, &st, &views, &all, t0, with_runs);
+        let st = bo.state();
+        let report = self.report(bo, &st, &bo.views(), &all, t0, with_runs);
         tracing::debug!(
             bo = bo.id,
             pages = report.pages,
             runs = report.run_count,
+            collisions,
             ns = report.duration_ns,
             "sync"
         );
         Ok(report)
     }
 
+    /// One scan → transfer (state lock held) → upload (lock released).
+    fn sync_section(&self, bo: &Bo) -> Result<Vec<Range<u64>>, SyncError> {
+        let views = bo.views();
+        // PAGETABLE: the expensive harvest of non-eager views runs without the
+        // state lock; a view removed meanwhile records its last pages under
+        // the lock after us, which the sequence count makes the caller retry.
+        let pagetable = matches!(bo.state().tracker.as_ref().map(|t| t.method), Some(Method::PageTable));
+        let pre: Option<Vec<Harvested>> = pagetable.then(|| {
+            views
+                .iter()
+                .filter(|v| !v.mm.tracker.eager())
+                .map(|v| (v.clone(), self.harvest_raw(bo, v)))
+                .collect()
+        });
+        let work = {
+            let mut st = bo.state();
+            // Views are added and removed with the state lock held, so this
+            // list is exact for the whole locked part (the method-switch
+            // harvests must see every view).
+            let views = bo.views();
+            self.scan_locked_pre(bo, &mut st, &views, pre);
+            let mut order: Vec<(u64, u32)> = st
+                .resources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.as_ref().map(|r| (r.window.start, i as u32)))
+                .collect();
+            order.sort_unstable();
+            let mut work = Vec::with_capacity(order.len());
+            for (_, index) in order {
+                work.push(self.take_runs(bo, &mut st, index)?);
+            }
+            work
+        };
+        self.upload(bo, work)
+    }
+
     /// vmwgfx `scan` alone.
     pub fn scan(&self, bo: &Bo) -> ScanReport {
+        let _serial = lock(&bo.sync_lock);
         let mut st = bo.state();
         let views = bo.views();
         self.scan_locked(bo, &mut st, &views)
@@ -446,12 +587,17 @@ impl<'a> SyncEngine<'a> {
 
     /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
     pub fn transfer(&self, bo: &Bo, index: u32, with_runs: bool) -> Result<SyncReport, SyncError> {
+        let _serial = lock(&bo.sync_lock);
         let t0 = Instant::now();
-        let mut st = bo.state();
-        let views = bo.views();
-        self.observe(bo, &mut st, &views);
-        let runs = self.transfer_locked(bo, &mut st, index)?;
-        Ok(self.report(bo, &st, &views, &runs, t0, with_runs))
+        let work = {
+            let mut st = bo.state();
+            let views = bo.views();
+            self.observe(bo, &mut st, &views);
+            vec![self.take_runs(bo, &mut st, index)?]
+        };
+        let runs = self.upload(bo, work)?;
+        let st = bo.state();
+        Ok(self.report(bo, &st, &bo.views(), &runs, t0, with_runs))
     }
 
     /// vmwgfx `clear_res`.
@@ -567,16 +713,27 @@ impl<'a> SyncEngine<'a> {
     /// MKWRITE mode its pending first writes are recorded. A view whose
     /// process is gone is marked dirty whole.
     pub fn remove_view(&self, bo: &Bo, view: &Arc<View>) {
-        let mut st = bo.state();
-        let one = [view.clone()];
-        match st.tracker.as_ref().map(|t| t.method) {
-            Some(Method::MkWrite) => self.observe(bo, &mut st, &one),
-            Some(_) => {
-                self.harvest_all(bo, &mut st, &one, true);
+        bo.structural_change(|| {
+            // PAGETABLE, non-eager: the harvest runs without the state lock
+            // (it may be long); a sync that took its runs meanwhile misses
+            // what it records, which the sequence count makes it retry.
+            let method = bo.state().tracker.as_ref().map(|t| t.method);
+            let pre = (method == Some(Method::PageTable) && !view.mm.tracker.eager())
+                .then(|| vec![(view.clone(), self.harvest_raw(bo, view))]);
+            let mut st = bo.state();
+            let one = [view.clone()];
+            match (st.tracker.as_ref().map(|t| t.method), pre) {
+                (_, Some(found)) => {
+                    self.apply_harvest(bo, &mut st, found);
+                }
+                (Some(Method::MkWrite), None) => self.observe(bo, &mut st, &one),
+                (Some(_), None) => {
+                    self.harvest_all(bo, &mut st, &one, true);
+                }
+                (None, None) => {}
             }
-            None => {}
-        }
-        bo.detach_view(view);
+            bo.detach_view(view);
+        });
     }
 }
 

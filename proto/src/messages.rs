@@ -269,6 +269,16 @@ pub struct DaemonStats {
     pub upload_failures: u64,
     /// Requests answered with an error.
     pub errors: u64,
+    /// vmwgfx method switches.
+    pub method_switches: u64,
+    /// Pages marked dirty without proof of a write (switches, dead views).
+    pub extra_pages: u64,
+    /// Sync read sections retried after colliding with a structural change.
+    pub sync_retries: u64,
+    /// Syncs that took the exclusive path.
+    pub sync_exclusive: u64,
+    /// Write-protect faults resolved by the fault service (uffd-sync).
+    pub faults: u64,
     /// GPU backend name.
     pub backend: String,
 }
@@ -307,6 +317,12 @@ pub struct BoRow {
     pub pages_uploaded: u64,
     /// Bytes uploaded by those syncs.
     pub bytes_uploaded: u64,
+    /// [`Method`] wire value (0: no tracker).
+    pub method: u16,
+    /// Sync read sections retried.
+    pub sync_retries: u64,
+    /// Syncs that took the exclusive path.
+    pub sync_exclusive: u64,
 }
 
 /// Reply to STATS.
@@ -379,13 +395,17 @@ pub enum Request {
     },
     /// Open a handle to an existing BO given its memfd (1 fd). Reply: [`Reply::Bo`].
     ImportBo,
-    /// Attach this process's write tracking (0 or 2 fds: uffd, pagemap).
+    /// Attach this process's write tracking: 0 to 3 fds, [WP_ASYNC uffd,
+    /// pagemap] with [`ATTACH_WITH_FDS`], then [sync uffd] with
+    /// [`ATTACH_WITH_SYNC_UFFD`].
     AttachMm {
         /// Random token identifying the client's per-process subscription.
         token: u64,
-        /// UFFDIO_API features the client's uffd was created with.
+        /// UFFDIO_API features the client's WP_ASYNC uffd was created with.
         uffd_features: u64,
-        /// [`ATTACH_WITH_FDS`] when the fds are attached.
+        /// [`ATTACH_WITH_FDS`], [`ATTACH_WITH_SYNC_UFFD`],
+        /// [`ATTACH_SYNC_ALL_FAULTS`], and the requested [`Mechanism`] at
+        /// [`ATTACH_MECHANISM_SHIFT`].
         flags: u32,
     },
     /// Announce a view: `len` bytes of BO `bo` at `offset`, mapped at `addr`.
@@ -905,6 +925,11 @@ impl Reply {
                 w.u64(d.bytes_uploaded);
                 w.u64(d.upload_failures);
                 w.u64(d.errors);
+                w.u64(d.method_switches);
+                w.u64(d.extra_pages);
+                w.u64(d.sync_retries);
+                w.u64(d.sync_exclusive);
+                w.u64(d.faults);
                 let name = truncate_utf8(&d.backend, MAX_NAME);
                 w.u8(name.len() as u8);
                 w.bytes(name.as_bytes());
@@ -930,6 +955,9 @@ impl Reply {
                     w.u64(b.syncs);
                     w.u64(b.pages_uploaded);
                     w.u64(b.bytes_uploaded);
+                    w.u16(b.method);
+                    w.u64(b.sync_retries);
+                    w.u64(b.sync_exclusive);
                 }
             }
             Self::Resource { size, offset } => {
@@ -1053,6 +1081,11 @@ impl Reply {
                     bytes_uploaded: r.u64("bytes_uploaded")?,
                     upload_failures: r.u64("upload_failures")?,
                     errors: r.u64("errors")?,
+                    method_switches: r.u64("method_switches")?,
+                    extra_pages: r.u64("extra_pages")?,
+                    sync_retries: r.u64("sync_retries")?,
+                    sync_exclusive: r.u64("sync_exclusive")?,
+                    faults: r.u64("faults")?,
                     backend: String::new(),
                 };
                 let name_len = r.u8("backend length")? as usize;
@@ -1073,7 +1106,7 @@ impl Reply {
                     });
                 }
                 let nb = r.count_u16("bo rows", MAX_STATS_BOS)?;
-                check_limit("bo rows", nb * 52, r.remaining())?;
+                check_limit("bo rows", nb * 70, r.remaining())?;
                 let mut bos = Vec::with_capacity(nb);
                 for _ in 0..nb {
                     bos.push(BoRow {
@@ -1084,6 +1117,9 @@ impl Reply {
                         syncs: r.u64("bo.syncs")?,
                         pages_uploaded: r.u64("bo.pages_uploaded")?,
                         bytes_uploaded: r.u64("bo.bytes_uploaded")?,
+                        method: r.u16("bo.method")?,
+                        sync_retries: r.u64("bo.sync_retries")?,
+                        sync_exclusive: r.u64("bo.sync_exclusive")?,
                     });
                 }
                 Self::Stats(StatsReport {

@@ -206,16 +206,16 @@ fn arb_connection_row() -> impl Strategy<Value = ConnectionRow> {
 
 fn arb_bo_row() -> impl Strategy<Value = BoRow> {
     (
-        any::<u64>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (arb_method_wire(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
-            |(id, size, views, dirty_pages, syncs, pages_uploaded, bytes_uploaded)| BoRow {
+            |(
+                (id, size, views, dirty_pages),
+                (syncs, pages_uploaded, bytes_uploaded),
+                (method, sync_retries, sync_exclusive),
+            )| BoRow {
                 id,
                 size,
                 views,
@@ -223,6 +223,9 @@ fn arb_bo_row() -> impl Strategy<Value = BoRow> {
                 syncs,
                 pages_uploaded,
                 bytes_uploaded,
+                method,
+                sync_retries,
+                sync_exclusive,
             },
         )
 }
@@ -231,13 +234,17 @@ fn arb_daemon_stats(max_name: usize) -> impl Strategy<Value = DaemonStats> {
     (
         (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()),
         (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
-        (any::<u64>(), any::<u64>(), unicode_up_to(max_name)),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        unicode_up_to(max_name),
     )
         .prop_map(
             |(
                 (uptime_ms, connections, mm_subscriptions, bos),
                 (views, syncs, pages_uploaded, bytes_uploaded),
-                (upload_failures, errors, backend),
+                (upload_failures, errors, method_switches, extra_pages),
+                (sync_retries, sync_exclusive, faults),
+                backend,
             )| DaemonStats {
                 uptime_ms,
                 connections,
@@ -249,6 +256,11 @@ fn arb_daemon_stats(max_name: usize) -> impl Strategy<Value = DaemonStats> {
                 bytes_uploaded,
                 upload_failures,
                 errors,
+                method_switches,
+                extra_pages,
+                sync_retries,
+                sync_exclusive,
+                faults,
                 backend,
             },
         )
@@ -757,14 +769,14 @@ fn dirty_state_frame(count: u16, present: usize) -> Vec<u8> {
 /// R_STATS with the given name length, row counts and rows actually present.
 fn stats_frame(name_len: usize, nc: u16, nc_present: usize, nb: u16, nb_present: usize) -> Vec<u8> {
     let mut f = header(kind::R_STATS, 2);
-    f.resize(HEADER_LEN + 64, 7); // the fixed daemon counters
+    f.resize(HEADER_LEN + 104, 7); // the fixed daemon counters
     f.push(name_len as u8);
     f.resize(f.len() + name_len, b'n');
     f.push(0); // truncated
     put16(&mut f, nc);
     f.resize(f.len() + 32 * nc_present, 1);
     put16(&mut f, nb);
-    f.resize(f.len() + 52 * nb_present, 2);
+    f.resize(f.len() + 70 * nb_present, 2);
     f
 }
 
@@ -857,6 +869,12 @@ fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
             ..
         })
     ));
+    // Connection rows are 32 bytes and BO rows 70: two BO rows with one
+    // present need 140 bytes where 70 remain.
+    let f = stats_frame(0, 1, 1, 2, 1);
+    assert_eq!(Reply::decode(&f), Err(over("bo rows", 140, 70)));
+    let f = stats_frame(0, 1, 1, 2, 2);
+    assert!(Reply::decode(&f).is_ok());
 }
 
 #[test]
@@ -935,8 +953,9 @@ fn maximal_replies_fit_max_frame() {
     let f = stats.encode(1);
     assert_eq!(
         f.len(),
-        HEADER_LEN + 70 + MAX_NAME + 32 * MAX_STATS_CONNECTIONS + 52 * MAX_STATS_BOS
+        HEADER_LEN + 110 + MAX_NAME + 32 * MAX_STATS_CONNECTIONS + 70 * MAX_STATS_BOS
     );
+    assert_eq!(f.len(), 26294);
     assert!(f.len() <= MAX_FRAME);
     match Reply::decode(&f) {
         Ok((_, Reply::Stats(s))) => {
@@ -1036,7 +1055,19 @@ fn documented_body_sizes() {
     assert_eq!(rep(Reply::Mapped { view: 0 }), 4);
     assert_eq!(rep(Reply::Ok), 0);
     assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 40);
-    assert_eq!(rep(Reply::Stats(StatsReport::default())), 70);
+    assert_eq!(rep(Reply::Stats(StatsReport::default())), 110);
+    assert_eq!(
+        rep(Reply::Stats(StatsReport {
+            daemon: DaemonStats {
+                backend: "ab".into(),
+                ..DaemonStats::default()
+            },
+            connections: vec![ConnectionRow::default(); 3],
+            bos: vec![BoRow::default(); 5],
+            truncated: false,
+        })),
+        110 + 2 + 32 * 3 + 70 * 5
+    );
     assert_eq!(rep(Reply::Resource { size: 0, offset: 0 }), 16);
     assert_eq!(rep(Reply::ResourceAdded { index: 0 }), 4);
     assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
@@ -1095,6 +1126,19 @@ fn documented_field_offsets() {
     }
     .encode(0);
     assert_eq!((le_u64(&f, B), le_u64(&f, B + 8), le_u32(&f, B + 16)), (1, 2, 1));
+
+    // Requested mechanism in bits 8..16 of the flags, next to the offer bits.
+    let f = Request::AttachMm {
+        token: 1,
+        uffd_features: 2,
+        flags: ATTACH_WITH_FDS
+            | ATTACH_WITH_SYNC_UFFD
+            | ATTACH_SYNC_ALL_FAULTS
+            | (Mechanism::UffdSync as u32) << ATTACH_MECHANISM_SHIFT,
+    }
+    .encode(0);
+    assert_eq!(le_u32(&f, B + 16), 0x0207);
+    assert_eq!(f[B + 16..B + 20], [0x07, 0x02, 0, 0]);
 
     let f = Request::Map {
         bo: 9,
@@ -1174,6 +1218,11 @@ fn documented_field_offsets() {
             bytes_uploaded: 8,
             upload_failures: 9,
             errors: 10,
+            method_switches: 24,
+            extra_pages: 25,
+            sync_retries: 26,
+            sync_exclusive: 27,
+            faults: 28,
             backend: "abc".into(),
         },
         connections: vec![ConnectionRow {
@@ -1192,6 +1241,9 @@ fn documented_field_offsets() {
             syncs: 21,
             pages_uploaded: 22,
             bytes_uploaded: 23,
+            method: Method::PageTable as u16,
+            sync_retries: 29,
+            sync_exclusive: 30,
         }],
         truncated: true,
     })
@@ -1206,12 +1258,17 @@ fn documented_field_offsets() {
     assert_eq!(le_u64(&f, B + 40), 8);
     assert_eq!(le_u64(&f, B + 48), 9);
     assert_eq!(le_u64(&f, B + 56), 10);
-    assert_eq!(f[B + 64], 3);
-    assert_eq!(&f[B + 65..B + 68], b"abc");
+    assert_eq!(le_u64(&f, B + 64), 24);
+    assert_eq!(le_u64(&f, B + 72), 25);
+    assert_eq!(le_u64(&f, B + 80), 26);
+    assert_eq!(le_u64(&f, B + 88), 27);
+    assert_eq!(le_u64(&f, B + 96), 28);
+    assert_eq!(f[B + 104], 3);
+    assert_eq!(&f[B + 105..B + 108], b"abc");
     let l = 3;
-    assert_eq!(f[B + 65 + l], 1);
-    assert_eq!(le_u16(&f, B + 66 + l), 1);
-    let c = B + 68 + l;
+    assert_eq!(f[B + 105 + l], 1);
+    assert_eq!(le_u16(&f, B + 106 + l), 1);
+    let c = B + 108 + l;
     assert_eq!(le_u64(&f, c), 11);
     assert_eq!(le_u32(&f, c + 8), 12);
     assert_eq!(le_u32(&f, c + 12), 13);
@@ -1227,7 +1284,11 @@ fn documented_field_offsets() {
     assert_eq!(le_u64(&f, b + 28), 21);
     assert_eq!(le_u64(&f, b + 36), 22);
     assert_eq!(le_u64(&f, b + 44), 23);
-    assert_eq!(f.len(), b + 52);
+    assert_eq!(le_u16(&f, b + 52), 1);
+    assert_eq!(le_u64(&f, b + 54), 29);
+    assert_eq!(le_u64(&f, b + 62), 30);
+    assert_eq!(f.len(), b + 70);
+    assert_eq!(f.len(), B + 110 + l + 32 + 70);
 
     let f = Reply::Resource { size: 1, offset: 2 }.encode(0);
     assert_eq!((le_u64(&f, B), le_u64(&f, B + 8)), (1, 2));
@@ -1360,6 +1421,10 @@ fn documented_constants() {
         (1, 1, 2, 1, 1)
     );
     assert_eq!(
+        (ATTACH_WITH_SYNC_UFFD, ATTACH_SYNC_ALL_FAULTS, ATTACH_MECHANISM_SHIFT),
+        (2, 4, 8)
+    );
+    assert_eq!(
         [
             caps::UFFD_ASYNC,
             caps::UFFD_SYNC,
@@ -1454,6 +1519,18 @@ fn documented_fd_counts() {
         attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_SYNC_ALL_FAULTS).fd_count(),
         (3, 3)
     );
+    assert_eq!(attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD).fd_count(), (3, 3));
+    assert_eq!(
+        attach(ATTACH_WITH_SYNC_UFFD | ATTACH_SYNC_ALL_FAULTS).fd_count(),
+        (1, 1)
+    );
+    // Neither ATTACH_SYNC_ALL_FAULTS alone nor the requested mechanism
+    // (bits 8..16) carries an fd.
+    assert_eq!(attach(ATTACH_SYNC_ALL_FAULTS).fd_count(), (0, 0));
+    let ask = |m: Mechanism| (m as u32) << ATTACH_MECHANISM_SHIFT;
+    assert_eq!(attach(ask(Mechanism::UffdSync)).fd_count(), (0, 0));
+    assert_eq!(attach(ask(Mechanism::UffdAsync) | ATTACH_WITH_FDS).fd_count(), (2, 2));
+    assert_eq!(MAX_FDS, 3, "ATTACH_MM with both offers carries MAX_FDS fds");
     assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
     assert_eq!(Request::ExportResource { bo: 1, index: 0 }.fd_count(), (0, 0));
     let tracker_requests = [

@@ -58,6 +58,8 @@ pub fn spawn_daemon_with(test_daemon: &str, extra: &[&str]) -> anyhow::Result<Da
 
 /// What the daemon did with a raw frame.
 #[derive(Debug)]
+// A test helper matched by value in many places; its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum RawOutcome {
     /// A reply (with its request id and fds).
     Reply(u32, Reply, Vec<OwnedFd>),

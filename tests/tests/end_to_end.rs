@@ -285,3 +285,27 @@ fn uffd_sync_is_refused_where_it_would_break_the_clients_syscalls() -> anyhow::R
     );
     Ok(())
 }
+
+#[test]
+fn one_process_with_two_daemons_keeps_their_faults_apart() -> anyhow::Result<()> {
+    // A synchronous uffd's fault messages go to whoever reads them, so the
+    // client library keeps one tracking per daemon: each daemon sees exactly
+    // the writes to its own BOs.
+    let ps = cohmem_sys::page_size();
+    let (da, db) = (
+        spawn_daemon_for(DAEMON, Mechanism::UffdSync)?,
+        spawn_daemon_for(DAEMON, Mechanism::UffdSync)?,
+    );
+    let (ca, cb) = (Connection::connect(da.socket())?, Connection::connect(db.socket())?);
+    let (boa, bob) = (ca.create_bo(32 * ps)?, cb.create_bo(32 * ps)?);
+    let (ma, mb) = (boa.map()?, bob.map()?);
+    for round in 0..20u64 {
+        let (pa, pb) = (round % 32, (round * 7 + 3) % 32);
+        ma.write_u64((pa * ps) as usize, round + 1)?;
+        mb.write_u64((pb * ps) as usize, round + 1)?;
+        assert_eq!(boa.sync_with_runs()?.pages_list(), vec![pa], "round {round}, daemon A");
+        assert_eq!(bob.sync_with_runs()?.pages_list(), vec![pb], "round {round}, daemon B");
+    }
+    assert!(verify_gpu_copy(&boa)?.is_empty() && verify_gpu_copy(&bob)?.is_empty());
+    Ok(())
+}

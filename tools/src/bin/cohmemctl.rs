@@ -153,6 +153,10 @@ fn print_status(s: &StatsReport) {
         "syncs {}  pages uploaded {}  bytes uploaded {}  upload failures {}  error replies {}",
         d.syncs, d.pages_uploaded, d.bytes_uploaded, d.upload_failures, d.errors
     );
+    println!(
+        "method switches {}  extra pages {}  sync retries {}  exclusive syncs {}  uffd-sync faults {}",
+        d.method_switches, d.extra_pages, d.sync_retries, d.sync_exclusive, d.faults
+    );
     println!("\nconnection      pid    uid   BOs  views  requests");
     for c in &s.connections {
         println!(
@@ -160,11 +164,21 @@ fn print_status(s: &StatsReport) {
             c.id, c.pid, c.uid, c.bos, c.views, c.requests
         );
     }
-    println!("\n      BO         size  views  dirty pages  syncs  pages uploaded  bytes uploaded");
+    println!("\n      BO         size  views  method     dirty pages  syncs  pages uploaded  bytes uploaded  retries  exclusive");
     for b in &s.bos {
+        let method = cohmem_proto::Method::from_wire(b.method).map_or("?", |m| m.name());
         println!(
-            "{:>8} {:>12} {:>6} {:>12} {:>6} {:>15} {:>15}",
-            b.id, b.size, b.views, b.dirty_pages, b.syncs, b.pages_uploaded, b.bytes_uploaded
+            "{:>8} {:>12} {:>6}  {:<9} {:>12} {:>6} {:>15} {:>15} {:>8} {:>10}",
+            b.id,
+            b.size,
+            b.views,
+            method,
+            b.dirty_pages,
+            b.syncs,
+            b.pages_uploaded,
+            b.bytes_uploaded,
+            b.sync_retries,
+            b.sync_exclusive
         );
     }
     if s.truncated {
@@ -180,6 +194,8 @@ fn stats_json(s: &StatsReport) -> serde_json::Value {
             "mm_subscriptions": d.mm_subscriptions, "bos": d.bos, "views": d.views,
             "syncs": d.syncs, "pages_uploaded": d.pages_uploaded, "bytes_uploaded": d.bytes_uploaded,
             "upload_failures": d.upload_failures, "errors": d.errors,
+            "method_switches": d.method_switches, "extra_pages": d.extra_pages,
+            "sync_retries": d.sync_retries, "sync_exclusive": d.sync_exclusive, "faults": d.faults,
         },
         "connections": s.connections.iter().map(|c| json!({
             "id": c.id, "pid": c.pid, "uid": c.uid, "bos": c.bos, "views": c.views, "requests": c.requests,
@@ -187,6 +203,8 @@ fn stats_json(s: &StatsReport) -> serde_json::Value {
         "bos": s.bos.iter().map(|b| json!({
             "id": b.id, "size": b.size, "views": b.views, "dirty_pages": b.dirty_pages, "syncs": b.syncs,
             "pages_uploaded": b.pages_uploaded, "bytes_uploaded": b.bytes_uploaded,
+            "method": cohmem_proto::Method::from_wire(b.method).map_or("?", |m| m.name()),
+            "sync_retries": b.sync_retries, "sync_exclusive": b.sync_exclusive,
         })).collect::<Vec<_>>(),
         "truncated": s.truncated,
     })
