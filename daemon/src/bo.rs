@@ -99,6 +99,9 @@ pub struct View {
     pub bo_offset: u64,
     /// Set once the process is gone or the view was removed.
     pub dead: AtomicBool,
+    /// Set once a scan found the view unscannable (moved, unmapped,
+    /// replaced): it is marked dirty whole at every scan.
+    pub broken: AtomicBool,
     /// View-relative pages known to be writable (not write-protected) right
     /// now: the MKWRITE "PTE is writable" state. Only touched with the BO's
     /// state lock held.
@@ -129,6 +132,7 @@ impl View {
             len,
             bo_offset,
             dead: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             writable: Mutex::new(PageSet::new(len / page_size)),
             stale_dirty: Mutex::new(PageSet::new(len / page_size)),
         }

@@ -496,7 +496,19 @@ impl Session {
                 let fd = sync_fd.ok_or_else(|| fail(ErrorCode::Internal, "sync fd vanished"))?;
                 let uffd =
                     Userfaultfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, format!("synchronous uffd: {e}")))?;
-                Box::new(UffdSyncTracker::new(uffd))
+                // Keep the pagemap if it came along: it proves views are still
+                // mapped. (Without it, a view moved behind the daemon's back
+                // is not detected; see the README.)
+                let pagemap = match async_fds {
+                    Some((_, pagemap_fd)) => {
+                        let pagemap = PagemapFile::from_fd(pagemap_fd)
+                            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
+                        self.check_pagemap_owner(&pagemap)?;
+                        Some(pagemap)
+                    }
+                    None => None,
+                };
+                Box::new(UffdSyncTracker::new(uffd, pagemap))
             }
         };
         let (mm, joined) = self
@@ -667,6 +679,7 @@ impl Session {
             Ok(Err(TrackError::BadView(m))) => Err(fail(ErrorCode::InvalidArgument, m)),
             Ok(Err(TrackError::Gone)) => Err(fail(ErrorCode::Kernel, "client process has exited")),
             Ok(Err(TrackError::Sys(e))) => Err(fail(ErrorCode::Kernel, e.to_string())),
+            Ok(Err(e @ TrackError::Moved { .. })) => Err(fail(ErrorCode::InvalidArgument, e.to_string())),
             Err(e) => Err(fail(ErrorCode::Internal, format!("protect task failed: {e}"))),
         };
         if let Err(f) = result {

@@ -100,10 +100,16 @@ impl<'a> SyncEngine<'a> {
     /// Marks a view that cannot be scanned (its process exited, or the scan
     /// failed) dirty whole: what cannot be proven clean is dirty.
     fn unprovable(&self, bo: &Bo, st: &mut BoState, view: &View, err: &TrackError) {
-        if matches!(err, TrackError::Gone) {
-            view.dead.store(true, Ordering::Release);
-        } else {
-            tracing::warn!(bo = bo.id, view = view.id, error = %err, "scan failed; view marked dirty whole");
+        match err {
+            TrackError::Gone => view.dead.store(true, Ordering::Release),
+            // Logged once; the view stays dirty whole at every scan from now on.
+            _ if view.broken.swap(true, Ordering::Relaxed) => {}
+            _ => tracing::warn!(
+                bo = bo.id,
+                view = view.id,
+                error = %err,
+                "view cannot be scanned; it is treated as written whole at every scan"
+            ),
         }
         if let Some(t) = st.tracker.as_mut() {
             let pages = view.bo_pages(bo.page_size);
@@ -140,9 +146,11 @@ impl<'a> SyncEngine<'a> {
         let first = view.bo_offset / bo.page_size;
         let result = if view.mm.tracker.eager() {
             // Faults were resolved by the fault service: the writable set is
-            // exactly what was written. Re-protect it (the fault service
-            // cannot interleave: it needs the state lock the caller holds).
-            self.protect_writable(bo, view, &mut ranges)
+            // exactly what was written. Re-protect the whole view (the fault
+            // service cannot interleave: it needs the state lock the caller
+            // holds); protecting all of it also proves it is still there.
+            self.writable_ranges(bo, view, &mut ranges);
+            view.mm.tracker.protect_all(view.range())
         } else {
             view.mm.tracker.harvest(view.range(), &mut ranges)
         };
@@ -174,31 +182,26 @@ impl<'a> SyncEngine<'a> {
                         pages.into_iter().for_each(|p| t.dirty.record(p..p + 1));
                     }
                 }
-                Err(e) => self.unprovable(bo, st, &view, &e),
+                Err(e) => {
+                    self.unprovable(bo, st, &view, &e);
+                    marked += view.len / bo.page_size;
+                }
             }
         }
         marked
     }
 
-    /// Write-protects every page in the view's writable set; appends their
-    /// address ranges to `out`.
-    fn protect_writable(&self, bo: &Bo, view: &View, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+    /// Appends the address ranges of the view's writable set to `out`.
+    fn writable_ranges(&self, bo: &Bo, view: &View, out: &mut Vec<Range<u64>>) {
         let ps = bo.page_size;
-        let pages: Vec<u64> = {
-            let w = lock(&view.writable);
-            (0..view.len / ps).filter(|p| w.contains(*p)).collect()
-        };
-        for p in pages {
+        let w = lock(&view.writable);
+        for p in (0..view.len / ps).filter(|p| w.contains(*p)) {
             let addr = view.addr + p * ps;
             match out.last_mut() {
                 Some(last) if last.end == addr => last.end = addr + ps,
                 _ => out.push(addr..addr + ps),
             }
         }
-        for r in out.iter() {
-            view.mm.tracker.protect(r.clone())?;
-        }
-        Ok(())
     }
 
     /// Harvests every view; records what it finds when `record`; returns the
@@ -207,6 +210,8 @@ impl<'a> SyncEngine<'a> {
         let mut marked = 0;
         for view in views {
             let Some((written, stale)) = self.harvest_view(bo, st, view) else {
+                // Marked dirty whole: all of it counts as found.
+                marked += view.len / bo.page_size;
                 continue;
             };
             let mut pages: Vec<u64> = written.into_iter().flatten().chain(stale).collect();
@@ -228,8 +233,17 @@ impl<'a> SyncEngine<'a> {
             return;
         }
         for view in views {
-            // Eager mechanisms recorded their faults as they happened.
-            if view.dead.load(Ordering::Acquire) || view.mm.tracker.eager() {
+            if view.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            if view.mm.tracker.eager() {
+                // Eager mechanisms recorded their faults as they happened;
+                // only check that the view is still there to be faulted on.
+                let mut writable = Vec::new();
+                self.writable_ranges(bo, view, &mut writable);
+                if let Err(e) = view.mm.tracker.verify(view.range(), &writable) {
+                    self.unprovable(bo, st, view, &e);
+                }
                 continue;
             }
             let mut ranges = Vec::new();

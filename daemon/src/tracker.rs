@@ -23,6 +23,13 @@ pub enum TrackError {
     /// The client process is gone (its mm has exited).
     #[error("client process has exited")]
     Gone,
+    /// Part of the view is no longer mapped and registered where it was
+    /// announced (unmapped, moved or replaced behind the daemon's back).
+    #[error("{missing} of the view's bytes are no longer mapped and registered at its address")]
+    Moved {
+        /// Bytes of the view found missing.
+        missing: u64,
+    },
     /// The view cannot be tracked as announced.
     #[error("{0}")]
     BadView(String),
@@ -58,6 +65,19 @@ pub trait WriteTracker: Send + Sync {
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
     /// Write-protects a range again (the MKWRITE re-protect).
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError>;
+    /// Write-protects a whole view, failing with [`TrackError::Moved`] if any
+    /// part of it is no longer registered where it was announced.
+    fn protect_all(&self, range: Range<u64>) -> Result<(), TrackError> {
+        self.protect(range)
+    }
+    /// Proves, without changing any page's protection, that `range` is
+    /// still mapped and registered where it was announced; `writable` lists
+    /// the pages known to be unprotected (their protection must not change).
+    /// Used by eager mechanisms, whose writes the daemon otherwise only
+    /// learns about from faults.
+    fn verify(&self, _range: Range<u64>, _writable: &[Range<u64>]) -> Result<(), TrackError> {
+        Ok(())
+    }
     /// True when first writes are delivered as faults and recorded by the
     /// fault service as they happen (the view's writable set is then the
     /// truth, and `harvest`/`peek` are not used to find writes).
@@ -124,12 +144,48 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
-        self.pagemap.scan(range, ScanQuery::HARVEST_WRITTEN, out)?;
+        // One walk that harvests the written pages and also reports every
+        // other page of the range: a part that is missing was unmapped or
+        // moved, and can never be proven clean again.
+        let mut covered = 0;
+        self.pagemap
+            .scan_each(range.clone(), ScanQuery::HARVEST_ALL, |r, categories| {
+                covered += r.end - r.start;
+                if categories & PAGE_IS_WRITTEN != 0 {
+                    match out.last_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => out.push(r),
+                    }
+                }
+            })?;
+        let len = range.end - range.start;
+        if covered < len {
+            return Err(TrackError::Moved { missing: len - covered });
+        }
         Ok(())
     }
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
-        self.pagemap.scan(range, ScanQuery::PEEK_WRITTEN, out)?;
+        // Like harvest, one walk that also proves the view is still there.
+        let all = ScanQuery {
+            flags: PM_SCAN_CHECK_WPASYNC,
+            category_mask: 0,
+            return_mask: PAGE_IS_WRITTEN,
+        };
+        let mut covered = 0;
+        self.pagemap.scan_each(range.clone(), all, |r, categories| {
+            covered += r.end - r.start;
+            if categories & PAGE_IS_WRITTEN != 0 {
+                match out.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => out.push(r),
+                }
+            }
+        })?;
+        let len = range.end - range.start;
+        if covered < len {
+            return Err(TrackError::Moved { missing: len - covered });
+        }
         Ok(())
     }
 
@@ -145,12 +201,49 @@ impl WriteTracker for UffdAsyncTracker {
 /// waiting in the kernel meanwhile.
 pub struct UffdSyncTracker {
     uffd: Userfaultfd,
+    /// The client's pagemap, when it sent one: used to prove a view is still
+    /// mapped where it was announced (write-protecting an empty range
+    /// succeeds, so the uffd alone cannot tell).
+    pagemap: Option<PagemapFile>,
 }
 
 impl UffdSyncTracker {
-    /// Wraps the synchronous uffd a client handed over.
-    pub fn new(uffd: Userfaultfd) -> Self {
-        Self { uffd }
+    /// Wraps the synchronous uffd (and, if the client sent it, its pagemap).
+    pub fn new(uffd: Userfaultfd, pagemap: Option<PagemapFile>) -> Self {
+        Self { uffd, pagemap }
+    }
+}
+
+impl UffdSyncTracker {
+    /// Write-protects `range`; ENOENT (part of it is not a registered
+    /// mapping: unmapped, moved or replaced) becomes [`TrackError::Moved`].
+    fn protect_checked(&self, range: Range<u64>) -> Result<(), TrackError> {
+        match self.uffd.write_protect(range.start, range.end - range.start, true) {
+            Err(e) if e.errno() == Some(Errno::ENOENT) => Err(TrackError::Moved {
+                missing: range.end - range.start,
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Holes (moved with mremap, or unmapped) show in the pagemap: every page
+    /// of a mapped range is reported, a hole is not.
+    fn check_coverage(&self, range: Range<u64>) -> Result<(), TrackError> {
+        let Some(pagemap) = &self.pagemap else {
+            return Ok(());
+        };
+        let all = ScanQuery {
+            flags: 0,
+            category_mask: 0,
+            return_mask: 0,
+        };
+        let mut covered = 0;
+        pagemap.scan_each(range.clone(), all, |r, _| covered += r.end - r.start)?;
+        let len = range.end - range.start;
+        if covered < len {
+            return Err(TrackError::Moved { missing: len - covered });
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +272,24 @@ impl WriteTracker for UffdSyncTracker {
     fn harvest(&self, range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
         // Writes were delivered as faults; only the protection is restored.
         self.protect(range)
+    }
+
+    fn protect_all(&self, range: Range<u64>) -> Result<(), TrackError> {
+        self.protect_checked(range.clone())?;
+        self.check_coverage(range)
+    }
+
+    fn verify(&self, range: Range<u64>, writable: &[Range<u64>]) -> Result<(), TrackError> {
+        // Re-protect only what is protected already (no change), which
+        // fails with ENOENT where the range is no longer registered.
+        let mut at = range.start;
+        for w in writable.iter().chain(std::iter::once(&(range.end..range.end))) {
+            if w.start > at {
+                self.protect_checked(at..w.start)?;
+            }
+            at = at.max(w.end);
+        }
+        self.check_coverage(range)
     }
 
     fn peek(&self, _range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {

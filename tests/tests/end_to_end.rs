@@ -309,3 +309,90 @@ fn one_process_with_two_daemons_keeps_their_faults_apart() -> anyhow::Result<()>
     assert!(verify_gpu_copy(&boa)?.is_empty() && verify_gpu_copy(&bob)?.is_empty());
     Ok(())
 }
+
+cohmem_tests::test_each_mechanism!(
+    views_moved_or_replaced_behind_the_daemons_back_are_never_clean,
+    moved_with
+);
+
+/// A client that mremaps a view elsewhere (registration and write-protection
+/// do not follow it) or maps something else over it keeps writing where the
+/// daemon cannot see: the view is then treated as written whole at every
+/// sync (spec §8.6, behaviour 23), so nothing written is lost.
+fn moved_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo(16 * ps as u64)?;
+    let view = bo.map_range(0, 8 * ps as u64)?;
+    view.write_u64(2 * ps, 1)?;
+    assert_eq!(bo.sync_with_runs()?.pages_list(), vec![2]);
+
+    // Move the view: the daemon's range is now empty.
+    // SAFETY: reserves 8 fresh pages and moves our own 8-page mapping onto
+    // them; the old range is left unmapped and the Mapping value never
+    // touches it again except to munmap it, which is harmless when empty.
+    let moved = unsafe {
+        let target = libc::mmap(
+            std::ptr::null_mut(),
+            8 * ps,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(target, libc::MAP_FAILED);
+        libc::mremap(
+            view.as_ptr().cast(),
+            8 * ps,
+            8 * ps,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target,
+        )
+    };
+    assert_ne!(moved, libc::MAP_FAILED, "mremap: {}", std::io::Error::last_os_error());
+    // SAFETY: page 5 of the moved mapping, which we own.
+    unsafe { moved.cast::<u8>().add(5 * ps).cast::<u64>().write_volatile(0xabcd) };
+    let done = bo.sync_with_runs()?;
+    assert_eq!(
+        done.pages_list(),
+        (0..8).collect::<Vec<u64>>(),
+        "{mechanism}: the moved view must be dirty whole"
+    );
+    assert!(
+        verify_gpu_copy(&bo)?.is_empty(),
+        "{mechanism}: the write at the new address is lost"
+    );
+    // And again at the next sync: it can never be proven clean.
+    // SAFETY: as above.
+    unsafe { moved.cast::<u8>().add(6 * ps).cast::<u64>().write_volatile(0xef) };
+    assert_eq!(bo.sync_with_runs()?.pages.min(8), 8);
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    // SAFETY: unmapping the moved copy, which nothing else refers to.
+    unsafe { libc::munmap(moved, 8 * ps) };
+    // Its UNMAP cannot prove it clean either: one more whole upload.
+    drop(view);
+    assert_eq!(bo.sync_with_runs()?.pages_list(), (0..8).collect::<Vec<u64>>());
+
+    // Replace a view: map other memory over it with MAP_FIXED.
+    let view = bo.map_range(8 * ps as u64, 8 * ps as u64)?;
+    // SAFETY: MAP_FIXED over our own mapping's range, replacing it.
+    let over = unsafe {
+        libc::mmap(
+            view.as_ptr().cast(),
+            8 * ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(over, libc::MAP_FAILED);
+    let done = bo.sync_with_runs()?;
+    assert_eq!(
+        done.pages_list(),
+        (8..16).collect::<Vec<u64>>(),
+        "{mechanism}: a replaced view must be dirty whole"
+    );
+    Ok(())
+}

@@ -56,6 +56,14 @@ impl ScanQuery {
         category_mask: PAGE_IS_WRITTEN,
         return_mask: PAGE_IS_WRITTEN,
     };
+    /// Harvest written pages and re-protect them, and report every other
+    /// page of the range's VMAs too (`category_mask` 0): the caller learns
+    /// which parts of the range are still mapped and registered.
+    pub const HARVEST_ALL: Self = Self {
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        category_mask: 0,
+        return_mask: PAGE_IS_WRITTEN,
+    };
     /// Report written pages, change nothing.
     pub const PEEK_WRITTEN: Self = Self {
         flags: 0,
@@ -110,6 +118,15 @@ impl PagemapFile {
     /// and appends the matching address ranges to `out` (adjacent ranges
     /// merged).
     pub fn scan(&self, range: Range<u64>, query: ScanQuery, out: &mut Vec<Range<u64>>) -> Result<()> {
+        self.scan_each(range, query, |r, _| match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        })
+    }
+
+    /// Like [`PagemapFile::scan`], calling `each(range, categories)` for every
+    /// region the kernel returns (regions differ in their returned categories).
+    pub fn scan_each(&self, range: Range<u64>, query: ScanQuery, mut each: impl FnMut(Range<u64>, u64)) -> Result<()> {
         let mut regions = vec![
             page_region {
                 start: 0,
@@ -140,10 +157,7 @@ impl PagemapFile {
             let n = unsafe { ioctl_pagemap_scan(self.file.as_raw_fd(), &mut arg) }.op("PAGEMAP_SCAN")?;
             let n = usize::try_from(n).unwrap_or(0).min(regions.len());
             for r in &regions[..n] {
-                match out.last_mut() {
-                    Some(last) if last.end == r.start => last.end = r.end,
-                    _ => out.push(r.start..r.end),
-                }
+                each(r.start..r.end, r.categories);
             }
             if arg.walk_end >= range.end || arg.walk_end <= start {
                 return Ok(());
@@ -219,6 +233,53 @@ mod tests {
         out.clear();
         pm.scan(base..base + len, ScanQuery::HARVEST_WRITTEN, &mut out).unwrap();
         assert!(out.is_empty(), "harvest must re-protect everything it reported");
+    }
+
+    /// A harvest that reports every page also reveals holes: pages of the
+    /// range that are no longer mapped are simply absent.
+    #[test]
+    fn harvest_all_reports_written_pages_and_coverage() {
+        let ps = crate::page_size();
+        let pages = 64u64;
+        let m = Memfd::create_sealed("t", pages * ps).unwrap();
+        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
+        let (uffd, _) = Userfaultfd::open(
+            UffdFlavor::UserModeOnly,
+            features::WP_ASYNC | features::WP_UNPOPULATED,
+            features::WP_ASYNC,
+        )
+        .unwrap();
+        let pm = PagemapFile::open_self().unwrap();
+        let (base, len) = (map.addr(), pages * ps);
+        uffd.register_wp(base, len).unwrap();
+        uffd.write_protect(base, len, true).unwrap();
+        map.write_u64((5 * ps) as usize, 1).unwrap();
+        let (mut covered, mut written) = (0, Vec::new());
+        pm.scan_each(base..base + len, ScanQuery::HARVEST_ALL, |r, c| {
+            covered += r.end - r.start;
+            if c & PAGE_IS_WRITTEN != 0 {
+                written.push(r);
+            }
+        })
+        .unwrap();
+        assert_eq!(covered, len, "every page of a mapped range is reported");
+        assert_eq!(written, vec![base + 5 * ps..base + 6 * ps]);
+        // Unmap the second half behind the scanner's back: it is missing.
+        // SAFETY: the second half of our own mapping; nothing refers to it.
+        unsafe {
+            nix::sys::mman::munmap(
+                std::ptr::NonNull::new((base + len / 2) as *mut _).unwrap(),
+                (len / 2) as usize,
+            )
+        }
+        .unwrap();
+        let mut covered = 0;
+        pm.scan_each(base..base + len, ScanQuery::HARVEST_ALL, |r, _| {
+            covered += r.end - r.start
+        })
+        .unwrap();
+        assert_eq!(covered, len / 2);
+        std::mem::forget(map); // its second half is gone; do not unmap twice
     }
 
     #[test]
