@@ -443,6 +443,16 @@ impl Bo {
         self.call_ok(&Request::ClearAll { bo: self.inner.handle })
     }
 
+    /// Reports that `len` bytes at `offset` were written (the `explicit`
+    /// mechanism; harmless, if redundant, under the others).
+    pub fn damage(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        self.call_ok(&Request::Damage {
+            bo: self.inner.handle,
+            offset,
+            len,
+        })
+    }
+
     /// The BO's tracker state (method, change count, users, envelope, bits).
     pub fn dirty_state(&self) -> Result<DirtyStateReport, ClientError> {
         match self

@@ -42,7 +42,9 @@ impl Mapping {
         map.dont_fork()?;
         let addr = map.addr();
         let uffd = tracking.uffd_for(mechanism)?;
-        uffd.register_wp(addr, len)?;
+        if let Some(uffd) = uffd {
+            uffd.register_wp(addr, len)?;
+        }
         let req = Request::Map {
             bo: bo.handle,
             addr,
@@ -52,7 +54,9 @@ impl Mapping {
         let view = match bo.conn.call(&req, &[]) {
             Ok((Reply::Mapped { view }, _)) => view,
             other => {
-                let _ = uffd.unregister(addr, len);
+                if let Some(uffd) = uffd {
+                    let _ = uffd.unregister(addr, len);
+                }
                 return Err(match other {
                     Err(e) => e,
                     Ok((reply, _)) => unexpected("MAP", &reply),
@@ -131,10 +135,10 @@ impl Mapping {
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
-        let unreg = self
-            .tracking
-            .uffd_for(self.mechanism)
-            .and_then(|u| Ok(u.unregister(self.map.addr(), self.map.len() as u64)?));
+        let unreg = self.tracking.uffd_for(self.mechanism).and_then(|u| match u {
+            Some(u) => Ok(u.unregister(self.map.addr(), self.map.len() as u64)?),
+            None => Ok(()),
+        });
         match result? {
             (Reply::Ok, _) => {}
             (other, _) => return Err(unexpected("UNMAP", &other)),

@@ -59,14 +59,19 @@ impl ProcessTracking {
         (flags, features, fds)
     }
 
-    /// The uffd that mappings are registered with under `mechanism`.
-    pub fn uffd_for(&self, mechanism: Mechanism) -> Result<&Userfaultfd, ClientError> {
+    /// The uffd that mappings are registered with under `mechanism`; `None`
+    /// for mechanisms that track nothing (`full`, `explicit`).
+    pub fn uffd_for(&self, mechanism: Mechanism) -> Result<Option<&Userfaultfd>, ClientError> {
+        if matches!(mechanism, Mechanism::Full | Mechanism::Explicit) {
+            return Ok(None);
+        }
         let uffd = match mechanism {
             Mechanism::UffdAsync => self.asynchronous.as_ref().map(|a| &a.uffd),
             Mechanism::UffdSync => self.synchronous.as_ref(),
             _ => None,
         };
-        uffd.ok_or_else(|| ClientError::Protocol(format!("daemon chose {mechanism}, which this process did not offer")))
+        uffd.map(Some)
+            .ok_or_else(|| ClientError::Protocol(format!("daemon chose {mechanism}, which this process did not offer")))
     }
 }
 
@@ -110,11 +115,6 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
             false,
         ),
     };
-    if asynchronous.is_none() && synchronous.is_none() {
-        return Err(ClientError::Protocol(
-            "this process can create no userfaultfd for write tracking".into(),
-        ));
-    }
     let mut h = RandomState::new().build_hasher();
     h.write_u32(pid);
     let pt = Arc::new(ProcessTracking {
@@ -129,14 +129,16 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
 }
 
 /// The mechanism this process asks for: `$COHMEM_MECHANISM`
-/// (`uffd-async`, `uffd-sync`), else the daemon's choice.
+/// (`uffd-async`, `uffd-sync`, `full`, `explicit`), else the daemon's choice.
 pub(crate) fn requested_mechanism() -> Result<Mechanism, ClientError> {
     match std::env::var("COHMEM_MECHANISM").as_deref() {
         Err(_) | Ok("") | Ok("auto") => Ok(Mechanism::None),
         Ok("uffd-async") => Ok(Mechanism::UffdAsync),
         Ok("uffd-sync") => Ok(Mechanism::UffdSync),
+        Ok("full") => Ok(Mechanism::Full),
+        Ok("explicit") => Ok(Mechanism::Explicit),
         Ok(other) => Err(ClientError::Protocol(format!(
-            "COHMEM_MECHANISM={other:?} is not one of auto, uffd-async, uffd-sync"
+            "COHMEM_MECHANISM={other:?} is not one of auto, uffd-async, uffd-sync, full, explicit"
         ))),
     }
 }

@@ -26,7 +26,8 @@ struct Args {
     #[arg(long, default_value = "auto")]
     gpu: GpuChoice,
     /// Write-tracking mechanism for every client: `auto` (uffd-async where it
-    /// works, else uffd-sync), `uffd-async` or `uffd-sync`.
+    /// works, else uffd-sync), `uffd-async`, `uffd-sync`, `full` (no
+    /// tracking, copy everything) or `explicit` (clients report damage).
     #[arg(long, default_value = "auto", value_parser = parse_mechanism)]
     mechanism: MechanismArg,
     /// Largest BO a client may create, in bytes.
@@ -49,8 +50,14 @@ fn parse_mechanism(s: &str) -> Result<MechanismArg, String> {
         "auto" => Ok(MechanismArg(None)),
         "uffd-async" => Ok(MechanismArg(Some(Mechanism::UffdAsync))),
         "uffd-sync" => Ok(MechanismArg(Some(Mechanism::UffdSync))),
-        "soft-dirty" | "full" | "explicit" => Err(format!("mechanism {s} is not implemented yet")),
-        other => Err(format!("unknown mechanism {other:?} (auto, uffd-async, uffd-sync)")),
+        "full" => Ok(MechanismArg(Some(Mechanism::Full))),
+        "explicit" => Ok(MechanismArg(Some(Mechanism::Explicit))),
+        "soft-dirty" => {
+            Err("soft-dirty tracking is not implemented (`cohmemctl caps` shows whether this kernel offers it)".into())
+        }
+        other => Err(format!(
+            "unknown mechanism {other:?} (auto, uffd-async, uffd-sync, full, explicit)"
+        )),
     }
 }
 

@@ -29,7 +29,7 @@ use crate::bo::{Bo, View};
 use crate::mm::{MmKey, MmSubscription};
 use crate::server::{ConnectionInfo, Daemon};
 use crate::sync::{SyncEngine, SyncError};
-use crate::tracker::{TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
+use crate::tracker::{ExplicitTracker, FullTracker, TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
 
 /// A typed error reply.
 #[derive(Debug)]
@@ -270,6 +270,10 @@ impl Session {
                 self.tracker_op(bo, |e, b| Ok(Reply::DirtyState(e.dirty_state(b))))
                     .await
             }
+            Request::Damage { bo, offset, len } => {
+                self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
+                    .await
+            }
         }
     }
 
@@ -458,12 +462,6 @@ impl Session {
             self.mm = Some(existing);
             return ok(reply);
         }
-        if flags & (ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD) == 0 {
-            return Err(fail(
-                ErrorCode::NeedMmFds,
-                "no subscription for this process yet: send ATTACH_MM with its userfaultfd(s) and pagemap fd",
-            ));
-        }
         let requested = (flags >> ATTACH_MECHANISM_SHIFT) & 0xff;
         let requested = Mechanism::from_wire(requested as u16).map_err(|_| {
             fail(
@@ -471,6 +469,17 @@ impl Session {
                 format!("unknown mechanism {requested} requested"),
             )
         })?;
+        let wanted = match requested {
+            Mechanism::None => self.daemon.config.mechanism,
+            m => Some(m),
+        };
+        let needs_no_fds = matches!(wanted, Some(Mechanism::Full | Mechanism::Explicit));
+        if flags & (ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD) == 0 && !needs_no_fds {
+            return Err(fail(
+                ErrorCode::NeedMmFds,
+                "no subscription for this process yet: send ATTACH_MM with its userfaultfd(s) and pagemap fd",
+            ));
+        }
         let mut fds = fds.into_iter();
         let async_fds = if flags & ATTACH_WITH_FDS != 0 {
             fds.next().zip(fds.next())
@@ -484,6 +493,8 @@ impl Session {
         };
         let choice = self.choose_mechanism(requested, async_fds.is_some(), sync_fd.is_some(), flags, uffd_features)?;
         let tracker: Box<dyn WriteTracker> = match choice {
+            Mechanism::Full => Box::new(FullTracker),
+            Mechanism::Explicit => Box::new(ExplicitTracker),
             Mechanism::UffdAsync => {
                 let (uffd_fd, pagemap_fd) = async_fds.ok_or_else(|| fail(ErrorCode::Internal, "async fds vanished"))?;
                 let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
@@ -591,7 +602,18 @@ impl Session {
             Some(Mechanism::UffdSync) => sync_ok()
                 .map(|()| Mechanism::UffdSync)
                 .map_err(|w| unsupported(Mechanism::UffdSync, w)),
-            Some(other) => Err(unsupported(other, "not implemented by this daemon yet".into())),
+            Some(m @ (Mechanism::Full | Mechanism::Explicit)) => Ok(m),
+            Some(Mechanism::SoftDirty) => Err(unsupported(
+                Mechanism::SoftDirty,
+                if kernel.soft_dirty.ok {
+                    "soft-dirty tracking is not implemented by this daemon (it needs writers quiesced around \
+                     every whole-process clear_refs)"
+                        .into()
+                } else {
+                    format!("this kernel does not offer it: {}", kernel.soft_dirty.detail)
+                },
+            )),
+            Some(Mechanism::None) => Err(unsupported(Mechanism::None, "no mechanism named".into())),
             None => match (async_ok(), sync_ok()) {
                 (Ok(()), _) => Ok(Mechanism::UffdAsync),
                 (Err(_), Ok(())) => Ok(Mechanism::UffdSync),

@@ -291,6 +291,14 @@ impl<'a> SyncEngine<'a> {
         let Some(method) = method else {
             return ScanReport::default();
         };
+        // `full` clients: no tracking, the whole BO is written at every scan.
+        let whole = views
+            .iter()
+            .any(|v| !v.dead.load(Ordering::Relaxed) && v.mm.tracker.whole_bo());
+        if let (true, Some(t)) = (whole, st.tracker.as_mut()) {
+            let n = t.dirty.pages();
+            t.dirty.record(0..n);
+        }
         let num_marked;
         let mut switched = None;
         match method {
@@ -623,6 +631,24 @@ impl<'a> SyncEngine<'a> {
         if let Some(t) = st.tracker.as_mut() {
             let ps = bo.page_size;
             t.dirty.clear_window(res.window.start / ps..res.window.end / ps);
+        }
+        Ok(())
+    }
+
+    /// `explicit`: records client-reported damage (bytes `offset..offset+len`).
+    pub fn damage(&self, bo: &Bo, offset: u64, len: u64) -> Result<(), SyncError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| len > 0 && e <= bo.size)
+            .ok_or_else(|| {
+                SyncError::BadWindow(format!(
+                    "damage {offset}+{len} is not inside the BO's {} bytes",
+                    bo.size
+                ))
+            })?;
+        let mut st = bo.state();
+        if let Some(t) = st.tracker.as_mut() {
+            t.dirty.record(offset / bo.page_size..end.div_ceil(bo.page_size));
         }
         Ok(())
     }

@@ -5,8 +5,9 @@
 //! (userfaultfd WP_ASYNC + `PAGEMAP_SCAN`): the MKWRITE-like
 //! "protect, then harvest-and-re-protect" cycle of vmwgfx with the kernel
 //! doing the fault handling; and `uffd-sync`, where the faults come to the
-//! daemon ([`crate::faults`]), the true MKWRITE analogue. Later mechanisms
-//! (soft-dirty, full, explicit) implement the same trait.
+//! daemon ([`crate::faults`]), the true MKWRITE analogue; `full` (no
+//! tracking, everything is written) and `explicit` (the client reports its
+//! damage). soft-dirty is probed but not implemented: see the README.
 
 use std::ops::Range;
 
@@ -77,6 +78,10 @@ pub trait WriteTracker: Send + Sync {
     /// learns about from faults.
     fn verify(&self, _range: Range<u64>, _writable: &[Range<u64>]) -> Result<(), TrackError> {
         Ok(())
+    }
+    /// True when every sync must treat the whole BO as written (`full`).
+    fn whole_bo(&self) -> bool {
+        false
     }
     /// True when first writes are delivered as faults and recorded by the
     /// fault service as they happen (the view's writable set is then the
@@ -307,5 +312,73 @@ impl WriteTracker for UffdSyncTracker {
 
     fn fault_uffd(&self) -> Option<&Userfaultfd> {
         Some(&self.uffd)
+    }
+}
+
+/// `full`: no tracking at all; every scan finds the whole BO written, so
+/// every sync uploads everything (what a user without tracking does).
+pub struct FullTracker;
+
+impl WriteTracker for FullTracker {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::Full
+    }
+
+    fn exact(&self) -> bool {
+        // Never under-reports; trivially "exact" in the no-lost-write sense.
+        true
+    }
+
+    fn attach_view(&self, _range: Range<u64>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        out.push(range);
+        Ok(())
+    }
+
+    fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        out.push(range);
+        Ok(())
+    }
+
+    fn protect(&self, _range: Range<u64>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn whole_bo(&self) -> bool {
+        true
+    }
+}
+
+/// `explicit`: no tracking; the client reports its damage with DAMAGE
+/// requests (like Wayland damage), which go straight into the bitmap.
+pub struct ExplicitTracker;
+
+impl WriteTracker for ExplicitTracker {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::Explicit
+    }
+
+    fn exact(&self) -> bool {
+        // Exactly as exact as the client's reports.
+        false
+    }
+
+    fn attach_view(&self, _range: Range<u64>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn harvest(&self, _range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn peek(&self, _range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        Ok(())
+    }
+
+    fn protect(&self, _range: Range<u64>) -> Result<(), TrackError> {
+        Ok(())
     }
 }

@@ -500,6 +500,16 @@ pub enum Request {
         /// BO handle.
         bo: u32,
     },
+    /// The `explicit` mechanism: the client reports that it wrote `len`
+    /// bytes at `offset` of the BO. Reply: [`Reply::Ok`].
+    Damage {
+        /// BO handle.
+        bo: u32,
+        /// Offset in bytes.
+        offset: u64,
+        /// Length in bytes (non-zero).
+        len: u64,
+    },
 }
 
 /// Replies, daemon → client.
@@ -594,6 +604,7 @@ pub mod kind {
     pub const CLEAR_RESOURCE: u16 = 0x000f;
     pub const CLEAR_ALL: u16 = 0x0010;
     pub const DIRTY_STATE: u16 = 0x0011;
+    pub const DAMAGE: u16 = 0x0012;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -660,6 +671,7 @@ impl Request {
             Self::ClearResource { .. } => kind::CLEAR_RESOURCE,
             Self::ClearAll { .. } => kind::CLEAR_ALL,
             Self::DirtyState { .. } => kind::DIRTY_STATE,
+            Self::Damage { .. } => kind::DAMAGE,
         }
     }
 
@@ -683,6 +695,7 @@ impl Request {
             Self::ClearResource { .. } => "CLEAR_RESOURCE",
             Self::ClearAll { .. } => "CLEAR_ALL",
             Self::DirtyState { .. } => "DIRTY_STATE",
+            Self::Damage { .. } => "DAMAGE",
         }
     }
 
@@ -749,7 +762,7 @@ impl Request {
                 w.u32(bo);
                 w.u32(index);
             }
-            Self::AddResource { bo, offset, len } => {
+            Self::AddResource { bo, offset, len } | Self::Damage { bo, offset, len } => {
                 w.u32(bo);
                 w.u64(offset);
                 w.u64(len);
@@ -824,6 +837,11 @@ impl Request {
             },
             kind::CLEAR_ALL => Self::ClearAll { bo: r.u32("bo")? },
             kind::DIRTY_STATE => Self::DirtyState { bo: r.u32("bo")? },
+            kind::DAMAGE => Self::Damage {
+                bo: r.u32("bo")?,
+                offset: r.u64("offset")?,
+                len: r.u64("len")?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;

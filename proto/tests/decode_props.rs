@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 17] = [
+const REQUEST_KINDS: [u16; 18] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -65,6 +65,7 @@ const REQUEST_KINDS: [u16; 17] = [
     kind::CLEAR_RESOURCE,
     kind::CLEAR_ALL,
     kind::DIRTY_STATE,
+    kind::DAMAGE,
 ];
 
 const REPLY_KINDS: [u16; 12] = [
@@ -325,6 +326,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u32>(), any::<u32>()).prop_map(|(bo, index)| Request::ClearResource { bo, index }),
         any::<u32>().prop_map(|bo| Request::ClearAll { bo }),
         any::<u32>().prop_map(|bo| Request::DirtyState { bo }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, offset, len)| Request::Damage { bo, offset, len }),
     ]
 }
 
@@ -1030,6 +1032,14 @@ fn documented_body_sizes() {
     assert_eq!(req(Request::ClearResource { bo: 0, index: 0 }), 8);
     assert_eq!(req(Request::ClearAll { bo: 0 }), 4);
     assert_eq!(req(Request::DirtyState { bo: 0 }), 4);
+    assert_eq!(
+        req(Request::Damage {
+            bo: 0,
+            offset: 0,
+            len: 0
+        }),
+        20
+    );
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -1403,8 +1413,8 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
-        "request kinds are 0x0001..=0x0011"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        "request kinds are 0x0001..=0x0012"
     );
     assert_eq!(
         REPLY_KINDS,
@@ -1553,6 +1563,11 @@ fn documented_fd_counts() {
         Request::ClearResource { bo: 1, index: 0 },
         Request::ClearAll { bo: 1 },
         Request::DirtyState { bo: 1 },
+        Request::Damage {
+            bo: 1,
+            offset: 0,
+            len: 1,
+        },
     ];
     for r in &tracker_requests {
         assert_eq!(r.fd_count(), (0, 0), "{r:?}");

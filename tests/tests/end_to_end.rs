@@ -396,3 +396,44 @@ fn moved_with(mechanism: Mechanism) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn full_mechanism_uploads_the_whole_bo_at_every_sync() -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::Full)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(64 * ps)?;
+    let map = bo.map_range(0, 8 * ps)?; // a view of only part of the BO
+    map.write_u64(3 * ps as usize, 7)?;
+    let done = bo.sync_with_runs()?;
+    assert_eq!(done.mechanism, Mechanism::Full);
+    assert_eq!(done.pages_list(), (0..64).collect::<Vec<u64>>());
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    assert_eq!(bo.sync()?.pages, 64, "no tracking: every sync copies everything");
+    Ok(())
+}
+
+#[test]
+fn explicit_mechanism_uploads_exactly_the_reported_damage() -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::Explicit)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(64 * ps)?;
+    let map = bo.map()?;
+    map.write_u64(3 * ps as usize, 1)?;
+    map.write_u64(7 * ps as usize, 1)?;
+    bo.damage(3 * ps, 8)?;
+    let done = bo.sync_with_runs()?;
+    assert_eq!(done.mechanism, Mechanism::Explicit);
+    assert_eq!(done.pages_list(), vec![3], "only the reported damage is uploaded");
+    assert_eq!(
+        verify_gpu_copy(&bo)?.iter().map(|m| m.page).collect::<Vec<_>>(),
+        vec![7]
+    );
+    bo.damage(7 * ps, ps)?;
+    assert_eq!(bo.sync_with_runs()?.pages_list(), vec![7]);
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    let err = bo.damage(60 * ps, 8 * ps).expect_err("damage past the BO");
+    assert_eq!(err.code(), Some(cohmem_client::ErrorCode::InvalidArgument));
+    Ok(())
+}

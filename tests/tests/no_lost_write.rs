@@ -19,6 +19,11 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
 const THREADS: u64 = 4;
 
+#[test]
+fn every_completed_write_is_in_the_gpu_copy_when_sync_returns_full() -> anyhow::Result<()> {
+    every_completed_write_is_in_the_gpu_copy_when_sync_returns_with(Mechanism::Full)
+}
+
 cohmem_tests::test_each_mechanism!(
     every_completed_write_is_in_the_gpu_copy_when_sync_returns,
     every_completed_write_is_in_the_gpu_copy_when_sync_returns_with
