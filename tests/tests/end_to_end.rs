@@ -351,6 +351,27 @@ fn moved_with(mechanism: Mechanism) -> anyhow::Result<()> {
         )
     };
     assert_ne!(moved, libc::MAP_FAILED, "mremap: {}", std::io::Error::last_os_error());
+    // Keep the old range from being reused by other tests' mappings in this
+    // process while we look (a reused range is the one case the daemon
+    // cannot tell apart; see the README).
+    // SAFETY: maps an inaccessible placeholder exactly over the range the
+    // view just left, which nothing owns now.
+    let placeholder = unsafe {
+        libc::mmap(
+            view.as_ptr().cast(),
+            8 * ps,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        placeholder,
+        view.as_ptr().cast(),
+        "placeholder: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: page 5 of the moved mapping, which we own.
     unsafe { moved.cast::<u8>().add(5 * ps).cast::<u64>().write_volatile(0xabcd) };
     let done = bo.sync_with_runs()?;
