@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, StatsReport,
+    caps, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, SnapshotReport, StatsReport,
     ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
@@ -264,6 +264,19 @@ impl Connection {
         match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
             (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?)),
             (other, _) => Err(unexpected("IMPORT_BO", &other)),
+        }
+    }
+
+    /// An exact copy of BO `id` (daemon-wide id, as in STATS) taken with its
+    /// writers quiesced: a sealed memfd with the bytes, and how it went.
+    pub fn snapshot(&self, id: u64) -> Result<(OwnedFd, SnapshotReport), ClientError> {
+        match self.inner.call(&Request::Snapshot { id, flags: 0 }, &[])? {
+            (Reply::Snapshot(r), mut fds) => Ok((
+                fds.pop()
+                    .ok_or_else(|| ClientError::Protocol("SNAPSHOT reply without memfd".into()))?,
+                r,
+            )),
+            (other, _) => Err(unexpected("SNAPSHOT", &other)),
         }
     }
 

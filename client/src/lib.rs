@@ -23,7 +23,7 @@ mod error;
 mod mapping;
 mod tracking;
 
-pub use cohmem_proto::{DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport};
+pub use cohmem_proto::{DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport, SnapshotReport};
 pub use connection::{Bo, Connection, ExportedResource, SyncResult};
 pub use error::ClientError;
 pub use mapping::Mapping;

@@ -55,6 +55,11 @@ pub struct BoState {
     pub tracker: Option<DirtyTracker>,
     /// Resource slots; indices stay stable, released slots become `None`.
     pub resources: Vec<Option<Arc<Resource>>>,
+    /// True while a quiesce holds this BO's writers (seed 004): the fault
+    /// service parks uffd-sync faults in `deferred` instead of resolving them.
+    pub quiesced: bool,
+    /// Faults parked during a quiesce: (view, page address).
+    pub deferred: Vec<(Arc<View>, u64)>,
 }
 
 /// One buffer object.
@@ -167,6 +172,8 @@ impl Bo {
         let mut state = BoState {
             tracker: None,
             resources: Vec::new(),
+            quiesced: false,
+            deferred: Vec::new(),
         };
         if default_resource {
             state.resources.push(Some(Arc::new(Resource {

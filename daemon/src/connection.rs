@@ -31,6 +31,9 @@ use crate::server::{ConnectionInfo, Daemon};
 use crate::sync::{SyncEngine, SyncError};
 use crate::tracker::{ExplicitTracker, FullTracker, TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
 
+/// How long a quiesce may wait for its turn and keep retrying.
+const QUIESCE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A typed error reply.
 #[derive(Debug)]
 struct Failure {
@@ -270,11 +273,63 @@ impl Session {
                 self.tracker_op(bo, |e, b| Ok(Reply::DirtyState(e.dirty_state(b))))
                     .await
             }
+            Request::Snapshot { id, flags } => self.snapshot(id, flags).await,
             Request::Damage { bo, offset, len } => {
                 self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
                     .await
             }
         }
+    }
+
+    /// SNAPSHOT: an exact copy of BO `id` under quiesce. Root may snapshot
+    /// any BO; others only BOs this connection holds.
+    async fn snapshot(&self, id: u64, flags: u32) -> Outcome {
+        if flags != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown SNAPSHOT flags {flags:#x}"),
+            ));
+        }
+        let held = self.handles.values().any(|h| h.bo.id == id);
+        let bo = self
+            .daemon
+            .bos
+            .all()
+            .into_iter()
+            .find(|b| b.id == id && (held || self.info.uid == 0))
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::NoSuchBo,
+                    format!("no BO {id} that this connection may snapshot"),
+                )
+            })?;
+        let daemon = self.daemon.clone();
+        let (memfd, report) = run_blocking(move || {
+            // Seed 004: one quiesce at a time, and never waiting forever.
+            let deadline = std::time::Instant::now() + QUIESCE_BOUND;
+            let _only_one = loop {
+                match daemon.quiesce.try_lock() {
+                    Ok(guard) => break guard,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(_) => {
+                        return Err(fail(
+                            ErrorCode::LimitExceeded,
+                            format!("another quiesce is running; gave up after {QUIESCE_BOUND:?}"),
+                        ))
+                    }
+                }
+            };
+            SyncEngine::new(&daemon.counters)
+                .snapshot(&bo, QUIESCE_BOUND)
+                .map_err(sync_failure)
+        })
+        .await??;
+        let fd = memfd
+            .try_clone_fd()
+            .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
+        Ok((Reply::Snapshot(report), vec![fd]))
     }
 
     /// Runs a tracker operation on a BO of this connection on the blocking pool.

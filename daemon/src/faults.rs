@@ -19,7 +19,7 @@ use cohmem_proto::Method;
 use cohmem_sys::uffd::WpFault;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use crate::bo::{lock, Bo, View};
+use crate::bo::{lock, Bo, BoState, View};
 use crate::mm::MmSubscription;
 
 /// Faults read per uffd per wake-up, at most.
@@ -172,19 +172,32 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
     }
     for (_, (bo, pages)) in by_bo {
         let mut st = bo.state();
-        let mkwrite = matches!(st.tracker.as_ref().map(|t| t.method), Some(Method::MkWrite));
-        for (view, page) in pages {
-            let view_page = (page - view.addr) / ps;
-            if lock(&view.writable).insert(view_page) && mkwrite {
-                let p = view_page + view.bo_offset / ps;
-                if let Some(t) = st.tracker.as_mut() {
-                    t.dirty.record(p..p + 1);
-                }
-            }
-            if let Err(e) = uffd.write_protect(page, ps, false) {
-                tracing::debug!(mm = mm.id, error = %e, "unprotecting a faulted page failed");
-            }
+        if st.quiesced {
+            // A quiesce holds this BO's writers: they wait until it ends.
+            st.deferred.extend(pages);
+            continue;
         }
-        drop(st);
+        for (view, page) in pages {
+            resolve_one(&mut st, &view, page);
+        }
+    }
+}
+
+/// Records one write-protect fault (MKWRITE), marks the page writable and
+/// unprotects it, waking the writer. The caller holds the BO's state lock.
+pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
+    let ps = cohmem_sys::page_size();
+    let mkwrite = matches!(st.tracker.as_ref().map(|t| t.method), Some(Method::MkWrite));
+    let view_page = (page - view.addr) / ps;
+    if lock(&view.writable).insert(view_page) && mkwrite {
+        let p = view_page + view.bo_offset / ps;
+        if let Some(t) = st.tracker.as_mut() {
+            t.dirty.record(p..p + 1);
+        }
+    }
+    if let Some(uffd) = view.mm.tracker.fault_uffd() {
+        if let Err(e) = uffd.write_protect(page, ps, false) {
+            tracing::debug!(mm = view.mm.id, error = %e, "unprotecting a faulted page failed");
+        }
     }
 }

@@ -76,6 +76,8 @@ pub struct Daemon {
     pub counters: DaemonCounters,
     /// The uffd-sync fault service.
     pub faults: Arc<FaultService>,
+    /// Held by the one quiesce that may run at a time (seed 004).
+    pub quiesce: Mutex<()>,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
@@ -104,6 +106,7 @@ impl Daemon {
             mms: MmRegistry::default(),
             counters: DaemonCounters::default(),
             faults,
+            quiesce: Mutex::new(()),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),

@@ -23,7 +23,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cohmem_proto::limits::MAX_REPORTED_RUNS;
-use cohmem_proto::{DirtyStateReport, Mechanism, Method, Run, ScanReport, SyncReport};
+use std::os::fd::AsFd;
+
+use cohmem_proto::{DirtyStateReport, Mechanism, Method, Run, ScanReport, SnapshotReport, SyncReport};
+use cohmem_sys::mapping::SharedMapping;
+use cohmem_sys::memfd::Memfd;
 
 use crate::bo::{lock, Bo, BoState, Resource, View};
 use crate::gpu::{GpuBackend, GpuError};
@@ -597,6 +601,84 @@ impl<'a> SyncEngine<'a> {
             work
         };
         self.upload(bo, work)
+    }
+
+    /// An exact copy of the BO (seed 004's quiesce): every view is harvested
+    /// and write-protected; uffd-sync writers are then blocked (their faults
+    /// parked) while the BO is copied; uffd-async writers cannot be blocked,
+    /// so the copy is checked afterwards and retried if they wrote. Bounded
+    /// by `bound`; the parked writers are always released.
+    pub fn snapshot(&self, bo: &Bo, bound: std::time::Duration) -> Result<(Memfd, SnapshotReport), SyncError> {
+        let _serial = lock(&bo.sync_lock);
+        let deadline = Instant::now() + bound;
+        let mut report = SnapshotReport {
+            size: bo.size,
+            ..SnapshotReport::default()
+        };
+        loop {
+            report.attempts += 1;
+            let views = {
+                let mut st = bo.state();
+                let views = bo.views();
+                st.quiesced = true;
+                // Protect before collect: afterwards every write either
+                // blocks (uffd-sync) or shows up in the check below.
+                self.harvest_all(bo, &mut st, &views, true);
+                views
+            };
+            let copied = Self::copy_bo(bo);
+            let mut written = Vec::new();
+            let (mut blocked, mut unblocked, mut checkable) = (0, 0, true);
+            for view in views.iter().filter(|v| !v.dead.load(Ordering::Relaxed)) {
+                let t = &view.mm.tracker;
+                if t.eager() {
+                    blocked += 1;
+                } else {
+                    unblocked += 1;
+                    checkable &= !t.whole_bo() && t.mechanism() != cohmem_proto::Mechanism::Explicit;
+                    if t.peek(view.range(), &mut written).is_err() {
+                        checkable = false;
+                    }
+                }
+            }
+            self.release_quiesce(bo);
+            let memfd = copied?;
+            report.blocked_views = blocked;
+            report.unblocked_views = unblocked;
+            report.exact = checkable && written.is_empty();
+            if report.exact || !checkable || Instant::now() >= deadline {
+                return Ok((memfd, report));
+            }
+        }
+    }
+
+    /// Ends a quiesce: resolves every parked fault (recording it).
+    fn release_quiesce(&self, bo: &Bo) {
+        let mut st = bo.state();
+        st.quiesced = false;
+        for (view, page) in std::mem::take(&mut st.deferred) {
+            crate::faults::resolve_one(&mut st, &view, page);
+        }
+    }
+
+    /// Copies the BO into a new memfd sealed against any change.
+    fn copy_bo(bo: &Bo) -> Result<Memfd, SyncError> {
+        let memfd = Memfd::create(
+            &format!("cohmem-snapshot-{}", bo.id),
+            bo.size,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+        .map_err(GpuError::from)?;
+        {
+            let dst = SharedMapping::map(memfd.as_fd(), bo.size, 0, true).map_err(GpuError::from)?;
+            bo.mapping
+                .copy_to(0, &dst, 0, bo.size as usize)
+                .map_err(GpuError::from)?;
+        }
+        memfd
+            .add_seals(libc::F_SEAL_WRITE | libc::F_SEAL_SEAL)
+            .map_err(GpuError::from)?;
+        Ok(memfd)
     }
 
     /// vmwgfx `scan` alone.

@@ -361,6 +361,23 @@ pub struct DirtyStateReport {
     pub runs: Vec<Run>,
 }
 
+/// Reply to SNAPSHOT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotReport {
+    /// Bytes in the snapshot (the BO's size).
+    pub size: u64,
+    /// True when no write can have changed the BO while it was copied.
+    pub exact: bool,
+    /// Copy attempts (writers that cannot be blocked are checked afterwards,
+    /// and the copy is retried if they wrote).
+    pub attempts: u32,
+    /// Views whose writers were blocked (uffd-sync).
+    pub blocked_views: u32,
+    /// Views whose writers could not be blocked, only checked (uffd-async),
+    /// or not even checked (full, explicit: then `exact` is false).
+    pub unblocked_views: u32,
+}
+
 /// Reply to SCAN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ScanReport {
@@ -500,6 +517,15 @@ pub enum Request {
         /// BO handle.
         bo: u32,
     },
+    /// An exact copy of a BO, taken with its writers quiesced (seed 004).
+    /// Reply: [`Reply::Snapshot`] + a memfd holding the copy.
+    Snapshot {
+        /// Daemon-wide BO id (as in STATS); root, or a user with a
+        /// connection holding the BO, may snapshot it.
+        id: u64,
+        /// Reserved, 0.
+        flags: u32,
+    },
     /// The `explicit` mechanism: the client reports that it wrote `len`
     /// bytes at `offset` of the BO. Reply: [`Reply::Ok`].
     Damage {
@@ -575,6 +601,8 @@ pub enum Reply {
     Scanned(ScanReport),
     /// DIRTY_STATE result.
     DirtyState(DirtyStateReport),
+    /// SNAPSHOT result; a memfd with the copy is attached.
+    Snapshot(SnapshotReport),
     /// A typed error.
     Error {
         /// What went wrong.
@@ -605,6 +633,7 @@ pub mod kind {
     pub const CLEAR_ALL: u16 = 0x0010;
     pub const DIRTY_STATE: u16 = 0x0011;
     pub const DAMAGE: u16 = 0x0012;
+    pub const SNAPSHOT: u16 = 0x0013;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -617,6 +646,7 @@ pub mod kind {
     pub const R_RESOURCE_ADDED: u16 = 0x8009;
     pub const R_SCANNED: u16 = 0x800a;
     pub const R_DIRTY_STATE: u16 = 0x800b;
+    pub const R_SNAPSHOT: u16 = 0x800c;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -672,6 +702,7 @@ impl Request {
             Self::ClearAll { .. } => kind::CLEAR_ALL,
             Self::DirtyState { .. } => kind::DIRTY_STATE,
             Self::Damage { .. } => kind::DAMAGE,
+            Self::Snapshot { .. } => kind::SNAPSHOT,
         }
     }
 
@@ -696,6 +727,7 @@ impl Request {
             Self::ClearAll { .. } => "CLEAR_ALL",
             Self::DirtyState { .. } => "DIRTY_STATE",
             Self::Damage { .. } => "DAMAGE",
+            Self::Snapshot { .. } => "SNAPSHOT",
         }
     }
 
@@ -768,6 +800,10 @@ impl Request {
                 w.u64(len);
             }
             Self::Scan { bo } | Self::ClearAll { bo } | Self::DirtyState { bo } => w.u32(bo),
+            Self::Snapshot { id, flags } => {
+                w.u64(id);
+                w.u32(flags);
+            }
             Self::Transfer { bo, index, flags } => {
                 w.u32(bo);
                 w.u32(index);
@@ -837,6 +873,10 @@ impl Request {
             },
             kind::CLEAR_ALL => Self::ClearAll { bo: r.u32("bo")? },
             kind::DIRTY_STATE => Self::DirtyState { bo: r.u32("bo")? },
+            kind::SNAPSHOT => Self::Snapshot {
+                id: r.u64("id")?,
+                flags: r.u32("flags")?,
+            },
             kind::DAMAGE => Self::Damage {
                 bo: r.u32("bo")?,
                 offset: r.u64("offset")?,
@@ -864,6 +904,7 @@ impl Reply {
             Self::ResourceAdded { .. } => kind::R_RESOURCE_ADDED,
             Self::Scanned(_) => kind::R_SCANNED,
             Self::DirtyState(_) => kind::R_DIRTY_STATE,
+            Self::Snapshot(_) => kind::R_SNAPSHOT,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -983,6 +1024,13 @@ impl Reply {
                 w.u64(*offset);
             }
             Self::ResourceAdded { index } => w.u32(*index),
+            Self::Snapshot(r) => {
+                w.u64(r.size);
+                w.u8(u8::from(r.exact));
+                w.u32(r.attempts);
+                w.u32(r.blocked_views);
+                w.u32(r.unblocked_views);
+            }
             Self::Scanned(s) => {
                 w.u16(s.method);
                 w.u16(s.switched_to);
@@ -1021,6 +1069,7 @@ impl Reply {
         match (self, request) {
             (Self::Bo { .. }, Request::CreateBo { .. }) => 1,
             (Self::Resource { .. }, _) => 1,
+            (Self::Snapshot(_), _) => 1,
             _ => 0,
         }
     }
@@ -1151,6 +1200,13 @@ impl Reply {
                 size: r.u64("size")?,
                 offset: r.u64("offset")?,
             },
+            kind::R_SNAPSHOT => Self::Snapshot(SnapshotReport {
+                size: r.u64("size")?,
+                exact: r.u8("exact")? != 0,
+                attempts: r.u32("attempts")?,
+                blocked_views: r.u32("blocked_views")?,
+                unblocked_views: r.u32("unblocked_views")?,
+            }),
             kind::R_RESOURCE_ADDED => Self::ResourceAdded { index: r.u32("index")? },
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,

@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 18] = [
+const REQUEST_KINDS: [u16; 19] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -66,9 +66,10 @@ const REQUEST_KINDS: [u16; 18] = [
     kind::CLEAR_ALL,
     kind::DIRTY_STATE,
     kind::DAMAGE,
+    kind::SNAPSHOT,
 ];
 
-const REPLY_KINDS: [u16; 12] = [
+const REPLY_KINDS: [u16; 13] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -80,6 +81,7 @@ const REPLY_KINDS: [u16; 12] = [
     kind::R_RESOURCE_ADDED,
     kind::R_SCANNED,
     kind::R_DIRTY_STATE,
+    kind::R_SNAPSHOT,
     kind::R_ERROR,
 ];
 
@@ -327,6 +329,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         any::<u32>().prop_map(|bo| Request::ClearAll { bo }),
         any::<u32>().prop_map(|bo| Request::DirtyState { bo }),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, offset, len)| Request::Damage { bo, offset, len }),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Snapshot { id, flags }),
     ]
 }
 
@@ -363,6 +366,15 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         any::<u32>().prop_map(|index| Reply::ResourceAdded { index }),
         arb_scan_report().prop_map(Reply::Scanned),
         arb_dirty_state_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::DirtyState),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(size, exact, attempts, blocked_views, unblocked_views)| Reply::Snapshot(SnapshotReport {
+                size,
+                exact,
+                attempts,
+                blocked_views,
+                unblocked_views
+            })
+        ),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -1082,6 +1094,7 @@ fn documented_body_sizes() {
     assert_eq!(rep(Reply::ResourceAdded { index: 0 }), 4);
     assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
     assert_eq!(rep(Reply::DirtyState(DirtyStateReport::default())), 45);
+    assert_eq!(rep(Reply::Snapshot(SnapshotReport::default())), 21);
     assert_eq!(
         rep(Reply::DirtyState(DirtyStateReport {
             runs: vec![
@@ -1413,12 +1426,12 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
-        "request kinds are 0x0001..=0x0012"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
+        "request kinds are 0x0001..=0x0013"
     );
     assert_eq!(
         REPLY_KINDS,
-        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x80ff]
+        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x80ff]
     );
     assert_eq!(
         (

@@ -35,6 +35,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write an exact copy of BO ID (from `status`) to FILE, taken with the
+    /// BO's writers quiesced.
+    Snapshot {
+        /// Daemon-wide BO id.
+        id: u64,
+        /// Output file.
+        file: PathBuf,
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay a vmwgfx trace (tools/TRACE_FORMAT.md) against the daemon with
     /// real client processes and against the reference model, step by step;
     /// print the first disagreement (exit status 1) or the number of steps.
@@ -80,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             seed,
         } => demo(socket, size_mib, rounds, seed),
         Cmd::Replay { file, socket } => replay_trace(&file, socket),
+        Cmd::Snapshot { id, file, socket, json } => snapshot(id, &file, socket, json),
         Cmd::WriterChild { args } => cohmem_tools::writer::child_main(&args),
     }
 }
@@ -331,4 +346,34 @@ fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Resu
             std::process::exit(1);
         }
     }
+}
+
+fn snapshot(id: u64, file: &std::path::Path, socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+    let conn = connect(socket)?;
+    let (fd, report) = conn.snapshot(id)?;
+    let mut src = std::fs::File::from(fd);
+    let mut dst = std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?;
+    let copied = std::io::copy(&mut src, &mut dst).context("writing the snapshot")?;
+    if as_json {
+        let out = json!({
+            "bo": id, "file": file.display().to_string(), "bytes": copied, "exact": report.exact,
+            "attempts": report.attempts, "blocked_views": report.blocked_views,
+            "unblocked_views": report.unblocked_views,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "BO {id}: {copied} bytes to {} ({}; {} attempt(s), {} view(s) blocked, {} checked only)",
+            file.display(),
+            if report.exact {
+                "exact"
+            } else {
+                "NOT exact: writers could not be held still"
+            },
+            report.attempts,
+            report.blocked_views,
+            report.unblocked_views
+        );
+    }
+    Ok(())
 }
