@@ -48,6 +48,33 @@ impl From<SysError> for TrackError {
     }
 }
 
+/// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
+/// the range's VMAs is reported: appends the written ranges to `out`, and
+/// fails with [`TrackError::Moved`] if part of the range has no VMA (it was
+/// unmapped or moved since it was announced).
+fn written_and_covered(
+    pagemap: &PagemapFile,
+    range: Range<u64>,
+    query: ScanQuery,
+    out: &mut Vec<Range<u64>>,
+) -> Result<(), TrackError> {
+    let mut covered = 0;
+    pagemap.scan_each(range.clone(), query, |r, categories| {
+        covered += r.end - r.start;
+        if categories & PAGE_IS_WRITTEN != 0 {
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+    })?;
+    let len = range.end - range.start;
+    if covered < len {
+        return Err(TrackError::Moved { missing: len - covered });
+    }
+    Ok(())
+}
+
 /// Observes writes to the views of one client process.
 pub trait WriteTracker: Send + Sync {
     /// Which mechanism this is.
@@ -152,22 +179,7 @@ impl WriteTracker for UffdAsyncTracker {
         // One walk that harvests the written pages and also reports every
         // other page of the range: a part that is missing was unmapped or
         // moved, and can never be proven clean again.
-        let mut covered = 0;
-        self.pagemap
-            .scan_each(range.clone(), ScanQuery::HARVEST_ALL, |r, categories| {
-                covered += r.end - r.start;
-                if categories & PAGE_IS_WRITTEN != 0 {
-                    match out.last_mut() {
-                        Some(last) if last.end == r.start => last.end = r.end,
-                        _ => out.push(r),
-                    }
-                }
-            })?;
-        let len = range.end - range.start;
-        if covered < len {
-            return Err(TrackError::Moved { missing: len - covered });
-        }
-        Ok(())
+        written_and_covered(&self.pagemap, range, ScanQuery::HARVEST_ALL, out)
     }
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
@@ -177,21 +189,7 @@ impl WriteTracker for UffdAsyncTracker {
             category_mask: 0,
             return_mask: PAGE_IS_WRITTEN,
         };
-        let mut covered = 0;
-        self.pagemap.scan_each(range.clone(), all, |r, categories| {
-            covered += r.end - r.start;
-            if categories & PAGE_IS_WRITTEN != 0 {
-                match out.last_mut() {
-                    Some(last) if last.end == r.start => last.end = r.end,
-                    _ => out.push(r),
-                }
-            }
-        })?;
-        let len = range.end - range.start;
-        if covered < len {
-            return Err(TrackError::Moved { missing: len - covered });
-        }
-        Ok(())
+        written_and_covered(&self.pagemap, range, all, out)
     }
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
@@ -242,13 +240,7 @@ impl UffdSyncTracker {
             category_mask: 0,
             return_mask: 0,
         };
-        let mut covered = 0;
-        pagemap.scan_each(range.clone(), all, |r, _| covered += r.end - r.start)?;
-        let len = range.end - range.start;
-        if covered < len {
-            return Err(TrackError::Moved { missing: len - covered });
-        }
-        Ok(())
+        written_and_covered(pagemap, range, all, &mut Vec::new())
     }
 }
 
