@@ -42,8 +42,23 @@ impl Mapping {
         map.dont_fork()?;
         let addr = map.addr();
         let uffd = tracking.uffd_for(mechanism)?;
+        let guard = match mechanism {
+            Mechanism::UffdSync => {
+                let g = tracking.sync_guard()?;
+                if g.daemon_gone() {
+                    return Err(ClientError::Disconnected);
+                }
+                Some(g)
+            }
+            _ => None,
+        };
         if let Some(uffd) = uffd {
             uffd.register_wp(addr, len)?;
+        }
+        // Recorded before MAP, so that the daemon's protection can always be
+        // undone if the daemon dies.
+        if let Some(g) = guard {
+            g.add(addr..addr + len);
         }
         let req = Request::Map {
             bo: bo.handle,
@@ -56,6 +71,9 @@ impl Mapping {
             other => {
                 if let Some(uffd) = uffd {
                     let _ = uffd.unregister(addr, len);
+                }
+                if let Some(g) = guard {
+                    g.remove(addr);
                 }
                 return Err(match other {
                     Err(e) => e,
@@ -135,6 +153,11 @@ impl Mapping {
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
+        if self.mechanism == Mechanism::UffdSync {
+            if let Ok(g) = self.tracking.sync_guard() {
+                g.remove(self.map.addr());
+            }
+        }
         let unreg = self.tracking.uffd_for(self.mechanism).and_then(|u| match u {
             Some(u) => Ok(u.unregister(self.map.addr(), self.map.len() as u64)?),
             None => Ok(()),

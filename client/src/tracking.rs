@@ -10,12 +10,15 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::seqpacket::SeqpacketSocket;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 
 use crate::ClientError;
@@ -27,6 +30,78 @@ pub(crate) struct AsyncTracking {
     pub features: u64,
 }
 
+/// Keeps a uffd-sync client from hanging when its daemon dies (DESIGN.md
+/// §5.5): a watcher thread holds a "lifeline" connection to the daemon, and
+/// when it breaks, unprotects every range registered with the synchronous
+/// uffd, which wakes every thread waiting in a write-protect fault. The
+/// mappings then carry on untracked.
+pub(crate) struct SyncGuard {
+    ranges: Mutex<Vec<Range<u64>>>,
+    gone: AtomicBool,
+    closing: AtomicBool,
+    lifeline: SeqpacketSocket,
+    uffd: Userfaultfd,
+}
+
+impl SyncGuard {
+    fn start(daemon: &Path, uffd: &Userfaultfd) -> Result<Arc<Self>, ClientError> {
+        let guard = Arc::new(Self {
+            ranges: Mutex::new(Vec::new()),
+            gone: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            lifeline: SeqpacketSocket::connect(daemon).map_err(|source| ClientError::Connect {
+                path: daemon.to_owned(),
+                source,
+            })?,
+            uffd: Userfaultfd::from_fd(uffd.try_clone_fd()?)?,
+        });
+        let watcher = guard.clone();
+        std::thread::Builder::new()
+            .name("cohmem-lifeline".into())
+            .spawn(move || watcher.watch())
+            .map_err(|e| ClientError::Protocol(format!("cannot start the lifeline thread: {e}")))?;
+        Ok(guard)
+    }
+
+    /// Blocks until the daemon closes the lifeline (it never sends on it).
+    fn watch(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.lifeline.recv(&mut buf) {
+                Ok(r) if r.len > 0 || !r.fds.is_empty() => continue,
+                _ => break,
+            }
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        self.gone.store(true, Ordering::Release);
+        let ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for r in ranges {
+            // Unprotect and wake: nobody will resolve these faults any more.
+            let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
+        }
+    }
+
+    /// True once the daemon is known to be gone.
+    pub fn daemon_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Tracks a range registered with the synchronous uffd.
+    pub fn add(&self, range: Range<u64>) {
+        self.ranges.lock().unwrap_or_else(|p| p.into_inner()).push(range);
+    }
+
+    /// Forgets a range.
+    pub fn remove(&self, start: u64) {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| r.start != start);
+    }
+}
+
 /// This process's tracking fds.
 pub(crate) struct ProcessTracking {
     pub pid: u32,
@@ -35,6 +110,18 @@ pub(crate) struct ProcessTracking {
     pub synchronous: Option<Userfaultfd>,
     /// The synchronous uffd handles kernel-mode faults.
     pub sync_all_faults: bool,
+    /// Started when the daemon picks uffd-sync for this process.
+    sync_guard: OnceLock<Arc<SyncGuard>>,
+    daemon: PathBuf,
+}
+
+impl Drop for ProcessTracking {
+    fn drop(&mut self) {
+        if let Some(g) = self.sync_guard.get() {
+            g.closing.store(true, Ordering::Release);
+            let _ = g.lifeline.shutdown();
+        }
+    }
 }
 
 impl ProcessTracking {
@@ -57,6 +144,19 @@ impl ProcessTracking {
             fds.push(s.as_fd());
         }
         (flags, features, fds)
+    }
+
+    /// The lifeline guard for uffd-sync, started on first use.
+    pub fn sync_guard(&self) -> Result<&Arc<SyncGuard>, ClientError> {
+        if let Some(g) = self.sync_guard.get() {
+            return Ok(g);
+        }
+        let uffd = self
+            .synchronous
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("uffd-sync without a synchronous uffd".into()))?;
+        let g = SyncGuard::start(&self.daemon, uffd)?;
+        Ok(self.sync_guard.get_or_init(|| g))
     }
 
     /// The uffd that mappings are registered with under `mechanism`; `None`
@@ -123,6 +223,8 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         asynchronous,
         synchronous,
         sync_all_faults,
+        sync_guard: OnceLock::new(),
+        daemon: key.clone(),
     });
     map.insert(key, Arc::downgrade(&pt));
     Ok(pt)

@@ -140,6 +140,12 @@ impl SeqpacketSocket {
         })
     }
 
+    /// Shuts both directions down: a blocked `recv` on any copy of this
+    /// socket returns end-of-file.
+    pub fn shutdown(&self) -> Result<()> {
+        nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both).op("shutdown")
+    }
+
     /// True when the error means the peer is gone.
     pub fn is_disconnect(e: &SysError) -> bool {
         matches!(

@@ -1,0 +1,70 @@
+//! DESIGN.md §5.5: daemon death never hangs a client. Threads blocked in a
+//! uffd-sync write-protect fault (which only the daemon resolves) are woken by
+//! the client library when the daemon's lifeline connection breaks, and what
+//! they wrote is in the BO.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cohmem_client::{Connection, Mechanism};
+use cohmem_tests::spawn_daemon_for;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The daemon binary cargo builds with these tests.
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+#[test]
+fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Result<()> {
+    const THREADS: usize = 4;
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdSync)?;
+    let pid = Pid::from_raw(daemon.pid() as i32);
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo((THREADS * ps) as u64)?;
+    let map = Arc::new(bo.map()?);
+    // Hold the daemon still: nobody resolves the writers' faults now.
+    kill(pid, Signal::SIGSTOP)?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (map, done) = (map.clone(), done.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                map.write_u64(t * ps, t as u64 + 1)?;
+                done.fetch_add(1, Ordering::Release);
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        done.load(Ordering::Acquire),
+        0,
+        "the writers must be waiting in their faults"
+    );
+    let t0 = Instant::now();
+    kill(pid, Signal::SIGKILL)?;
+    while done.load(Ordering::Acquire) < THREADS && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let resumed = t0.elapsed();
+    assert_eq!(
+        done.load(Ordering::Acquire),
+        THREADS,
+        "writers still blocked {resumed:?} after the daemon died"
+    );
+    eprintln!("{THREADS} blocked writers resumed {resumed:?} after SIGKILL of the daemon");
+    for w in writers {
+        w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    for t in 0..THREADS {
+        let mut b = [0u8; 8];
+        bo.read_at((t * ps) as u64, &mut b)?;
+        assert_eq!(u64::from_le_bytes(b), t as u64 + 1, "write of thread {t} lost");
+    }
+    // The mapping carries on untracked; new mappings are refused.
+    map.write_u64(0, 99)?;
+    assert!(bo.map().is_err());
+    Ok(())
+}
