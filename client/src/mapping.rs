@@ -159,7 +159,14 @@ impl Mapping {
             }
         }
         let unreg = self.tracking.uffd_for(self.mechanism).and_then(|u| match u {
-            Some(u) => Ok(u.unregister(self.map.addr(), self.map.len() as u64)?),
+            Some(u) => {
+                let (addr, len) = (self.map.addr(), self.map.len() as u64);
+                let r = u.unregister(addr, len);
+                // Unregistering does not wake a thread of ours still waiting
+                // in a write-protect fault here; this does.
+                let _ = u.wake(addr, len);
+                Ok(r?)
+            }
             None => Ok(()),
         });
         match result? {

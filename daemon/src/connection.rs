@@ -764,11 +764,16 @@ impl Session {
             return Err(f);
         }
         // With the state lock held: every tracker operation sees a stable
-        // view list while it holds that lock.
-        bo_arc.structural_change(|| {
-            let _state = bo_arc.state();
-            bo_arc.add_view(view.clone());
-        });
+        // view list while it holds that lock. On the blocking pool: an
+        // exclusive sync may hold the structural lock for a whole upload.
+        let (adder, added) = (bo_arc.clone(), view.clone());
+        run_blocking(move || {
+            adder.structural_change(|| {
+                let _state = adder.state();
+                adder.add_view(added);
+            })
+        })
+        .await?;
         if let Some(h) = self.handles.get_mut(&bo) {
             h.views.insert(view_id, view);
         }
@@ -952,6 +957,7 @@ fn release(daemon: &Daemon, handle: Handle) {
 fn sync_failure(e: SyncError) -> Failure {
     match e {
         SyncError::NoSuchResource(_) | SyncError::BadWindow(_) => fail(ErrorCode::InvalidArgument, e.to_string()),
+        SyncError::TooManyResources(_) => fail(ErrorCode::LimitExceeded, e.to_string()),
         SyncError::Gpu(e) => fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")),
     }
 }

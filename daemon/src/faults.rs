@@ -165,8 +165,10 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
                 .push((view, page)),
             None => {
                 // No view (already unmapped on our side): never leave the
-                // client waiting.
-                let _ = uffd.write_protect(page, ps, false);
+                // client waiting. Only wake: whatever is mapped here now is
+                // not ours to unprotect; a write that faults again reaches
+                // whoever tracks it.
+                let _ = uffd.wake(page, ps);
             }
         }
     }
@@ -187,6 +189,15 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
 /// unprotects it, waking the writer. The caller holds the BO's state lock.
 pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
     let ps = cohmem_sys::page_size();
+    if view.dead.load(std::sync::atomic::Ordering::Acquire) {
+        // The view was removed after the fault was read (or while it was
+        // parked): its address may belong to another mapping now, so only
+        // wake the writer; if it faults again, that fault is current.
+        if let Some(uffd) = view.mm.tracker.fault_uffd() {
+            let _ = uffd.wake(page, ps);
+        }
+        return;
+    }
     let mkwrite = matches!(st.tracker.as_ref().map(|t| t.method), Some(Method::MkWrite));
     let view_page = (page - view.addr) / ps;
     if lock(&view.writable).insert(view_page) && mkwrite {
@@ -197,7 +208,9 @@ pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
     }
     if let Some(uffd) = view.mm.tracker.fault_uffd() {
         if let Err(e) = uffd.write_protect(page, ps, false) {
+            // A failed unprotect does not wake the waiter: wake it anyway.
             tracing::debug!(mm = view.mm.id, error = %e, "unprotecting a faulted page failed");
+            let _ = uffd.wake(page, ps);
         }
     }
 }

@@ -38,6 +38,9 @@ use crate::tracker::TrackError;
 /// Collisions with structural changes after which a sync takes the
 /// exclusive path.
 pub const MAX_SYNC_COLLISIONS: u32 = 3;
+/// Most live resources one BO may carry (each holds a GPU buffer, and for
+/// the software backend an fd and a mapping in the daemon).
+pub const MAX_RESOURCES_PER_BO: usize = 64;
 /// Time after which a colliding sync takes the exclusive path.
 pub const SYNC_RETRY_BOUND: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -53,6 +56,9 @@ pub enum SyncError {
     /// The GPU backend failed (pages kept dirty).
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// The BO already has [`MAX_RESOURCES_PER_BO`] resources.
+    #[error("the BO already has {0} resources (limit MAX_RESOURCES_PER_BO = {MAX_RESOURCES_PER_BO})")]
+    TooManyResources(usize),
 }
 
 /// A view harvested outside the state lock: BO pages written, stale pages,
@@ -299,9 +305,12 @@ impl<'a> SyncEngine<'a> {
         let whole = views
             .iter()
             .any(|v| !v.dead.load(Ordering::Relaxed) && v.mm.tracker.whole_bo());
+        let mut whole_marked = 0;
         if let (true, Some(t)) = (whole, st.tracker.as_mut()) {
             let n = t.dirty.pages();
             t.dirty.record(0..n);
+            // Everything was found written: what a PAGETABLE harvest counts.
+            whole_marked = n;
         }
         let num_marked;
         let mut switched = None;
@@ -313,7 +322,7 @@ impl<'a> SyncEngine<'a> {
                         self.apply_harvest(bo, st, found) + self.harvest_all(bo, st, &eager, true)
                     }
                     None => self.harvest_all(bo, st, views, true),
-                };
+                } + whole_marked;
                 let decision = st
                     .tracker
                     .as_mut()
@@ -441,7 +450,51 @@ impl<'a> SyncEngine<'a> {
         };
         let ps = bo.page_size;
         let runs = t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        self.protect_outside_envelope(bo, st);
         Ok((res, runs))
+    }
+
+    /// After bits left the bitmap without a scan (TRANSFER, CLEAR, CLEAR_ALL,
+    /// or the transfer of a SYNC), MKWRITE: re-protects every writable page
+    /// now outside the envelope. vmwgfx leaves them writable, so a later
+    /// write to one would never be recorded (its transfers always follow a
+    /// scan; ours need not). The pages keep their emulated dirty bit (stale),
+    /// as any re-protected page. The reference model does the same
+    /// (`ModelConfig::protect_outside_envelope`).
+    fn protect_outside_envelope(&self, bo: &Bo, st: &mut BoState) {
+        let Some(t) = st.tracker.as_ref().filter(|t| t.method == Method::MkWrite) else {
+            return;
+        };
+        let envelope = t.dirty.envelope().unwrap_or(0..0);
+        let ps = bo.page_size;
+        for view in bo.views() {
+            if view.dead.load(Ordering::Relaxed) {
+                continue;
+            }
+            let first = view.bo_offset / ps;
+            let mut runs: Vec<Range<u64>> = Vec::new();
+            {
+                let mut writable = lock(&view.writable);
+                let mut stale = lock(&view.stale_dirty);
+                for vp in 0..view.len / ps {
+                    let p = vp + first;
+                    if !envelope.contains(&p) && writable.remove(vp) {
+                        stale.insert(vp);
+                        let addr = view.addr + vp * ps;
+                        match runs.last_mut() {
+                            Some(last) if last.end == addr => last.end = addr + ps,
+                            _ => runs.push(addr..addr + ps),
+                        }
+                    }
+                }
+            }
+            for r in runs {
+                if let Err(e) = view.mm.tracker.protect(r) {
+                    self.unprovable(bo, st, &view, &e);
+                    break;
+                }
+            }
+        }
     }
 
     /// Copies taken runs into their resources without the state lock (writers
@@ -615,8 +668,17 @@ impl<'a> SyncEngine<'a> {
             size: bo.size,
             ..SnapshotReport::default()
         };
+        /// Releases the parked writers however the attempt ends (even by a
+        /// panic), so a quiesce can never hold them forever.
+        struct Release<'e, 'b>(&'e SyncEngine<'e>, &'b Bo);
+        impl Drop for Release<'_, '_> {
+            fn drop(&mut self) {
+                self.0.release_quiesce(self.1);
+            }
+        }
         loop {
             report.attempts += 1;
+            let release = Release(self, bo);
             let views = {
                 let mut st = bo.state();
                 let views = bo.views();
@@ -641,7 +703,7 @@ impl<'a> SyncEngine<'a> {
                     }
                 }
             }
-            self.release_quiesce(bo);
+            drop(release);
             let memfd = copied?;
             report.blocked_views = blocked;
             report.unblocked_views = unblocked;
@@ -714,6 +776,7 @@ impl<'a> SyncEngine<'a> {
             let ps = bo.page_size;
             t.dirty.clear_window(res.window.start / ps..res.window.end / ps);
         }
+        self.protect_outside_envelope(bo, &mut st);
         Ok(())
     }
 
@@ -744,6 +807,7 @@ impl<'a> SyncEngine<'a> {
             let n = t.dirty.pages();
             t.dirty.clear_window(0..n);
         }
+        self.protect_outside_envelope(bo, &mut st);
     }
 
     /// The tracker as vmwgfx would hold it now.
@@ -783,8 +847,15 @@ impl<'a> SyncEngine<'a> {
                 window.start, window.end, bo.size
             )));
         }
+        let live = bo.state().resources.iter().filter(|r| r.is_some()).count();
+        if live >= MAX_RESOURCES_PER_BO {
+            return Err(SyncError::TooManyResources(live));
+        }
+        let gpu_resource = gpu
+            .create_resource(window.end - window.start)
+            .map_err(|e| SyncError::BadWindow(format!("creating the GPU resource: {e}")))?;
         let resource = Arc::new(Resource {
-            gpu: gpu.create_resource(window.end - window.start)?,
+            gpu: gpu_resource,
             window,
         });
         let mut st = bo.state();
@@ -855,6 +926,13 @@ impl<'a> SyncEngine<'a> {
                 (None, None) => {}
             }
             bo.detach_view(view);
+            if view.mm.tracker.eager() {
+                // Nobody resolves faults on a forgotten view: leave it
+                // writable (the client is unmapping it, or its connection is
+                // gone) and wake anyone already waiting.
+                let r = view.range();
+                view.mm.tracker.release(r);
+            }
         });
     }
 }

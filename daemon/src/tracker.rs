@@ -106,6 +106,9 @@ pub trait WriteTracker: Send + Sync {
     fn verify(&self, _range: Range<u64>, _writable: &[Range<u64>]) -> Result<(), TrackError> {
         Ok(())
     }
+    /// Lifts tracking from a range the daemon forgets, waking any thread
+    /// waiting in a fault there (eager mechanisms; best effort).
+    fn release(&self, _range: Range<u64>) {}
     /// True when every sync must treat the whole BO as written (`full`).
     fn whole_bo(&self) -> bool {
         false
@@ -304,6 +307,11 @@ impl WriteTracker for UffdSyncTracker {
 
     fn fault_uffd(&self) -> Option<&Userfaultfd> {
         Some(&self.uffd)
+    }
+
+    fn release(&self, range: Range<u64>) {
+        let _ = self.uffd.write_protect(range.start, range.end - range.start, false);
+        let _ = self.uffd.wake(range.start, range.end - range.start);
     }
 }
 

@@ -180,3 +180,32 @@ fn collisions_with(mechanism: Mechanism) -> anyhow::Result<()> {
     assert!(stats.sync_exclusive > 0, "the exclusive fallback was never taken");
     Ok(())
 }
+
+cohmem_tests::test_each_mechanism!(writes_after_a_scanless_transfer_or_clear_are_not_lost, scanless_with);
+
+/// vmwgfx leaves a page writable when a transfer without a scan clears its
+/// bit, so a later write would never be recorded. The daemon re-protects
+/// such pages: after TRANSFER, CLEAR_RESOURCE or CLEAR_ALL, a write completed
+/// before the next SYNC is in the GPU copy when it returns.
+fn scanless_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo(600 * ps as u64)?; // >= 512 pages: MKWRITE
+    let map = bo.map()?;
+    let res = bo.export_resource(0)?;
+    let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    for (round, op) in ["transfer", "clear", "clearall"].into_iter().enumerate() {
+        let v = round as u64 * 10;
+        map.write_u64(3 * ps, v + 1)?;
+        match op {
+            "transfer" => drop(bo.transfer(0)?),
+            "clear" => bo.clear_resource(0)?,
+            _ => bo.clear_all()?,
+        }
+        map.write_u64(3 * ps, v + 2)?; // completes before SYNC is sent
+        bo.sync()?;
+        assert_eq!(gpu.read_u64(3 * ps)?, v + 2, "{mechanism}: write after {op} lost");
+    }
+    Ok(())
+}

@@ -848,6 +848,7 @@ fn transfer_with_overlapping_resources_reports_once() {
 fn kernel_envelope_quirks() {
     let quirks = ModelConfig {
         kernel_envelope_quirks: true,
+        ..ModelConfig::default()
     };
     // transfer covering both edges: start = limit, end = rs.
     let mut s = Sim::with_config(512, quirks);
@@ -1174,7 +1175,7 @@ proptest! {
         quirks in any::<bool>(),
         ops in ops(),
     ) {
-        let mut model = Model::with_config(n, ModelConfig { kernel_envelope_quirks: quirks });
+        let mut model = Model::with_config(n, ModelConfig { kernel_envelope_quirks: quirks, ..ModelConfig::default() });
         let mut events = vec![Event::Bo { pages: n }];
         for (kind, a, b, c) in ops {
             let ev = valid_event(&model, kind, a, b, c);
@@ -1188,7 +1189,7 @@ proptest! {
         let text: String = events.iter().map(|e| format!("{e}\n")).collect();
         let parsed = parse_trace(&text).unwrap();
         prop_assert_eq!(&parsed, &events);
-        let replay = run_trace_with(ModelConfig { kernel_envelope_quirks: quirks }, &parsed)
+        let replay = run_trace_with(ModelConfig { kernel_envelope_quirks: quirks, ..ModelConfig::default() }, &parsed)
             .map_err(|(i, e)| TestCaseError::fail(format!("{i}: {e}")))?;
         prop_assert_eq!(replay.last().map(|(_, o)| o.clone()), Some(model.observe()));
     }
@@ -1273,4 +1274,24 @@ fn arb_event(max_page: u64) -> impl Strategy<Value = Event> {
         Just(Event::Sync),
         any::<u32>().prop_map(|m| Event::Unmap { m }),
     ]
+}
+
+/// cohmem's deviation (ModelConfig::protect_outside_envelope): a transfer
+/// without a scan re-protects the pages it leaves outside the envelope, so
+/// the next write is recorded; pure vmwgfx misses it.
+#[test]
+fn protect_outside_envelope_records_writes_after_a_scanless_transfer() {
+    let trace = "add 0 0 512\nmap 1 0 512\nwrite 1 3\ntransfer 0\nwrite 1 3";
+    let mut vmw = Sim::new(512);
+    vmw.run(trace);
+    assert!(!vmw.t().bit(3), "vmwgfx misses the second write");
+    let mut safe = Sim::with_config(
+        512,
+        ModelConfig {
+            protect_outside_envelope: true,
+            ..ModelConfig::default()
+        },
+    );
+    safe.run(trace);
+    assert!(safe.t().bit(3), "the safe variant records it");
 }

@@ -61,6 +61,7 @@ nix::ioctl_readwrite!(ioctl_api, 0xAA, 0x3F, uffdio_api);
 nix::ioctl_readwrite!(ioctl_register, 0xAA, 0x00, uffdio_register);
 nix::ioctl_read!(ioctl_unregister, 0xAA, 0x01, uffdio_range);
 nix::ioctl_readwrite!(ioctl_writeprotect, 0xAA, 0x06, uffdio_writeprotect);
+nix::ioctl_read!(ioctl_wake, 0xAA, 0x02, uffdio_range);
 
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
 const UFFD_MSG_SIZE: usize = 32;
@@ -214,6 +215,15 @@ impl Userfaultfd {
         Ok(())
     }
 
+    /// Wakes threads waiting in a fault on `[addr, addr+len)` without
+    /// changing any protection (works on unregistered ranges too).
+    pub fn wake(&self, addr: u64, len: u64) -> Result<()> {
+        let mut arg = uffdio_range { start: addr, len };
+        // SAFETY: `arg` is a valid uffdio_range; the kernel only reads it.
+        unsafe { ioctl_wake(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_WAKE")?;
+        Ok(())
+    }
+
     /// Reads pending fault messages without blocking; appends WP faults to
     /// `out` and returns how many messages were read (0 when none is pending).
     pub fn read_faults(&self, out: &mut Vec<WpFault>) -> Result<usize> {
@@ -222,12 +232,23 @@ impl Userfaultfd {
             Ok(n) => {
                 let msgs = n / UFFD_MSG_SIZE;
                 for m in buf[..msgs * UFFD_MSG_SIZE].chunks_exact(UFFD_MSG_SIZE) {
-                    if u32::from(m[0]) == linux_raw_sys::general::UFFD_EVENT_PAGEFAULT {
-                        let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]));
-                        out.push(WpFault {
+                    let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]));
+                    match u32::from(m[0]) {
+                        linux_raw_sys::general::UFFD_EVENT_PAGEFAULT => out.push(WpFault {
                             flags: word(8),
                             address: word(16),
-                        });
+                        }),
+                        linux_raw_sys::general::UFFD_EVENT_FORK => {
+                            // The kernel installed the child's new uffd in
+                            // our fd table; we never asked for it.
+                            let fd = u32::from_le_bytes(m[8..12].try_into().unwrap_or([0; 4]));
+                            if let Ok(fd) = i32::try_from(fd) {
+                                // SAFETY: the kernel just installed this fd for
+                                // us with this message; nothing else owns it.
+                                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Ok(msgs)

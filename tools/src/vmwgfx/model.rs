@@ -215,6 +215,13 @@ pub struct ModelConfig {
     /// `pre_unmap` on an empty envelope seeds its local envelope with
     /// `(e - s, 0)` (§4.4 quirk, §6.2).
     pub kernel_envelope_quirks: bool,
+    /// cohmem's one deliberate deviation from vmwgfx (`false` = vmwgfx): in
+    /// MKWRITE, a transfer or clear re-protects every writable PTE left
+    /// outside the envelope. vmwgfx leaves them writable, so a later write
+    /// to such a page is never recorded when a transfer is not preceded by a
+    /// scan; cohmem exposes TRANSFER and CLEAR to clients, so it closes that
+    /// hole (the PTE stays dirty, as any re-protected PTE).
+    pub protect_outside_envelope: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -725,6 +732,17 @@ impl Model {
             t.end = rs;
         }
         self.normalize();
+        if self.config.protect_outside_envelope && self.method() == Some(Method::MkWrite) {
+            let (start, end) = self.tracker.as_ref().map_or((0, 0), |t| (t.start, t.end));
+            for map in self.mappings.values_mut() {
+                for (i, pte) in map.ptes.iter_mut().enumerate() {
+                    let page = map.first + i as u64;
+                    if pte.present && pte.writable && (start >= end || page < start || page >= end) {
+                        pte.writable = false;
+                    }
+                }
+            }
+        }
         runs
     }
 
