@@ -438,3 +438,82 @@ fn clients_killed_mid_request_cost_the_daemon_nothing() -> anyhow::Result<()> {
     assert!(daemon.is_running());
     Ok(())
 }
+
+#[test]
+fn fork_events_on_a_sync_uffd_cost_the_daemon_no_fds() -> anyhow::Result<()> {
+    // A client may enable UFFD_FEATURE_EVENT_FORK on the uffd it hands over;
+    // every fork then delivers a new uffd fd to whoever reads the messages.
+    // The daemon closes those instead of collecting them.
+    use cohmem_proto::{Mechanism, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_SYNC_UFFD};
+    const EVENT_FORK: u64 = 1 << 1;
+    let daemon = spawn_daemon(DAEMON)?;
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let c = RawClient::connect_hello(daemon.socket())?;
+    let (uffd, _) = Userfaultfd::open(UffdFlavor::AllFaults, EVENT_FORK, EVENT_FORK)?;
+    let flags = ATTACH_WITH_SYNC_UFFD
+        | ATTACH_SYNC_ALL_FAULTS
+        | (u32::from(Mechanism::UffdSync as u16) << ATTACH_MECHANISM_SHIFT);
+    let attach = Request::AttachMm {
+        token: 42,
+        uffd_features: 0,
+        flags,
+    };
+    let (r, _) = c.call(2, &attach, &[uffd.as_fd()])?;
+    assert!(matches!(r, Reply::MmAttached { .. }), "{r:?}");
+    // SAFETY: a fresh private anonymous page, registered so that forks
+    // report to the uffd.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    uffd.register_wp(p as u64, 4096)?;
+    let before = fds(daemon.pid());
+    for _ in 0..100 {
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fds(daemon.pid());
+    assert!(
+        after < before + 10,
+        "the daemon went from {before} to {after} fds after 100 forks"
+    );
+    Ok(())
+}
+
+#[test]
+fn resources_per_bo_are_limited() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(4 * ps)?; // already has its default resource
+    let mut added = 1;
+    let err = loop {
+        match bo.add_resource(0, ps) {
+            Ok(_) => added += 1,
+            Err(e) => break e,
+        }
+        assert!(added <= 64, "no limit on resources");
+    };
+    assert_eq!(err.code(), Some(ErrorCode::LimitExceeded), "{err}");
+    assert!(err.to_string().contains("64"), "the error names the limit: {err}");
+    assert_eq!(added, 64);
+    Ok(())
+}
