@@ -47,6 +47,14 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
+    // The view offset of BO page `p`, if this view maps it.
+    let in_view = |p: u64| -> anyhow::Result<usize> {
+        (p * ps)
+            .checked_sub(offset)
+            .filter(|a| a + ps <= len)
+            .map(|a| a as usize)
+            .with_context(|| format!("page {p} is outside this view"))
+    };
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let mut words = line.split_whitespace();
@@ -55,23 +63,14 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                 let seed: u64 = words.next().context("seed")?.parse()?;
                 for p in words {
                     let p: u64 = p.parse()?;
-                    let at = (p * ps)
-                        .checked_sub(offset)
-                        .filter(|a| a + ps <= len)
-                        .with_context(|| format!("page {p} is outside this view"))?;
                     page_pattern(seed, p, &mut page);
-                    map.write(at as usize, &page)?;
+                    map.write(in_view(p)?, &page)?;
                 }
                 writeln!(out, "ok")?;
             }
             Some("read") => {
                 for p in words {
-                    let p: u64 = p.parse()?;
-                    let at = (p * ps)
-                        .checked_sub(offset)
-                        .filter(|a| a + ps <= len)
-                        .with_context(|| format!("page {p} is outside this view"))?;
-                    map.read(at as usize, &mut page)?;
+                    map.read(in_view(p.parse()?)?, &mut page)?;
                 }
                 writeln!(out, "ok")?;
             }

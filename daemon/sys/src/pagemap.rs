@@ -201,13 +201,10 @@ mod tests {
     use crate::memfd::Memfd;
     use crate::uffd::{features, UffdFlavor, Userfaultfd};
 
-    /// More runs than one ioctl call returns: the scan must continue from
-    /// `walk_end` and still report every page (pagemap_ioctl.c's "every
-    /// other page" and walk_end cases).
-    #[test]
-    fn harvest_continues_from_walk_end_across_calls() {
+    /// A memfd mapping of `pages` pages, registered with a WP_ASYNC uffd and
+    /// write-protected, and this process's pagemap.
+    fn protected_mapping(pages: u64) -> (Memfd, SharedMapping, Userfaultfd, PagemapFile) {
         let ps = crate::page_size();
-        let pages = 4 * REGIONS_PER_CALL as u64;
         let m = Memfd::create_sealed("t", pages * ps).unwrap();
         let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
         let (uffd, _) = Userfaultfd::open(
@@ -216,10 +213,20 @@ mod tests {
             features::WP_ASYNC,
         )
         .unwrap();
-        let pm = PagemapFile::open_self().unwrap();
+        uffd.register_wp(map.addr(), pages * ps).unwrap();
+        uffd.write_protect(map.addr(), pages * ps, true).unwrap();
+        (m, map, uffd, PagemapFile::open_self().unwrap())
+    }
+
+    /// More runs than one ioctl call returns: the scan must continue from
+    /// `walk_end` and still report every page (pagemap_ioctl.c's "every
+    /// other page" and walk_end cases).
+    #[test]
+    fn harvest_continues_from_walk_end_across_calls() {
+        let ps = crate::page_size();
+        let pages = 4 * REGIONS_PER_CALL as u64;
+        let (_m, map, _uffd, pm) = protected_mapping(pages);
         let (base, len) = (map.addr(), pages * ps);
-        uffd.register_wp(base, len).unwrap();
-        uffd.write_protect(base, len, true).unwrap();
         for p in (0..pages).step_by(2) {
             map.write_u64((p * ps) as usize, p).unwrap();
         }
@@ -241,18 +248,8 @@ mod tests {
     fn harvest_all_reports_written_pages_and_coverage() {
         let ps = crate::page_size();
         let pages = 64u64;
-        let m = Memfd::create_sealed("t", pages * ps).unwrap();
-        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
-        let (uffd, _) = Userfaultfd::open(
-            UffdFlavor::UserModeOnly,
-            features::WP_ASYNC | features::WP_UNPOPULATED,
-            features::WP_ASYNC,
-        )
-        .unwrap();
-        let pm = PagemapFile::open_self().unwrap();
+        let (_m, map, _uffd, pm) = protected_mapping(pages);
         let (base, len) = (map.addr(), pages * ps);
-        uffd.register_wp(base, len).unwrap();
-        uffd.write_protect(base, len, true).unwrap();
         map.write_u64((5 * ps) as usize, 1).unwrap();
         let (mut covered, mut written) = (0, Vec::new());
         pm.scan_each(base..base + len, ScanQuery::HARVEST_ALL, |r, c| {
