@@ -161,6 +161,9 @@ impl ConnInner {
             (other, _) => return Err(unexpected("ATTACH_MM", &other)),
         };
         pt.uffd_for(mechanism)?;
+        if mechanism == Mechanism::SoftDirty {
+            crate::tracking::claim_soft_dirty(&pt)?;
+        }
         *slot = Some((pt.clone(), mechanism));
         Ok((pt, mechanism))
     }

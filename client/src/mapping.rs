@@ -43,7 +43,7 @@ impl Mapping {
         let addr = map.addr();
         let uffd = tracking.uffd_for(mechanism)?;
         let guard = match mechanism {
-            Mechanism::UffdSync => {
+            Mechanism::UffdSync | Mechanism::SoftDirty => {
                 let g = tracking.sync_guard()?;
                 if g.daemon_gone() {
                     return Err(ClientError::Disconnected);
@@ -153,7 +153,7 @@ impl Mapping {
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
-        if self.mechanism == Mechanism::UffdSync {
+        if matches!(self.mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
             if let Ok(g) = self.tracking.sync_guard() {
                 g.remove(self.map.addr());
             }

@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
+use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::seqpacket::SeqpacketSocket;
+use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 
 use crate::ClientError;
@@ -110,6 +111,8 @@ pub(crate) struct ProcessTracking {
     pub synchronous: Option<Userfaultfd>,
     /// The synchronous uffd handles kernel-mode faults.
     pub sync_all_faults: bool,
+    /// `/proc/self/pagemap` and `/proc/self/clear_refs`, for soft-dirty.
+    pub soft_dirty: Option<(PagemapFile, ClearRefs)>,
     /// Started when the daemon picks uffd-sync for this process.
     sync_guard: OnceLock<Arc<SyncGuard>>,
     daemon: PathBuf,
@@ -143,6 +146,11 @@ impl ProcessTracking {
             }
             fds.push(s.as_fd());
         }
+        if let (Some((pagemap, clear_refs)), Some(_)) = (&self.soft_dirty, &self.synchronous) {
+            flags |= ATTACH_WITH_CLEAR_REFS;
+            fds.push(pagemap.as_fd());
+            fds.push(clear_refs.as_fd());
+        }
         (flags, features, fds)
     }
 
@@ -167,7 +175,7 @@ impl ProcessTracking {
         }
         let uffd = match mechanism {
             Mechanism::UffdAsync => self.asynchronous.as_ref().map(|a| &a.uffd),
-            Mechanism::UffdSync => self.synchronous.as_ref(),
+            Mechanism::UffdSync | Mechanism::SoftDirty => self.synchronous.as_ref(),
             _ => None,
         };
         uffd.map(Some)
@@ -223,11 +231,43 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         asynchronous,
         synchronous,
         sync_all_faults,
+        soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
         sync_guard: OnceLock::new(),
         daemon: key.clone(),
     });
     map.insert(key, Arc::downgrade(&pt));
     Ok(pt)
+}
+
+/// clear_refs clears the soft-dirty bits of the whole process, so only one
+/// daemon per process may track it with soft-dirty: the first that asks.
+static SOFT_DIRTY_OWNER: Mutex<Option<(PathBuf, u32)>> = Mutex::new(None);
+
+/// Claims soft-dirty for the daemon of `tracking` once that daemon chose it:
+/// fails if another daemon's live tracking of this process holds it.
+pub(crate) fn claim_soft_dirty(tracking: &ProcessTracking) -> Result<(), ClientError> {
+    let alive = |d: &Path| {
+        PROCESS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|m| m.get(d))
+            .is_some_and(|w| w.strong_count() > 0)
+    };
+    let mut owner = SOFT_DIRTY_OWNER.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if let Some((d, p)) = owner.as_ref() {
+        if *p == pid && *d != tracking.daemon && alive(d) {
+            return Err(ClientError::Protocol(format!(
+                "the daemon at {} already tracks this process with soft-dirty, which clear_refs makes \
+                 process-wide; use another mechanism for the daemon at {}",
+                d.display(),
+                tracking.daemon.display()
+            )));
+        }
+    }
+    *owner = Some((tracking.daemon.clone(), pid));
+    Ok(())
 }
 
 /// The mechanism this process asks for: `$COHMEM_MECHANISM`
@@ -237,6 +277,7 @@ pub(crate) fn requested_mechanism() -> Result<Mechanism, ClientError> {
         Err(_) | Ok("") | Ok("auto") => Ok(Mechanism::None),
         Ok("uffd-async") => Ok(Mechanism::UffdAsync),
         Ok("uffd-sync") => Ok(Mechanism::UffdSync),
+        Ok("soft-dirty") => Ok(Mechanism::SoftDirty),
         Ok("full") => Ok(Mechanism::Full),
         Ok("explicit") => Ok(Mechanism::Explicit),
         Ok(other) => Err(ClientError::Protocol(format!(

@@ -27,7 +27,8 @@ struct Args {
     gpu: GpuChoice,
     /// Write-tracking mechanism for every client: `auto` (uffd-async where it
     /// works, else uffd-sync), `uffd-async`, `uffd-sync`, `full` (no
-    /// tracking, copy everything) or `explicit` (clients report damage).
+    /// tracking, copy everything), `explicit` (clients report damage) or
+    /// `soft-dirty` (never chosen by `auto`: it needs writers quiesced).
     #[arg(long, default_value = "auto", value_parser = parse_mechanism)]
     mechanism: MechanismArg,
     /// Largest BO a client may create, in bytes.
@@ -52,11 +53,9 @@ fn parse_mechanism(s: &str) -> Result<MechanismArg, String> {
         "uffd-sync" => Ok(MechanismArg(Some(Mechanism::UffdSync))),
         "full" => Ok(MechanismArg(Some(Mechanism::Full))),
         "explicit" => Ok(MechanismArg(Some(Mechanism::Explicit))),
-        "soft-dirty" => {
-            Err("soft-dirty tracking is not implemented (`cohmemctl caps` shows whether this kernel offers it)".into())
-        }
+        "soft-dirty" => Ok(MechanismArg(Some(Mechanism::SoftDirty))),
         other => Err(format!(
-            "unknown mechanism {other:?} (auto, uffd-async, uffd-sync, full, explicit)"
+            "unknown mechanism {other:?} (auto, uffd-async, uffd-sync, soft-dirty, full, explicit)"
         )),
     }
 }

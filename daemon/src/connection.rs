@@ -16,8 +16,8 @@ use std::sync::Arc;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
-    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD,
-    CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
+    ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::pagemap::PagemapFile;
@@ -29,7 +29,10 @@ use crate::bo::{Bo, View};
 use crate::mm::{MmKey, MmSubscription};
 use crate::server::{ConnectionInfo, Daemon};
 use crate::sync::{SyncEngine, SyncError};
-use crate::tracker::{ExplicitTracker, FullTracker, TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
+use crate::tracker::{
+    ExplicitTracker, FullTracker, SoftDirtyTracker, TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker,
+};
+use cohmem_sys::softdirty::ClearRefs;
 
 /// How long a quiesce may wait for its turn and keep retrying.
 const QUIESCE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
@@ -492,7 +495,11 @@ impl Session {
     }
 
     fn attach_mm(&mut self, token: u64, uffd_features: u64, flags: u32, fds: Vec<OwnedFd>) -> Outcome {
-        let known = ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_SYNC_ALL_FAULTS | (0xff << ATTACH_MECHANISM_SHIFT);
+        let known = ATTACH_WITH_FDS
+            | ATTACH_WITH_SYNC_UFFD
+            | ATTACH_SYNC_ALL_FAULTS
+            | ATTACH_WITH_CLEAR_REFS
+            | (0xff << ATTACH_MECHANISM_SHIFT);
         if flags & !known != 0 {
             return Err(fail(
                 ErrorCode::InvalidArgument,
@@ -546,8 +553,23 @@ impl Session {
         } else {
             None
         };
+        let soft_dirty_fds = if flags & ATTACH_WITH_CLEAR_REFS != 0 {
+            fds.next().zip(fds.next())
+        } else {
+            None
+        };
         let choice = self.choose_mechanism(requested, async_fds.is_some(), sync_fd.is_some(), flags, uffd_features)?;
         let tracker: Box<dyn WriteTracker> = match choice {
+            Mechanism::SoftDirty => {
+                let (Some(fd), Some((pagemap_fd, clear_refs_fd))) = (sync_fd, soft_dirty_fds) else {
+                    return Err(fail(ErrorCode::Internal, "soft-dirty fds vanished"));
+                };
+                let uffd =
+                    Userfaultfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, format!("synchronous uffd: {e}")))?;
+                let pagemap = PagemapFile::from_fd_unchecked(pagemap_fd);
+                self.check_pagemap_owner(&pagemap)?;
+                Box::new(SoftDirtyTracker::new(uffd, pagemap, ClearRefs::from_fd(clear_refs_fd)))
+            }
             Mechanism::Full => Box::new(FullTracker),
             Mechanism::Explicit => Box::new(ExplicitTracker),
             Mechanism::UffdAsync => {
@@ -658,16 +680,22 @@ impl Session {
                 .map(|()| Mechanism::UffdSync)
                 .map_err(|w| unsupported(Mechanism::UffdSync, w)),
             Some(m @ (Mechanism::Full | Mechanism::Explicit)) => Ok(m),
-            Some(Mechanism::SoftDirty) => Err(unsupported(
-                Mechanism::SoftDirty,
-                if kernel.soft_dirty.ok {
-                    "soft-dirty tracking is not implemented by this daemon (it needs writers quiesced around \
-                     every whole-process clear_refs)"
-                        .into()
-                } else {
-                    format!("this kernel does not offer it: {}", kernel.soft_dirty.detail)
-                },
-            )),
+            Some(Mechanism::SoftDirty) => {
+                let ok = || -> Result<(), String> {
+                    if !kernel.soft_dirty.ok {
+                        return Err(format!("this kernel does not offer it: {}", kernel.soft_dirty.detail));
+                    }
+                    // Exact only with writers quiesced, which needs a
+                    // synchronous uffd that handles kernel faults too.
+                    sync_ok()?;
+                    if flags & ATTACH_WITH_CLEAR_REFS == 0 {
+                        return Err("the client sent no pagemap and clear_refs fds".into());
+                    }
+                    Ok(())
+                };
+                ok().map(|()| Mechanism::SoftDirty)
+                    .map_err(|w| unsupported(Mechanism::SoftDirty, w))
+            }
             Some(Mechanism::None) => Err(unsupported(Mechanism::None, "no mechanism named".into())),
             None => match (async_ok(), sync_ok()) {
                 (Ok(()), _) => Ok(Mechanism::UffdAsync),

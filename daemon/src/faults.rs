@@ -157,6 +157,9 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
     let mut by_bo: HashMap<u64, BoFaults> = HashMap::new();
     for f in faults {
         let page = f.address & !(ps - 1);
+        if mm.tracker.park(page) {
+            continue;
+        }
         match mm.view_at(page).and_then(|v| v.bo.upgrade().map(|b| (v, b))) {
             Some((view, bo)) => by_bo
                 .entry(bo.id)

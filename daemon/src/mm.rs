@@ -68,6 +68,15 @@ impl MmSubscription {
         self.views().remove(&addr);
     }
 
+    /// Address ranges of the live views.
+    pub fn view_ranges(&self) -> Vec<Range<u64>> {
+        self.views()
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|v| v.range())
+            .collect()
+    }
+
     /// The view containing `addr`, if any.
     pub fn view_at(&self, addr: u64) -> Option<Arc<View>> {
         let views = self.views();
@@ -122,6 +131,7 @@ impl MmRegistry {
             tracker,
             views: Mutex::new(BTreeMap::new()),
         });
+        sub.tracker.bind_mm(Arc::downgrade(&sub));
         if let Some(reg) = faults.register(&sub)? {
             let _ = sub.fault_registration.set(reg);
         }

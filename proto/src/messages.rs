@@ -207,6 +207,10 @@ pub const ATTACH_WITH_SYNC_UFFD: u32 = 2;
 /// (created without `UFFD_USER_MODE_ONLY`), so `read(2)` into a protected page
 /// waits for the daemon instead of failing with EFAULT.
 pub const ATTACH_SYNC_ALL_FAULTS: u32 = 4;
+/// Flag of ATTACH_MM: for the soft-dirty mechanism, the process's
+/// `/proc/self/pagemap` and `/proc/self/clear_refs` (opened for writing) are
+/// attached last (2 fds; kernels without WP_ASYNC send no other pagemap).
+pub const ATTACH_WITH_CLEAR_REFS: u32 = 16;
 /// ATTACH_MM flags bits 8..16: the [`Mechanism`] the client asks for (0 =
 /// the daemon's choice).
 pub const ATTACH_MECHANISM_SHIFT: u32 = 8;
@@ -736,7 +740,9 @@ impl Request {
         match self {
             Self::ImportBo => (1, 1),
             Self::AttachMm { flags, .. } => {
-                let n = 2 * usize::from(flags & ATTACH_WITH_FDS != 0) + usize::from(flags & ATTACH_WITH_SYNC_UFFD != 0);
+                let n = 2 * usize::from(flags & ATTACH_WITH_FDS != 0)
+                    + usize::from(flags & ATTACH_WITH_SYNC_UFFD != 0)
+                    + 2 * usize::from(flags & ATTACH_WITH_CLEAR_REFS != 0);
                 (n, n)
             }
             _ => (0, 0),

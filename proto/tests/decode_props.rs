@@ -1520,7 +1520,7 @@ fn documented_constants() {
     );
     assert_eq!(
         (MAX_STATS_CONNECTIONS, MAX_STATS_BOS, MAX_BO_SIZE, MAX_FDS),
-        (256, 256, 64 << 30, 3)
+        (256, 256, 64 << 30, 5)
     );
 }
 
@@ -1553,7 +1553,12 @@ fn documented_fd_counts() {
     let ask = |m: Mechanism| (m as u32) << ATTACH_MECHANISM_SHIFT;
     assert_eq!(attach(ask(Mechanism::UffdSync)).fd_count(), (0, 0));
     assert_eq!(attach(ask(Mechanism::UffdAsync) | ATTACH_WITH_FDS).fd_count(), (2, 2));
-    assert_eq!(MAX_FDS, 3, "ATTACH_MM with both offers carries MAX_FDS fds");
+    assert_eq!(attach(ATTACH_WITH_CLEAR_REFS).fd_count(), (2, 2));
+    assert_eq!(
+        attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_WITH_CLEAR_REFS).fd_count(),
+        (5, 5)
+    );
+    assert_eq!(MAX_FDS, 5, "ATTACH_MM with every offer carries MAX_FDS fds");
     assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
     assert_eq!(Request::ExportResource { bo: 1, index: 0 }.fd_count(), (0, 0));
     let tracker_requests = [

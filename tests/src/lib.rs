@@ -41,8 +41,53 @@ macro_rules! test_each_mechanism {
             fn uffd_sync() -> anyhow::Result<()> {
                 super::$body(cohmem_client::Mechanism::UffdSync)
             }
+            /// Where the kernel has no soft-dirty, checks instead that the
+            /// daemon refuses it and says why (never silently).
+            #[test]
+            fn soft_dirty() -> anyhow::Result<()> {
+                if !$crate::soft_dirty_available() {
+                    return $crate::expect_soft_dirty_refused(super::DAEMON);
+                }
+                // clear_refs acts on the whole test process: one at a time.
+                let _one = $crate::soft_dirty_serial();
+                super::$body(cohmem_client::Mechanism::SoftDirty)
+            }
         }
     };
+}
+
+static SOFT_DIRTY_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serialises soft-dirty tests of one test process: `clear_refs` clears the
+/// bits of the whole process, so two daemons tracking it at once would each
+/// destroy the other's state (the client library lets only one daemon per
+/// process use soft-dirty).
+pub fn soft_dirty_serial() -> std::sync::MutexGuard<'static, ()> {
+    SOFT_DIRTY_SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether this kernel sets soft-dirty bits (a real probe).
+pub fn soft_dirty_available() -> bool {
+    cohmem_sys::probe::probe_all().soft_dirty.ok
+}
+
+/// On a kernel without soft-dirty: a daemon asked for it refuses a client's
+/// mapping with a typed error that names the reason.
+pub fn expect_soft_dirty_refused(test_daemon: &str) -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(test_daemon, cohmem_client::Mechanism::SoftDirty)?;
+    let conn = cohmem_client::Connection::connect(daemon.socket())?;
+    let bo = conn.create_bo(cohmem_sys::page_size())?;
+    match bo.map() {
+        Ok(_) => anyhow::bail!("soft-dirty was accepted on a kernel without it"),
+        Err(e) => {
+            anyhow::ensure!(
+                e.code() == Some(cohmem_client::ErrorCode::Unsupported) && e.to_string().contains("soft-dirty"),
+                "unclear refusal: {e}"
+            );
+            eprintln!("soft-dirty unavailable here, refused as expected: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// [`spawn_daemon`] with extra daemon arguments.

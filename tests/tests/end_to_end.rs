@@ -458,19 +458,3 @@ fn explicit_mechanism_uploads_exactly_the_reported_damage() -> anyhow::Result<()
     assert_eq!(err.code(), Some(cohmem_client::ErrorCode::InvalidArgument));
     Ok(())
 }
-
-#[test]
-fn soft_dirty_is_refused_with_its_reason_not_silently() -> anyhow::Result<()> {
-    // soft-dirty is probed (`cohmemctl caps`) but not implemented: asking for
-    // it is an error that says so, never a silent fallback.
-    let out = std::process::Command::new(DAEMON)
-        .args(["--socket", "/nonexistent/cohmem.sock", "--mechanism", "soft-dirty"])
-        .output()?;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("soft-dirty") && stderr.contains("not implemented"),
-        "{stderr}"
-    );
-    Ok(())
-}

@@ -26,13 +26,24 @@ fn writer() -> WriterCommand {
 }
 
 /// The mechanisms this host offers; every trace runs under each.
-const MECHANISMS: [Mechanism; 2] = [Mechanism::UffdAsync, Mechanism::UffdSync];
+fn mechanisms() -> Vec<Mechanism> {
+    let caps = cohmem_sys::probe::probe_all();
+    [
+        (Mechanism::UffdAsync, caps.uffd_async.ok),
+        (Mechanism::UffdSync, caps.uffd_sync.ok),
+        (Mechanism::SoftDirty, caps.soft_dirty.ok),
+    ]
+    .into_iter()
+    .filter_map(|(m, ok)| ok.then_some(m))
+    .collect()
+}
 
 /// Replays `trace` against a fresh daemon and the model, once per
 /// mechanism; panics on the first disagreement.
 fn agree(trace: &str) {
     let events = parse_trace(trace).unwrap_or_else(|e| panic!("bad trace: {e}"));
-    for mechanism in MECHANISMS {
+    for mechanism in mechanisms() {
+        let _one = (mechanism == Mechanism::SoftDirty).then(cohmem_tests::soft_dirty_serial);
         let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
         match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
             Ok(steps) => assert_eq!(steps, events.len()),
@@ -222,7 +233,8 @@ proptest! {
         let mut rng = SplitMix64::new(seed);
         let events = random_trace(&mut rng, pages, 60);
         let text: String = events.iter().map(|e| format!("{e}\n")).collect();
-        for mechanism in MECHANISMS {
+        for mechanism in mechanisms() {
+            let _one = (mechanism == Mechanism::SoftDirty).then(cohmem_tests::soft_dirty_serial);
             let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
             match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
                 Ok(_) => {}

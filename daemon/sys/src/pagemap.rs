@@ -89,6 +89,13 @@ impl PagemapFile {
         Ok(Self { file })
     }
 
+    /// Adopts a pagemap fd without the PAGEMAP_SCAN check (kernels before 6.7
+    /// have no PAGEMAP_SCAN; entries are still readable, and
+    /// [`PagemapFile::owner_pid`] still identifies the file).
+    pub fn from_fd_unchecked(fd: OwnedFd) -> Self {
+        Self { file: File::from(fd) }
+    }
+
     /// Adopts a pagemap fd received from a client. The fd is checked with a
     /// zero-length `PAGEMAP_SCAN`, which only a pagemap file accepts.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
@@ -173,6 +180,32 @@ impl PagemapFile {
             .read_exact_at(&mut b, addr / page_size * 8)
             .map_err(|e| SysError::os("pread(pagemap)", errno_of(&e)))?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Pages of `[range.start, range.end)` whose pagemap entry has the
+    /// soft-dirty bit (55) set, as page indices from `range.start`. Reads the
+    /// 64-bit entries in chunks (works without PAGEMAP_SCAN, e.g. on 6.1).
+    pub fn soft_dirty_pages(&self, range: Range<u64>, page_size: u64) -> Result<Vec<u64>> {
+        const CHUNK: u64 = 4096;
+        let pages = (range.end - range.start) / page_size;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; (CHUNK * 8) as usize];
+        let mut done = 0;
+        while done < pages {
+            let n = (pages - done).min(CHUNK);
+            let bytes = &mut buf[..(n * 8) as usize];
+            self.file
+                .read_exact_at(bytes, (range.start / page_size + done) * 8)
+                .map_err(|e| SysError::os("pread(pagemap)", errno_of(&e)))?;
+            for (i, e) in bytes.chunks_exact(8).enumerate() {
+                let entry = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                if entry & PM_SOFT_DIRTY != 0 {
+                    out.push(done + i as u64);
+                }
+            }
+            done += n;
+        }
+        Ok(out)
     }
 
     /// Duplicates the fd (to hand it to the daemon).

@@ -43,3 +43,9 @@ impl ClearRefs {
             .map_err(|e| SysError::os("write(clear_refs)", errno_of(&e)))
     }
 }
+
+impl std::os::fd::AsFd for ClearRefs {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
