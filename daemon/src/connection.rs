@@ -685,6 +685,17 @@ impl Session {
                     if !kernel.soft_dirty.ok {
                         return Err(format!("this kernel does not offer it: {}", kernel.soft_dirty.detail));
                     }
+                    // The quiesce write-protects every view; without
+                    // WP_UNPOPULATED (before 6.7) never-touched pages stay
+                    // writable, so a write between read and clear is lost (the
+                    // 6.1 VM runs lost writes exactly so).
+                    if kernel.uffd_features & features::WP_UNPOPULATED == 0 {
+                        return Err(
+                            "quiescing writers needs UFFD_FEATURE_WP_UNPOPULATED, which this kernel lacks \
+                                    (never-touched pages could not be held still)"
+                                .into(),
+                        );
+                    }
                     // Exact only with writers quiesced, which needs a
                     // synchronous uffd that handles kernel faults too.
                     sync_ok()?;

@@ -66,9 +66,11 @@ pub fn soft_dirty_serial() -> std::sync::MutexGuard<'static, ()> {
     SOFT_DIRTY_SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether this kernel sets soft-dirty bits (a real probe).
+/// Whether the daemon offers soft-dirty here: the kernel sets soft-dirty
+/// bits (a real probe) and can write-protect unpopulated pages (the quiesce).
 pub fn soft_dirty_available() -> bool {
-    cohmem_sys::probe::probe_all().soft_dirty.ok
+    let caps = cohmem_sys::probe::probe_all();
+    caps.soft_dirty.ok && caps.uffd_features & cohmem_sys::uffd::features::WP_UNPOPULATED != 0
 }
 
 /// On a kernel without soft-dirty: a daemon asked for it refuses a client's

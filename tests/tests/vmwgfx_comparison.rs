@@ -31,7 +31,7 @@ fn mechanisms() -> Vec<Mechanism> {
     [
         (Mechanism::UffdAsync, caps.uffd_async.ok),
         (Mechanism::UffdSync, caps.uffd_sync.ok),
-        (Mechanism::SoftDirty, caps.soft_dirty.ok),
+        (Mechanism::SoftDirty, cohmem_tests::soft_dirty_available()),
     ]
     .into_iter()
     .filter_map(|(m, ok)| ok.then_some(m))
