@@ -51,6 +51,21 @@ impl SyncResult {
     }
 }
 
+/// What [`Connection::set_mechanism`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MechanismSwitch {
+    /// Mechanism before.
+    pub from: Mechanism,
+    /// Mechanism now.
+    pub to: Mechanism,
+    /// Whether the new mechanism is exact under concurrent writers.
+    pub exact: bool,
+    /// Mappings (of every connection of this process) moved.
+    pub views: u32,
+    /// Pages the switch marked dirty that were not.
+    pub extra_pages: u64,
+}
+
 /// An exported GPU resource.
 #[derive(Debug)]
 pub struct ExportedResource {
@@ -72,7 +87,7 @@ pub(crate) struct ConnInner {
     pub caps: u64,
     pub page_size: u64,
     pub max_bo_size: u64,
-    tracking: Mutex<Option<(Arc<ProcessTracking>, Mechanism)>>,
+    tracking: Mutex<Option<Arc<ProcessTracking>>>,
 }
 
 impl ConnInner {
@@ -132,7 +147,7 @@ impl ConnInner {
 
     /// Attaches this process's tracking to the connection (once); returns
     /// it with the mechanism the daemon chose for the process.
-    pub fn tracking(&self) -> Result<(Arc<ProcessTracking>, Mechanism), ClientError> {
+    pub fn tracking(&self) -> Result<Arc<ProcessTracking>, ClientError> {
         let mut slot = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
@@ -160,12 +175,9 @@ impl ConnInner {
             (Reply::MmAttached { mechanism, .. }, _) => mechanism,
             (other, _) => return Err(unexpected("ATTACH_MM", &other)),
         };
-        pt.uffd_for(mechanism)?;
-        if mechanism == Mechanism::SoftDirty {
-            crate::tracking::claim_soft_dirty(&pt)?;
-        }
-        *slot = Some((pt.clone(), mechanism));
-        Ok((pt, mechanism))
+        pt.set_mechanism(mechanism)?;
+        *slot = Some(pt.clone());
+        Ok(pt)
     }
 }
 
@@ -224,6 +236,47 @@ impl Connection {
     /// Connects to [`crate::default_socket_path`] (`COHMEM_SOCKET` overrides it).
     pub fn connect_default() -> Result<Self, ClientError> {
         Self::connect(crate::default_socket_path())
+    }
+
+    /// Switches this process's write tracking to `mechanism` while its
+    /// mappings stay mapped and in use (seed 004). The daemon moves every
+    /// mapping of the process to the new mechanism under quiesce and marks
+    /// each one wholly dirty (writes made during the switch cannot be proven
+    /// absent), so the next sync of each BO uploads its mapped pages once;
+    /// no write is lost. Fails with [`ErrorCode::Unsupported`] (and the
+    /// reason) when the kernel or this process cannot offer the mechanism.
+    pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<MechanismSwitch, ClientError> {
+        let pt = self.inner.tracking()?;
+        let _no_mapping_changes = pt.switch_guard();
+        let req = Request::SetMechanism { mechanism };
+        match self.inner.call(&req, &[])? {
+            (
+                Reply::MechanismSet {
+                    from,
+                    to,
+                    exact,
+                    views,
+                    extra_pages,
+                },
+                _,
+            ) => {
+                pt.set_mechanism(to)?;
+                Ok(MechanismSwitch {
+                    from,
+                    to,
+                    exact,
+                    views,
+                    extra_pages,
+                })
+            }
+            (other, _) => Err(unexpected("SET_MECHANISM", &other)),
+        }
+    }
+
+    /// The mechanism the daemon tracks this process with (attaching the
+    /// process first if needed).
+    pub fn mechanism(&self) -> Result<Mechanism, ClientError> {
+        Ok(self.inner.tracking()?.mechanism())
     }
 
     /// Capabilities the daemon granted.
@@ -359,8 +412,8 @@ impl Bo {
 
     /// Maps `len` bytes at `offset` (page multiples), tracked.
     pub fn map_range(&self, offset: u64, len: u64) -> Result<Mapping, ClientError> {
-        let (tracking, mechanism) = self.inner.conn.tracking()?;
-        Mapping::new(self.inner.clone(), tracking, mechanism, offset, len)
+        let tracking = self.inner.conn.tracking()?;
+        Mapping::new(self.inner.clone(), tracking, offset, len)
     }
 
     /// Uploads every page written since the last sync.

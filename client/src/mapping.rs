@@ -24,7 +24,6 @@ pub struct Mapping {
     bo: Arc<BoInner>,
     tracking: Arc<ProcessTracking>,
     map: SharedMapping,
-    mechanism: Mechanism,
     view: u32,
     offset: u64,
     unmapped: bool,
@@ -34,32 +33,26 @@ impl Mapping {
     pub(crate) fn new(
         bo: Arc<BoInner>,
         tracking: Arc<ProcessTracking>,
-        mechanism: Mechanism,
         offset: u64,
         len: u64,
     ) -> Result<Self, ClientError> {
         let map = SharedMapping::map(bo.memfd.as_fd(), len, offset, true)?;
         map.dont_fork()?;
         let addr = map.addr();
+        // Registration and MAP are one step with respect to a mechanism
+        // switch of this process.
+        let _no_switch = tracking.mapping_guard();
+        let mechanism = tracking.mechanism();
         let uffd = tracking.uffd_for(mechanism)?;
-        let guard = match mechanism {
-            Mechanism::UffdSync | Mechanism::SoftDirty => {
-                let g = tracking.sync_guard()?;
-                if g.daemon_gone() {
-                    return Err(ClientError::Disconnected);
-                }
-                Some(g)
-            }
-            _ => None,
-        };
+        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && tracking.sync_guard()?.daemon_gone() {
+            return Err(ClientError::Disconnected);
+        }
         if let Some(uffd) = uffd {
             uffd.register_wp(addr, len)?;
         }
         // Recorded before MAP, so that the daemon's protection can always be
         // undone if the daemon dies.
-        if let Some(g) = guard {
-            g.add(addr..addr + len);
-        }
+        tracking.add_mapped(addr..addr + len);
         let req = Request::Map {
             bo: bo.handle,
             addr,
@@ -72,20 +65,18 @@ impl Mapping {
                 if let Some(uffd) = uffd {
                     let _ = uffd.unregister(addr, len);
                 }
-                if let Some(g) = guard {
-                    g.remove(addr);
-                }
+                tracking.remove_mapped(addr);
                 return Err(match other {
                     Err(e) => e,
                     Ok((reply, _)) => unexpected("MAP", &reply),
                 });
             }
         };
+        drop(_no_switch);
         Ok(Self {
             bo,
             tracking,
             map,
-            mechanism,
             view,
             offset,
             unmapped: false,
@@ -148,17 +139,14 @@ impl Mapping {
         }
         self.unmapped = true;
         // UNMAP first: the daemon harvests the view while it still exists.
+        let _no_switch = self.tracking.mapping_guard();
         let req = Request::Unmap {
             bo: self.bo.handle,
             view: self.view,
         };
         let result = self.bo.conn.call(&req, &[]);
-        if matches!(self.mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
-            if let Ok(g) = self.tracking.sync_guard() {
-                g.remove(self.map.addr());
-            }
-        }
-        let unreg = self.tracking.uffd_for(self.mechanism).and_then(|u| match u {
+        self.tracking.remove_mapped(self.map.addr());
+        let unreg = self.tracking.uffd_for(self.tracking.mechanism()).and_then(|u| match u {
             Some(u) => {
                 let (addr, len) = (self.map.addr(), self.map.len() as u64);
                 let r = u.unregister(addr, len);

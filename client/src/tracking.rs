@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
@@ -31,13 +31,21 @@ pub(crate) struct AsyncTracking {
     pub features: u64,
 }
 
+/// The address ranges of this process's mappings for one daemon.
+pub(crate) type MappedRanges = Arc<Mutex<Vec<Range<u64>>>>;
+
+fn lock_ranges(ranges: &MappedRanges) -> MutexGuard<'_, Vec<Range<u64>>> {
+    ranges.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Keeps a uffd-sync client from hanging when its daemon dies (DESIGN.md
 /// §5.5): a watcher thread holds a "lifeline" connection to the daemon, and
-/// when it breaks, unprotects every range registered with the synchronous
-/// uffd, which wakes every thread waiting in a write-protect fault. The
+/// when it breaks, unprotects every mapping of the process through the
+/// synchronous uffd (ranges not registered with it are skipped by the
+/// kernel), which wakes every thread waiting in a write-protect fault. The
 /// mappings then carry on untracked.
 pub(crate) struct SyncGuard {
-    ranges: Mutex<Vec<Range<u64>>>,
+    ranges: MappedRanges,
     gone: AtomicBool,
     closing: AtomicBool,
     lifeline: SeqpacketSocket,
@@ -45,9 +53,9 @@ pub(crate) struct SyncGuard {
 }
 
 impl SyncGuard {
-    fn start(daemon: &Path, uffd: &Userfaultfd) -> Result<Arc<Self>, ClientError> {
+    fn start(daemon: &Path, uffd: &Userfaultfd, ranges: MappedRanges) -> Result<Arc<Self>, ClientError> {
         let guard = Arc::new(Self {
-            ranges: Mutex::new(Vec::new()),
+            ranges,
             gone: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             lifeline: SeqpacketSocket::connect(daemon).map_err(|source| ClientError::Connect {
@@ -77,7 +85,7 @@ impl SyncGuard {
             return;
         }
         self.gone.store(true, Ordering::Release);
-        let ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ranges = lock_ranges(&self.ranges).clone();
         for r in ranges {
             // Unprotect and wake: nobody will resolve these faults any more.
             let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
@@ -87,19 +95,6 @@ impl SyncGuard {
     /// True once the daemon is known to be gone.
     pub fn daemon_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
-    }
-
-    /// Tracks a range registered with the synchronous uffd.
-    pub fn add(&self, range: Range<u64>) {
-        self.ranges.lock().unwrap_or_else(|p| p.into_inner()).push(range);
-    }
-
-    /// Forgets a range.
-    pub fn remove(&self, start: u64) {
-        self.ranges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r| r.start != start);
     }
 }
 
@@ -116,6 +111,14 @@ pub(crate) struct ProcessTracking {
     /// Started when the daemon picks uffd-sync for this process.
     sync_guard: OnceLock<Arc<SyncGuard>>,
     daemon: PathBuf,
+    /// The mechanism the daemon tracks this process with
+    /// ([`Mechanism::None`] before the first ATTACH_MM).
+    mechanism: Mutex<Mechanism>,
+    /// Held shared while a mapping is registered or unregistered,
+    /// exclusively while the mechanism is switched.
+    switching: RwLock<()>,
+    /// Every tracked mapping of the process for this daemon.
+    mapped: MappedRanges,
 }
 
 impl Drop for ProcessTracking {
@@ -163,8 +166,48 @@ impl ProcessTracking {
             .synchronous
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("uffd-sync without a synchronous uffd".into()))?;
-        let g = SyncGuard::start(&self.daemon, uffd)?;
+        let g = SyncGuard::start(&self.daemon, uffd, self.mapped.clone())?;
         Ok(self.sync_guard.get_or_init(|| g))
+    }
+
+    /// The mechanism the daemon tracks this process with.
+    pub fn mechanism(&self) -> Mechanism {
+        *self.mechanism.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the mechanism the daemon reported; starts the lifeline guard
+    /// when it uses the synchronous uffd, and claims soft-dirty.
+    pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<(), ClientError> {
+        self.uffd_for(mechanism)?;
+        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
+            self.sync_guard()?;
+        }
+        if mechanism == Mechanism::SoftDirty {
+            claim_soft_dirty(self)?;
+        }
+        *self.mechanism.lock().unwrap_or_else(|p| p.into_inner()) = mechanism;
+        Ok(())
+    }
+
+    /// Shared side of the switching lock (mapping and unmapping).
+    pub fn mapping_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.switching.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive side of the switching lock.
+    pub fn switch_guard(&self) -> RwLockWriteGuard<'_, ()> {
+        self.switching.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a mapping (before MAP, so that a dying daemon's protection
+    /// can always be undone).
+    pub fn add_mapped(&self, range: Range<u64>) {
+        lock_ranges(&self.mapped).push(range);
+    }
+
+    /// Forgets the mapping starting at `start`.
+    pub fn remove_mapped(&self, start: u64) {
+        lock_ranges(&self.mapped).retain(|r| r.start != start);
     }
 
     /// The uffd that mappings are registered with under `mechanism`; `None`
@@ -234,6 +277,9 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
         sync_guard: OnceLock::new(),
         daemon: key.clone(),
+        mechanism: Mutex::new(Mechanism::None),
+        switching: RwLock::new(()),
+        mapped: Arc::new(Mutex::new(Vec::new())),
     });
     map.insert(key, Arc::downgrade(&pt));
     Ok(pt)

@@ -227,11 +227,18 @@ impl Bo {
     /// Runs a structural change (a view added or removed) as the write side
     /// of the sequence count: syncs whose read section overlaps it retry.
     pub fn structural_change<T>(&self, change: impl FnOnce() -> T) -> T {
-        let _writers = lock(&self.structure_writers);
+        let _change = self.begin_structural_change();
+        change()
+    }
+
+    /// Starts a structural change that lasts until the guard is dropped.
+    pub fn begin_structural_change(&self) -> StructuralChange<'_> {
+        let writers = lock(&self.structure_writers);
         self.structure_seq.fetch_add(1, Ordering::SeqCst);
-        let result = change();
-        self.structure_seq.fetch_add(1, Ordering::SeqCst);
-        result
+        StructuralChange {
+            seq: &self.structure_seq,
+            _writers: writers,
+        }
     }
 
     /// The current sequence count (odd: a structural change is running).
@@ -258,6 +265,19 @@ impl Bo {
             .retain(|v| !Arc::ptr_eq(v, view));
         view.mm.remove_view(view.addr);
         view.dead.store(true, Ordering::Release);
+    }
+}
+
+/// A running structural change: the sequence count stays odd, and other
+/// structural changes wait, until it is dropped.
+pub struct StructuralChange<'b> {
+    seq: &'b AtomicU64,
+    _writers: MutexGuard<'b, ()>,
+}
+
+impl Drop for StructuralChange<'_> {
+    fn drop(&mut self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
     }
 }
 

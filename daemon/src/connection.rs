@@ -20,19 +20,16 @@ use cohmem_proto::{
     ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
-use cohmem_sys::pagemap::PagemapFile;
-use cohmem_sys::uffd::{features, Userfaultfd};
+use cohmem_sys::uffd::features;
 use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::UnixSeqpacket;
 
 use crate::bo::{Bo, View};
 use crate::mm::{MmKey, MmSubscription};
 use crate::server::{ConnectionInfo, Daemon};
+use crate::switch::{self, MechanismOffer};
 use crate::sync::{SyncEngine, SyncError};
-use crate::tracker::{
-    ExplicitTracker, FullTracker, SoftDirtyTracker, TrackError, UffdAsyncTracker, UffdSyncTracker, WriteTracker,
-};
-use cohmem_sys::softdirty::ClearRefs;
+use crate::tracker::TrackError;
 
 /// How long a quiesce may wait for its turn and keep retrying.
 const QUIESCE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
@@ -277,6 +274,7 @@ impl Session {
                     .await
             }
             Request::Snapshot { id, flags } => self.snapshot(id, flags).await,
+            Request::SetMechanism { mechanism } => self.set_mechanism(mechanism).await,
             Request::Damage { bo, offset, len } => {
                 self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
                     .await
@@ -308,22 +306,7 @@ impl Session {
             })?;
         let daemon = self.daemon.clone();
         let (memfd, report) = run_blocking(move || {
-            // Seed 004: one quiesce at a time, and never waiting forever.
-            let deadline = std::time::Instant::now() + QUIESCE_BOUND;
-            let _only_one = loop {
-                match daemon.quiesce.try_lock() {
-                    Ok(guard) => break guard,
-                    Err(_) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(std::time::Duration::from_millis(1))
-                    }
-                    Err(_) => {
-                        return Err(fail(
-                            ErrorCode::LimitExceeded,
-                            format!("another quiesce is running; gave up after {QUIESCE_BOUND:?}"),
-                        ))
-                    }
-                }
-            };
+            let _only_one = only_quiesce(&daemon)?;
             SyncEngine::new(&daemon.counters)
                 .snapshot(&bo, QUIESCE_BOUND)
                 .map_err(sync_failure)
@@ -333,6 +316,59 @@ impl Session {
             .try_clone_fd()
             .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
         Ok((Reply::Snapshot(report), vec![fd]))
+    }
+
+    /// SET_MECHANISM: switches this process's subscription to `mechanism`
+    /// under quiesce ([`crate::switch`]).
+    async fn set_mechanism(&self, mechanism: Mechanism) -> Outcome {
+        let mm = self
+            .mm
+            .clone()
+            .ok_or_else(|| fail(ErrorCode::NoMm, "SET_MECHANISM before ATTACH_MM"))?;
+        if mechanism == Mechanism::None {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                "SET_MECHANISM needs a mechanism, not none",
+            ));
+        }
+        let offer = &mm.offer;
+        let chosen = self.choose_mechanism(
+            mechanism,
+            offer.asynchronous.is_some(),
+            offer.synchronous.is_some(),
+            offer.flags,
+            offer.uffd_features,
+        )?;
+        let tracker = offer.build(chosen, mm.key.pid).map_err(switch_failure)?;
+        let exact = tracker.exact();
+        let daemon = self.daemon.clone();
+        let switched = mm.clone();
+        let report = run_blocking(move || {
+            let _only_one = only_quiesce(&daemon)?;
+            Ok::<_, Failure>(switch::switch_mechanism(
+                &daemon.counters,
+                &daemon.faults,
+                &switched,
+                tracker,
+            ))
+        })
+        .await??;
+        tracing::info!(
+            conn = self.info.id,
+            mm = mm.id,
+            from = %report.from,
+            to = %chosen,
+            views = report.views,
+            extra_pages = report.extra_pages,
+            "tracking mechanism switched"
+        );
+        ok(Reply::MechanismSet {
+            from: report.from,
+            to: chosen,
+            exact,
+            views: report.views,
+            extra_pages: report.extra_pages,
+        })
     }
 
     /// Runs a tracker operation on a BO of this connection on the blocking pool.
@@ -543,72 +579,38 @@ impl Session {
             ));
         }
         let mut fds = fds.into_iter();
-        let async_fds = if flags & ATTACH_WITH_FDS != 0 {
-            fds.next().zip(fds.next())
-        } else {
-            None
+        let mut offer = MechanismOffer {
+            flags,
+            uffd_features,
+            ..MechanismOffer::default()
         };
-        let sync_fd = if flags & ATTACH_WITH_SYNC_UFFD != 0 {
-            fds.next()
-        } else {
-            None
-        };
-        let soft_dirty_fds = if flags & ATTACH_WITH_CLEAR_REFS != 0 {
-            fds.next().zip(fds.next())
-        } else {
-            None
-        };
-        let choice = self.choose_mechanism(requested, async_fds.is_some(), sync_fd.is_some(), flags, uffd_features)?;
-        let tracker: Box<dyn WriteTracker> = match choice {
-            Mechanism::SoftDirty => {
-                let (Some(fd), Some((pagemap_fd, clear_refs_fd))) = (sync_fd, soft_dirty_fds) else {
-                    return Err(fail(ErrorCode::Internal, "soft-dirty fds vanished"));
-                };
-                let uffd =
-                    Userfaultfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, format!("synchronous uffd: {e}")))?;
-                let pagemap = PagemapFile::from_fd_unchecked(pagemap_fd);
-                self.check_pagemap_owner(&pagemap)?;
-                Box::new(SoftDirtyTracker::new(uffd, pagemap, ClearRefs::from_fd(clear_refs_fd)))
-            }
-            Mechanism::Full => Box::new(FullTracker),
-            Mechanism::Explicit => Box::new(ExplicitTracker),
-            Mechanism::UffdAsync => {
-                let (uffd_fd, pagemap_fd) = async_fds.ok_or_else(|| fail(ErrorCode::Internal, "async fds vanished"))?;
-                let uffd = Userfaultfd::from_fd(uffd_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 0: {e}")))?;
-                let pagemap =
-                    PagemapFile::from_fd(pagemap_fd).map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
-                self.check_pagemap_owner(&pagemap)?;
-                Box::new(UffdAsyncTracker::new(uffd, pagemap))
-            }
-            _ => {
-                let fd = sync_fd.ok_or_else(|| fail(ErrorCode::Internal, "sync fd vanished"))?;
-                let uffd =
-                    Userfaultfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, format!("synchronous uffd: {e}")))?;
-                // Keep the pagemap if it came along: it proves views are still
-                // mapped. (Without it, a view moved behind the daemon's back
-                // is not detected; see the README.)
-                let pagemap = match async_fds {
-                    Some((_, pagemap_fd)) => {
-                        let pagemap = PagemapFile::from_fd(pagemap_fd)
-                            .map_err(|e| fail(ErrorCode::BadFds, format!("fd 1: {e}")))?;
-                        self.check_pagemap_owner(&pagemap)?;
-                        Some(pagemap)
-                    }
-                    None => None,
-                };
-                Box::new(UffdSyncTracker::new(uffd, pagemap))
-            }
-        };
+        if flags & ATTACH_WITH_FDS != 0 {
+            offer.asynchronous = fds.next().zip(fds.next());
+        }
+        if flags & ATTACH_WITH_SYNC_UFFD != 0 {
+            offer.synchronous = fds.next();
+        }
+        if flags & ATTACH_WITH_CLEAR_REFS != 0 {
+            offer.soft_dirty = fds.next().zip(fds.next());
+        }
+        let choice = self.choose_mechanism(
+            requested,
+            offer.asynchronous.is_some(),
+            offer.synchronous.is_some(),
+            flags,
+            uffd_features,
+        )?;
+        let tracker = offer.build(choice, self.info.pid).map_err(switch_failure)?;
         let (mm, joined) = self
             .daemon
             .mms
-            .get_or_insert(key, self.info.uid, tracker, &self.daemon.faults)
+            .get_or_insert(key, self.info.uid, tracker, offer, &self.daemon.faults)
             .map_err(|e| fail(ErrorCode::Kernel, format!("registering with the fault service: {e}")))?;
         tracing::info!(
             conn = self.info.id,
             mm = mm.id,
             pid = key.pid,
-            mechanism = %mm.tracker.mechanism(),
+            mechanism = %mm.tracker().mechanism(),
             joined,
             "client process attached"
         );
@@ -719,23 +721,6 @@ impl Session {
         }
     }
 
-    /// The pagemap must be the peer's own: another process's pagemap (any
-    /// process of the same user can open it) would let this client scan, and
-    /// steal the written state of, someone else's memory.
-    fn check_pagemap_owner(&self, pagemap: &PagemapFile) -> Result<(), Failure> {
-        match pagemap.owner_pid() {
-            Some(pid) if pid == self.info.pid => Ok(()),
-            other => Err(fail(
-                ErrorCode::BadFds,
-                format!(
-                    "fd 1 is the pagemap of {}, not of the connecting process {}",
-                    other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
-                    self.info.pid
-                ),
-            )),
-        }
-    }
-
     async fn map(&mut self, bo: u32, addr: u64, len: u64, offset: u64) -> Outcome {
         let mm = self
             .mm
@@ -778,41 +763,42 @@ impl Session {
             offset,
             ps,
         ));
-        if let Err(other) = mm.insert_view(view.range(), &view) {
-            return Err(fail(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "MAP {addr:#x}+{len} overlaps the view at {:#x}..{:#x}",
-                    other.start, other.end
-                ),
-            ));
-        }
-        let range = view.range();
-        let tracker_mm = mm.clone();
-        let protected = tokio::task::spawn_blocking(move || tracker_mm.tracker.attach_view(range)).await;
-        let result = match protected {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(TrackError::BadView(m))) => Err(fail(ErrorCode::InvalidArgument, m)),
-            Ok(Err(TrackError::Gone)) => Err(fail(ErrorCode::Kernel, "client process has exited")),
-            Ok(Err(TrackError::Sys(e))) => Err(fail(ErrorCode::Kernel, e.to_string())),
-            Ok(Err(e @ TrackError::Moved { .. })) => Err(fail(ErrorCode::InvalidArgument, e.to_string())),
-            Err(e) => Err(fail(ErrorCode::Internal, format!("protect task failed: {e}"))),
-        };
-        if let Err(f) = result {
-            mm.remove_view(addr);
-            return Err(f);
-        }
-        // With the state lock held: every tracker operation sees a stable
-        // view list while it holds that lock. On the blocking pool: an
-        // exclusive sync may hold the structural lock for a whole upload.
-        let (adder, added) = (bo_arc.clone(), view.clone());
+        // On the blocking pool, as one step with respect to mechanism
+        // switches (the view is attached to the mechanism that is current
+        // while it is added): an exclusive sync may hold the structural lock
+        // for a whole upload.
+        let (adder, added, attach_mm) = (bo_arc.clone(), view.clone(), mm.clone());
         run_blocking(move || {
+            let _attaching = attach_mm.attaching();
+            if let Err(other) = attach_mm.insert_view(added.range(), &added) {
+                return Err(fail(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "MAP {addr:#x}+{len} overlaps the view at {:#x}..{:#x}",
+                        other.start, other.end
+                    ),
+                ));
+            }
+            let result = match attach_mm.tracker().attach_view(added.range()) {
+                Ok(()) => Ok(()),
+                Err(TrackError::BadView(m)) => Err(fail(ErrorCode::InvalidArgument, m)),
+                Err(TrackError::Gone) => Err(fail(ErrorCode::Kernel, "client process has exited")),
+                Err(TrackError::Sys(e)) => Err(fail(ErrorCode::Kernel, e.to_string())),
+                Err(e @ TrackError::Moved { .. }) => Err(fail(ErrorCode::InvalidArgument, e.to_string())),
+            };
+            if let Err(f) = result {
+                attach_mm.remove_view(addr);
+                return Err(f);
+            }
+            // With the state lock held: every tracker operation sees a
+            // stable view list while it holds that lock.
             adder.structural_change(|| {
                 let _state = adder.state();
                 adder.add_view(added);
-            })
+            });
+            Ok(())
         })
-        .await?;
+        .await??;
         if let Some(h) = self.handles.get_mut(&bo) {
             h.views.insert(view_id, view);
         }
@@ -979,8 +965,8 @@ impl Session {
 
 fn attached(mm: &MmSubscription, joined: bool) -> Reply {
     Reply::MmAttached {
-        mechanism: mm.tracker.mechanism(),
-        exact: mm.tracker.exact(),
+        mechanism: mm.tracker().mechanism(),
+        exact: mm.tracker().exact(),
         joined,
         mm_id: mm.id,
     }
@@ -998,6 +984,33 @@ fn sync_failure(e: SyncError) -> Failure {
         SyncError::NoSuchResource(_) | SyncError::BadWindow(_) => fail(ErrorCode::InvalidArgument, e.to_string()),
         SyncError::TooManyResources(_) => fail(ErrorCode::LimitExceeded, e.to_string()),
         SyncError::Gpu(e) => fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")),
+    }
+}
+
+/// Takes the daemon's quiesce lock (seed 004: one quiesce at a time, and
+/// never waiting forever).
+fn only_quiesce(daemon: &Daemon) -> Result<std::sync::MutexGuard<'_, ()>, Failure> {
+    let deadline = std::time::Instant::now() + QUIESCE_BOUND;
+    loop {
+        match daemon.quiesce.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(_) => {
+                return Err(fail(
+                    ErrorCode::LimitExceeded,
+                    format!("another quiesce is running; gave up after {QUIESCE_BOUND:?}"),
+                ))
+            }
+        }
+    }
+}
+
+fn switch_failure(e: switch::SwitchError) -> Failure {
+    match e {
+        switch::SwitchError::BadFds(m) => fail(ErrorCode::BadFds, m),
+        switch::SwitchError::Missing(m) => fail(ErrorCode::Unsupported, m),
+        switch::SwitchError::Dup(e) => fail(ErrorCode::Kernel, format!("duplicating an offered fd: {e}")),
     }
 }
 

@@ -21,6 +21,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::bo::{lock, Bo, BoState, View};
 use crate::mm::MmSubscription;
+use crate::tracker::WriteTracker;
 
 /// Faults read per uffd per wake-up, at most.
 const BATCH: usize = 1024;
@@ -75,7 +76,8 @@ impl FaultService {
     /// Watches `mm`'s synchronous uffd. The registration must be stored in
     /// the subscription (dropped before its uffd).
     pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<FaultRegistration>> {
-        let Some(uffd) = mm.tracker.fault_uffd() else {
+        let tracker = mm.tracker();
+        let Some(uffd) = tracker.fault_uffd() else {
             return Ok(None);
         };
         lock(&self.subscriptions).insert(mm.id, Arc::downgrade(mm));
@@ -117,9 +119,10 @@ fn run(service: Weak<FaultService>) {
             let mm = lock(&svc.subscriptions).get(&ev.data()).and_then(Weak::upgrade);
             if let Some(mm) = mm {
                 faults.clear();
-                drain(&mm, &mut faults);
+                let tracker = mm.tracker();
+                drain(&mm, tracker.as_ref(), &mut faults);
                 if !faults.is_empty() {
-                    resolve(&mm, &faults);
+                    resolve(&mm, &tracker, &faults);
                     svc.faults.fetch_add(faults.len() as u64, Ordering::Relaxed);
                 }
             }
@@ -128,8 +131,8 @@ fn run(service: Weak<FaultService>) {
 }
 
 /// Reads pending fault messages (non-blocking) up to [`BATCH`].
-fn drain(mm: &MmSubscription, out: &mut Vec<WpFault>) {
-    let Some(uffd) = mm.tracker.fault_uffd() else {
+fn drain(mm: &MmSubscription, tracker: &dyn WriteTracker, out: &mut Vec<WpFault>) {
+    let Some(uffd) = tracker.fault_uffd() else {
         return;
     };
     while out.len() < BATCH {
@@ -148,16 +151,18 @@ fn drain(mm: &MmSubscription, out: &mut Vec<WpFault>) {
 type BoFaults = (Arc<Bo>, Vec<(Arc<View>, u64)>);
 
 /// Records and unprotects a batch of faults of one process, one BO lock
-/// acquisition per BO.
-fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
-    let Some(uffd) = mm.tracker.fault_uffd() else {
+/// acquisition per BO. `tracker` is the mechanism whose uffd they were read
+/// from: a fault read just before a mechanism switch is only woken (its
+/// writer retries, and faults again under the new mechanism if it must).
+fn resolve(mm: &MmSubscription, tracker: &Arc<dyn WriteTracker>, faults: &[WpFault]) {
+    let Some(uffd) = tracker.fault_uffd() else {
         return;
     };
     let ps = cohmem_sys::page_size();
     let mut by_bo: HashMap<u64, BoFaults> = HashMap::new();
     for f in faults {
         let page = f.address & !(ps - 1);
-        if mm.tracker.park(page) {
+        if tracker.park(page) {
             continue;
         }
         match mm.view_at(page).and_then(|v| v.bo.upgrade().map(|b| (v, b))) {
@@ -177,6 +182,14 @@ fn resolve(mm: &MmSubscription, faults: &[WpFault]) {
     }
     for (_, (bo, pages)) in by_bo {
         let mut st = bo.state();
+        // A switch replaces the tracker with the state locks of all the
+        // process's BOs held, so this check cannot race with one.
+        if !Arc::ptr_eq(tracker, &mm.tracker()) {
+            for (_, page) in pages {
+                let _ = uffd.wake(page, ps);
+            }
+            continue;
+        }
         if st.quiesced {
             // A quiesce holds this BO's writers: they wait until it ends.
             st.deferred.extend(pages);
@@ -196,7 +209,7 @@ pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
         // The view was removed after the fault was read (or while it was
         // parked): its address may belong to another mapping now, so only
         // wake the writer; if it faults again, that fault is current.
-        if let Some(uffd) = view.mm.tracker.fault_uffd() {
+        if let Some(uffd) = view.mm.tracker().fault_uffd() {
             let _ = uffd.wake(page, ps);
         }
         return;
@@ -209,7 +222,7 @@ pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
             t.dirty.record(p..p + 1);
         }
     }
-    if let Some(uffd) = view.mm.tracker.fault_uffd() {
+    if let Some(uffd) = view.mm.tracker().fault_uffd() {
         if let Err(e) = uffd.write_protect(page, ps, false) {
             // A failed unprotect does not wake the waiter: wake it anyway.
             tracing::debug!(mm = view.mm.id, error = %e, "unprotecting a faulted page failed");

@@ -27,6 +27,7 @@ pub mod mm;
 pub mod policy;
 pub mod server;
 pub mod stats;
+pub mod switch;
 pub mod sync;
 pub mod tracker;
 

@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::bo::View;
 use crate::faults::{FaultRegistration, FaultService};
+use crate::switch::MechanismOffer;
 use crate::tracker::WriteTracker;
 
 /// Identifies a client process's subscription: (peer pid, client token).
@@ -37,15 +38,64 @@ pub struct MmSubscription {
     /// Registration with the fault service (uffd-sync); declared before
     /// `tracker` so that it is dropped, and deregistered, before the uffd
     /// closes.
-    fault_registration: OnceLock<FaultRegistration>,
-    /// The mechanism observing this process's views.
-    pub tracker: Box<dyn WriteTracker>,
+    fault_registration: Mutex<Option<FaultRegistration>>,
+    /// The mechanism observing this process's views; replaced only by a
+    /// mechanism switch ([`crate::switch`]).
+    tracker: RwLock<Arc<dyn WriteTracker>>,
+    /// Everything the process offered in ATTACH_MM, kept so that its
+    /// mechanism can be switched later.
+    pub offer: MechanismOffer,
+    /// Held shared while a view is being attached (MAP), exclusively by a
+    /// mechanism switch, so that no view is attached to the old mechanism
+    /// after the switch has collected the views.
+    switching: RwLock<()>,
     views: Mutex<BTreeMap<u64, Weak<View>>>,
 }
 
 impl MmSubscription {
     fn views(&self) -> MutexGuard<'_, BTreeMap<u64, Weak<View>>> {
         self.views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current mechanism.
+    pub fn tracker(&self) -> Arc<dyn WriteTracker> {
+        self.tracker.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the mechanism; the caller holds every lock a switch needs
+    /// (see [`crate::switch`]).
+    pub(crate) fn replace_tracker(self: &Arc<Self>, tracker: Arc<dyn WriteTracker>, faults: &Arc<FaultService>) {
+        // The old registration goes first: the fault service keys by
+        // subscription, and the old uffd stays open until the old tracker
+        // is dropped (after this function).
+        let mut registration = self.fault_registration.lock().unwrap_or_else(|p| p.into_inner());
+        *registration = None;
+        let old = std::mem::replace(&mut *self.tracker.write().unwrap_or_else(|p| p.into_inner()), tracker);
+        let new = self.tracker();
+        new.bind_mm(Arc::downgrade(self));
+        match faults.register(self) {
+            Ok(reg) => *registration = reg,
+            Err(e) => {
+                tracing::error!(mm = self.id, error = %e, "registering the new uffd with the fault service failed")
+            }
+        }
+        drop(registration);
+        drop(old);
+    }
+
+    /// Shared side of the switching lock (MAP holds it while attaching).
+    pub fn attaching(&self) -> RwLockReadGuard<'_, ()> {
+        self.switching.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive side of the switching lock.
+    pub(crate) fn switching(&self) -> RwLockWriteGuard<'_, ()> {
+        self.switching.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live views.
+    pub fn live_views(&self) -> Vec<Arc<View>> {
+        self.views().values().filter_map(Weak::upgrade).collect()
     }
 
     /// Reserves `range` for `view`; fails if it overlaps a live view.
@@ -116,6 +166,7 @@ impl MmRegistry {
         key: MmKey,
         uid: u32,
         tracker: Box<dyn WriteTracker>,
+        offer: MechanismOffer,
         faults: &Arc<FaultService>,
     ) -> std::io::Result<(Arc<MmSubscription>, bool)> {
         let mut map = self.map();
@@ -127,13 +178,15 @@ impl MmRegistry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             key,
             uid,
-            fault_registration: OnceLock::new(),
-            tracker,
+            fault_registration: Mutex::new(None),
+            tracker: RwLock::new(Arc::from(tracker)),
+            offer,
+            switching: RwLock::new(()),
             views: Mutex::new(BTreeMap::new()),
         });
-        sub.tracker.bind_mm(Arc::downgrade(&sub));
+        sub.tracker().bind_mm(Arc::downgrade(&sub));
         if let Some(reg) = faults.register(&sub)? {
-            let _ = sub.fault_registration.set(reg);
+            *sub.fault_registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(reg);
         }
         map.insert(key, Arc::downgrade(&sub));
         Ok((sub, false))

@@ -154,15 +154,15 @@ impl<'a> SyncEngine<'a> {
         }
         let mut ranges = Vec::new();
         let first = view.bo_offset / bo.page_size;
-        let result = if view.mm.tracker.eager() {
+        let result = if view.mm.tracker().eager() {
             // Faults were resolved by the fault service: the writable set is
             // exactly what was written. Re-protect the whole view (the fault
             // service cannot interleave: it needs the state lock the caller
             // holds); protecting all of it also proves it is still there.
             self.writable_ranges(bo, view, &mut ranges);
-            view.mm.tracker.protect_all(view.range())
+            view.mm.tracker().protect_all(view.range())
         } else {
-            view.mm.tracker.harvest(view.range(), &mut ranges)
+            view.mm.tracker().harvest(view.range(), &mut ranges)
         };
         lock(&view.writable).clear();
         let stale: Vec<u64> = {
@@ -246,18 +246,18 @@ impl<'a> SyncEngine<'a> {
             if view.dead.load(Ordering::Acquire) {
                 continue;
             }
-            if view.mm.tracker.eager() {
+            if view.mm.tracker().eager() {
                 // Eager mechanisms recorded their faults as they happened;
                 // only check that the view is still there to be faulted on.
                 let mut writable = Vec::new();
                 self.writable_ranges(bo, view, &mut writable);
-                if let Err(e) = view.mm.tracker.verify(view.range(), &writable) {
+                if let Err(e) = view.mm.tracker().verify(view.range(), &writable) {
                     self.unprovable(bo, st, view, &e);
                 }
                 continue;
             }
             let mut ranges = Vec::new();
-            if let Err(e) = view.mm.tracker.peek(view.range(), &mut ranges) {
+            if let Err(e) = view.mm.tracker().peek(view.range(), &mut ranges) {
                 self.unprovable(bo, st, view, &e);
                 continue;
             }
@@ -304,7 +304,7 @@ impl<'a> SyncEngine<'a> {
         // `full` clients: no tracking, the whole BO is written at every scan.
         let whole = views
             .iter()
-            .any(|v| !v.dead.load(Ordering::Relaxed) && v.mm.tracker.whole_bo());
+            .any(|v| !v.dead.load(Ordering::Relaxed) && v.mm.tracker().whole_bo());
         let mut whole_marked = 0;
         if let (true, Some(t)) = (whole, st.tracker.as_mut()) {
             let n = t.dirty.pages();
@@ -318,7 +318,7 @@ impl<'a> SyncEngine<'a> {
             Method::PageTable | Method::None => {
                 num_marked = match pre {
                     Some(found) => {
-                        let eager: Vec<Arc<View>> = views.iter().filter(|v| v.mm.tracker.eager()).cloned().collect();
+                        let eager: Vec<Arc<View>> = views.iter().filter(|v| v.mm.tracker().eager()).cloned().collect();
                         self.apply_harvest(bo, st, found) + self.harvest_all(bo, st, &eager, true)
                     }
                     None => self.harvest_all(bo, st, views, true),
@@ -397,7 +397,7 @@ impl<'a> SyncEngine<'a> {
             }
             for r in &runs {
                 let addr = view.addr + (r.start - first) * ps;
-                if let Err(e) = view.mm.tracker.protect(addr..addr + (r.end - r.start) * ps) {
+                if let Err(e) = view.mm.tracker().protect(addr..addr + (r.end - r.start) * ps) {
                     self.unprovable(bo, st, view, &e);
                     break;
                 }
@@ -489,7 +489,7 @@ impl<'a> SyncEngine<'a> {
                 }
             }
             for r in runs {
-                if let Err(e) = view.mm.tracker.protect(r) {
+                if let Err(e) = view.mm.tracker().protect(r) {
                     self.unprovable(bo, st, &view, &e);
                     break;
                 }
@@ -555,7 +555,7 @@ impl<'a> SyncEngine<'a> {
         self.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
         self.counters.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
         let listed = if with_runs { to_runs(runs) } else { Vec::new() };
-        let mechanism = views.first().map_or(Mechanism::None, |v| v.mm.tracker.mechanism());
+        let mechanism = views.first().map_or(Mechanism::None, |v| v.mm.tracker().mechanism());
         SyncReport {
             pages,
             bytes,
@@ -629,7 +629,7 @@ impl<'a> SyncEngine<'a> {
         let pre: Option<Vec<Harvested>> = pagetable.then(|| {
             views
                 .iter()
-                .filter(|v| !v.mm.tracker.eager())
+                .filter(|v| !v.mm.tracker().eager())
                 .map(|v| (v.clone(), self.harvest_raw(bo, v)))
                 .collect()
         });
@@ -692,7 +692,7 @@ impl<'a> SyncEngine<'a> {
             let mut written = Vec::new();
             let (mut blocked, mut unblocked, mut checkable) = (0, 0, true);
             for view in views.iter().filter(|v| !v.dead.load(Ordering::Relaxed)) {
-                let t = &view.mm.tracker;
+                let t = view.mm.tracker();
                 if t.eager() {
                     blocked += 1;
                 } else {
@@ -911,7 +911,7 @@ impl<'a> SyncEngine<'a> {
             // (it may be long); a sync that took its runs meanwhile misses
             // what it records, which the sequence count makes it retry.
             let method = bo.state().tracker.as_ref().map(|t| t.method);
-            let pre = (method == Some(Method::PageTable) && !view.mm.tracker.eager())
+            let pre = (method == Some(Method::PageTable) && !view.mm.tracker().eager())
                 .then(|| vec![(view.clone(), self.harvest_raw(bo, view))]);
             let mut st = bo.state();
             let one = [view.clone()];
@@ -926,12 +926,12 @@ impl<'a> SyncEngine<'a> {
                 (None, None) => {}
             }
             bo.detach_view(view);
-            if view.mm.tracker.eager() {
+            if view.mm.tracker().eager() {
                 // Nobody resolves faults on a forgotten view: leave it
                 // writable (the client is unmapping it, or its connection is
                 // gone) and wake anyone already waiting.
                 let r = view.range();
-                view.mm.tracker.release(r);
+                view.mm.tracker().release(r);
             }
         });
     }

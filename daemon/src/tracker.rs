@@ -1,13 +1,15 @@
 //! Write-tracking mechanisms behind one trait.
 //!
 //! A [`WriteTracker`] belongs to one client process's mm subscription and observes
-//! the views that process maps. This issue implements `uffd-async`
+//! the views that process maps: `uffd-async`
 //! (userfaultfd WP_ASYNC + `PAGEMAP_SCAN`): the MKWRITE-like
 //! "protect, then harvest-and-re-protect" cycle of vmwgfx with the kernel
 //! doing the fault handling; and `uffd-sync`, where the faults come to the
 //! daemon ([`crate::faults`]), the true MKWRITE analogue; `full` (no
-//! tracking, everything is written) and `explicit` (the client reports its
-//! damage). soft-dirty is probed but not implemented: see the README.
+//! tracking, everything is written); `explicit` (the client reports its
+//! damage); and `soft-dirty` (clear_refs + pagemap bit 55, with the process's
+//! writers quiesced around every read-and-clear). A process's mechanism can be
+//! switched while its views stay mapped ([`crate::switch`]).
 
 use std::ops::Range;
 
@@ -133,6 +135,12 @@ pub trait WriteTracker: Send + Sync {
     fn fault_uffd(&self) -> Option<&Userfaultfd> {
         None
     }
+    /// The userfaultfd the process's views are registered with under this
+    /// mechanism, if any: a mechanism switch ([`crate::switch`]) moves every
+    /// view from the old one to the new one.
+    fn registration_uffd(&self) -> Option<&Userfaultfd> {
+        self.fault_uffd()
+    }
 }
 
 /// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd.
@@ -207,6 +215,10 @@ impl WriteTracker for UffdAsyncTracker {
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
         self.uffd.write_protect(range.start, range.end - range.start, true)?;
         Ok(())
+    }
+
+    fn registration_uffd(&self) -> Option<&Userfaultfd> {
+        Some(&self.uffd)
     }
 }
 

@@ -530,6 +530,16 @@ pub enum Request {
         /// Reserved, 0.
         flags: u32,
     },
+    /// Switch the mechanism of the calling process's subscription (seed 004:
+    /// under quiesce, never losing a write). The daemon re-registers every
+    /// view of the process with the userfaultfd the new mechanism uses (it
+    /// holds every fd the process offered in ATTACH_MM) and marks each view
+    /// wholly dirty, since writes made during the switch cannot be proven
+    /// absent. Reply: [`Reply::MechanismSet`].
+    SetMechanism {
+        /// The mechanism to switch to ([`Mechanism::None`] is refused).
+        mechanism: Mechanism,
+    },
     /// The `explicit` mechanism: the client reports that it wrote `len`
     /// bytes at `offset` of the BO. Reply: [`Reply::Ok`].
     Damage {
@@ -607,6 +617,19 @@ pub enum Reply {
     DirtyState(DirtyStateReport),
     /// SNAPSHOT result; a memfd with the copy is attached.
     Snapshot(SnapshotReport),
+    /// SET_MECHANISM result.
+    MechanismSet {
+        /// Mechanism before the switch.
+        from: Mechanism,
+        /// Mechanism now.
+        to: Mechanism,
+        /// Whether the new mechanism is exact under concurrent writers.
+        exact: bool,
+        /// Views moved to the new mechanism.
+        views: u32,
+        /// Pages marked dirty without proof of a write (counted in STATS).
+        extra_pages: u64,
+    },
     /// A typed error.
     Error {
         /// What went wrong.
@@ -638,6 +661,7 @@ pub mod kind {
     pub const DIRTY_STATE: u16 = 0x0011;
     pub const DAMAGE: u16 = 0x0012;
     pub const SNAPSHOT: u16 = 0x0013;
+    pub const SET_MECHANISM: u16 = 0x0014;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -651,6 +675,7 @@ pub mod kind {
     pub const R_SCANNED: u16 = 0x800a;
     pub const R_DIRTY_STATE: u16 = 0x800b;
     pub const R_SNAPSHOT: u16 = 0x800c;
+    pub const R_MECHANISM_SET: u16 = 0x800d;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -707,6 +732,7 @@ impl Request {
             Self::DirtyState { .. } => kind::DIRTY_STATE,
             Self::Damage { .. } => kind::DAMAGE,
             Self::Snapshot { .. } => kind::SNAPSHOT,
+            Self::SetMechanism { .. } => kind::SET_MECHANISM,
         }
     }
 
@@ -732,6 +758,7 @@ impl Request {
             Self::DirtyState { .. } => "DIRTY_STATE",
             Self::Damage { .. } => "DAMAGE",
             Self::Snapshot { .. } => "SNAPSHOT",
+            Self::SetMechanism { .. } => "SET_MECHANISM",
         }
     }
 
@@ -810,6 +837,10 @@ impl Request {
                 w.u64(id);
                 w.u32(flags);
             }
+            Self::SetMechanism { mechanism } => {
+                w.u16(mechanism as u16);
+                w.u16(0);
+            }
             Self::Transfer { bo, index, flags } => {
                 w.u32(bo);
                 w.u32(index);
@@ -883,6 +914,17 @@ impl Request {
                 id: r.u64("id")?,
                 flags: r.u32("flags")?,
             },
+            kind::SET_MECHANISM => {
+                let mechanism = Mechanism::from_wire(r.u16("mechanism")?)?;
+                let reserved = r.u16("reserved")?;
+                if reserved != 0 {
+                    return Err(DecodeError::BadValue {
+                        field: "reserved",
+                        value: u64::from(reserved),
+                    });
+                }
+                Self::SetMechanism { mechanism }
+            }
             kind::DAMAGE => Self::Damage {
                 bo: r.u32("bo")?,
                 offset: r.u64("offset")?,
@@ -911,6 +953,7 @@ impl Reply {
             Self::Scanned(_) => kind::R_SCANNED,
             Self::DirtyState(_) => kind::R_DIRTY_STATE,
             Self::Snapshot(_) => kind::R_SNAPSHOT,
+            Self::MechanismSet { .. } => kind::R_MECHANISM_SET,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -1036,6 +1079,19 @@ impl Reply {
                 w.u32(r.attempts);
                 w.u32(r.blocked_views);
                 w.u32(r.unblocked_views);
+            }
+            Self::MechanismSet {
+                from,
+                to,
+                exact,
+                views,
+                extra_pages,
+            } => {
+                w.u16(*from as u16);
+                w.u16(*to as u16);
+                w.u8(u8::from(*exact));
+                w.u32(*views);
+                w.u64(*extra_pages);
             }
             Self::Scanned(s) => {
                 w.u16(s.method);
@@ -1213,6 +1269,13 @@ impl Reply {
                 blocked_views: r.u32("blocked_views")?,
                 unblocked_views: r.u32("unblocked_views")?,
             }),
+            kind::R_MECHANISM_SET => Self::MechanismSet {
+                from: Mechanism::from_wire(r.u16("from")?)?,
+                to: Mechanism::from_wire(r.u16("to")?)?,
+                exact: r.u8("exact")? != 0,
+                views: r.u32("views")?,
+                extra_pages: r.u64("extra_pages")?,
+            },
             kind::R_RESOURCE_ADDED => Self::ResourceAdded { index: r.u32("index")? },
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,

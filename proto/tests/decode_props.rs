@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 19] = [
+const REQUEST_KINDS: [u16; 20] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -67,9 +67,10 @@ const REQUEST_KINDS: [u16; 19] = [
     kind::DIRTY_STATE,
     kind::DAMAGE,
     kind::SNAPSHOT,
+    kind::SET_MECHANISM,
 ];
 
-const REPLY_KINDS: [u16; 13] = [
+const REPLY_KINDS: [u16; 14] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -82,6 +83,7 @@ const REPLY_KINDS: [u16; 13] = [
     kind::R_SCANNED,
     kind::R_DIRTY_STATE,
     kind::R_SNAPSHOT,
+    kind::R_MECHANISM_SET,
     kind::R_ERROR,
 ];
 
@@ -330,6 +332,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         any::<u32>().prop_map(|bo| Request::DirtyState { bo }),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, offset, len)| Request::Damage { bo, offset, len }),
         (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Snapshot { id, flags }),
+        arb_mechanism().prop_map(|mechanism| Request::SetMechanism { mechanism }),
     ]
 }
 
@@ -375,6 +378,20 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
                 unblocked_views
             })
         ),
+        (
+            arb_mechanism(),
+            arb_mechanism(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(|(from, to, exact, views, extra_pages)| Reply::MechanismSet {
+                from,
+                to,
+                exact,
+                views,
+                extra_pages
+            }),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -1052,6 +1069,12 @@ fn documented_body_sizes() {
         }),
         20
     );
+    assert_eq!(
+        req(Request::SetMechanism {
+            mechanism: Mechanism::UffdSync
+        }),
+        4
+    );
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -1095,6 +1118,16 @@ fn documented_body_sizes() {
     assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
     assert_eq!(rep(Reply::DirtyState(DirtyStateReport::default())), 45);
     assert_eq!(rep(Reply::Snapshot(SnapshotReport::default())), 21);
+    assert_eq!(
+        rep(Reply::MechanismSet {
+            from: Mechanism::UffdAsync,
+            to: Mechanism::UffdSync,
+            exact: true,
+            views: 0,
+            extra_pages: 0
+        }),
+        17
+    );
     assert_eq!(
         rep(Reply::DirtyState(DirtyStateReport {
             runs: vec![
@@ -1426,12 +1459,15 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
-        "request kinds are 0x0001..=0x0013"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
+        "request kinds are 0x0001..=0x0014"
     );
     assert_eq!(
         REPLY_KINDS,
-        [0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x80ff]
+        [
+            0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
+            0x80ff
+        ]
     );
     assert_eq!(
         (

@@ -176,3 +176,85 @@ impl RawClient {
         }
     }
 }
+
+/// Writer threads in the style of the kernel's pagemap "transact" selftest
+/// (spec §8.4): thread `t` keeps incrementing a counter in random pages of
+/// its own `pages_per_thread` pages of `map` and publishes each value once
+/// its store completed. [`CompletedWriters::check`] asserts that every value
+/// completed before a SYNC was sent is in the GPU copy after it returned.
+pub struct CompletedWriters {
+    completed: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<std::thread::JoinHandle<anyhow::Result<u64>>>,
+    /// The random seed (printed in every failure).
+    pub seed: u64,
+}
+
+impl CompletedWriters {
+    /// Starts `threads` writers on `map`.
+    pub fn start(map: std::sync::Arc<cohmem_client::Mapping>, threads: u64, pages_per_thread: u64) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let ps = cohmem_sys::page_size();
+        let pages = threads * pages_per_thread;
+        let completed: Arc<Vec<AtomicU64>> = Arc::new((0..pages).map(|_| AtomicU64::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let seed = cohmem_tools::SplitMix64::seed_from_time();
+        eprintln!("seed {seed}");
+        let writers = (0..threads)
+            .map(|t| {
+                let (map, completed, stop) = (map.clone(), completed.clone(), stop.clone());
+                std::thread::spawn(move || -> anyhow::Result<u64> {
+                    let mut rng = cohmem_tools::SplitMix64::new(seed + t);
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let p = t * pages_per_thread + rng.below(pages_per_thread);
+                        let v = completed[p as usize].load(Ordering::Relaxed) + 1;
+                        map.write_u64((p * ps) as usize, v)?;
+                        completed[p as usize].store(v, Ordering::Release);
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        Self {
+            completed,
+            stop,
+            writers,
+            seed,
+        }
+    }
+
+    /// The values completed so far, per page (take it before sending SYNC).
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.completed
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Acquire))
+            .collect()
+    }
+
+    /// Panics if the GPU copy lacks a value of `before` (a lost write).
+    pub fn check(&self, before: &[u64], gpu: &cohmem_sys::mapping::SharedMapping) -> anyhow::Result<()> {
+        let ps = cohmem_sys::page_size() as usize;
+        for (p, &want) in before.iter().enumerate() {
+            let got = gpu.read_u64(p * ps)?;
+            assert!(
+                got >= want,
+                "lost write: page {p} completed value {want} before SYNC, GPU copy has {got} after it (seed {})",
+                self.seed
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the writers; returns how many writes they made.
+    pub fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut writes = 0;
+        for w in self.writers {
+            writes += w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        }
+        Ok(writes)
+    }
+}

@@ -259,6 +259,24 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     // MAP before ATTACH_MM, MAP on a handle that does not exist.
     expect_error(c.send(&map, &[])?, ErrorCode::NoMm, "MAP before ATTACH_MM");
     expect_error(
+        c.send(
+            &Request::SetMechanism {
+                mechanism: cohmem_client::Mechanism::UffdSync,
+            }
+            .encode(14),
+            &[],
+        )?,
+        ErrorCode::NoMm,
+        "SET_MECHANISM before ATTACH_MM",
+    );
+    // An unknown mechanism number is a decode error, answered in kind.
+    let mut bad_mechanism = Request::SetMechanism {
+        mechanism: cohmem_client::Mechanism::UffdSync,
+    }
+    .encode(15);
+    bad_mechanism[8] = 0x77;
+    expect_error(c.send(&bad_mechanism, &[])?, ErrorCode::BadFrame, "SET_MECHANISM 0x77");
+    expect_error(
         c.send(&Request::Sync { bo: 1, flags: 0 }.encode(12), &[])?,
         ErrorCode::NoSuchBo,
         "SYNC of a handle never opened",

@@ -5,13 +5,12 @@
 //! least the pages written (double reporting allowed, loss never).
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use cohmem_client::Connection;
 use cohmem_client::Mechanism;
 use cohmem_sys::mapping::SharedMapping;
-use cohmem_tests::spawn_daemon_for;
+use cohmem_tests::{spawn_daemon_for, CompletedWriters};
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -40,47 +39,15 @@ fn every_completed_write_is_in_the_gpu_copy_when_sync_returns_with(mechanism: Me
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
 
-    // completed[p] = the last value a writer finished storing into page p.
-    let completed: Arc<Vec<AtomicU64>> = Arc::new((0..pages).map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let seed = SplitMix64::seed_from_time();
-    eprintln!("seed {seed}");
-    let writers: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (map, completed, stop) = (map.clone(), completed.clone(), stop.clone());
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut rng = SplitMix64::new(seed + t);
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let p = t * pages_per_thread + rng.below(pages_per_thread);
-                    let v = completed[p as usize].load(Ordering::Relaxed) + 1;
-                    map.write_u64((p * ps) as usize, v)?;
-                    completed[p as usize].store(v, Ordering::Release);
-                    n += 1;
-                }
-                Ok(n)
-            })
-        })
-        .collect();
-
+    let writers = CompletedWriters::start(map.clone(), THREADS, pages_per_thread);
     let mut syncs = 0;
     for _ in 0..300 {
-        let snapshot: Vec<u64> = completed.iter().map(|c| c.load(Ordering::Acquire)).collect();
+        let before = writers.snapshot();
         bo.sync()?;
         syncs += 1;
-        for (p, &want) in snapshot.iter().enumerate() {
-            let got = gpu.read_u64(p * ps as usize)?;
-            assert!(
-                got >= want,
-                "lost write: page {p} completed value {want} before SYNC, GPU copy has {got} after it (seed {seed})"
-            );
-        }
+        writers.check(&before, &gpu)?;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut writes = 0;
-    for w in writers {
-        writes += w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    }
+    let writes = writers.stop()?;
     bo.sync()?;
     assert!(
         verify_gpu_copy(&bo)?.is_empty(),

@@ -190,7 +190,9 @@ impl Userfaultfd {
             ioctls: 0,
         };
         // SAFETY: `arg` is a valid uffdio_register that outlives the call; the
-        // kernel validates the range against the caller's VMAs.
+        // kernel validates the range against the VMAs of the uffd's own
+        // address space (its creator's mm, which need not be the caller's:
+        // the daemon registers client ranges when it switches mechanisms).
         unsafe { ioctl_register(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_REGISTER")?;
         Ok(())
     }

@@ -1,0 +1,249 @@
+//! Switching a live process from one write-tracking mechanism to another
+//! (seed 004's third use of quiesce: "switch mechanisms without losing
+//! writes"), and building a mechanism from what the process offered.
+//!
+//! A process offers its fds once, in ATTACH_MM ([`MechanismOffer`]). A switch
+//! ([`switch_mechanism`]) holds off, for every BO the process has a view of,
+//! syncs and transfers (`sync_lock`), view changes (the structural lock) and
+//! the fault service (the state lock), then moves each view: unregister from
+//! the old mechanism's userfaultfd (which wakes any writer waiting in a fault
+//! there), register with the new one (`UFFDIO_REGISTER` acts on the uffd's own
+//! address space, so the daemon can do it for the client), write-protect it.
+//! Between the two registrations a write cannot be seen by either mechanism,
+//! so, as vmwgfx does on a PAGETABLE switch, what cannot be proven clean is
+//! marked dirty: the whole view, counted in the extra-pages statistics.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+
+use cohmem_proto::Mechanism;
+use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::softdirty::ClearRefs;
+use cohmem_sys::uffd::Userfaultfd;
+use thiserror::Error;
+
+use crate::bo::{lock, Bo, BoState, View};
+use crate::faults::FaultService;
+use crate::mm::MmSubscription;
+use crate::stats::DaemonCounters;
+use crate::tracker::{ExplicitTracker, FullTracker, SoftDirtyTracker, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
+
+/// The fds a client process offered in ATTACH_MM, kept for the life of its
+/// subscription: each mechanism is built from duplicates of them.
+#[derive(Debug, Default)]
+pub struct MechanismOffer {
+    /// WP_ASYNC userfaultfd and the process's pagemap.
+    pub asynchronous: Option<(OwnedFd, OwnedFd)>,
+    /// Synchronous userfaultfd.
+    pub synchronous: Option<OwnedFd>,
+    /// Pagemap and clear_refs, for soft-dirty.
+    pub soft_dirty: Option<(OwnedFd, OwnedFd)>,
+    /// ATTACH_MM flags (what the fds are and what they can do).
+    pub flags: u32,
+    /// Features of the WP_ASYNC userfaultfd.
+    pub uffd_features: u64,
+}
+
+/// Why a mechanism could not be built or switched to.
+#[derive(Debug, Error)]
+pub enum SwitchError {
+    /// An offered fd is not what it was announced to be.
+    #[error("{0}")]
+    BadFds(String),
+    /// The process did not offer what the mechanism needs.
+    #[error("{0}")]
+    Missing(String),
+    /// Duplicating an fd failed.
+    #[error("duplicating an offered fd: {0}")]
+    Dup(std::io::Error),
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, SwitchError> {
+    fd.try_clone().map_err(SwitchError::Dup)
+}
+
+/// A pagemap fd of the process `pid` (a pagemap of another process would let
+/// a client read and clear someone else's written state).
+fn own_pagemap(fd: &OwnedFd, pid: i32, checked: bool) -> Result<PagemapFile, SwitchError> {
+    let pagemap = if checked {
+        PagemapFile::from_fd(dup(fd)?).map_err(|e| SwitchError::BadFds(format!("fd 1: {e}")))?
+    } else {
+        PagemapFile::from_fd_unchecked(dup(fd)?)
+    };
+    match pagemap.owner_pid() {
+        Some(owner) if owner == pid => Ok(pagemap),
+        other => Err(SwitchError::BadFds(format!(
+            "fd 1 is the pagemap of {}, not of the connecting process {pid}",
+            other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
+        ))),
+    }
+}
+
+impl MechanismOffer {
+    /// Builds `mechanism` (already checked against the kernel and the
+    /// offer's flags) for process `pid` from duplicates of the offered fds.
+    pub fn build(&self, mechanism: Mechanism, pid: i32) -> Result<Box<dyn WriteTracker>, SwitchError> {
+        let sync_uffd = || -> Result<Userfaultfd, SwitchError> {
+            let fd = self
+                .synchronous
+                .as_ref()
+                .ok_or_else(|| SwitchError::Missing("the process offered no synchronous uffd".into()))?;
+            Userfaultfd::from_fd(dup(fd)?).map_err(|e| SwitchError::BadFds(format!("synchronous uffd: {e}")))
+        };
+        Ok(match mechanism {
+            Mechanism::Full => Box::new(FullTracker),
+            Mechanism::Explicit => Box::new(ExplicitTracker),
+            Mechanism::UffdAsync => {
+                let (uffd, pagemap) = self
+                    .asynchronous
+                    .as_ref()
+                    .ok_or_else(|| SwitchError::Missing("the process offered no WP_ASYNC uffd".into()))?;
+                let uffd = Userfaultfd::from_fd(dup(uffd)?).map_err(|e| SwitchError::BadFds(format!("fd 0: {e}")))?;
+                Box::new(UffdAsyncTracker::new(uffd, own_pagemap(pagemap, pid, true)?))
+            }
+            Mechanism::UffdSync => {
+                // Keep the pagemap if it came along: it proves views are
+                // still mapped. (Without it, a view moved behind the daemon's
+                // back is not detected; see the README.)
+                let pagemap = match &self.asynchronous {
+                    Some((_, pagemap)) => Some(own_pagemap(pagemap, pid, true)?),
+                    None => None,
+                };
+                Box::new(UffdSyncTracker::new(sync_uffd()?, pagemap))
+            }
+            Mechanism::SoftDirty => {
+                let (pagemap, clear_refs) = self
+                    .soft_dirty
+                    .as_ref()
+                    .ok_or_else(|| SwitchError::Missing("the process offered no pagemap and clear_refs fds".into()))?;
+                Box::new(SoftDirtyTracker::new(
+                    sync_uffd()?,
+                    own_pagemap(pagemap, pid, false)?,
+                    ClearRefs::from_fd(dup(clear_refs)?),
+                ))
+            }
+            Mechanism::None => return Err(SwitchError::Missing("no mechanism named".into())),
+        })
+    }
+}
+
+/// What a switch did.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchReport {
+    /// Mechanism before.
+    pub from: Mechanism,
+    /// Views moved.
+    pub views: u32,
+    /// Pages marked dirty that were not.
+    pub extra_pages: u64,
+}
+
+/// Every lock a switch holds on one BO, in acquisition order (dropped in
+/// reverse: state, structural change, syncs).
+struct HeldBo<'b> {
+    state: MutexGuard<'b, BoState>,
+    _structure: crate::bo::StructuralChange<'b>,
+    _syncs: MutexGuard<'b, ()>,
+}
+
+/// Switches `mm` to `new` (see the module comment). The caller holds the
+/// daemon's quiesce lock.
+pub fn switch_mechanism(
+    counters: &DaemonCounters,
+    faults: &Arc<FaultService>,
+    mm: &Arc<MmSubscription>,
+    new: Box<dyn WriteTracker>,
+) -> SwitchReport {
+    let new: Arc<dyn WriteTracker> = Arc::from(new);
+    let _no_new_views = mm.switching();
+    let old = mm.tracker();
+    let views = mm.live_views();
+    let mut bos: Vec<Arc<Bo>> = views.iter().filter_map(|v| v.bo.upgrade()).collect();
+    bos.sort_by_key(|b| b.id);
+    bos.dedup_by_key(|b| b.id);
+    // One order for every switch (BO id), and the same order per BO as the
+    // sync path (sync_lock, then structure, then state): no deadlock.
+    let mut held: Vec<HeldBo<'_>> = bos
+        .iter()
+        .map(|b| {
+            let syncs = lock(&b.sync_lock);
+            let structure = b.begin_structural_change();
+            HeldBo {
+                state: b.state(),
+                _structure: structure,
+                _syncs: syncs,
+            }
+        })
+        .collect();
+    let mut report = SwitchReport {
+        from: old.mechanism(),
+        views: 0,
+        extra_pages: 0,
+    };
+    for view in views.iter().filter(|v| !v.dead.load(Ordering::Acquire)) {
+        let Some(bo) = view.bo.upgrade() else { continue };
+        let Some(i) = bos.iter().position(|b| b.id == bo.id) else {
+            continue;
+        };
+        report.extra_pages += move_view(&bo, &mut held[i].state, view, old.as_ref(), new.as_ref());
+        report.views += 1;
+    }
+    mm.replace_tracker(new, faults);
+    counters.extra_pages.fetch_add(report.extra_pages, Ordering::Relaxed);
+    drop(held);
+    report
+}
+
+/// Moves one view from `old` to `new`; returns the extra dirty pages.
+fn move_view(bo: &Bo, st: &mut BoState, view: &View, old: &dyn WriteTracker, new: &dyn WriteTracker) -> u64 {
+    let range = view.range();
+    let len = range.end - range.start;
+    if let Some(uffd) = old.registration_uffd() {
+        // Unregistering clears the write protection and wakes writers
+        // waiting in a fault here; they retry under the new mechanism.
+        if let Err(e) = uffd.unregister(range.start, len) {
+            tracing::debug!(bo = bo.id, view = view.id, error = %e, "unregistering a view from the old uffd");
+        }
+        let _ = uffd.wake(range.start, len);
+    }
+    let registered = match new.registration_uffd() {
+        Some(uffd) => uffd.register_wp(range.start, len).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    lock(&view.writable).clear();
+    lock(&view.stale_dirty).clear();
+    let attached = registered.and_then(|()| {
+        if st.tracker.is_some() {
+            new.attach_view(range.clone()).map_err(|e| e.to_string())
+        } else {
+            // No resource, so no tracker: leave the view unprotected, which
+            // every mechanism reads as "written" when a resource is added
+            // (pages written before the switch are never forgotten).
+            if new.eager() {
+                let mut writable = lock(&view.writable);
+                for p in 0..len / bo.page_size {
+                    writable.insert(p);
+                }
+            }
+            Ok(())
+        }
+    });
+    if let Err(e) = attached {
+        tracing::warn!(
+            bo = bo.id,
+            view = view.id,
+            error = %e,
+            "view cannot be moved to the new mechanism; it is treated as written whole at every scan"
+        );
+        view.broken.store(true, Ordering::Relaxed);
+    }
+    let Some(t) = st.tracker.as_mut() else {
+        return 0;
+    };
+    let before = t.dirty.dirty_pages();
+    t.dirty.record(view.bo_pages(bo.page_size));
+    let extra = t.dirty.dirty_pages() - before;
+    bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
+    extra
+}
