@@ -21,7 +21,14 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 /// The tracking mechanisms this kernel has, in the order the tests cycle
 /// through them.
 fn tracking_mechanisms() -> Vec<Mechanism> {
-    let mut m = vec![Mechanism::UffdAsync, Mechanism::UffdSync];
+    let caps = cohmem_sys::probe::probe_all();
+    let mut m = Vec::new();
+    if caps.uffd_async.ok {
+        m.push(Mechanism::UffdAsync);
+    }
+    if caps.uffd_sync.ok {
+        m.push(Mechanism::UffdSync);
+    }
     if soft_dirty_available() {
         m.push(Mechanism::SoftDirty);
     }
@@ -31,7 +38,11 @@ fn tracking_mechanisms() -> Vec<Mechanism> {
 #[test]
 fn after_a_switch_the_views_are_uploaded_whole_once_then_exactly() -> anyhow::Result<()> {
     let _one = soft_dirty_serial();
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+    let mut targets = tracking_mechanisms();
+    let first = targets[0];
+    targets.push(Mechanism::Full);
+    targets.push(first);
+    let daemon = spawn_daemon_for(DAEMON, first)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let pages = 64u64;
@@ -39,14 +50,11 @@ fn after_a_switch_the_views_are_uploaded_whole_once_then_exactly() -> anyhow::Re
     // Two views of the same BO: [0, 40) and [32, 64) (overlapping pages).
     let low = bo.map_range(0, 40 * ps)?;
     let high = bo.map_range(32 * ps, 32 * ps)?;
-    assert_eq!(conn.mechanism()?, Mechanism::UffdAsync);
+    assert_eq!(conn.mechanism()?, first);
     low.write(5 * ps as usize, b"before")?;
     bo.sync()?;
 
-    let mut from = Mechanism::UffdAsync;
-    let mut targets = tracking_mechanisms();
-    targets.push(Mechanism::Full);
-    targets.push(Mechanism::UffdAsync);
+    let mut from = first;
     for (round, &to) in targets.iter().skip(1).enumerate() {
         let round = round as u64;
         // A write just before the switch, under the old mechanism.
@@ -108,7 +116,7 @@ fn after_a_switch_the_views_are_uploaded_whole_once_then_exactly() -> anyhow::Re
 fn switching_back_and_forth_under_concurrent_writers_loses_no_write() -> anyhow::Result<()> {
     const THREADS: u64 = 4;
     let _one = soft_dirty_serial();
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+    let daemon = spawn_daemon_for(DAEMON, tracking_mechanisms()[0])?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let pages_per_thread = 64u64;
