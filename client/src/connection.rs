@@ -76,6 +76,20 @@ pub struct ExportedResource {
     pub size: u64,
     /// Offset of the resource's window in the BO.
     pub offset: u64,
+    /// Bytes between the starts of two consecutive pages in the exported
+    /// buffer (the page size where they are contiguous).
+    pub pitch: u64,
+}
+
+/// What [`Bo::readback`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readback {
+    /// Pages the sync before the copy uploaded.
+    pub synced_pages: u64,
+    /// Bytes copied from the GPU into the BO.
+    pub bytes: u64,
+    /// Time the daemon spent.
+    pub duration: Duration,
 }
 
 pub(crate) struct ConnInner {
@@ -541,14 +555,41 @@ impl Bo {
             index,
         };
         match self.inner.conn.call(&req, &[])? {
-            (Reply::Resource { size, offset }, mut fds) => Ok(ExportedResource {
+            (Reply::Resource { size, offset, pitch }, mut fds) => Ok(ExportedResource {
                 fd: fds
                     .pop()
                     .ok_or_else(|| ClientError::Protocol("RESOURCE reply without fd".into()))?,
                 size,
                 offset,
+                pitch: u64::from(pitch),
             }),
             (other, _) => Err(unexpected("EXPORT_RESOURCE", &other)),
+        }
+    }
+
+    /// GPU → CPU: syncs the BO (no write made before this call is lost),
+    /// then copies every GPU resource back into the BO. A write racing the
+    /// readback may be overwritten by the GPU's bytes; write after it
+    /// returns to keep a write (see the protocol's READBACK).
+    pub fn readback(&self) -> Result<Readback, ClientError> {
+        let req = Request::Readback {
+            bo: self.inner.handle,
+            flags: 0,
+        };
+        match self.inner.conn.call(&req, &[])? {
+            (
+                Reply::ReadbackDone {
+                    synced_pages,
+                    bytes,
+                    duration_ns,
+                },
+                _,
+            ) => Ok(Readback {
+                synced_pages,
+                bytes,
+                duration: Duration::from_nanos(duration_ns),
+            }),
+            (other, _) => Err(unexpected("READBACK", &other)),
         }
     }
 }

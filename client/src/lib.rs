@@ -24,7 +24,7 @@ mod mapping;
 mod tracking;
 
 pub use cohmem_proto::{DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport, SnapshotReport};
-pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, SyncResult};
+pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, SyncResult};
 pub use error::ClientError;
 pub use mapping::Mapping;
 

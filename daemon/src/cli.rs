@@ -22,7 +22,8 @@ struct Args {
     /// Listening socket (default: $XDG_RUNTIME_DIR/cohmem.sock, else /run/cohmem/cohmem.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// GPU backend: `soft` (embedded software GPU) or `auto`.
+    /// GPU backend: `auto` (the first DRM card node with dumb buffers, else
+    /// the embedded software GPU), `soft`, or `drm:/dev/dri/cardN`.
     #[arg(long, default_value = "auto")]
     gpu: GpuChoice,
     /// Write-tracking mechanism for every client: `auto` (uffd-async where it

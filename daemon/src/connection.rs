@@ -275,6 +275,22 @@ impl Session {
             }
             Request::Snapshot { id, flags } => self.snapshot(id, flags).await,
             Request::SetMechanism { mechanism } => self.set_mechanism(mechanism).await,
+            Request::Readback { bo, flags } => {
+                if flags != 0 {
+                    return Err(fail(
+                        ErrorCode::InvalidArgument,
+                        format!("unknown READBACK flags {flags:#x}"),
+                    ));
+                }
+                self.tracker_op(bo, |e, b| {
+                    e.readback(b).map(|r| Reply::ReadbackDone {
+                        synced_pages: r.synced_pages,
+                        bytes: r.bytes,
+                        duration_ns: r.duration_ns,
+                    })
+                })
+                .await
+            }
             Request::Damage { bo, offset, len } => {
                 self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
                     .await
@@ -868,6 +884,7 @@ impl Session {
             Reply::Resource {
                 size: res.gpu.size(),
                 offset: res.window.start,
+                pitch: u32::try_from(res.gpu.pitch()).unwrap_or(u32::MAX),
             },
             vec![fd],
         ))
@@ -941,7 +958,7 @@ impl Session {
                 sync_retries: c.sync_retries.load(Ordering::Relaxed),
                 sync_exclusive: c.sync_exclusive.load(Ordering::Relaxed),
                 faults: d.faults.faults.load(Ordering::Relaxed),
-                backend: d.gpu.name(),
+                backend: format!("{} [{}]", d.gpu.name(), d.gpu_reason),
             },
             connections,
             bos,

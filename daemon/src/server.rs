@@ -87,7 +87,8 @@ impl Daemon {
     /// Probes the kernel, opens the GPU backend and starts the fault service.
     pub fn new(config: DaemonConfig) -> std::io::Result<Self> {
         let kernel = cohmem_sys::probe::probe_all();
-        let (gpu, gpu_reason) = open_backend(&config.gpu);
+        let (gpu, gpu_reason) = open_backend(&config.gpu)
+            .map_err(|e| std::io::Error::other(format!("GPU backend {:?}: {e}", config.gpu)))?;
         let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS;
         if kernel.uffd_async.ok {
             offered |= caps::UFFD_ASYNC;

@@ -35,6 +35,17 @@ use crate::policy::{DirtyTracker, ScanDecision};
 use crate::stats::DaemonCounters;
 use crate::tracker::TrackError;
 
+/// What a READBACK did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadbackDone {
+    /// Pages the sync before the copy uploaded.
+    pub synced_pages: u64,
+    /// Bytes copied from the GPU into the BO.
+    pub bytes: u64,
+    /// Time spent, nanoseconds.
+    pub duration_ns: u64,
+}
+
 /// Collisions with structural changes after which a sync takes the
 /// exclusive path.
 pub const MAX_SYNC_COLLISIONS: u32 = 3;
@@ -581,6 +592,38 @@ impl<'a> SyncEngine<'a> {
     /// more exclusively, so it can never live-lock.
     pub fn sync(&self, bo: &Bo, with_runs: bool) -> Result<SyncReport, SyncError> {
         let _serial = lock(&bo.sync_lock);
+        self.sync_serialised(bo, with_runs)
+    }
+
+    /// GPU → CPU (READBACK): syncs the BO, then, with further syncs held
+    /// off, copies every resource back into its window of the BO. A CPU
+    /// write racing the copy may be overwritten (its page is dirty, so the
+    /// next sync makes the GPU agree with the BO again); see proto/README.md.
+    pub fn readback(&self, bo: &Bo) -> Result<ReadbackDone, SyncError> {
+        let _serial = lock(&bo.sync_lock);
+        let t0 = Instant::now();
+        let synced = self.sync_serialised(bo, false)?;
+        let resources: Vec<Arc<Resource>> = bo.state().resources.iter().flatten().cloned().collect();
+        let mut bytes = 0;
+        if !resources.is_empty() {
+            // The daemon's own mapping is read-only; the copy-back gets a
+            // writable one for its duration.
+            let dst = SharedMapping::map(bo.memfd().as_fd(), bo.size, 0, true).map_err(GpuError::from)?;
+            for r in &resources {
+                let len = r.window.end - r.window.start;
+                r.gpu.download(&dst, r.window.start, std::slice::from_ref(&(0..len)))?;
+                bytes += len;
+            }
+        }
+        Ok(ReadbackDone {
+            synced_pages: synced.pages,
+            bytes,
+            duration_ns: t0.elapsed().as_nanos() as u64,
+        })
+    }
+
+    /// [`SyncEngine::sync`] with `bo.sync_lock` already held.
+    fn sync_serialised(&self, bo: &Bo, with_runs: bool) -> Result<SyncReport, SyncError> {
         let t0 = Instant::now();
         let mut all = Vec::new();
         let mut collisions = 0u32;
@@ -978,6 +1021,9 @@ mod tests {
                 return Err(GpuError::Unsupported("injected upload failure".into()));
             }
             self.0.upload(src, base, runs)
+        }
+        fn download(&self, dst: &SharedMapping, base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+            self.0.download(dst, base, runs)
         }
         fn export_fd(&self) -> Result<OwnedFd, GpuError> {
             self.0.export_fd()

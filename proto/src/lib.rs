@@ -31,8 +31,9 @@ pub mod limits {
     pub const MAX_FRAME: usize = 64 * 1024;
     /// Largest error message, in bytes of UTF-8.
     pub const MAX_ERROR_MESSAGE: usize = 1024;
-    /// Largest short name (backend names in STATS), in bytes of UTF-8.
-    pub const MAX_NAME: usize = 64;
+    /// Largest backend description in STATS (name and why it was chosen),
+    /// in bytes of UTF-8.
+    pub const MAX_NAME: usize = 255;
     /// Most dirty runs a SYNC_DONE or DIRTY_STATE reply lists (the rest is
     /// only counted or flagged).
     pub const MAX_REPORTED_RUNS: usize = 4096;

@@ -540,6 +540,15 @@ pub enum Request {
         /// The mechanism to switch to ([`Mechanism::None`] is refused).
         mechanism: Mechanism,
     },
+    /// GPU → CPU: syncs the BO's dirty pages (no CPU write is lost), then
+    /// copies every resource back into its window of the BO. Reply:
+    /// [`Reply::ReadbackDone`].
+    Readback {
+        /// BO handle.
+        bo: u32,
+        /// Reserved, 0.
+        flags: u32,
+    },
     /// The `explicit` mechanism: the client reports that it wrote `len`
     /// bytes at `offset` of the BO. Reply: [`Reply::Ok`].
     Damage {
@@ -605,6 +614,10 @@ pub enum Reply {
         size: u64,
         /// Offset of the resource's window in the BO.
         offset: u64,
+        /// Bytes between the starts of two consecutive pages of the window
+        /// in the exported buffer (the page size where they are contiguous;
+        /// a DRM dumb buffer lays one page out per row of the driver's pitch).
+        pitch: u32,
     },
     /// A resource was bound.
     ResourceAdded {
@@ -617,6 +630,15 @@ pub enum Reply {
     DirtyState(DirtyStateReport),
     /// SNAPSHOT result; a memfd with the copy is attached.
     Snapshot(SnapshotReport),
+    /// READBACK result.
+    ReadbackDone {
+        /// Pages the sync before the copy uploaded.
+        synced_pages: u64,
+        /// Bytes copied from the GPU resources into the BO.
+        bytes: u64,
+        /// Time the daemon spent, in nanoseconds.
+        duration_ns: u64,
+    },
     /// SET_MECHANISM result.
     MechanismSet {
         /// Mechanism before the switch.
@@ -662,6 +684,7 @@ pub mod kind {
     pub const DAMAGE: u16 = 0x0012;
     pub const SNAPSHOT: u16 = 0x0013;
     pub const SET_MECHANISM: u16 = 0x0014;
+    pub const READBACK: u16 = 0x0015;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -676,6 +699,7 @@ pub mod kind {
     pub const R_DIRTY_STATE: u16 = 0x800b;
     pub const R_SNAPSHOT: u16 = 0x800c;
     pub const R_MECHANISM_SET: u16 = 0x800d;
+    pub const R_READBACK_DONE: u16 = 0x800e;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -733,6 +757,7 @@ impl Request {
             Self::Damage { .. } => kind::DAMAGE,
             Self::Snapshot { .. } => kind::SNAPSHOT,
             Self::SetMechanism { .. } => kind::SET_MECHANISM,
+            Self::Readback { .. } => kind::READBACK,
         }
     }
 
@@ -759,6 +784,7 @@ impl Request {
             Self::Damage { .. } => "DAMAGE",
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SetMechanism { .. } => "SET_MECHANISM",
+            Self::Readback { .. } => "READBACK",
         }
     }
 
@@ -815,7 +841,7 @@ impl Request {
                 w.u32(bo);
                 w.u32(view);
             }
-            Self::Sync { bo, flags } => {
+            Self::Sync { bo, flags } | Self::Readback { bo, flags } => {
                 w.u32(bo);
                 w.u32(flags);
             }
@@ -914,6 +940,10 @@ impl Request {
                 id: r.u64("id")?,
                 flags: r.u32("flags")?,
             },
+            kind::READBACK => Self::Readback {
+                bo: r.u32("bo")?,
+                flags: r.u32("flags")?,
+            },
             kind::SET_MECHANISM => {
                 let mechanism = Mechanism::from_wire(r.u16("mechanism")?)?;
                 let reserved = r.u16("reserved")?;
@@ -954,6 +984,7 @@ impl Reply {
             Self::DirtyState(_) => kind::R_DIRTY_STATE,
             Self::Snapshot(_) => kind::R_SNAPSHOT,
             Self::MechanismSet { .. } => kind::R_MECHANISM_SET,
+            Self::ReadbackDone { .. } => kind::R_READBACK_DONE,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -1068,9 +1099,19 @@ impl Reply {
                     w.u64(b.sync_exclusive);
                 }
             }
-            Self::Resource { size, offset } => {
+            Self::Resource { size, offset, pitch } => {
                 w.u64(*size);
                 w.u64(*offset);
+                w.u32(*pitch);
+            }
+            Self::ReadbackDone {
+                synced_pages,
+                bytes,
+                duration_ns,
+            } => {
+                w.u64(*synced_pages);
+                w.u64(*bytes);
+                w.u64(*duration_ns);
             }
             Self::ResourceAdded { index } => w.u32(*index),
             Self::Snapshot(r) => {
@@ -1261,6 +1302,12 @@ impl Reply {
             kind::R_RESOURCE => Self::Resource {
                 size: r.u64("size")?,
                 offset: r.u64("offset")?,
+                pitch: r.u32("pitch")?,
+            },
+            kind::R_READBACK_DONE => Self::ReadbackDone {
+                synced_pages: r.u64("synced_pages")?,
+                bytes: r.u64("bytes")?,
+                duration_ns: r.u64("duration_ns")?,
             },
             kind::R_SNAPSHOT => Self::Snapshot(SnapshotReport {
                 size: r.u64("size")?,

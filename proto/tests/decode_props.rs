@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 20] = [
+const REQUEST_KINDS: [u16; 21] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -68,9 +68,10 @@ const REQUEST_KINDS: [u16; 20] = [
     kind::DAMAGE,
     kind::SNAPSHOT,
     kind::SET_MECHANISM,
+    kind::READBACK,
 ];
 
-const REPLY_KINDS: [u16; 14] = [
+const REPLY_KINDS: [u16; 15] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -84,6 +85,7 @@ const REPLY_KINDS: [u16; 14] = [
     kind::R_DIRTY_STATE,
     kind::R_SNAPSHOT,
     kind::R_MECHANISM_SET,
+    kind::R_READBACK_DONE,
     kind::R_ERROR,
 ];
 
@@ -333,6 +335,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, offset, len)| Request::Damage { bo, offset, len }),
         (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Snapshot { id, flags }),
         arb_mechanism().prop_map(|mechanism| Request::SetMechanism { mechanism }),
+        (any::<u32>(), any::<u32>()).prop_map(|(bo, flags)| Request::Readback { bo, flags }),
     ]
 }
 
@@ -365,7 +368,16 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         Just(Reply::Ok),
         arb_sync_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::SyncDone),
         arb_stats_report(extra(MAX_NAME), extra(MAX_STATS_CONNECTIONS), extra(MAX_STATS_BOS)).prop_map(Reply::Stats),
-        (any::<u64>(), any::<u64>()).prop_map(|(size, offset)| Reply::Resource { size, offset }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(size, offset, pitch)| Reply::Resource {
+            size,
+            offset,
+            pitch
+        }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(synced_pages, bytes, duration_ns)| Reply::ReadbackDone {
+            synced_pages,
+            bytes,
+            duration_ns
+        }),
         any::<u32>().prop_map(|index| Reply::ResourceAdded { index }),
         arb_scan_report().prop_map(Reply::Scanned),
         arb_dirty_state_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::DirtyState),
@@ -871,8 +883,8 @@ fn stats_rows_over_the_limit_are_over_limit() {
     let b = MAX_STATS_BOS + 1;
     let f = stats_frame(4, 0, 0, b as u16, b);
     assert_eq!(Reply::decode(&f), Err(over("bo rows", b, MAX_STATS_BOS)));
-    let f = stats_frame(MAX_NAME + 1, 0, 0, 0, 0);
-    assert_eq!(Reply::decode(&f), Err(over("backend length", MAX_NAME + 1, MAX_NAME)));
+    // The backend length is a u8 and MAX_NAME is 255: it cannot be over.
+    assert_eq!(MAX_NAME, u8::MAX as usize);
     // At the limits: accepted.
     let f = stats_frame(
         MAX_NAME,
@@ -984,14 +996,15 @@ fn maximal_replies_fit_max_frame() {
     let f = stats.encode(1);
     assert_eq!(
         f.len(),
-        HEADER_LEN + 110 + MAX_NAME + 32 * MAX_STATS_CONNECTIONS + 70 * MAX_STATS_BOS
+        // 4-byte characters cut on a character boundary: 252 of 255 bytes.
+        HEADER_LEN + 110 + MAX_NAME / 4 * 4 + 32 * MAX_STATS_CONNECTIONS + 70 * MAX_STATS_BOS
     );
-    assert_eq!(f.len(), 26294);
+    assert_eq!(f.len(), 26482);
     assert!(f.len() <= MAX_FRAME);
     match Reply::decode(&f) {
         Ok((_, Reply::Stats(s))) => {
             assert!(s.truncated);
-            assert_eq!(s.daemon.backend.len(), MAX_NAME); // 16 four-byte chars
+            assert_eq!(s.daemon.backend.len(), MAX_NAME / 4 * 4); // 63 four-byte chars
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -1113,7 +1126,23 @@ fn documented_body_sizes() {
         })),
         110 + 2 + 32 * 3 + 70 * 5
     );
-    assert_eq!(rep(Reply::Resource { size: 0, offset: 0 }), 16);
+    assert_eq!(
+        rep(Reply::Resource {
+            size: 0,
+            offset: 0,
+            pitch: 0
+        }),
+        20
+    );
+    assert_eq!(
+        rep(Reply::ReadbackDone {
+            synced_pages: 0,
+            bytes: 0,
+            duration_ns: 0
+        }),
+        24
+    );
+    assert_eq!(req(Request::Readback { bo: 0, flags: 0 }), 8);
     assert_eq!(rep(Reply::ResourceAdded { index: 0 }), 4);
     assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
     assert_eq!(rep(Reply::DirtyState(DirtyStateReport::default())), 45);
@@ -1346,8 +1375,14 @@ fn documented_field_offsets() {
     assert_eq!(f.len(), b + 70);
     assert_eq!(f.len(), B + 110 + l + 32 + 70);
 
-    let f = Reply::Resource { size: 1, offset: 2 }.encode(0);
+    let f = Reply::Resource {
+        size: 1,
+        offset: 2,
+        pitch: 4096,
+    }
+    .encode(0);
     assert_eq!((le_u64(&f, B), le_u64(&f, B + 8)), (1, 2));
+    assert_eq!(u32::from_le_bytes(f[B + 16..B + 20].try_into().unwrap()), 4096);
 
     let f = Request::CreateBo {
         size: 0x1_0000_0000,
@@ -1459,14 +1494,14 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
-        "request kinds are 0x0001..=0x0014"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
+        "request kinds are 0x0001..=0x0015"
     );
     assert_eq!(
         REPLY_KINDS,
         [
             0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
-            0x80ff
+            0x800e, 0x80ff
         ]
     );
     assert_eq!(
@@ -1552,7 +1587,7 @@ fn documented_constants() {
     assert_eq!(ErrorCode::from_wire(17), ErrorCode::Other(17));
     assert_eq!(
         (MAX_FRAME, MAX_ERROR_MESSAGE, MAX_NAME, MAX_REPORTED_RUNS),
-        (65536, 1024, 64, 4096)
+        (65536, 1024, 255, 4096)
     );
     assert_eq!(
         (MAX_STATS_CONNECTIONS, MAX_STATS_BOS, MAX_BO_SIZE, MAX_FDS),
@@ -1645,7 +1680,11 @@ fn documented_fd_counts() {
     };
     assert_eq!(bo.fd_count(&create), 1);
     assert_eq!(bo.fd_count(&Request::ImportBo), 0);
-    let res = Reply::Resource { size: 1, offset: 0 };
+    let res = Reply::Resource {
+        size: 1,
+        offset: 0,
+        pitch: 4096,
+    };
     assert_eq!(res.fd_count(&Request::ExportResource { bo: 1, index: 0 }), 1);
     assert_eq!(Reply::Ok.fd_count(&Request::Destroy { bo: 1 }), 0);
     assert_eq!(Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo), 0);

@@ -458,3 +458,26 @@ fn explicit_mechanism_uploads_exactly_the_reported_damage() -> anyhow::Result<()
     assert_eq!(err.code(), Some(cohmem_client::ErrorCode::InvalidArgument));
     Ok(())
 }
+
+/// READBACK on the software backend: the CPU writes not yet synced reach the
+/// GPU first, and afterwards the BO equals the GPU copy. (The device side of
+/// readback, GPU bytes written behind the daemon coming back, is checked on
+/// real DRM devices in tests/tests/drm.rs.)
+#[test]
+fn readback_syncs_first_and_leaves_bo_and_gpu_equal() -> anyhow::Result<()> {
+    let daemon = spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(16 * ps)?;
+    let map = bo.map()?;
+    map.write((2 * ps) as usize, b"two")?;
+    map.write((11 * ps) as usize, b"eleven")?;
+    let r = bo.readback()?;
+    assert_eq!((r.synced_pages, r.bytes), (2, 16 * ps), "{r:?}");
+    let mut b = [0u8; 6];
+    map.read((11 * ps) as usize, &mut b)?;
+    assert_eq!(&b, b"eleven");
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    assert_eq!(bo.sync()?.pages, 0, "a readback leaves nothing dirty");
+    Ok(())
+}

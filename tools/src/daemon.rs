@@ -39,7 +39,8 @@ pub fn find_cohmemd() -> anyhow::Result<PathBuf> {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl DaemonProcess {
-    /// Starts `cohmemd --socket <tmp> --gpu soft` plus `extra` arguments and
+    /// Starts `cohmemd --socket <tmp>` plus `extra` arguments (with `--gpu soft`
+    /// unless `extra` names a backend) and
     /// waits until it accepts connections. Its log goes to our stderr.
     pub fn spawn(extra: &[&str]) -> anyhow::Result<Self> {
         Self::spawn_bin(&find_cohmemd()?, extra)
@@ -54,10 +55,16 @@ impl DaemonProcess {
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("cohmem.sock");
+        // The software GPU unless the caller names a backend.
+        let gpu: &[&str] = if extra.contains(&"--gpu") {
+            &[]
+        } else {
+            &["--gpu", "soft"]
+        };
         let child = Command::new(bin)
             .arg("--socket")
             .arg(&socket)
-            .args(["--gpu", "soft"])
+            .args(gpu)
             .args(extra)
             .stdin(Stdio::null())
             .spawn()

@@ -9,4 +9,4 @@ pub mod writer;
 
 pub use daemon::DaemonProcess;
 pub use rng::SplitMix64;
-pub use verify::{verify_gpu_copy, Mismatch};
+pub use verify::{compare_pages, verify_gpu_copy, Mismatch};

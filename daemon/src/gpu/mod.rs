@@ -3,9 +3,10 @@
 //! A backend allocates one [`GpuResource`] per page-aligned window of a BO
 //! (vmwgfx's resources on a backing BO); a sync uploads the window's dirty
 //! runs into it. The software backend ([`soft`]) emulates device memory as a
-//! daemon-private buffer; the DRM and GBM backends of a later issue implement
-//! the same traits.
+//! daemon-private buffer; the DRM backend ([`drm`]) uses dumb buffers of a
+//! real DRM device.
 
+pub mod drm;
 pub mod soft;
 
 use std::ops::Range;
@@ -48,6 +49,14 @@ pub trait GpuResource: Send + Sync {
     /// Copies the byte ranges `runs` (relative to the resource) from `src`
     /// starting at `src_base` (the window's offset in the BO mapping).
     fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError>;
+    /// Copies the byte ranges `runs` (relative to the resource) back into
+    /// `dst` starting at `dst_base` (READBACK).
+    fn download(&self, dst: &SharedMapping, dst_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError>;
+    /// Bytes between the starts of two consecutive pages of the resource in
+    /// its exported buffer (the page size where pages are contiguous).
+    fn pitch(&self) -> u64 {
+        cohmem_sys::page_size()
+    }
     /// An fd through which another process can read the resource (the
     /// software backend's memfd, a dma-buf on real devices).
     fn export_fd(&self) -> Result<OwnedFd, GpuError>;
@@ -58,7 +67,10 @@ pub trait GpuResource: Send + Sync {
 pub enum GpuChoice {
     /// The embedded software backend.
     Soft,
-    /// The best available: DRM where a device exists (later issue), else soft.
+    /// Dumb buffers on the DRM primary node at this path.
+    Drm(std::path::PathBuf),
+    /// The best available: the first DRM card node with dumb buffers, else
+    /// the software backend.
     Auto,
 }
 
@@ -68,22 +80,48 @@ impl std::str::FromStr for GpuChoice {
         match s {
             "soft" => Ok(Self::Soft),
             "auto" => Ok(Self::Auto),
-            other => Err(format!("unknown GPU backend {other:?} (this build knows: soft, auto)")),
+            _ => match s.strip_prefix("drm:") {
+                Some(path) if !path.is_empty() => Ok(Self::Drm(path.into())),
+                _ => Err(format!(
+                    "unknown GPU backend {s:?} (this build knows: soft, auto, drm:/dev/dri/cardN)"
+                )),
+            },
         }
     }
 }
 
-/// Opens the backend `choice` names. Returns it and why it was chosen.
-pub fn open_backend(choice: &GpuChoice) -> (Box<dyn GpuBackend>, String) {
+/// Opens the backend `choice` names. Returns it and why it was chosen; an
+/// explicitly named device that cannot serve is an error, never a silent
+/// fallback.
+pub fn open_backend(choice: &GpuChoice) -> Result<(Box<dyn GpuBackend>, String), GpuError> {
     match choice {
-        GpuChoice::Soft => (Box::new(soft::SoftGpu::new()), "requested with --gpu soft".into()),
+        GpuChoice::Soft => Ok((Box::new(soft::SoftGpu::new()), "requested with --gpu soft".into())),
+        GpuChoice::Drm(path) => Ok((Box::new(drm::DrmGpu::open(path)?), "requested with --gpu drm:".into())),
         GpuChoice::Auto => {
-            let why = if std::path::Path::new("/dev/dri").exists() {
-                "DRM devices exist but the DRM backend is not built yet; using the software backend"
-            } else {
-                "no DRM device (/dev/dri missing); using the embedded software backend"
-            };
-            (Box::new(soft::SoftGpu::new()), why.into())
+            let nodes = cohmem_sys::drm::nodes();
+            if nodes.is_empty() {
+                return Ok((
+                    Box::new(soft::SoftGpu::new()),
+                    "auto: no DRM device (/dev/dri has no nodes); the embedded software backend".into(),
+                ));
+            }
+            let mut tried = Vec::new();
+            for node in &nodes {
+                match drm::DrmGpu::open(node) {
+                    Ok(gpu) => {
+                        let why = format!("auto: first DRM node with dumb buffers ({})", gpu.driver());
+                        return Ok((Box::new(gpu), why));
+                    }
+                    Err(e) => tried.push(format!("{}: {e}", node.display())),
+                }
+            }
+            Ok((
+                Box::new(soft::SoftGpu::new()),
+                format!(
+                    "auto: no usable DRM device ({}); the embedded software backend",
+                    tried.join("; ")
+                ),
+            ))
         }
     }
 }

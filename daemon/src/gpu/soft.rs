@@ -57,6 +57,15 @@ impl GpuResource for SoftResource {
         Ok(())
     }
 
+    fn download(&self, dst: &SharedMapping, dst_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+        for r in runs {
+            let len = (r.end - r.start) as usize;
+            self.mapping
+                .copy_to(r.start as usize, dst, (dst_base + r.start) as usize, len)?;
+        }
+        Ok(())
+    }
+
     fn export_fd(&self) -> Result<OwnedFd, GpuError> {
         Ok(self.memfd.try_clone_fd()?)
     }

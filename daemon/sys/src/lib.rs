@@ -12,8 +12,10 @@
 //! | [`pagemap`] | `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and 64-bit entries |
 //! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
 //! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
+//! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
 //! | [`probe`] | real probes of what this kernel offers |
 
+pub mod drm;
 pub mod error;
 pub mod mapping;
 pub mod memfd;

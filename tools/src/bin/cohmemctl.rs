@@ -65,7 +65,7 @@ enum Cmd {
         /// SOCKET MEMFD_FD OFFSET LEN.
         args: Vec<String>,
     },
-    /// Start a private daemon with the software GPU, write into a BO, and
+    /// Start a private daemon (`--gpu auto`), write into a BO, and
     /// show each sync uploading exactly the written pages.
     Demo {
         /// Use this running daemon instead of starting one.
@@ -251,8 +251,10 @@ fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) 
     let socket = match socket {
         Some(s) => s,
         None => {
-            println!("starting a private cohmemd with the software GPU backend …");
-            let d = DaemonProcess::spawn(&[]).context("starting cohmemd")?;
+            println!(
+                "starting a private cohmemd (--gpu auto: a DRM device with dumb buffers, else the software GPU) …"
+            );
+            let d = DaemonProcess::spawn(&["--gpu", "auto"]).context("starting cohmemd")?;
             let s = d.socket().to_owned();
             println!("cohmemd pid {} listening on {}", d.pid(), s.display());
             daemon = Some(d);
@@ -262,6 +264,7 @@ fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) 
     let seed = seed.unwrap_or_else(SplitMix64::seed_from_time);
     let mut rng = SplitMix64::new(seed);
     let conn = Connection::connect(&socket)?;
+    println!("GPU backend: {}", conn.stats(0)?.daemon.backend);
     let bo = conn.create_bo(size_mib << 20)?;
     let map = bo.map()?;
     let ps = cohmem_sys::page_size();

@@ -1,0 +1,152 @@
+//! The DRM backend (`--gpu drm:/dev/dri/cardN`): each resource is a dumb
+//! buffer on a primary node, the BO's pages laid out one page a row with the
+//! driver's pitch (32 bpp, a page's worth of pixels a row), mapped with
+//! `MODE_MAP_DUMB`. Dirty runs are copied in one copy per run where the
+//! pitch equals the page size (every driver tried: bochs-drm, vgem), else one
+//! copy per page row. Export is a PRIME dma-buf of the dumb buffer.
+
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use cohmem_sys::drm::{DrmDevice, DrmInfo, DumbBuffer};
+use cohmem_sys::mapping::SharedMapping;
+use nix::errno::Errno;
+
+use super::{GpuBackend, GpuError, GpuResource};
+
+/// Bits per pixel of every resource.
+const BPP: u32 = 32;
+
+/// A DRM device with dumb buffers.
+pub struct DrmGpu {
+    device: Arc<DrmDevice>,
+    info: DrmInfo,
+}
+
+impl DrmGpu {
+    /// Opens `path` and checks that it offers dumb buffers.
+    pub fn open(path: &Path) -> Result<Self, GpuError> {
+        let device = DrmDevice::open(path)?;
+        let info = device.info()?;
+        if !info.dumb_buffers {
+            return Err(GpuError::Unsupported(format!(
+                "{} ({}) has no dumb buffers (DRM_CAP_DUMB_BUFFER = 0; a render node never has them: use its card node)",
+                path.display(),
+                info.driver
+            )));
+        }
+        Ok(Self { device, info })
+    }
+
+    /// The driver's name.
+    pub fn driver(&self) -> &str {
+        &self.info.driver
+    }
+}
+
+impl GpuBackend for DrmGpu {
+    fn name(&self) -> String {
+        format!("drm:{} ({})", self.device.path().display(), self.info.driver)
+    }
+
+    fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError> {
+        let ps = cohmem_sys::page_size();
+        let width = (ps * 8 / u64::from(BPP)) as u32;
+        let too_large = |reason: String| GpuError::TooLarge { size, reason };
+        let rows = u32::try_from(size.div_ceil(ps))
+            .map_err(|_| too_large("more page rows than a dumb buffer can have".into()))?;
+        // The DRM core limits a dumb buffer to 4 GiB (u32 size arithmetic).
+        if size >= 1 << 32 {
+            return Err(too_large(format!(
+                "dumb buffers are limited to 4 GiB by the DRM core ({})",
+                self.info.driver
+            )));
+        }
+        let buffer = self.device.create_dumb(width, rows, BPP).map_err(|e| match e.errno() {
+            Some(Errno::ENOMEM | Errno::ENOSPC | Errno::EINVAL | Errno::E2BIG | Errno::EFBIG) => too_large(format!(
+                "{} refused a {width}x{rows}x{BPP} dumb buffer: {e}",
+                self.info.driver
+            )),
+            _ => GpuError::Sys(e),
+        })?;
+        let pitch = u64::from(buffer.pitch());
+        if pitch < ps || buffer.size() < pitch * u64::from(rows) {
+            return Err(GpuError::Unsupported(format!(
+                "{} gave a dumb buffer with pitch {pitch} and size {} for {rows} rows of {ps} bytes",
+                self.info.driver,
+                buffer.size()
+            )));
+        }
+        let mapping = buffer.map(true)?;
+        Ok(Box::new(DrmResource {
+            size,
+            pitch,
+            mapping,
+            buffer,
+        }))
+    }
+}
+
+struct DrmResource {
+    size: u64,
+    pitch: u64,
+    /// Declared before `buffer`: unmapped before the buffer is destroyed.
+    mapping: SharedMapping,
+    buffer: DumbBuffer,
+}
+
+impl DrmResource {
+    /// Calls `copy(bo_offset, buffer_offset, len)` for each contiguous piece
+    /// of `runs` (resource-relative byte ranges) in the buffer's layout.
+    fn pieces(
+        &self,
+        runs: &[Range<u64>],
+        mut copy: impl FnMut(u64, u64, u64) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        let ps = cohmem_sys::page_size();
+        for r in runs {
+            if self.pitch == ps {
+                copy(r.start, r.start, r.end - r.start)?;
+                continue;
+            }
+            let mut at = r.start;
+            while at < r.end {
+                let row = at / ps;
+                let end = ((row + 1) * ps).min(r.end);
+                copy(at, row * self.pitch + at % ps, end - at)?;
+                at = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GpuResource for DrmResource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn pitch(&self) -> u64 {
+        self.pitch
+    }
+
+    fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+        self.pieces(runs, |from, to, len| {
+            Ok(src.copy_to((src_base + from) as usize, &self.mapping, to as usize, len as usize)?)
+        })
+    }
+
+    fn download(&self, dst: &SharedMapping, dst_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+        self.pieces(runs, |bo, buf, len| {
+            Ok(self
+                .mapping
+                .copy_to(buf as usize, dst, (dst_base + bo) as usize, len as usize)?)
+        })
+    }
+
+    fn export_fd(&self) -> Result<OwnedFd, GpuError> {
+        Ok(self.buffer.export_prime()?)
+    }
+}

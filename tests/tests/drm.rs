@@ -1,0 +1,190 @@
+//! The DRM backend on real kernel drivers (bochs-drm, vgem, …), run in the
+//! VM tier (tests/vm/run); on a machine without DRM these tests check that
+//! naming a device that is not there is a clear start-up error, and say
+//! that the device tests ran nowhere. `COHMEM_REQUIRE_DRM=bochs-drm,vgem`
+//! (set by the VM guest) makes a missing driver a failure.
+//!
+//! Every check compares bytes: the BO against what an independent reader
+//! sees of the dumb buffer, both through the exported dma-buf and through a
+//! second DRM client that imports it by PRIME and maps it.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cohmem_client::{Connection, ErrorCode};
+use cohmem_sys::drm::{DrmDevice, DrmInfo};
+use cohmem_sys::mapping::SharedMapping;
+use cohmem_tests::spawn_daemon_with;
+use cohmem_tools::{compare_pages, verify_gpu_copy, SplitMix64};
+
+/// The daemon binary cargo builds with these tests.
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+/// Card nodes with dumb buffers, with their driver.
+fn dumb_devices() -> Vec<(PathBuf, DrmInfo)> {
+    cohmem_sys::drm::nodes()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("card"))
+        })
+        .filter_map(|p| {
+            let info = DrmDevice::open(&p).and_then(|d| d.info()).ok()?;
+            info.dumb_buffers.then_some((p, info))
+        })
+        .collect()
+}
+
+/// Runs `check` on every dumb-buffer device; fails if a driver named in
+/// `COHMEM_REQUIRE_DRM` was not among them.
+fn on_every_device(check: impl Fn(&Path, &DrmInfo) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let devices = dumb_devices();
+    for (path, info) in &devices {
+        eprintln!("-- {} ({})", path.display(), info.driver);
+        check(path, info)?;
+    }
+    let required = std::env::var("COHMEM_REQUIRE_DRM").unwrap_or_default();
+    for driver in required.split(',').filter(|d| !d.is_empty()) {
+        anyhow::ensure!(
+            devices.iter().any(|(_, i)| i.driver == driver),
+            "COHMEM_REQUIRE_DRM names {driver}, but no dumb-buffer device of it exists: {:?}",
+            devices.iter().map(|(p, i)| (p, &i.driver)).collect::<Vec<_>>()
+        );
+    }
+    if devices.is_empty() {
+        eprintln!("no DRM device with dumb buffers here: the device checks run in the VM tier (tests/vm/run)");
+    }
+    Ok(())
+}
+
+#[test]
+fn naming_a_missing_drm_device_is_a_clear_start_up_error() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let out = Command::new(DAEMON)
+        .args(["--gpu", "drm:/dev/dri/no-such-card", "--socket"])
+        .arg(dir.join("s.sock"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "cohmemd started with a missing DRM device");
+    assert!(
+        stderr.contains("/dev/dri/no-such-card"),
+        "the error does not name the device: {stderr}"
+    );
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cohmem-drm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[test]
+fn synced_pages_reach_the_dumb_buffer_as_an_independent_reader_sees_it() -> anyhow::Result<()> {
+    on_every_device(|path, info| {
+        let gpu_arg = format!("drm:{}", path.display());
+        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
+        let conn = Connection::connect(daemon.socket())?;
+        let backend = conn.stats(0)?.daemon.backend;
+        assert!(backend.contains(&info.driver), "daemon backend {backend:?}");
+        let ps = cohmem_sys::page_size();
+        let pages = 256u64;
+        let bo = conn.create_bo(pages * ps)?;
+        let map = bo.map()?;
+        let res = bo.export_resource(0)?;
+        eprintln!("   resource: {} bytes, pitch {}", res.size, res.pitch);
+        // The second DRM client: its own open of the node, importing the
+        // dma-buf by PRIME and mapping it through the dumb-buffer path.
+        let reader_dev = DrmDevice::open(path)?;
+        let imported = reader_dev.import_prime(res.fd.as_fd())?;
+        let reader = imported.map((pages - 1) * res.pitch + ps)?;
+
+        let seed = SplitMix64::seed_from_time();
+        let mut rng = SplitMix64::new(seed);
+        let mut buf = vec![0u8; ps as usize];
+        for round in 0..20 {
+            let count = 1 + rng.below(24) as usize;
+            let written = rng.distinct(pages, count);
+            for &p in &written {
+                rng.fill(&mut buf);
+                map.write((p * ps) as usize, &buf)?;
+            }
+            let done = bo.sync_with_runs()?;
+            assert_eq!(
+                done.pages_list(),
+                written,
+                "round {round} (seed {seed}): uploaded pages"
+            );
+            let through_dmabuf = verify_gpu_copy(&bo)?;
+            assert!(
+                through_dmabuf.is_empty(),
+                "round {round} (seed {seed}): dma-buf differs: {through_dmabuf:?}"
+            );
+            let through_prime = compare_pages(&bo, 0, pages, |p, out| {
+                Ok(reader.read_at((p * res.pitch) as usize, out)?)
+            })?;
+            assert!(
+                through_prime.is_empty(),
+                "round {round} (seed {seed}): PRIME-imported buffer differs: {through_prime:?}"
+            );
+        }
+        eprintln!("   20 rounds: synced pages identical through the dma-buf and a PRIME import");
+        Ok(())
+    })
+}
+
+#[test]
+fn a_resource_larger_than_the_device_can_hold_is_a_clear_error() -> anyhow::Result<()> {
+    on_every_device(|path, _info| {
+        let gpu_arg = format!("drm:{}", path.display());
+        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
+        let conn = Connection::connect(daemon.socket())?;
+        // 4 GiB: past what the DRM core lets any dumb buffer be.
+        let e = conn
+            .create_bo(4 << 30)
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a 4 GiB dumb buffer was created"))?;
+        assert_eq!(e.code(), Some(ErrorCode::Gpu), "{e}");
+        assert!(e.to_string().contains("does not fit"), "unclear error: {e}");
+        eprintln!("   4 GiB refused: {e}");
+        // The daemon goes on serving.
+        let bo = conn.create_bo(16 * cohmem_sys::page_size())?;
+        bo.map()?.write(0, b"still here")?;
+        assert_eq!(bo.sync()?.pages, 1);
+        assert!(verify_gpu_copy(&bo)?.is_empty());
+        Ok(())
+    })
+}
+
+#[test]
+fn readback_brings_gpu_bytes_back_after_syncing_cpu_writes() -> anyhow::Result<()> {
+    on_every_device(|path, _info| {
+        let gpu_arg = format!("drm:{}", path.display());
+        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
+        let conn = Connection::connect(daemon.socket())?;
+        let ps = cohmem_sys::page_size();
+        let pages = 32u64;
+        let bo = conn.create_bo(pages * ps)?;
+        let map = bo.map()?;
+        let res = bo.export_resource(0)?;
+        // "The GPU" writes page 9 (through the dma-buf, behind the daemon).
+        let gpu = SharedMapping::map(res.fd.as_fd(), (pages - 1) * res.pitch + ps, 0, true)?;
+        gpu.fill((9 * res.pitch) as usize, ps as usize, 0x5a)?;
+        // The CPU wrote page 3 and did not sync: readback must not lose it.
+        map.write((3 * ps) as usize, b"cpu write before readback")?;
+        let r = bo.readback()?;
+        assert_eq!(r.synced_pages, 1, "{r:?}");
+        assert_eq!(r.bytes, pages * ps);
+        let mut b = vec![0u8; ps as usize];
+        map.read((9 * ps) as usize, &mut b)?;
+        assert!(b.iter().all(|&x| x == 0x5a), "GPU bytes did not come back");
+        map.read((3 * ps) as usize, &mut b[..25])?;
+        assert_eq!(&b[..25], b"cpu write before readback");
+        assert!(verify_gpu_copy(&bo)?.is_empty(), "BO and GPU differ after readback");
+        // Nothing is dirty after a readback: the next sync uploads nothing.
+        assert_eq!(bo.sync()?.pages, 0);
+        Ok(())
+    })
+}
