@@ -101,27 +101,7 @@ fn synced_pages_reach_the_dumb_buffer_as_an_independent_reader_sees_it() -> anyh
         let imported = reader_dev.import_prime(res.fd.as_fd())?;
         let reader = imported.map((pages - 1) * res.pitch + ps)?;
 
-        let seed = SplitMix64::seed_from_time();
-        let mut rng = SplitMix64::new(seed);
-        let mut buf = vec![0u8; ps as usize];
-        for round in 0..20 {
-            let count = 1 + rng.below(24) as usize;
-            let written = rng.distinct(pages, count);
-            for &p in &written {
-                rng.fill(&mut buf);
-                map.write((p * ps) as usize, &buf)?;
-            }
-            let done = bo.sync_with_runs()?;
-            assert_eq!(
-                done.pages_list(),
-                written,
-                "round {round} (seed {seed}): uploaded pages"
-            );
-            let through_dmabuf = verify_gpu_copy(&bo)?;
-            assert!(
-                through_dmabuf.is_empty(),
-                "round {round} (seed {seed}): dma-buf differs: {through_dmabuf:?}"
-            );
+        random_rounds(&bo, &map, 20, 24, |round, seed| {
             let through_prime = compare_pages(&bo, 0, pages, |p, out| {
                 Ok(reader.read_at((p * res.pitch) as usize, out)?)
             })?;
@@ -129,7 +109,8 @@ fn synced_pages_reach_the_dumb_buffer_as_an_independent_reader_sees_it() -> anyh
                 through_prime.is_empty(),
                 "round {round} (seed {seed}): PRIME-imported buffer differs: {through_prime:?}"
             );
-        }
+            Ok(())
+        })?;
         eprintln!("   20 rounds: synced pages identical through the dma-buf and a PRIME import");
         Ok(())
     })
@@ -187,4 +168,103 @@ fn readback_brings_gpu_bytes_back_after_syncing_cpu_writes() -> anyhow::Result<(
         assert_eq!(bo.sync()?.pages, 0);
         Ok(())
     })
+}
+
+/// GBM on every DRM node: where Mesa can allocate a linear buffer there, the
+/// same round trip as with dumb buffers (exact uploads, the dma-buf shows the
+/// BO's bytes, readback); where it cannot, the exact error Mesa gave, which
+/// must name GBM. Without the `gbm` feature the daemon refuses `--gpu gbm:`
+/// and says how to build it.
+#[test]
+fn gbm_buffers_hold_the_synced_pages_or_say_why_not() -> anyhow::Result<()> {
+    use cohmem_daemon::gpu::{open_backend, GpuChoice};
+    let nodes = cohmem_sys::drm::nodes();
+    if nodes.is_empty() {
+        let e = open_backend(&GpuChoice::Gbm("/dev/dri/renderD128".into()))
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("GBM opened on a machine without DRM"))?;
+        eprintln!("no DRM node here; GBM refused: {e}");
+        assert!(
+            e.to_string().contains("gbm") || e.to_string().contains("GBM") || e.to_string().contains("renderD128"),
+            "unclear GBM refusal: {e}"
+        );
+        return Ok(());
+    }
+    let mut worked = Vec::new();
+    for node in &nodes {
+        let choice = GpuChoice::Gbm(node.clone());
+        match open_backend(&choice) {
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("-- GBM on {}: cannot allocate: {msg}", node.display());
+                assert!(
+                    msg.contains("gbm") || msg.contains("GBM"),
+                    "refusal does not say it is GBM's: {msg}"
+                );
+            }
+            Ok((backend, _)) => {
+                eprintln!("-- GBM on {}: {}", node.display(), backend.name());
+                drop(backend);
+                gbm_round_trip(node)?;
+                worked.push(node.display().to_string());
+            }
+        }
+    }
+    eprintln!("GBM worked on: {worked:?}");
+    Ok(())
+}
+
+fn gbm_round_trip(node: &Path) -> anyhow::Result<()> {
+    let gpu_arg = format!("gbm:{}", node.display());
+    let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let pages = 128u64;
+    let bo = conn.create_bo(pages * ps)?;
+    let map = bo.map()?;
+    random_rounds(&bo, &map, 10, 16, |_, _| Ok(()))?;
+    map.write((5 * ps) as usize, b"before readback")?;
+    let r = bo.readback()?;
+    assert_eq!(r.synced_pages, 1);
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    eprintln!("   10 rounds and a readback: GBM buffer identical to the BO");
+    Ok(())
+}
+
+/// `rounds` rounds of: write 1..=`max_pages` random pages with random bytes,
+/// sync, check that exactly those pages were uploaded and that the exported
+/// resource (dma-buf) equals the BO, then run `extra(round, seed)`.
+fn random_rounds(
+    bo: &cohmem_client::Bo,
+    map: &cohmem_client::Mapping,
+    rounds: u32,
+    max_pages: u64,
+    extra: impl Fn(u32, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let ps = cohmem_sys::page_size();
+    let pages = map.len() as u64 / ps;
+    let seed = SplitMix64::seed_from_time();
+    let mut rng = SplitMix64::new(seed);
+    let mut buf = vec![0u8; ps as usize];
+    for round in 0..rounds {
+        let count = 1 + rng.below(max_pages) as usize;
+        let written = rng.distinct(pages, count);
+        for &p in &written {
+            rng.fill(&mut buf);
+            map.write((p * ps) as usize, &buf)?;
+        }
+        let done = bo.sync_with_runs()?;
+        assert_eq!(
+            done.pages_list(),
+            written,
+            "round {round} (seed {seed}): uploaded pages"
+        );
+        let through_dmabuf = verify_gpu_copy(bo)?;
+        assert!(
+            through_dmabuf.is_empty(),
+            "round {round} (seed {seed}): dma-buf differs: {through_dmabuf:?}"
+        );
+        extra(round, seed)?;
+    }
+    Ok(())
 }

@@ -32,7 +32,7 @@ impl DrmGpu {
         let info = device.info()?;
         if !info.dumb_buffers {
             return Err(GpuError::Unsupported(format!(
-                "{} ({}) has no dumb buffers (DRM_CAP_DUMB_BUFFER = 0; a render node never has them: use its card node)",
+                "{} ({}) has no dumb buffers (DRM_CAP_DUMB_BUFFER = 0 and MODE_CREATE_DUMB refused; a render node never has them: use its card node)",
                 path.display(),
                 info.driver
             )));

@@ -4,9 +4,12 @@
 //! (vmwgfx's resources on a backing BO); a sync uploads the window's dirty
 //! runs into it. The software backend ([`soft`]) emulates device memory as a
 //! daemon-private buffer; the DRM backend ([`drm`]) uses dumb buffers of a
-//! real DRM device.
+//! real DRM device; the GBM backend (`gbm`, cargo feature `gbm`) uses linear
+//! buffers of Mesa's libgbm.
 
 pub mod drm;
+#[cfg(feature = "gbm")]
+pub mod gbm;
 pub mod soft;
 
 use std::ops::Range;
@@ -69,7 +72,10 @@ pub enum GpuChoice {
     Soft,
     /// Dumb buffers on the DRM primary node at this path.
     Drm(std::path::PathBuf),
-    /// The best available: the first DRM card node with dumb buffers, else
+    /// Linear GBM buffers on the DRM node at this path (feature `gbm`).
+    Gbm(std::path::PathBuf),
+    /// The best available: GBM on the first node where it allocates (when
+    /// built with `gbm`), else the first card node with dumb buffers, else
     /// the software backend.
     Auto,
 }
@@ -80,10 +86,11 @@ impl std::str::FromStr for GpuChoice {
         match s {
             "soft" => Ok(Self::Soft),
             "auto" => Ok(Self::Auto),
-            _ => match s.strip_prefix("drm:") {
-                Some(path) if !path.is_empty() => Ok(Self::Drm(path.into())),
+            _ => match (s.strip_prefix("drm:"), s.strip_prefix("gbm:")) {
+                (Some(path), _) if !path.is_empty() => Ok(Self::Drm(path.into())),
+                (_, Some(path)) if !path.is_empty() => Ok(Self::Gbm(path.into())),
                 _ => Err(format!(
-                    "unknown GPU backend {s:?} (this build knows: soft, auto, drm:/dev/dri/cardN)"
+                    "unknown GPU backend {s:?} (known: soft, auto, drm:/dev/dri/cardN, gbm:/dev/dri/renderDN)"
                 )),
             },
         }
@@ -97,6 +104,12 @@ pub fn open_backend(choice: &GpuChoice) -> Result<(Box<dyn GpuBackend>, String),
     match choice {
         GpuChoice::Soft => Ok((Box::new(soft::SoftGpu::new()), "requested with --gpu soft".into())),
         GpuChoice::Drm(path) => Ok((Box::new(drm::DrmGpu::open(path)?), "requested with --gpu drm:".into())),
+        #[cfg(feature = "gbm")]
+        GpuChoice::Gbm(path) => Ok((Box::new(gbm::GbmGpu::open(path)?), "requested with --gpu gbm:".into())),
+        #[cfg(not(feature = "gbm"))]
+        GpuChoice::Gbm(_) => Err(GpuError::Unsupported(
+            "this cohmemd was built without the `gbm` cargo feature (cargo build --features cohmem-daemon/gbm)".into(),
+        )),
         GpuChoice::Auto => {
             let nodes = cohmem_sys::drm::nodes();
             if nodes.is_empty() {
@@ -106,13 +119,25 @@ pub fn open_backend(choice: &GpuChoice) -> Result<(Box<dyn GpuBackend>, String),
                 ));
             }
             let mut tried = Vec::new();
+            #[cfg(feature = "gbm")]
+            for node in &nodes {
+                match gbm::GbmGpu::open(node) {
+                    Ok(gpu) => {
+                        let why = format!("auto: first DRM node where GBM allocates ({})", gpu.driver());
+                        return Ok((Box::new(gpu), why));
+                    }
+                    Err(e) => tried.push(format!("gbm {}: {e}", node.display())),
+                }
+            }
+            #[cfg(not(feature = "gbm"))]
+            tried.push("gbm: not built (cargo feature `gbm`)".to_string());
             for node in &nodes {
                 match drm::DrmGpu::open(node) {
                     Ok(gpu) => {
                         let why = format!("auto: first DRM node with dumb buffers ({})", gpu.driver());
                         return Ok((Box::new(gpu), why));
                     }
-                    Err(e) => tried.push(format!("{}: {e}", node.display())),
+                    Err(e) => tried.push(format!("dumb {}: {e}", node.display())),
                 }
             }
             Ok((

@@ -43,7 +43,8 @@ impl drm::Device for DrmDevice {}
 pub struct DrmInfo {
     /// Kernel driver name (`bochs-drm`, `vgem`, `virtio_gpu`, …).
     pub driver: String,
-    /// `DRM_CAP_DUMB_BUFFER`.
+    /// Dumb buffers can be created (`DRM_CAP_DUMB_BUFFER`, or, where the
+    /// driver refuses that query, a 1×1 buffer was created and destroyed).
     pub dumb_buffers: bool,
     /// `DRM_CAP_PRIME` export bit.
     pub prime_export: bool,
@@ -80,9 +81,15 @@ impl DrmDevice {
         let driver = drm::Device::get_driver(self).map_err(|e| os("DRM_IOCTL_VERSION", e))?;
         let cap = |c: u64| drm_ffi::get_capability(self.as_fd(), c).map(|v| v.value).unwrap_or(0);
         let prime = cap(u64::from(drm_ffi::DRM_CAP_PRIME));
+        // Drivers without modesetting (vgem) refuse the DUMB_BUFFER query
+        // but create dumb buffers on their primary node: ask, then try.
+        let dumb_buffers = cap(u64::from(drm_ffi::DRM_CAP_DUMB_BUFFER)) != 0
+            || drm_ffi::mode::dumbbuffer::create(self.as_fd(), 1, 1, 32, 0)
+                .map(|d| drm_ffi::mode::dumbbuffer::destroy(self.as_fd(), d.handle))
+                .is_ok();
         Ok(DrmInfo {
             driver: driver.name().to_string_lossy().into_owned(),
-            dumb_buffers: cap(u64::from(drm_ffi::DRM_CAP_DUMB_BUFFER)) != 0,
+            dumb_buffers,
             prime_export: prime & u64::from(drm_ffi::DRM_PRIME_CAP_EXPORT) != 0,
             prime_import: prime & u64::from(drm_ffi::DRM_PRIME_CAP_IMPORT) != 0,
         })

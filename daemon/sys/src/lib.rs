@@ -13,10 +13,13 @@
 //! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
 //! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
 //! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
+//! | `gbm` | libgbm (feature `gbm`): linear buffers, `gbm_bo_map`, dma-buf export |
 //! | [`probe`] | real probes of what this kernel offers |
 
 pub mod drm;
 pub mod error;
+#[cfg(feature = "gbm")]
+pub mod gbm;
 pub mod mapping;
 pub mod memfd;
 pub mod pagemap;

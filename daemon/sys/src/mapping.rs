@@ -78,6 +78,11 @@ impl SharedMapping {
         self.len
     }
 
+    /// Whether the mapping was made writable.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
     /// True for an empty mapping (never constructed; for clippy's sake).
     pub fn is_empty(&self) -> bool {
         self.len == 0

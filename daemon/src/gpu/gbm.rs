@@ -1,0 +1,125 @@
+//! The GBM backend (`--gpu gbm:/dev/dri/renderDN` or a card node; cargo
+//! feature `gbm`): each resource is a linear ARGB8888 GBM buffer, one page a
+//! row, written through `gbm_bo_map` (one map per dirty run), exported as a
+//! dma-buf with `gbm_bo_get_fd`.
+
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use cohmem_sys::gbm::{GbmBuffer, GbmDevice};
+use cohmem_sys::mapping::SharedMapping;
+
+use super::{GpuBackend, GpuError, GpuResource};
+
+/// A GBM device.
+pub struct GbmGpu {
+    device: Arc<GbmDevice>,
+    driver: String,
+}
+
+impl GbmGpu {
+    /// Opens a GBM device on `path` and proves it can allocate and map a
+    /// small linear buffer (Mesa may create a device it cannot allocate on).
+    pub fn open(path: &Path) -> Result<Self, GpuError> {
+        let device = GbmDevice::open(path)?;
+        let driver = device.drm().info()?.driver;
+        let ps = cohmem_sys::page_size();
+        let probe = device
+            .create_linear((ps / 4) as u32, 1)
+            .map_err(|e| GpuError::Unsupported(format!("GBM on {} ({driver}): {e}", path.display())))?;
+        let scratch = cohmem_sys::memfd::Memfd::create_sealed("cohmem-gbm-probe", ps)?;
+        let src = SharedMapping::map(std::os::fd::AsFd::as_fd(&scratch), ps, 0, false)?;
+        probe
+            .write_rows(0, 1, ps as u32, &src, 0)
+            .map_err(|e| GpuError::Unsupported(format!("GBM on {} ({driver}): {e}", path.display())))?;
+        Ok(Self { device, driver })
+    }
+
+    /// The kernel driver under the GBM device.
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+}
+
+impl GpuBackend for GbmGpu {
+    fn name(&self) -> String {
+        format!(
+            "gbm:{} ({}, libgbm {})",
+            self.device.drm().path().display(),
+            self.driver,
+            self.device.backend()
+        )
+    }
+
+    fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError> {
+        let ps = cohmem_sys::page_size();
+        let too_large = |reason: String| GpuError::TooLarge { size, reason };
+        let rows = u32::try_from(size.div_ceil(ps)).map_err(|_| too_large("too many page rows".into()))?;
+        if size >= 1 << 32 {
+            return Err(too_large(format!(
+                "GBM buffers on {} are limited to 4 GiB",
+                self.driver
+            )));
+        }
+        let buffer = self
+            .device
+            .create_linear((ps / 4) as u32, rows)
+            .map_err(|e| too_large(format!("{} refused it: {e}", self.driver)))?;
+        if u64::from(buffer.stride()) < ps {
+            return Err(GpuError::Unsupported(format!(
+                "GBM gave a stride of {} bytes for rows of {ps}",
+                buffer.stride()
+            )));
+        }
+        Ok(Box::new(GbmResource { size, buffer }))
+    }
+}
+
+struct GbmResource {
+    size: u64,
+    buffer: GbmBuffer,
+}
+
+/// The page rows a byte range touches.
+fn rows_of(r: &Range<u64>) -> (u32, u32) {
+    let ps = cohmem_sys::page_size();
+    let first = r.start / ps;
+    let end = r.end.div_ceil(ps);
+    (first as u32, (end - first) as u32)
+}
+
+impl GpuResource for GbmResource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn pitch(&self) -> u64 {
+        u64::from(self.buffer.stride())
+    }
+
+    fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+        let ps = cohmem_sys::page_size();
+        for r in runs {
+            let (first, rows) = rows_of(r);
+            let at = src_base + u64::from(first) * ps;
+            self.buffer.write_rows(first, rows, ps as u32, src, at as usize)?;
+        }
+        Ok(())
+    }
+
+    fn download(&self, dst: &SharedMapping, dst_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
+        let ps = cohmem_sys::page_size();
+        for r in runs {
+            let (first, rows) = rows_of(r);
+            let at = dst_base + u64::from(first) * ps;
+            self.buffer.read_rows(first, rows, ps as u32, dst, at as usize)?;
+        }
+        Ok(())
+    }
+
+    fn export_fd(&self) -> Result<OwnedFd, GpuError> {
+        Ok(self.buffer.export_fd()?)
+    }
+}
