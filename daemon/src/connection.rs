@@ -334,6 +334,11 @@ impl Session {
         Ok((Reply::Snapshot(report), vec![fd]))
     }
 
+    /// Whether this kernel's uffd can write-protect pages without a PTE.
+    fn wp_unpopulated(&self) -> bool {
+        self.daemon.kernel.uffd_features & features::WP_UNPOPULATED != 0
+    }
+
     /// SET_MECHANISM: switches this process's subscription to `mechanism`
     /// under quiesce ([`crate::switch`]).
     async fn set_mechanism(&self, mechanism: Mechanism) -> Outcome {
@@ -355,7 +360,9 @@ impl Session {
             offer.flags,
             offer.uffd_features,
         )?;
-        let tracker = offer.build(chosen, mm.key.pid).map_err(switch_failure)?;
+        let tracker = offer
+            .build(chosen, mm.key.pid, self.wp_unpopulated())
+            .map_err(switch_failure)?;
         let exact = tracker.exact();
         let daemon = self.daemon.clone();
         let switched = mm.clone();
@@ -616,7 +623,9 @@ impl Session {
             flags,
             uffd_features,
         )?;
-        let tracker = offer.build(choice, self.info.pid).map_err(switch_failure)?;
+        let tracker = offer
+            .build(choice, self.info.pid, self.wp_unpopulated())
+            .map_err(switch_failure)?;
         let (mm, joined) = self
             .daemon
             .mms
@@ -703,17 +712,12 @@ impl Session {
                     if !kernel.soft_dirty.ok {
                         return Err(format!("this kernel does not offer it: {}", kernel.soft_dirty.detail));
                     }
-                    // The quiesce write-protects every view; without
-                    // WP_UNPOPULATED (before 6.7) never-touched pages stay
-                    // writable, so a write between read and clear is lost (the
-                    // 6.1 VM runs lost writes exactly so).
-                    if kernel.uffd_features & features::WP_UNPOPULATED == 0 {
-                        return Err(
-                            "quiescing writers needs UFFD_FEATURE_WP_UNPOPULATED, which this kernel lacks \
-                                    (never-touched pages could not be held still)"
-                                .into(),
-                        );
-                    }
+                    // Without WP_UNPOPULATED (before 6.7) the quiesce cannot
+                    // hold never-touched pages: the tracker counts them as
+                    // dirty (the 6.1 VM runs lost writes before this rule),
+                    // and the client library populates and locks its views
+                    // (ATTACH_POPULATED_VIEWS) so that this over-reports
+                    // nothing.
                     // Exact only with writers quiesced, which needs a
                     // synchronous uffd that handles kernel faults too.
                     sync_ok()?;

@@ -67,10 +67,11 @@ pub fn soft_dirty_serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Whether the daemon offers soft-dirty here: the kernel sets soft-dirty
-/// bits (a real probe) and can write-protect unpopulated pages (the quiesce).
+/// bits (a real probe) and has uffd-sync to quiesce writers with. (Without
+/// `WP_UNPOPULATED` the client library populates and locks its views.)
 pub fn soft_dirty_available() -> bool {
     let caps = cohmem_sys::probe::probe_all();
-    caps.soft_dirty.ok && caps.uffd_features & cohmem_sys::uffd::features::WP_UNPOPULATED != 0
+    caps.soft_dirty.ok && caps.uffd_sync.ok
 }
 
 /// On a kernel without soft-dirty: a daemon asked for it refuses a client's
