@@ -44,6 +44,11 @@ impl DrmGpu {
     pub fn driver(&self) -> &str {
         &self.info.driver
     }
+
+    /// Whether resources can be exported as dma-bufs (PRIME).
+    pub fn can_export(&self) -> bool {
+        self.info.prime_export
+    }
 }
 
 impl GpuBackend for DrmGpu {
@@ -85,6 +90,8 @@ impl GpuBackend for DrmGpu {
             pitch,
             mapping,
             buffer,
+            driver: self.info.driver.clone(),
+            can_export: self.info.prime_export,
         }))
     }
 }
@@ -95,6 +102,8 @@ struct DrmResource {
     /// Declared before `buffer`: unmapped before the buffer is destroyed.
     mapping: SharedMapping,
     buffer: DumbBuffer,
+    driver: String,
+    can_export: bool,
 }
 
 impl DrmResource {
@@ -147,6 +156,12 @@ impl GpuResource for DrmResource {
     }
 
     fn export_fd(&self) -> Result<OwnedFd, GpuError> {
+        if !self.can_export {
+            return Err(GpuError::Unsupported(format!(
+                "{} cannot export dma-bufs (DRM_CAP_PRIME has no EXPORT bit)",
+                self.driver
+            )));
+        }
         Ok(self.buffer.export_prime()?)
     }
 }

@@ -34,6 +34,14 @@ impl GbmGpu {
         probe
             .write_rows(0, 1, ps as u32, &src, 0)
             .map_err(|e| GpuError::Unsupported(format!("GBM on {} ({driver}): {e}", path.display())))?;
+        // A resource must be exportable as a dma-buf (bochs-drm on 6.1 has
+        // no PRIME export: GBM allocates there but cannot export).
+        probe.export_fd().map_err(|e| {
+            GpuError::Unsupported(format!(
+                "GBM on {} ({driver}) allocates but cannot export a dma-buf: {e}",
+                path.display()
+            ))
+        })?;
         Ok(Self { device, driver })
     }
 

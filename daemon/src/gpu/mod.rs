@@ -74,9 +74,10 @@ pub enum GpuChoice {
     Drm(std::path::PathBuf),
     /// Linear GBM buffers on the DRM node at this path (feature `gbm`).
     Gbm(std::path::PathBuf),
-    /// The best available: GBM on the first node where it allocates (when
-    /// built with `gbm`), else the first card node with dumb buffers, else
-    /// the software backend.
+    /// The best available: GBM on the first node where it allocates and
+    /// exports (when built with `gbm`), else the first card node with dumb
+    /// buffers (one that can export dma-bufs first), else the software
+    /// backend.
     Auto,
 }
 
@@ -131,14 +132,30 @@ pub fn open_backend(choice: &GpuChoice) -> Result<(Box<dyn GpuBackend>, String),
             }
             #[cfg(not(feature = "gbm"))]
             tried.push("gbm: not built (cargo feature `gbm`)".to_string());
+            // Dumb buffers: a device that can export dma-bufs first.
+            let mut without_export = None;
             for node in &nodes {
                 match drm::DrmGpu::open(node) {
-                    Ok(gpu) => {
-                        let why = format!("auto: first DRM node with dumb buffers ({})", gpu.driver());
+                    Ok(gpu) if gpu.can_export() => {
+                        let why = format!(
+                            "auto: first DRM node with dumb buffers and PRIME export ({})",
+                            gpu.driver()
+                        );
                         return Ok((Box::new(gpu), why));
+                    }
+                    Ok(gpu) => {
+                        tried.push(format!("dumb {}: no PRIME export", node.display()));
+                        without_export.get_or_insert(gpu);
                     }
                     Err(e) => tried.push(format!("dumb {}: {e}", node.display())),
                 }
+            }
+            if let Some(gpu) = without_export {
+                let why = format!(
+                    "auto: a DRM node with dumb buffers but no PRIME export ({})",
+                    gpu.driver()
+                );
+                return Ok((Box::new(gpu), why));
             }
             Ok((
                 Box::new(soft::SoftGpu::new()),
