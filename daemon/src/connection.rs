@@ -16,8 +16,9 @@ use std::sync::Arc;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
-    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
-    ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_POPULATED_VIEWS, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS,
+    ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
+    SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::uffd::features;
@@ -558,6 +559,7 @@ impl Session {
             | ATTACH_WITH_SYNC_UFFD
             | ATTACH_SYNC_ALL_FAULTS
             | ATTACH_WITH_CLEAR_REFS
+            | ATTACH_POPULATED_VIEWS
             | (0xff << ATTACH_MECHANISM_SHIFT);
         if flags & !known != 0 {
             return Err(fail(
