@@ -262,9 +262,6 @@ impl Connection {
     pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<MechanismSwitch, ClientError> {
         let pt = self.inner.tracking()?;
         let _no_mapping_changes = pt.switch_guard();
-        if mechanism == Mechanism::SoftDirty && pt.populates_views() {
-            pt.populate_mapped()?;
-        }
         let req = Request::SetMechanism { mechanism };
         match self.inner.call(&req, &[])? {
             (

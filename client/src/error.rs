@@ -37,13 +37,6 @@ pub enum ClientError {
     /// A local kernel call failed.
     #[error(transparent)]
     Sys(#[from] SysError),
-    /// A soft-dirty mapping on a kernel without `WP_UNPOPULATED` could not
-    /// be populated and locked in memory.
-    #[error(
-        "soft-dirty on this kernel (no UFFD_FEATURE_WP_UNPOPULATED) needs every page of a mapping present and \
-         locked: {0}; raise RLIMIT_MEMLOCK or choose another mechanism"
-    )]
-    CannotLock(SysError),
 }
 
 impl ClientError {

@@ -44,9 +44,6 @@ impl Mapping {
         let _no_switch = tracking.mapping_guard();
         let mechanism = tracking.mechanism();
         let uffd = tracking.uffd_for(mechanism)?;
-        if mechanism == Mechanism::SoftDirty && tracking.populates_views() {
-            map.populate_and_lock().map_err(ClientError::CannotLock)?;
-        }
         if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && tracking.sync_guard()?.daemon_gone() {
             return Err(ClientError::Disconnected);
         }

@@ -16,10 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
-use cohmem_proto::{
-    Mechanism, ATTACH_POPULATED_VIEWS, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
-    ATTACH_WITH_SYNC_UFFD,
-};
+use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::seqpacket::SeqpacketSocket;
 use cohmem_sys::softdirty::ClearRefs;
@@ -109,10 +106,6 @@ pub(crate) struct ProcessTracking {
     pub synchronous: Option<Userfaultfd>,
     /// The synchronous uffd handles kernel-mode faults.
     pub sync_all_faults: bool,
-    /// The synchronous uffd can write-protect never-touched pages
-    /// (`WP_UNPOPULATED`); without it, soft-dirty mappings are populated and
-    /// locked ([`ProcessTracking::populates_views`]).
-    pub sync_wp_unpopulated: bool,
     /// `/proc/self/pagemap` and `/proc/self/clear_refs`, for soft-dirty.
     pub soft_dirty: Option<(PagemapFile, ClearRefs)>,
     /// Started when the daemon picks uffd-sync for this process.
@@ -160,17 +153,8 @@ impl ProcessTracking {
             flags |= ATTACH_WITH_CLEAR_REFS;
             fds.push(pagemap.as_fd());
             fds.push(clear_refs.as_fd());
-            if self.populates_views() {
-                flags |= ATTACH_POPULATED_VIEWS;
-            }
         }
         (flags, features, fds)
-    }
-
-    /// Whether soft-dirty mappings of this process are populated and locked
-    /// before MAP (the kernel cannot write-protect never-touched pages).
-    pub fn populates_views(&self) -> bool {
-        !self.sync_wp_unpopulated
     }
 
     /// The lifeline guard for uffd-sync, started on first use.
@@ -219,16 +203,6 @@ impl ProcessTracking {
     /// can always be undone).
     pub fn add_mapped(&self, range: Range<u64>) {
         lock_ranges(&self.mapped).push(range);
-    }
-
-    /// Populates and locks every mapping (before a switch to soft-dirty on a
-    /// kernel without `WP_UNPOPULATED`).
-    pub fn populate_mapped(&self) -> Result<(), ClientError> {
-        for r in lock_ranges(&self.mapped).iter() {
-            cohmem_sys::mapping::populate_and_lock(r.start, (r.end - r.start) as usize)
-                .map_err(ClientError::CannotLock)?;
-        }
-        Ok(())
     }
 
     /// Forgets the mapping starting at `start`.
@@ -283,12 +257,14 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         })
         .ok();
     let sync_features = features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
-    let (synchronous, sync_all_faults, got) = match Userfaultfd::open(UffdFlavor::AllFaults, sync_features, 0) {
-        Ok((uffd, got)) => (Some(uffd), true, got),
-        Err(_) => match Userfaultfd::open(UffdFlavor::UserModeOnly, sync_features, 0) {
-            Ok((uffd, got)) => (Some(uffd), false, got),
-            Err(_) => (None, false, 0),
-        },
+    let (synchronous, sync_all_faults) = match Userfaultfd::open(UffdFlavor::AllFaults, sync_features, 0) {
+        Ok((uffd, _)) => (Some(uffd), true),
+        Err(_) => (
+            Userfaultfd::open(UffdFlavor::UserModeOnly, sync_features, 0)
+                .ok()
+                .map(|(u, _)| u),
+            false,
+        ),
     };
     let mut h = RandomState::new().build_hasher();
     h.write_u32(pid);
@@ -298,7 +274,6 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         asynchronous,
         synchronous,
         sync_all_faults,
-        sync_wp_unpopulated: got & features::WP_UNPOPULATED != 0,
         soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
         sync_guard: OnceLock::new(),
         daemon: key.clone(),

@@ -16,9 +16,8 @@ use std::sync::Arc;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
-    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_POPULATED_VIEWS, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS,
-    ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
-    SYNC_REPORT_RUNS,
+    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
+    ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::fd_identity;
 use cohmem_sys::uffd::features;
@@ -335,11 +334,6 @@ impl Session {
         Ok((Reply::Snapshot(report), vec![fd]))
     }
 
-    /// Whether this kernel's uffd can write-protect pages without a PTE.
-    fn wp_unpopulated(&self) -> bool {
-        self.daemon.kernel.uffd_features & features::WP_UNPOPULATED != 0
-    }
-
     /// SET_MECHANISM: switches this process's subscription to `mechanism`
     /// under quiesce ([`crate::switch`]).
     async fn set_mechanism(&self, mechanism: Mechanism) -> Outcome {
@@ -361,9 +355,7 @@ impl Session {
             offer.flags,
             offer.uffd_features,
         )?;
-        let tracker = offer
-            .build(chosen, mm.key.pid, self.wp_unpopulated())
-            .map_err(switch_failure)?;
+        let tracker = offer.build(chosen, mm.key.pid).map_err(switch_failure)?;
         let exact = tracker.exact();
         let daemon = self.daemon.clone();
         let switched = mm.clone();
@@ -559,7 +551,6 @@ impl Session {
             | ATTACH_WITH_SYNC_UFFD
             | ATTACH_SYNC_ALL_FAULTS
             | ATTACH_WITH_CLEAR_REFS
-            | ATTACH_POPULATED_VIEWS
             | (0xff << ATTACH_MECHANISM_SHIFT);
         if flags & !known != 0 {
             return Err(fail(
@@ -625,9 +616,7 @@ impl Session {
             flags,
             uffd_features,
         )?;
-        let tracker = offer
-            .build(choice, self.info.pid, self.wp_unpopulated())
-            .map_err(switch_failure)?;
+        let tracker = offer.build(choice, self.info.pid).map_err(switch_failure)?;
         let (mm, joined) = self
             .daemon
             .mms
@@ -714,12 +703,21 @@ impl Session {
                     if !kernel.soft_dirty.ok {
                         return Err(format!("this kernel does not offer it: {}", kernel.soft_dirty.detail));
                     }
-                    // Without WP_UNPOPULATED (before 6.7) the quiesce cannot
-                    // hold never-touched pages: the tracker counts them as
-                    // dirty (the 6.1 VM runs lost writes before this rule),
-                    // and the client library populates and locks its views
-                    // (ATTACH_POPULATED_VIEWS) so that this over-reports
-                    // nothing.
+                    // The quiesce write-protects every view through the sync
+                    // uffd. Before 6.7 (no WP_UNPOPULATED, used as the marker
+                    // of such kernels) it cannot hold never-touched pages, and
+                    // on Debian's 6.1 the VM tier measured worse: with the
+                    // views populated and mlocked first, soft-dirty under the
+                    // quiesce reported no written page at all (writes after a
+                    // uffd unprotect were never marked soft-dirty).
+                    if kernel.uffd_features & features::WP_UNPOPULATED == 0 {
+                        return Err(
+                            "quiescing writers needs UFFD_FEATURE_WP_UNPOPULATED (Linux 6.7), which this kernel \
+                                    lacks: never-touched pages cannot be held still, and on 6.1 soft-dirty under a \
+                                    uffd-wp quiesce was measured to miss every write"
+                                .into(),
+                        );
+                    }
                     // Exact only with writers quiesced, which needs a
                     // synchronous uffd that handles kernel faults too.
                     sync_ok()?;

@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
-use cohmem_proto::{Mechanism, ATTACH_POPULATED_VIEWS};
+use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
@@ -82,14 +82,8 @@ fn own_pagemap(fd: &OwnedFd, pid: i32, checked: bool) -> Result<PagemapFile, Swi
 
 impl MechanismOffer {
     /// Builds `mechanism` (already checked against the kernel and the
-    /// offer's flags) for process `pid` from duplicates of the offered fds;
-    /// `wp_unpopulated`: the kernel has `UFFD_FEATURE_WP_UNPOPULATED`.
-    pub fn build(
-        &self,
-        mechanism: Mechanism,
-        pid: i32,
-        wp_unpopulated: bool,
-    ) -> Result<Box<dyn WriteTracker>, SwitchError> {
+    /// offer's flags) for process `pid` from duplicates of the offered fds.
+    pub fn build(&self, mechanism: Mechanism, pid: i32) -> Result<Box<dyn WriteTracker>, SwitchError> {
         let sync_uffd = || -> Result<Userfaultfd, SwitchError> {
             let fd = self
                 .synchronous
@@ -127,8 +121,6 @@ impl MechanismOffer {
                     sync_uffd()?,
                     own_pagemap(pagemap, pid, false)?,
                     ClearRefs::from_fd(dup(clear_refs)?),
-                    wp_unpopulated,
-                    self.flags & ATTACH_POPULATED_VIEWS != 0,
                 ))
             }
             Mechanism::None => return Err(SwitchError::Missing("no mechanism named".into())),

@@ -14,7 +14,7 @@
 use std::ops::Range;
 
 use cohmem_proto::Mechanism;
-use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_PRESENT, PM_SCAN_CHECK_WPASYNC, PM_SOFT_DIRTY};
+use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC};
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
@@ -424,30 +424,12 @@ pub struct SoftDirtyTracker {
     /// View start address → pages (from the view start) read dirty by
     /// another view's cycle, not yet handed to this view's BO.
     pending: std::sync::Mutex<std::collections::HashMap<u64, Vec<u64>>>,
-    /// The kernel cannot write-protect a page without a PTE (no
-    /// `WP_UNPOPULATED`, before 6.7), so the quiesce cannot hold writers of
-    /// non-present pages: a cycle reports those pages as dirty (a write
-    /// between its read and clear is then uploaded anyway).
-    missing_is_dirty: bool,
-    /// The client populates and locks its views (`ATTACH_POPULATED_VIEWS`),
-    /// so with `missing_is_dirty` nothing is over-reported.
-    populated: bool,
 }
 
 impl SoftDirtyTracker {
     /// Wraps a client's synchronous uffd, pagemap and clear_refs fds.
-    /// `wp_unpopulated`: the kernel write-protects pages without a PTE;
-    /// `populated`: the client populates and locks its views.
-    pub fn new(
-        uffd: Userfaultfd,
-        pagemap: PagemapFile,
-        clear_refs: ClearRefs,
-        wp_unpopulated: bool,
-        populated: bool,
-    ) -> Self {
+    pub fn new(uffd: Userfaultfd, pagemap: PagemapFile, clear_refs: ClearRefs) -> Self {
         Self {
-            missing_is_dirty: !wp_unpopulated,
-            populated,
             uffd,
             pagemap,
             clear_refs: std::sync::Mutex::new(clear_refs),
@@ -498,7 +480,7 @@ impl SoftDirtyTracker {
         // Writers of every protected view now wait; read, then clear.
         let mut read = Vec::new();
         for r in &protected {
-            match self.dirty_pages(r.clone()) {
+            match self.pagemap.soft_dirty_pages(r.clone(), ps) {
                 Ok(pages) => read.push((r.start, pages)),
                 Err(e) if *r == range => result = Err(e.into()),
                 Err(_) => {}
@@ -530,14 +512,6 @@ impl SoftDirtyTracker {
         Ok(mine)
     }
 
-    /// Pages of `range` (from its start) whose soft-dirty bit is set, and,
-    /// where the kernel cannot write-protect them, the non-present ones.
-    fn dirty_pages(&self, range: Range<u64>) -> Result<Vec<u64>, SysError> {
-        let missing_is_dirty = self.missing_is_dirty;
-        let dirty = |e: u64| e & PM_SOFT_DIRTY != 0 || (missing_is_dirty && e & PM_PRESENT == 0);
-        self.pagemap.pages_where(range, cohmem_sys::page_size(), dirty)
-    }
-
     fn to_ranges(base: u64, pages: &[u64], out: &mut Vec<Range<u64>>) {
         let ps = cohmem_sys::page_size();
         for &p in pages {
@@ -556,10 +530,8 @@ impl WriteTracker for SoftDirtyTracker {
     }
 
     fn exact(&self) -> bool {
-        // Every read-and-clear runs with writers quiesced; where the kernel
-        // cannot hold never-touched pages, they count as dirty, which is
-        // exact only if the client populated its views.
-        !self.missing_is_dirty || self.populated
+        // Exact because every read-and-clear runs with writers quiesced.
+        true
     }
 
     fn attach_view(&self, range: Range<u64>) -> Result<(), TrackError> {
@@ -575,7 +547,8 @@ impl WriteTracker for SoftDirtyTracker {
     }
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
-        let mut pages = self.dirty_pages(range.clone())?;
+        let ps = cohmem_sys::page_size();
+        let mut pages = self.pagemap.soft_dirty_pages(range.clone(), ps)?;
         if let Some(p) = Self::lock(&self.pending).get(&range.start) {
             pages.extend(p.iter().copied());
         }

@@ -211,11 +211,6 @@ pub const ATTACH_SYNC_ALL_FAULTS: u32 = 4;
 /// `/proc/self/pagemap` and `/proc/self/clear_refs` (opened for writing) are
 /// attached last (2 fds; kernels without WP_ASYNC send no other pagemap).
 pub const ATTACH_WITH_CLEAR_REFS: u32 = 16;
-/// Flag of ATTACH_MM: under soft-dirty, the client populates and locks
-/// (`MADV_POPULATE_WRITE` + `mlock`) every view before announcing it, so a
-/// kernel without `UFFD_FEATURE_WP_UNPOPULATED` can still write-protect
-/// every page of it for the quiesce.
-pub const ATTACH_POPULATED_VIEWS: u32 = 32;
 /// ATTACH_MM flags bits 8..16: the [`Mechanism`] the client asks for (0 =
 /// the daemon's choice).
 pub const ATTACH_MECHANISM_SHIFT: u32 = 8;

@@ -67,11 +67,10 @@ pub fn soft_dirty_serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Whether the daemon offers soft-dirty here: the kernel sets soft-dirty
-/// bits (a real probe) and has uffd-sync to quiesce writers with. (Without
-/// `WP_UNPOPULATED` the client library populates and locks its views.)
+/// bits (a real probe) and can write-protect unpopulated pages (the quiesce).
 pub fn soft_dirty_available() -> bool {
     let caps = cohmem_sys::probe::probe_all();
-    caps.soft_dirty.ok && caps.uffd_sync.ok
+    caps.soft_dirty.ok && caps.uffd_features & cohmem_sys::uffd::features::WP_UNPOPULATED != 0
 }
 
 /// On a kernel without soft-dirty: a daemon asked for it refuses a client's

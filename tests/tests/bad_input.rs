@@ -276,21 +276,6 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
     .encode(15);
     bad_mechanism[8] = 0x77;
     expect_error(c.send(&bad_mechanism, &[])?, ErrorCode::BadFrame, "SET_MECHANISM 0x77");
-    // Every documented ATTACH_MM flag is known (ATTACH_POPULATED_VIEWS is
-    // only ever sent by clients on kernels without WP_UNPOPULATED).
-    let populated = RawClient::connect_hello(&socket)?;
-    let attach_populated = Request::AttachMm {
-        token: 0xf011,
-        uffd_features: 0,
-        flags: cohmem_proto::ATTACH_POPULATED_VIEWS
-            | (cohmem_client::Mechanism::Full as u32) << cohmem_proto::ATTACH_MECHANISM_SHIFT,
-    };
-    match populated.send(&attach_populated.encode(16), &[])? {
-        RawOutcome::Reply(_, Reply::MmAttached { mechanism, .. }, _) => {
-            assert_eq!(mechanism, cohmem_client::Mechanism::Full)
-        }
-        other => panic!("ATTACH_MM with ATTACH_POPULATED_VIEWS: {other:?}"),
-    }
     expect_error(
         c.send(&Request::Sync { bo: 1, flags: 0 }.encode(12), &[])?,
         ErrorCode::NoSuchBo,

@@ -62,15 +62,6 @@ impl SharedMapping {
             .op("madvise(MADV_DONTFORK)")
     }
 
-    /// Populates every page for writing (`MADV_POPULATE_WRITE`, Linux 5.14)
-    /// and locks them in memory (`mlock`), so that every page has a present
-    /// PTE for as long as the mapping lives: on kernels without
-    /// `UFFD_FEATURE_WP_UNPOPULATED`, write-protection can only hold pages
-    /// that have one. The pages are unlocked when the mapping is unmapped.
-    pub fn populate_and_lock(&self) -> Result<()> {
-        populate_and_lock(self.addr(), self.len)
-    }
-
     /// Start address of the mapping.
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
@@ -197,48 +188,11 @@ impl Drop for SharedMapping {
     }
 }
 
-/// [`SharedMapping::populate_and_lock`] for a range of a mapping the caller
-/// made and still holds, known only by address (the client library's list of
-/// its mappings). Changes no byte of the memory: populating maps the pages
-/// (shmem pages keep their contents), locking keeps them mapped.
-pub fn populate_and_lock(addr: u64, len: usize) -> Result<()> {
-    // SAFETY: madvise and mlock only change page-table and residency state of
-    // the caller's own range; they never write the memory, so no Rust object
-    // can be affected, whatever the range holds.
-    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
-    if r != 0 {
-        return Err(SysError::os("madvise(MADV_POPULATE_WRITE)", nix::errno::Errno::last()));
-    }
-    // SAFETY: as above.
-    let r = unsafe { libc::mlock(addr as *const libc::c_void, len) };
-    if r != 0 {
-        return Err(SysError::os("mlock", nix::errno::Errno::last()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memfd::Memfd;
     use std::os::fd::AsFd;
-
-    #[test]
-    fn populate_and_lock_makes_every_page_present_and_keeps_the_bytes() {
-        let ps = crate::page_size();
-        let m = Memfd::create_sealed("t", 16 * ps).unwrap();
-        let a = SharedMapping::map(m.as_fd(), 16 * ps, 0, true).unwrap();
-        a.write_at(3 * ps as usize, b"kept").unwrap();
-        let b = SharedMapping::map(m.as_fd(), 16 * ps, 0, true).unwrap();
-        let pagemap = crate::pagemap::PagemapFile::open_self().unwrap();
-        let range = b.addr()..b.addr() + 16 * ps;
-        assert_eq!(pagemap.missing_pages(range.clone(), ps).unwrap().len(), 16);
-        b.populate_and_lock().unwrap();
-        assert!(pagemap.missing_pages(range, ps).unwrap().is_empty());
-        let mut buf = [0u8; 4];
-        b.read_at(3 * ps as usize, &mut buf).unwrap();
-        assert_eq!(&buf, b"kept");
-    }
 
     #[test]
     fn two_mappings_of_one_memfd_see_each_other() {

@@ -34,8 +34,6 @@ pub const PM_SCAN_CHECK_WPASYNC: u64 = linux_raw_sys::general::PM_SCAN_CHECK_WPA
 pub const PM_SOFT_DIRTY: u64 = 1 << 55;
 /// Pagemap entry bit 57: the PTE is uffd write-protected.
 pub const PM_UFFD_WP: u64 = 1 << 57;
-/// Pagemap entry bit 63: the page is present.
-pub const PM_PRESENT: u64 = 1 << 63;
 
 /// Regions fetched per ioctl call.
 const REGIONS_PER_CALL: usize = 512;
@@ -188,18 +186,6 @@ impl PagemapFile {
     /// soft-dirty bit (55) set, as page indices from `range.start`. Reads the
     /// 64-bit entries in chunks (works without PAGEMAP_SCAN, e.g. on 6.1).
     pub fn soft_dirty_pages(&self, range: Range<u64>, page_size: u64) -> Result<Vec<u64>> {
-        self.pages_where(range, page_size, |entry| entry & PM_SOFT_DIRTY != 0)
-    }
-
-    /// Pages of the range that are not present (bit 63 clear: never
-    /// touched, or reclaimed), as page indices from `range.start`.
-    pub fn missing_pages(&self, range: Range<u64>, page_size: u64) -> Result<Vec<u64>> {
-        self.pages_where(range, page_size, |entry| entry & PM_PRESENT == 0)
-    }
-
-    /// Pages of the range whose 64-bit entry satisfies `pred`, as page
-    /// indices from `range.start`.
-    pub fn pages_where(&self, range: Range<u64>, page_size: u64, pred: impl Fn(u64) -> bool) -> Result<Vec<u64>> {
         const CHUNK: u64 = 4096;
         let pages = (range.end - range.start) / page_size;
         let mut out = Vec::new();
@@ -212,7 +198,8 @@ impl PagemapFile {
                 .read_exact_at(bytes, (range.start / page_size + done) * 8)
                 .map_err(|e| SysError::os("pread(pagemap)", errno_of(&e)))?;
             for (i, e) in bytes.chunks_exact(8).enumerate() {
-                if pred(u64::from_le_bytes(e.try_into().unwrap_or([0; 8]))) {
+                let entry = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                if entry & PM_SOFT_DIRTY != 0 {
                     out.push(done + i as u64);
                 }
             }
