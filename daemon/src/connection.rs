@@ -703,20 +703,12 @@ impl Session {
                     if !kernel.soft_dirty.ok {
                         return Err(format!("this kernel does not offer it: {}", kernel.soft_dirty.detail));
                     }
-                    // The quiesce write-protects every view through the sync
-                    // uffd. Before 6.7 (no WP_UNPOPULATED, used as the marker
-                    // of such kernels) it cannot hold never-touched pages, and
-                    // on Debian's 6.1 the VM tier measured worse: with the
-                    // views populated and mlocked first, soft-dirty under the
-                    // quiesce reported no written page at all (writes after a
-                    // uffd unprotect were never marked soft-dirty).
-                    if kernel.uffd_features & features::WP_UNPOPULATED == 0 {
-                        return Err(
-                            "quiescing writers needs UFFD_FEATURE_WP_UNPOPULATED (Linux 6.7), which this kernel \
-                                    lacks: never-touched pages cannot be held still, and on 6.1 soft-dirty under a \
-                                    uffd-wp quiesce was measured to miss every write"
-                                .into(),
-                        );
+                    // Exact only with the client's writers quiesced around
+                    // every read-and-clear (the kernel part of the rule, with
+                    // what was measured on 6.1, is in the probe).
+                    let quiesce = kernel.soft_dirty_quiesce();
+                    if !quiesce.ok {
+                        return Err(format!("writers cannot be quiesced here: {}", quiesce.detail));
                     }
                     // Exact only with writers quiesced, which needs a
                     // synchronous uffd that handles kernel faults too.

@@ -62,6 +62,35 @@ pub struct KernelCaps {
     pub soft_dirty: Probe,
 }
 
+impl KernelCaps {
+    /// Whether soft-dirty can be exact here: its read-and-clear must run with
+    /// the client's writers quiesced, which needs uffd-sync with kernel
+    /// faults and `WP_UNPOPULATED` (Linux 6.7; without it never-touched pages
+    /// cannot be held, and on Debian's 6.1 soft-dirty under a uffd-wp
+    /// quiesce was measured to miss every write). Where it cannot be, cohmemd
+    /// refuses soft-dirty with this reason.
+    pub fn soft_dirty_quiesce(&self) -> Probe {
+        let why = if !self.soft_dirty.ok {
+            Some("no soft-dirty to quiesce".to_string())
+        } else if !self.uffd_sync.ok {
+            Some(format!("no uffd-sync to quiesce with: {}", self.uffd_sync.detail))
+        } else if !self.uffd_all_faults.ok {
+            Some("no userfaultfd handling kernel faults to quiesce with".to_string())
+        } else if self.uffd_features & features::WP_UNPOPULATED == 0 {
+            Some("no UFFD_FEATURE_WP_UNPOPULATED: never-touched pages cannot be held (inexact; refused)".to_string())
+        } else {
+            None
+        };
+        match why {
+            None => Probe {
+                ok: true,
+                detail: "writers quiesced through the sync uffd around every read-and-clear: exact".into(),
+            },
+            Some(detail) => Probe { ok: false, detail },
+        }
+    }
+}
+
 /// Runs every probe.
 pub fn probe_all() -> KernelCaps {
     let uffd_features = Userfaultfd::supported_features(UffdFlavor::UserModeOnly).unwrap_or(0);

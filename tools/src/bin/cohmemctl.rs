@@ -117,7 +117,7 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
             "full": true,
             "explicit": true,
         });
-        let out = json!({ "kernel": k, "mechanisms": mechanisms });
+        let out = json!({ "kernel": k, "mechanisms": mechanisms, "soft_dirty_quiesce": k.soft_dirty_quiesce() });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -132,6 +132,8 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
     println!("uffd-async    {}        {}", mark(&k.uffd_async), k.uffd_async.detail);
     println!("uffd-sync     {}        {}", mark(&k.uffd_sync), k.uffd_sync.detail);
     println!("soft-dirty    {}        {}", mark(&k.soft_dirty), k.soft_dirty.detail);
+    let quiesce = k.soft_dirty_quiesce();
+    println!("  quiesced    {}        {}", mark(&quiesce), quiesce.detail);
     println!("full          yes        no tracking: every sync copies the whole BO");
     println!("explicit      yes        client-reported damage, no tracking");
     println!();
