@@ -225,7 +225,7 @@ fn gbm_buffers_hold_the_synced_pages_or_say_why_not() -> anyhow::Result<()> {
         match open_backend(&choice) {
             Err(e) => {
                 let msg = e.to_string();
-                eprintln!("-- GBM on {}: cannot allocate: {msg}", node.display());
+                eprintln!("-- GBM on {}: refused: {msg}", node.display());
                 assert!(
                     msg.contains("gbm") || msg.contains("GBM"),
                     "refusal does not say it is GBM's: {msg}"
