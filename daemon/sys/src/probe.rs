@@ -60,15 +60,19 @@ pub struct KernelCaps {
     pub uffd_sync: Probe,
     /// A real soft-dirty round: clear_refs, write, pagemap bit 55.
     pub soft_dirty: Probe,
+    /// A real quiesce cycle as the soft-dirty mechanism runs it: uffd
+    /// protect, clear_refs, uffd unprotect, then a write must set bit 55.
+    pub soft_dirty_after_unprotect: Probe,
 }
 
 impl KernelCaps {
     /// Whether soft-dirty can be exact here: its read-and-clear must run with
     /// the client's writers quiesced, which needs uffd-sync with kernel
-    /// faults and `WP_UNPOPULATED` (Linux 6.7; without it never-touched pages
-    /// cannot be held, and on Debian's 6.1 soft-dirty under a uffd-wp
-    /// quiesce was measured to miss every write). Where it cannot be, cohmemd
-    /// refuses soft-dirty with this reason.
+    /// faults, a kernel whose uffd unprotect leaves soft-dirty tracking
+    /// intact (probed: Debian's 6.1 makes the page writable without a fault,
+    /// so every later write is missed), and `WP_UNPOPULATED` (Linux 6.7;
+    /// without it never-touched pages cannot be held). Where it cannot be,
+    /// cohmemd refuses soft-dirty with this reason.
     pub fn soft_dirty_quiesce(&self) -> Probe {
         let why = if !self.soft_dirty.ok {
             Some("no soft-dirty to quiesce".to_string())
@@ -76,6 +80,11 @@ impl KernelCaps {
             Some(format!("no uffd-sync to quiesce with: {}", self.uffd_sync.detail))
         } else if !self.uffd_all_faults.ok {
             Some("no userfaultfd handling kernel faults to quiesce with".to_string())
+        } else if !self.soft_dirty_after_unprotect.ok {
+            Some(format!(
+                "soft-dirty misses writes after a quiesce: {}",
+                self.soft_dirty_after_unprotect.detail
+            ))
         } else if self.uffd_features & features::WP_UNPOPULATED == 0 {
             Some("no UFFD_FEATURE_WP_UNPOPULATED: never-touched pages cannot be held (inexact; refused)".to_string())
         } else {
@@ -94,6 +103,7 @@ impl KernelCaps {
 /// Runs every probe.
 pub fn probe_all() -> KernelCaps {
     let uffd_features = Userfaultfd::supported_features(UffdFlavor::UserModeOnly).unwrap_or(0);
+    let soft_dirty = Probe::from(probe_soft_dirty());
     KernelCaps {
         kernel: crate::kernel_release(),
         page_size: page_size(),
@@ -106,7 +116,15 @@ pub fn probe_all() -> KernelCaps {
         pagemap_scan: Probe::from(probe_pagemap_scan()),
         uffd_async: Probe::from(probe_uffd_async()),
         uffd_sync: Probe::from(probe_uffd_sync()),
-        soft_dirty: Probe::from(probe_soft_dirty()),
+        soft_dirty: soft_dirty.clone(),
+        soft_dirty_after_unprotect: if soft_dirty.ok {
+            Probe::from(probe_soft_dirty_after_unprotect())
+        } else {
+            Probe {
+                ok: false,
+                detail: "not probed: no soft-dirty".into(),
+            }
+        },
     }
 }
 
@@ -234,6 +252,46 @@ fn probe_soft_dirty() -> Result<String> {
         ));
     }
     Ok("clear_refs cleared bit 55 and a write set it again".into())
+}
+
+/// The quiesce cycle of the soft-dirty mechanism on one populated page:
+/// write-protect it through a synchronous uffd, clear_refs, unprotect it, write
+/// it. The write must set bit 55 (if the unprotect made the page writable
+/// without a fault, it does not, and soft-dirty misses every such write).
+fn probe_soft_dirty_after_unprotect() -> Result<String> {
+    let ps = page_size();
+    let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, 0, 0)?;
+    let (_m, map) = test_mapping()?;
+    let pm = PagemapFile::open_self()?;
+    let mut clear = ClearRefs::open_self()?;
+    let (base, len) = (map.addr(), PAGES * ps);
+    let addr = base + 3 * ps;
+    uffd.register_wp(base, len)?;
+    map.write_u64(3 * ps as usize, 1)?; // populate while unprotected
+    uffd.write_protect(base, len, true)?;
+    clear.clear_soft_dirty()?;
+    uffd.write_protect(base, len, false)?;
+    let entry = pm.entry(addr, ps)?;
+    // Never write into a page still protected: nobody would resolve it.
+    if entry & crate::pagemap::PM_UFFD_WP != 0 {
+        return Err(SysError::Invalid(
+            "page still uffd-protected after the unprotect".into(),
+        ));
+    }
+    if entry & PM_SOFT_DIRTY != 0 {
+        return Err(SysError::Invalid("bit 55 still set after clear_refs".into()));
+    }
+    map.write_u64(3 * ps as usize, 2)?;
+    let after = pm.entry(addr, ps)?;
+    uffd.unregister(base, len)?;
+    if after & PM_SOFT_DIRTY == 0 {
+        return Err(SysError::Invalid(
+            "a write after uffd protect, clear_refs, uffd unprotect did not set bit 55 (the unprotect made the \
+             page writable without a fault)"
+                .into(),
+        ));
+    }
+    Ok("a write after uffd protect, clear_refs, uffd unprotect set bit 55".into())
 }
 
 #[cfg(test)]

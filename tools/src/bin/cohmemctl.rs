@@ -132,6 +132,11 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
     println!("uffd-async    {}        {}", mark(&k.uffd_async), k.uffd_async.detail);
     println!("uffd-sync     {}        {}", mark(&k.uffd_sync), k.uffd_sync.detail);
     println!("soft-dirty    {}        {}", mark(&k.soft_dirty), k.soft_dirty.detail);
+    println!(
+        "  after unprotect {}    {}",
+        mark(&k.soft_dirty_after_unprotect),
+        k.soft_dirty_after_unprotect.detail
+    );
     let quiesce = k.soft_dirty_quiesce();
     println!("  quiesced    {}        {}", mark(&quiesce), quiesce.detail);
     println!("full          yes        no tracking: every sync copies the whole BO");
