@@ -182,7 +182,9 @@ impl Userfaultfd {
         Ok(Self { fd })
     }
 
-    /// Registers `[addr, addr+len)` of the caller's address space in WP mode.
+    /// Registers `[addr, addr+len)` in WP mode. The range is in the uffd's own
+    /// address space (its creator's mm), which need not be the caller's: the
+    /// daemon registers client ranges when it switches mechanisms.
     pub fn register_wp(&self, addr: u64, len: u64) -> Result<()> {
         let mut arg = uffdio_register {
             range: uffdio_range { start: addr, len },
@@ -190,9 +192,7 @@ impl Userfaultfd {
             ioctls: 0,
         };
         // SAFETY: `arg` is a valid uffdio_register that outlives the call; the
-        // kernel validates the range against the VMAs of the uffd's own
-        // address space (its creator's mm, which need not be the caller's:
-        // the daemon registers client ranges when it switches mechanisms).
+        // kernel validates the range against the uffd's own mm.
         unsafe { ioctl_register(self.fd.as_raw_fd(), &mut arg) }.op("UFFDIO_REGISTER")?;
         Ok(())
     }
