@@ -165,15 +165,16 @@ impl<'a> SyncEngine<'a> {
         }
         let mut ranges = Vec::new();
         let first = view.bo_offset / bo.page_size;
-        let result = if view.mm.tracker().eager() {
+        let tracker = view.mm.tracker();
+        let result = if tracker.eager() {
             // Faults were resolved by the fault service: the writable set is
             // exactly what was written. Re-protect the whole view (the fault
             // service cannot interleave: it needs the state lock the caller
             // holds); protecting all of it also proves it is still there.
             self.writable_ranges(bo, view, &mut ranges);
-            view.mm.tracker().protect_all(view.range())
+            tracker.protect_all(view.range())
         } else {
-            view.mm.tracker().harvest(view.range(), &mut ranges)
+            tracker.harvest(view.range(), &mut ranges)
         };
         lock(&view.writable).clear();
         let stale: Vec<u64> = {
@@ -257,18 +258,19 @@ impl<'a> SyncEngine<'a> {
             if view.dead.load(Ordering::Acquire) {
                 continue;
             }
-            if view.mm.tracker().eager() {
+            let tracker = view.mm.tracker();
+            if tracker.eager() {
                 // Eager mechanisms recorded their faults as they happened;
                 // only check that the view is still there to be faulted on.
                 let mut writable = Vec::new();
                 self.writable_ranges(bo, view, &mut writable);
-                if let Err(e) = view.mm.tracker().verify(view.range(), &writable) {
+                if let Err(e) = tracker.verify(view.range(), &writable) {
                     self.unprovable(bo, st, view, &e);
                 }
                 continue;
             }
             let mut ranges = Vec::new();
-            if let Err(e) = view.mm.tracker().peek(view.range(), &mut ranges) {
+            if let Err(e) = tracker.peek(view.range(), &mut ranges) {
                 self.unprovable(bo, st, view, &e);
                 continue;
             }
@@ -953,8 +955,11 @@ impl<'a> SyncEngine<'a> {
             // PAGETABLE, non-eager: the harvest runs without the state lock
             // (it may be long); a sync that took its runs meanwhile misses
             // what it records, which the sequence count makes it retry.
+            // Stable for the whole change: a mechanism switch is a
+            // structural change too.
+            let tracker = view.mm.tracker();
             let method = bo.state().tracker.as_ref().map(|t| t.method);
-            let pre = (method == Some(Method::PageTable) && !view.mm.tracker().eager())
+            let pre = (method == Some(Method::PageTable) && !tracker.eager())
                 .then(|| vec![(view.clone(), self.harvest_raw(bo, view))]);
             let mut st = bo.state();
             let one = [view.clone()];
@@ -969,12 +974,11 @@ impl<'a> SyncEngine<'a> {
                 (None, None) => {}
             }
             bo.detach_view(view);
-            if view.mm.tracker().eager() {
+            if tracker.eager() {
                 // Nobody resolves faults on a forgotten view: leave it
                 // writable (the client is unmapping it, or its connection is
                 // gone) and wake anyone already waiting.
-                let r = view.range();
-                view.mm.tracker().release(r);
+                tracker.release(view.range());
             }
         });
     }

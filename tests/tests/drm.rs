@@ -75,6 +75,14 @@ fn naming_a_missing_drm_device_is_a_clear_start_up_error() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A private daemon with `--gpu BACKEND:node`, and a connection to it.
+fn daemon_on(backend: &str, node: &Path) -> anyhow::Result<(cohmem_tools::DaemonProcess, Connection)> {
+    let gpu_arg = format!("{backend}:{}", node.display());
+    let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
+    let conn = Connection::connect(daemon.socket())?;
+    Ok((daemon, conn))
+}
+
 fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("cohmem-drm-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -84,9 +92,7 @@ fn tempdir() -> anyhow::Result<PathBuf> {
 #[test]
 fn synced_pages_reach_the_dumb_buffer_as_an_independent_reader_sees_it() -> anyhow::Result<()> {
     on_every_device(|path, info| {
-        let gpu_arg = format!("drm:{}", path.display());
-        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
-        let conn = Connection::connect(daemon.socket())?;
+        let (_daemon, conn) = daemon_on("drm", path)?;
         let backend = conn.stats(0)?.daemon.backend;
         assert!(backend.contains(&info.driver), "daemon backend {backend:?}");
         let ps = cohmem_sys::page_size();
@@ -134,9 +140,7 @@ fn synced_pages_reach_the_dumb_buffer_as_an_independent_reader_sees_it() -> anyh
 #[test]
 fn a_resource_larger_than_the_device_can_hold_is_a_clear_error() -> anyhow::Result<()> {
     on_every_device(|path, _info| {
-        let gpu_arg = format!("drm:{}", path.display());
-        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
-        let conn = Connection::connect(daemon.socket())?;
+        let (_daemon, conn) = daemon_on("drm", path)?;
         // 4 GiB: past what the DRM core lets any dumb buffer be.
         let e = conn
             .create_bo(4 << 30)
@@ -157,9 +161,7 @@ fn a_resource_larger_than_the_device_can_hold_is_a_clear_error() -> anyhow::Resu
 #[test]
 fn readback_brings_gpu_bytes_back_after_syncing_cpu_writes() -> anyhow::Result<()> {
     on_every_device(|path, info| {
-        let gpu_arg = format!("drm:{}", path.display());
-        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
-        let conn = Connection::connect(daemon.socket())?;
+        let (_daemon, conn) = daemon_on("drm", path)?;
         let ps = cohmem_sys::page_size();
         let pages = 32u64;
         let bo = conn.create_bo(pages * ps)?;
@@ -244,9 +246,7 @@ fn gbm_buffers_hold_the_synced_pages_or_say_why_not() -> anyhow::Result<()> {
 }
 
 fn gbm_round_trip(node: &Path) -> anyhow::Result<()> {
-    let gpu_arg = format!("gbm:{}", node.display());
-    let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu_arg])?;
-    let conn = Connection::connect(daemon.socket())?;
+    let (_daemon, conn) = daemon_on("gbm", node)?;
     let ps = cohmem_sys::page_size();
     let pages = 128u64;
     let bo = conn.create_bo(pages * ps)?;
