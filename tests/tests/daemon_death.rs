@@ -24,8 +24,16 @@ fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Resul
     let ps = cohmem_sys::page_size() as usize;
     let bo = conn.create_bo((THREADS * ps) as u64)?;
     let map = Arc::new(bo.map()?);
-    // Hold the daemon still: nobody resolves the writers' faults now.
+    // Hold the daemon still: nobody resolves the writers' faults now. kill()
+    // returns before every thread has stopped (a fault thread still running
+    // could resolve the first faults), so wait until the kernel reports every
+    // thread of the daemon stopped.
     kill(pid, Signal::SIGSTOP)?;
+    let stopped = Instant::now();
+    while !all_threads_stopped(pid.as_raw())? {
+        anyhow::ensure!(stopped.elapsed() < Duration::from_secs(5), "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let done = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -67,4 +75,18 @@ fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Resul
     map.write_u64(0, 99)?;
     assert!(bo.map().is_err());
     Ok(())
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: i32) -> anyhow::Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit(')').next().map(str::trim_start).unwrap_or("");
+        if !state.starts_with('T') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
