@@ -1,9 +1,9 @@
 //! Connections and BO handles.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
@@ -92,106 +92,359 @@ pub struct Readback {
     pub duration: Duration,
 }
 
+/// The socket of the current session with the daemon.
+struct Link {
+    sock: SeqpacketSocket,
+    /// The daemon process at the other end (SO_PEERCRED at connect).
+    daemon_pid: i32,
+    /// Closed or out of step: the next call reconnects first.
+    broken: bool,
+}
+
 pub(crate) struct ConnInner {
-    sock: Mutex<SeqpacketSocket>,
+    link: Mutex<Link>,
     /// The daemon's socket: the key of this process's tracking for it.
-    socket_path: std::path::PathBuf,
-    broken: std::sync::atomic::AtomicBool,
+    socket_path: PathBuf,
     next_id: AtomicU32,
     pub caps: u64,
     pub page_size: u64,
     pub max_bo_size: u64,
     tracking: Mutex<Option<Arc<ProcessTracking>>>,
+    /// Every BO opened on this connection: re-imported after a reconnect.
+    bos: Mutex<Vec<Weak<BoInner>>>,
+    reconnects: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hello() -> Request {
+    Request::Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        caps: caps::ALL,
+    }
+}
+
+/// Whether a request that failed to reach the daemon may be sent again on a
+/// new session.
+enum Reconnect {
+    /// Reconnect first if the link is broken (ordinary requests).
+    IfBroken,
+    /// Fail with [`ClientError::Disconnected`] instead: releasing requests
+    /// (DESTROY, UNMAP) have nothing left to release on a dead session.
+    Never,
 }
 
 impl ConnInner {
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply. A broken session (the
+    /// daemon died or restarted) is re-established first; see
+    /// [`ConnInner::reconnect`].
     pub fn call(&self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_with(|| req.clone(), fds)
+    }
+
+    /// Like [`ConnInner::call`], building the request only once the session
+    /// is established: requests naming handles read them then, because a
+    /// reconnect renumbers them.
+    pub fn call_with(
+        &self,
+        build: impl Fn() -> Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_inner(&|| Some(build()), fds, Reconnect::IfBroken, &mut |_| {})
+    }
+
+    /// Like [`ConnInner::call_with`]; `record` sees a successful reply
+    /// before any other request (or a reconnect) can run.
+    pub fn call_and_record(
+        &self,
+        build: impl Fn() -> Request,
+        fds: &[BorrowedFd<'_>],
+        mut record: impl FnMut(&Reply),
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_inner(&|| Some(build()), fds, Reconnect::IfBroken, &mut record)
+    }
+
+    /// Like [`ConnInner::call_with`] but never reconnects; `build` may
+    /// decide, under the link lock, that there is nothing to send (`None`:
+    /// the call returns [`Reply::Ok`]).
+    pub fn call_if_connected(
+        &self,
+        build: impl Fn() -> Option<Request>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_inner(&build, fds, Reconnect::Never, &mut |_| {})
+    }
+
+    /// Sessions established so far after the first (read under the link
+    /// lock by requests that name views of one session).
+    pub fn generation(&self) -> u64 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+
+    fn call_inner(
+        &self,
+        build: &dyn Fn() -> Option<Request>,
+        fds: &[BorrowedFd<'_>],
+        reconnect: Reconnect,
+        record: &mut dyn FnMut(&Reply),
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        // BOs held during a reconnect are released only after the link lock
+        // (dropping the last one sends DESTROY, which takes the lock).
+        let mut held = Vec::new();
+        let mut link = lock(&self.link);
+        let result = (|| {
+            for attempt in 0..2 {
+                if link.broken {
+                    match reconnect {
+                        Reconnect::IfBroken => self.reconnect(&mut link, &mut held)?,
+                        Reconnect::Never => return Err(ClientError::Disconnected),
+                    }
+                }
+                let Some(req) = build() else {
+                    return Ok((Reply::Ok, Vec::new()));
+                };
+                match self.exchange(&mut link, &req, fds) {
+                    // The request never left: the daemon was gone before it
+                    // was sent, so it is safe to send it to the next one.
+                    Err(Exchange::NotSent(e)) if attempt == 0 && matches!(reconnect, Reconnect::IfBroken) => {
+                        let _ = e;
+                        continue;
+                    }
+                    Err(Exchange::NotSent(e) | Exchange::Failed(e)) => return Err(e),
+                    Ok(r) => {
+                        record(&r.0);
+                        return Ok(r);
+                    }
+                }
+            }
+            Err(ClientError::Disconnected)
+        })();
+        drop(link);
+        drop(held);
+        result
+    }
+
+    /// One request/reply exchange on `link`; a transport failure marks the
+    /// link broken (a late reply would answer the next request).
+    fn exchange(
+        &self,
+        link: &mut Link,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), Exchange> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(ClientError::Disconnected);
-        }
-        // Any failure between send and a complete receive leaves the
-        // connection out of step (a late reply would answer the next
-        // request), so it is marked broken for good.
-        let broken = |e: cohmem_sys::SysError| {
-            self.broken.store(true, Ordering::Relaxed);
+        let mut broken = |e: cohmem_sys::SysError| {
+            link.broken = true;
             if SeqpacketSocket::is_disconnect(&e) {
                 ClientError::Disconnected
             } else {
                 e.into()
             }
         };
-        sock.send(&req.encode(id), fds).map_err(broken)?;
+        if let Err(e) = link.sock.send(&req.encode(id), fds) {
+            return Err(Exchange::NotSent(broken(e)));
+        }
         let mut buf = vec![0u8; MAX_FRAME];
-        let got = sock.recv(&mut buf).map_err(broken)?;
-        drop(sock);
+        let got = link.sock.recv(&mut buf).map_err(|e| Exchange::Failed(broken(e)))?;
         if got.len == 0 && got.fds.is_empty() {
-            self.broken.store(true, Ordering::Relaxed);
+            link.broken = true;
+            return Err(Exchange::Failed(ClientError::Disconnected));
         }
-        if got.len == 0 && got.fds.is_empty() {
-            return Err(ClientError::Disconnected);
-        }
+        let failed = Exchange::Failed;
         if got.truncated {
-            return Err(ClientError::Protocol("reply larger than the frame limit".into()));
+            return Err(failed(ClientError::Protocol(
+                "reply larger than the frame limit".into(),
+            )));
         }
-        let (rid, reply) =
-            Reply::decode(&buf[..got.len]).map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
+        let (rid, reply) = Reply::decode(&buf[..got.len])
+            .map_err(|e| failed(ClientError::Protocol(format!("undecodable reply: {e}"))))?;
         if rid != id {
-            return Err(ClientError::Protocol(format!("reply to request {rid}, expected {id}")));
+            link.broken = true;
+            return Err(failed(ClientError::Protocol(format!(
+                "reply to request {rid}, expected {id}"
+            ))));
         }
         if let Reply::Error { code, message } = reply {
-            return Err(ClientError::Daemon {
+            return Err(failed(ClientError::Daemon {
                 request: req.name(),
                 code,
                 message,
-            });
+            }));
         }
         let want = reply.fd_count(req);
         if got.fds.len() != want {
-            return Err(ClientError::Protocol(format!(
+            return Err(failed(ClientError::Protocol(format!(
                 "{} reply carried {} fds, expected {want}",
                 req.name(),
                 got.fds.len()
-            )));
+            ))));
         }
         Ok((reply, got.fds))
+    }
+
+    /// Re-establishes the session after the daemon died or restarted
+    /// (DESIGN.md §5.5): connects again, re-attaches the process's tracking,
+    /// re-imports every live BO by its memfd (a new daemon adopts it with
+    /// every page dirty) and re-announces every live mapping, reporting it
+    /// damaged, so the next sync uploads everything that could have been
+    /// written while nobody tracked it. The BOs are put in `held`.
+    fn reconnect(&self, link: &mut Link, held: &mut Vec<Arc<BoInner>>) -> Result<(), ClientError> {
+        let mut fresh = connect_link(&self.socket_path)?;
+        match self.exchange(&mut fresh, &hello(), &[]).map_err(Exchange::into_inner)? {
+            (Reply::Hello { .. }, _) => {}
+            (other, _) => return Err(unexpected("HELLO", &other)),
+        }
+        let tracking = lock(&self.tracking).clone();
+        if let Some(pt) = &tracking {
+            pt.daemon_changed(fresh.daemon_pid);
+            let mechanism = attach(pt, &mut |r, f| {
+                self.exchange(&mut fresh, r, f).map_err(Exchange::into_inner)
+            })?;
+            pt.reattach(mechanism)?;
+        }
+        held.extend(lock(&self.bos).iter().filter_map(Weak::upgrade));
+        for bo in held.iter() {
+            let handle = match self
+                .exchange(&mut fresh, &Request::ImportBo, &[bo.memfd.as_fd()])
+                .map_err(Exchange::into_inner)?
+            {
+                (Reply::Bo { bo: h, id, .. }, _) => {
+                    bo.id.store(id, Ordering::Release);
+                    h
+                }
+                (other, _) => return Err(unexpected("IMPORT_BO", &other)),
+            };
+            bo.handle.store(handle, Ordering::Release);
+            for v in bo.live_views() {
+                let map = Request::Map {
+                    bo: handle,
+                    addr: v.addr,
+                    len: v.len,
+                    offset: v.offset,
+                };
+                match self.exchange(&mut fresh, &map, &[]).map_err(Exchange::into_inner)? {
+                    (Reply::Mapped { view }, _) => {
+                        v.view.store(view, Ordering::Release);
+                        v.generation.store(self.generation() + 1, Ordering::Release);
+                    }
+                    (other, _) => return Err(unexpected("MAP", &other)),
+                }
+                let damage = Request::Damage {
+                    bo: handle,
+                    offset: v.offset,
+                    len: v.len,
+                };
+                self.exchange(&mut fresh, &damage, &[]).map_err(Exchange::into_inner)?;
+            }
+        }
+        *link = fresh;
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Attaches this process's tracking to the connection (once); returns
     /// it with the mechanism the daemon chose for the process.
     pub fn tracking(&self) -> Result<Arc<ProcessTracking>, ClientError> {
-        let mut slot = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = slot.as_ref() {
+        if let Some(t) = lock(&self.tracking).as_ref() {
             return Ok(t.clone());
         }
+        // Not held across the calls: a reconnect inside them reads it.
         let pt = process_tracking(&self.socket_path)?;
-        let requested = u32::from(requested_mechanism()? as u16) << ATTACH_MECHANISM_SHIFT;
-        let (offer_flags, features, fds) = pt.offer();
-        let bare = Request::AttachMm {
-            token: pt.token,
-            uffd_features: features,
-            flags: requested,
-        };
-        let result = match self.call(&bare, &[]) {
-            Err(e) if e.code() == Some(ErrorCode::NeedMmFds) => {
-                let with_fds = Request::AttachMm {
-                    token: pt.token,
-                    uffd_features: features,
-                    flags: requested | offer_flags,
-                };
-                self.call(&with_fds, &fds)
-            }
-            other => other,
-        };
-        let mechanism = match result? {
-            (Reply::MmAttached { mechanism, .. }, _) => mechanism,
-            (other, _) => return Err(unexpected("ATTACH_MM", &other)),
-        };
+        let mechanism = attach(&pt, &mut |r, f| self.call(r, f))?;
         pt.set_mechanism(mechanism)?;
-        *slot = Some(pt.clone());
-        Ok(pt)
+        Ok(lock(&self.tracking).get_or_insert(pt).clone())
+    }
+
+    /// Reconnects now if the session is known to be broken, or if the
+    /// process's lifeline says the daemon died.
+    pub fn ensure_connected(&self) -> Result<(), ClientError> {
+        let gone = lock(&self.tracking).as_ref().is_some_and(|t| t.daemon_gone());
+        let mut held = Vec::new();
+        let mut link = lock(&self.link);
+        if gone {
+            link.broken = true;
+        }
+        let result = if link.broken {
+            self.reconnect(&mut link, &mut held)
+        } else {
+            Ok(())
+        };
+        drop(link);
+        drop(held);
+        result
+    }
+
+    /// Records a BO opened on this connection.
+    fn register_bo(&self, bo: &Arc<BoInner>) {
+        let mut bos = lock(&self.bos);
+        bos.retain(|w| w.strong_count() > 0);
+        bos.push(Arc::downgrade(bo));
+    }
+}
+
+/// How one exchange failed.
+enum Exchange {
+    /// Before the request was sent.
+    NotSent(ClientError),
+    /// After: the daemon may have acted on it.
+    Failed(ClientError),
+}
+
+impl Exchange {
+    fn into_inner(self) -> ClientError {
+        match self {
+            Self::NotSent(e) | Self::Failed(e) => e,
+        }
+    }
+}
+
+/// Connects a new link to the daemon at `path`.
+fn connect_link(path: &Path) -> Result<Link, ClientError> {
+    let sock = SeqpacketSocket::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    let daemon_pid = sock.peer_cred().map(|c| c.pid).unwrap_or(0);
+    Ok(Link {
+        sock,
+        daemon_pid,
+        broken: false,
+    })
+}
+
+/// A reply with its fds, or why there is none.
+type CallResult = Result<(Reply, Vec<OwnedFd>), ClientError>;
+
+/// ATTACH_MM through `call`: first without fds (another connection of the
+/// process may have attached it already), then offering the fds.
+fn attach(
+    pt: &ProcessTracking,
+    call: &mut dyn FnMut(&Request, &[BorrowedFd<'_>]) -> CallResult,
+) -> Result<Mechanism, ClientError> {
+    let requested = u32::from(requested_mechanism()? as u16) << ATTACH_MECHANISM_SHIFT;
+    let (offer_flags, features, fds) = pt.offer();
+    let bare = Request::AttachMm {
+        token: pt.token,
+        uffd_features: features,
+        flags: requested,
+    };
+    let result = match call(&bare, &[]) {
+        Err(e) if e.code() == Some(ErrorCode::NeedMmFds) => {
+            let with_fds = Request::AttachMm {
+                token: pt.token,
+                uffd_features: features,
+                flags: requested | offer_flags,
+            };
+            call(&with_fds, &fds)
+        }
+        other => other,
+    };
+    match result? {
+        (Reply::MmAttached { mechanism, .. }, _) => Ok(mechanism),
+        (other, _) => Err(unexpected("ATTACH_MM", &other)),
     }
 }
 
@@ -209,26 +462,18 @@ impl Connection {
     /// Connects to the daemon at `path` and negotiates the protocol.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
-        let sock = SeqpacketSocket::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
         let mut inner = ConnInner {
-            sock: Mutex::new(sock),
+            link: Mutex::new(connect_link(path)?),
             socket_path: path.to_owned(),
-            broken: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             caps: 0,
             page_size: 4096,
             max_bo_size: 0,
             tracking: Mutex::new(None),
+            bos: Mutex::new(Vec::new()),
+            reconnects: AtomicU64::new(0),
         };
-        let hello = Request::Hello {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            caps: caps::ALL,
-        };
-        match inner.call(&hello, &[])? {
+        match inner.call_if_connected(|| Some(hello()), &[])? {
             (
                 Reply::Hello {
                     caps,
@@ -245,6 +490,12 @@ impl Connection {
             (other, _) => return Err(unexpected("HELLO", &other)),
         }
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// How many times this connection re-established its session after the
+    /// daemon went away (each time re-importing its BOs and mappings).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
     }
 
     /// Connects to [`crate::default_socket_path`] (`COHMEM_SOCKET` overrides it).
@@ -361,16 +612,68 @@ impl Connection {
 
 pub(crate) struct BoInner {
     pub conn: Arc<ConnInner>,
-    pub handle: u32,
+    /// The handle on the current session (renumbered by a reconnect).
+    handle: AtomicU32,
     pub size: u64,
-    pub id: u64,
+    /// The daemon-wide id on the current session.
+    id: AtomicU64,
     pub memfd: Memfd,
+    /// The live mappings of this BO through this connection.
+    views: Mutex<Vec<Weak<ViewSlot>>>,
+}
+
+/// One mapping as the daemon knows it: re-announced after a reconnect.
+pub(crate) struct ViewSlot {
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+    /// The view id on the current session.
+    pub view: AtomicU32,
+    /// Set by the UNMAP that retires it: a reconnect skips it.
+    pub retired: std::sync::atomic::AtomicBool,
+    /// The session ([`ConnInner::generation`]) its view id belongs to.
+    pub generation: AtomicU64,
+}
+
+impl BoInner {
+    /// The handle on the current session.
+    pub fn handle(&self) -> u32 {
+        self.handle.load(Ordering::Acquire)
+    }
+
+    /// Sends the request `build` makes from the current handle.
+    pub fn call(
+        &self,
+        build: impl Fn(u32) -> Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.conn.call_with(|| build(self.handle()), fds)
+    }
+
+    /// Records a mapping announced to the daemon.
+    pub fn add_view(&self, slot: &Arc<ViewSlot>) {
+        let mut views = lock(&self.views);
+        views.retain(|w| w.strong_count() > 0);
+        views.push(Arc::downgrade(slot));
+    }
+
+    fn live_views(&self) -> Vec<Arc<ViewSlot>> {
+        lock(&self.views)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|v| !v.retired.load(Ordering::Acquire))
+            .collect()
+    }
 }
 
 impl Drop for BoInner {
     fn drop(&mut self) {
-        // Best effort: the daemon releases the handle with the connection anyway.
-        let _ = self.conn.call(&Request::Destroy { bo: self.handle }, &[]);
+        // Best effort: the daemon releases the handle with the connection
+        // anyway, and a dead session has nothing to release.
+        let handle = self.handle();
+        let _ = self
+            .conn
+            .call_if_connected(|| Some(Request::Destroy { bo: handle }), &[]);
     }
 }
 
@@ -382,15 +685,16 @@ pub struct Bo {
 
 impl Bo {
     fn new(conn: Arc<ConnInner>, handle: u32, size: u64, id: u64, memfd: Memfd) -> Self {
-        Self {
-            inner: Arc::new(BoInner {
-                conn,
-                handle,
-                size,
-                id,
-                memfd,
-            }),
-        }
+        let inner = Arc::new(BoInner {
+            conn,
+            handle: AtomicU32::new(handle),
+            size,
+            id: AtomicU64::new(id),
+            memfd,
+            views: Mutex::new(Vec::new()),
+        });
+        inner.conn.register_bo(&inner);
+        Self { inner }
     }
 
     /// Size in bytes.
@@ -398,14 +702,14 @@ impl Bo {
         self.inner.size
     }
 
-    /// The daemon-wide id (for display).
+    /// The daemon-wide id (for display; a daemon restart renumbers it).
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.id.load(Ordering::Acquire)
     }
 
-    /// The connection-local handle.
+    /// The connection-local handle (a reconnect renumbers it).
     pub fn handle(&self) -> u32 {
-        self.inner.handle
+        self.inner.handle()
     }
 
     /// The BO's memfd: pass a duplicate to another process so it can
@@ -441,15 +745,11 @@ impl Bo {
     }
 
     fn sync_flags(&self, flags: u32) -> Result<SyncResult, ClientError> {
-        let req = Request::Sync {
-            bo: self.inner.handle,
-            flags,
-        };
-        self.sync_like(&req, flags)
+        self.sync_like(|bo| Request::Sync { bo, flags }, flags)
     }
 
-    fn sync_like(&self, req: &Request, flags: u32) -> Result<SyncResult, ClientError> {
-        match self.inner.conn.call(req, &[])? {
+    fn sync_like(&self, build: impl Fn(u32) -> Request, flags: u32) -> Result<SyncResult, ClientError> {
+        match self.inner.call(&build, &[])? {
             (Reply::SyncDone(s), _) => Ok(SyncResult {
                 pages: s.pages,
                 bytes: s.bytes,
@@ -461,26 +761,21 @@ impl Bo {
                 runs: s.runs,
                 views_scanned: s.views_scanned,
             }),
-            (other, _) => Err(unexpected(req.name(), &other)),
+            (other, _) => Err(unexpected(build(0).name(), &other)),
         }
     }
 
-    fn call_ok(&self, req: &Request) -> Result<(), ClientError> {
-        match self.inner.conn.call(req, &[])? {
+    fn call_ok(&self, build: impl Fn(u32) -> Request) -> Result<(), ClientError> {
+        match self.inner.call(&build, &[])? {
             (Reply::Ok, _) => Ok(()),
-            (other, _) => Err(unexpected(req.name(), &other)),
+            (other, _) => Err(unexpected(build(0).name(), &other)),
         }
     }
 
     /// Binds a new GPU resource to the page-aligned window
     /// `[offset, offset+len)` (vmwgfx `dirty_add`); returns its index.
     pub fn add_resource(&self, offset: u64, len: u64) -> Result<u32, ClientError> {
-        let req = Request::AddResource {
-            bo: self.inner.handle,
-            offset,
-            len,
-        };
-        match self.inner.conn.call(&req, &[])? {
+        match self.inner.call(|bo| Request::AddResource { bo, offset, len }, &[])? {
             (Reply::ResourceAdded { index }, _) => Ok(index),
             (other, _) => Err(unexpected("ADD_RESOURCE", &other)),
         }
@@ -488,15 +783,12 @@ impl Bo {
 
     /// Destroys resource `index` (vmwgfx `dirty_release`).
     pub fn release_resource(&self, index: u32) -> Result<(), ClientError> {
-        self.call_ok(&Request::ReleaseResource {
-            bo: self.inner.handle,
-            index,
-        })
+        self.call_ok(|bo| Request::ReleaseResource { bo, index })
     }
 
     /// vmwgfx `scan` without transfer.
     pub fn scan(&self) -> Result<ScanReport, ClientError> {
-        match self.inner.conn.call(&Request::Scan { bo: self.inner.handle }, &[])? {
+        match self.inner.call(|bo| Request::Scan { bo }, &[])? {
             (Reply::Scanned(s), _) => Ok(s),
             (other, _) => Err(unexpected("SCAN", &other)),
         }
@@ -505,44 +797,35 @@ impl Bo {
     /// vmwgfx `transfer_to_res` + upload of resource `index`, without a
     /// scan first (use [`Bo::sync`] for the no-lost-write guarantee).
     pub fn transfer(&self, index: u32) -> Result<SyncResult, ClientError> {
-        let req = Request::Transfer {
-            bo: self.inner.handle,
-            index,
-            flags: SYNC_REPORT_RUNS,
-        };
-        self.sync_like(&req, SYNC_REPORT_RUNS)
+        self.sync_like(
+            |bo| Request::Transfer {
+                bo,
+                index,
+                flags: SYNC_REPORT_RUNS,
+            },
+            SYNC_REPORT_RUNS,
+        )
     }
 
     /// vmwgfx `clear_res`: drops resource `index`'s dirty pages unreported.
     pub fn clear_resource(&self, index: u32) -> Result<(), ClientError> {
-        self.call_ok(&Request::ClearResource {
-            bo: self.inner.handle,
-            index,
-        })
+        self.call_ok(|bo| Request::ClearResource { bo, index })
     }
 
     /// vmwgfx `dirty_clear`: drops every dirty page unreported.
     pub fn clear_all(&self) -> Result<(), ClientError> {
-        self.call_ok(&Request::ClearAll { bo: self.inner.handle })
+        self.call_ok(|bo| Request::ClearAll { bo })
     }
 
     /// Reports that `len` bytes at `offset` were written (the `explicit`
     /// mechanism; harmless, if redundant, under the others).
     pub fn damage(&self, offset: u64, len: u64) -> Result<(), ClientError> {
-        self.call_ok(&Request::Damage {
-            bo: self.inner.handle,
-            offset,
-            len,
-        })
+        self.call_ok(|bo| Request::Damage { bo, offset, len })
     }
 
     /// The BO's tracker state (method, change count, users, envelope, bits).
     pub fn dirty_state(&self) -> Result<DirtyStateReport, ClientError> {
-        match self
-            .inner
-            .conn
-            .call(&Request::DirtyState { bo: self.inner.handle }, &[])?
-        {
+        match self.inner.call(|bo| Request::DirtyState { bo }, &[])? {
             (Reply::DirtyState(d), _) => Ok(d),
             (other, _) => Err(unexpected("DIRTY_STATE", &other)),
         }
@@ -550,11 +833,7 @@ impl Bo {
 
     /// Exports GPU resource `index` of the BO.
     pub fn export_resource(&self, index: u32) -> Result<ExportedResource, ClientError> {
-        let req = Request::ExportResource {
-            bo: self.inner.handle,
-            index,
-        };
-        match self.inner.conn.call(&req, &[])? {
+        match self.inner.call(|bo| Request::ExportResource { bo, index }, &[])? {
             (Reply::Resource { size, offset, pitch }, mut fds) => Ok(ExportedResource {
                 fd: fds
                     .pop()
@@ -572,11 +851,7 @@ impl Bo {
     /// readback may be overwritten by the GPU's bytes; write after it
     /// returns to keep a write (see the protocol's READBACK).
     pub fn readback(&self) -> Result<Readback, ClientError> {
-        let req = Request::Readback {
-            bo: self.inner.handle,
-            flags: 0,
-        };
-        match self.inner.conn.call(&req, &[])? {
+        match self.inner.call(|bo| Request::Readback { bo, flags: 0 }, &[])? {
             (
                 Reply::ReadbackDone {
                     synced_pages,

@@ -1,12 +1,13 @@
 //! A tracked mapping of a BO in this process.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cohmem_proto::{Mechanism, Reply, Request};
+use cohmem_proto::{Reply, Request};
 use cohmem_sys::mapping::SharedMapping;
 
-use crate::connection::{unexpected, BoInner};
+use crate::connection::{unexpected, BoInner, ViewSlot};
 use crate::tracking::ProcessTracking;
 use crate::ClientError;
 
@@ -24,7 +25,7 @@ pub struct Mapping {
     bo: Arc<BoInner>,
     tracking: Arc<ProcessTracking>,
     map: SharedMapping,
-    view: u32,
+    slot: Arc<ViewSlot>,
     offset: u64,
     unmapped: bool,
 }
@@ -39,28 +40,45 @@ impl Mapping {
         let map = SharedMapping::map(bo.memfd.as_fd(), len, offset, true)?;
         map.dont_fork()?;
         let addr = map.addr();
+        // A daemon that died is replaced first (if it is back), so that the
+        // mapping is registered with the mechanism of the live one.
+        bo.conn.ensure_connected()?;
         // Registration and MAP are one step with respect to a mechanism
         // switch of this process.
         let _no_switch = tracking.mapping_guard();
         let mechanism = tracking.mechanism();
         let uffd = tracking.uffd_for(mechanism)?;
-        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && tracking.sync_guard()?.daemon_gone() {
-            return Err(ClientError::Disconnected);
-        }
         if let Some(uffd) = uffd {
             uffd.register_wp(addr, len)?;
         }
         // Recorded before MAP, so that the daemon's protection can always be
         // undone if the daemon dies.
         tracking.add_mapped(addr..addr + len);
-        let req = Request::Map {
-            bo: bo.handle,
+        let slot = Arc::new(ViewSlot {
+            addr,
+            len,
+            offset,
+            view: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        });
+        // The slot is recorded with the reply, before any reconnect could
+        // miss it.
+        let build = || Request::Map {
+            bo: bo.handle(),
             addr,
             len,
             offset,
         };
-        let view = match bo.conn.call(&req, &[]) {
-            Ok((Reply::Mapped { view }, _)) => view,
+        let record = |r: &Reply| {
+            if let Reply::Mapped { view } = r {
+                slot.view.store(*view, Ordering::Release);
+                slot.generation.store(bo.conn.generation(), Ordering::Release);
+                bo.add_view(&slot);
+            }
+        };
+        match bo.conn.call_and_record(build, &[], record) {
+            Ok((Reply::Mapped { .. }, _)) => {}
             other => {
                 if let Some(uffd) = uffd {
                     let _ = uffd.unregister(addr, len);
@@ -71,13 +89,13 @@ impl Mapping {
                     Ok((reply, _)) => unexpected("MAP", &reply),
                 });
             }
-        };
+        }
         drop(_no_switch);
         Ok(Self {
             bo,
             tracking,
             map,
-            view,
+            slot,
             offset,
             unmapped: false,
         })
@@ -140,11 +158,21 @@ impl Mapping {
         self.unmapped = true;
         // UNMAP first: the daemon harvests the view while it still exists.
         let _no_switch = self.tracking.mapping_guard();
-        let req = Request::Unmap {
-            bo: self.bo.handle,
-            view: self.view,
+        // Retired first: a reconnect no longer re-announces it. UNMAP names
+        // its view only on the session that has it (checked under the link
+        // lock); on a dead session there is nothing to unmap.
+        self.slot.retired.store(true, Ordering::Release);
+        let build = || {
+            // A view of an earlier session is gone with it.
+            (self.slot.generation.load(Ordering::Acquire) == self.bo.conn.generation()).then(|| Request::Unmap {
+                bo: self.bo.handle(),
+                view: self.slot.view.load(Ordering::Acquire),
+            })
         };
-        let result = self.bo.conn.call(&req, &[]);
+        let result = match self.bo.conn.call_if_connected(build, &[]) {
+            Err(ClientError::Disconnected) => Ok((Reply::Ok, Vec::new())),
+            other => other,
+        };
         self.tracking.remove_mapped(self.map.addr());
         let unreg = self.tracking.uffd_for(self.tracking.mechanism()).and_then(|u| match u {
             Some(u) => {

@@ -11,10 +11,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
 use cohmem_sys::pagemap::PagemapFile;
@@ -49,27 +49,58 @@ pub(crate) struct SyncGuard {
     gone: AtomicBool,
     closing: AtomicBool,
     lifeline: SeqpacketSocket,
+    /// The daemon process the lifeline is connected to.
+    daemon_pid: i32,
     uffd: Userfaultfd,
+    watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SyncGuard {
     fn start(daemon: &Path, uffd: &Userfaultfd, ranges: MappedRanges) -> Result<Arc<Self>, ClientError> {
+        let lifeline = SeqpacketSocket::connect(daemon).map_err(|source| ClientError::Connect {
+            path: daemon.to_owned(),
+            source,
+        })?;
+        let daemon_pid = lifeline.peer_cred().map(|c| c.pid).unwrap_or(0);
         let guard = Arc::new(Self {
             ranges,
             gone: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            lifeline: SeqpacketSocket::connect(daemon).map_err(|source| ClientError::Connect {
-                path: daemon.to_owned(),
-                source,
-            })?,
+            lifeline,
+            daemon_pid,
             uffd: Userfaultfd::from_fd(uffd.try_clone_fd()?)?,
+            watcher: Mutex::new(None),
         });
         let watcher = guard.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("cohmem-lifeline".into())
             .spawn(move || watcher.watch())
             .map_err(|e| ClientError::Protocol(format!("cannot start the lifeline thread: {e}")))?;
+        *guard.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(guard)
+    }
+
+    /// Retires the guard because the process moves to another daemon:
+    /// stops the watcher (waiting for an unprotect it may be doing), then
+    /// unprotects every mapping itself, so no protection of the old daemon
+    /// outlives it, and no late unprotect undoes the new daemon's.
+    fn retire(&self) {
+        self.closing.store(true, Ordering::Release);
+        let _ = self.lifeline.shutdown();
+        let handle = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.gone.store(true, Ordering::Release);
+        self.unprotect_all();
+    }
+
+    fn unprotect_all(&self) {
+        let ranges = lock_ranges(&self.ranges).clone();
+        for r in ranges {
+            // Unprotect and wake: nobody will resolve these faults any more.
+            let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
+        }
     }
 
     /// Blocks until the daemon closes the lifeline (it never sends on it).
@@ -85,11 +116,7 @@ impl SyncGuard {
             return;
         }
         self.gone.store(true, Ordering::Release);
-        let ranges = lock_ranges(&self.ranges).clone();
-        for r in ranges {
-            // Unprotect and wake: nobody will resolve these faults any more.
-            let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
-        }
+        self.unprotect_all();
     }
 
     /// True once the daemon is known to be gone.
@@ -108,8 +135,9 @@ pub(crate) struct ProcessTracking {
     pub sync_all_faults: bool,
     /// `/proc/self/pagemap` and `/proc/self/clear_refs`, for soft-dirty.
     pub soft_dirty: Option<(PagemapFile, ClearRefs)>,
-    /// Started when the daemon picks uffd-sync for this process.
-    sync_guard: OnceLock<Arc<SyncGuard>>,
+    /// Started when the daemon picks uffd-sync for this process; replaced
+    /// when the process moves to a restarted daemon.
+    sync_guard: Mutex<Option<Arc<SyncGuard>>>,
     daemon: PathBuf,
     /// The mechanism the daemon tracks this process with
     /// ([`Mechanism::None`] before the first ATTACH_MM).
@@ -123,7 +151,7 @@ pub(crate) struct ProcessTracking {
 
 impl Drop for ProcessTracking {
     fn drop(&mut self) {
-        if let Some(g) = self.sync_guard.get() {
+        if let Some(g) = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             g.closing.store(true, Ordering::Release);
             let _ = g.lifeline.shutdown();
         }
@@ -158,16 +186,64 @@ impl ProcessTracking {
     }
 
     /// The lifeline guard for uffd-sync, started on first use.
-    pub fn sync_guard(&self) -> Result<&Arc<SyncGuard>, ClientError> {
-        if let Some(g) = self.sync_guard.get() {
-            return Ok(g);
+    pub fn sync_guard(&self) -> Result<Arc<SyncGuard>, ClientError> {
+        let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = slot.as_ref() {
+            return Ok(g.clone());
         }
         let uffd = self
             .synchronous
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("uffd-sync without a synchronous uffd".into()))?;
         let g = SyncGuard::start(&self.daemon, uffd, self.mapped.clone())?;
-        Ok(self.sync_guard.get_or_init(|| g))
+        Ok(slot.insert(g).clone())
+    }
+
+    /// True once the lifeline saw the daemon go.
+    pub fn daemon_gone(&self) -> bool {
+        let slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().is_some_and(|g| g.daemon_gone())
+    }
+
+    /// A connection of the process reached the daemon process `daemon_pid`:
+    /// if the lifeline watches another (dead or replaced) daemon, retire it
+    /// (a new one starts when the new daemon picks a synchronous mechanism).
+    pub fn daemon_changed(&self, daemon_pid: i32) {
+        let old = {
+            let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(g) if g.daemon_pid != daemon_pid => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(g) = old {
+            g.retire();
+        }
+    }
+
+    /// After ATTACH_MM to a restarted daemon: moves every mapping of the
+    /// process to the uffd of the mechanism the new daemon chose, if that
+    /// is another one, and records the mechanism.
+    pub fn reattach(&self, mechanism: Mechanism) -> Result<(), ClientError> {
+        let old = self
+            .uffd_for(self.mechanism())
+            .ok()
+            .flatten()
+            .map(|u| u.as_fd().as_raw_fd());
+        let new = self.uffd_for(mechanism)?;
+        if old != new.map(|u| u.as_fd().as_raw_fd()) {
+            let ranges = lock_ranges(&self.mapped).clone();
+            for r in ranges {
+                if let Some(u) = self.uffd_for(self.mechanism()).ok().flatten() {
+                    let _ = u.unregister(r.start, r.end - r.start);
+                    let _ = u.wake(r.start, r.end - r.start);
+                }
+                if let Some(u) = new {
+                    u.register_wp(r.start, r.end - r.start)?;
+                }
+            }
+        }
+        self.set_mechanism(mechanism)
     }
 
     /// The mechanism the daemon tracks this process with.
@@ -275,7 +351,7 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         synchronous,
         sync_all_faults,
         soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
-        sync_guard: OnceLock::new(),
+        sync_guard: Mutex::new(None),
         daemon: key.clone(),
         mechanism: Mutex::new(Mechanism::None),
         switching: RwLock::new(()),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
@@ -20,6 +20,24 @@ use crate::dirty::PageSet;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
 use crate::mm::MmSubscription;
 use crate::policy::DirtyTracker;
+use crate::quota::BoCharge;
+
+/// Why a client's memfd cannot be adopted as a BO.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Empty, or not a whole number of pages.
+    #[error("a BO memfd must be a non-zero multiple of the page size; this one has {0} bytes")]
+    Size(u64),
+    /// Missing F_SEAL_SHRINK or F_SEAL_GROW.
+    #[error("a BO memfd must be sealed with F_SEAL_SHRINK and F_SEAL_GROW (seals are {0:#x})")]
+    NotSealed(i32),
+    /// Mapping it or creating its resource failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// Reading its seals failed.
+    #[error(transparent)]
+    Sys(#[from] cohmem_sys::SysError),
+}
 
 /// A GPU resource bound to a byte window of a BO.
 pub struct Resource {
@@ -86,6 +104,9 @@ pub struct Bo {
     structure_writers: Mutex<()>,
     /// Counters.
     pub counters: BoCounters,
+    /// The quota charge of the uid that created or adopted the BO,
+    /// released when the BO dies.
+    charge: OnceLock<BoCharge>,
 }
 
 /// One mapping of a BO in one client process.
@@ -165,8 +186,39 @@ impl Bo {
     /// with `default_resource`, also binds a GPU resource covering the whole
     /// BO (which creates the tracker).
     pub fn create(id: u64, size: u64, gpu: &dyn GpuBackend, default_resource: bool) -> Result<Self, GpuError> {
-        let page_size = cohmem_sys::page_size();
         let memfd = Memfd::create_sealed(&format!("cohmem-bo-{id}"), size)?;
+        Self::from_memfd(id, memfd, gpu, default_resource)
+    }
+
+    /// Adopts a BO memfd this daemon does not know — one a client kept
+    /// across a daemon restart (DESIGN.md §5.5) — as BO `id` with a GPU
+    /// resource covering it. The new resource holds none of the BO's bytes,
+    /// so every page starts dirty: the first sync uploads the whole BO. The
+    /// memfd must be a page multiple and sealed against shrinking and
+    /// growing ([`BO_SEALS`](cohmem_sys::memfd::BO_SEALS)), so that the daemon's mapping can never fault
+    /// on a truncated file.
+    pub fn adopt(id: u64, memfd: Memfd, gpu: &dyn GpuBackend) -> Result<Self, AdoptError> {
+        let page_size = cohmem_sys::page_size();
+        let size = memfd.size();
+        if size == 0 || size % page_size != 0 {
+            return Err(AdoptError::Size(size));
+        }
+        let seals = memfd.seals()?;
+        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals & needed != needed {
+            return Err(AdoptError::NotSealed(seals));
+        }
+        let bo = Self::from_memfd(id, memfd, gpu, true)?;
+        if let Some(t) = bo.state().tracker.as_mut() {
+            t.dirty.record(0..bo.pages());
+        }
+        bo.counters.extra_pages.fetch_add(bo.pages(), Ordering::Relaxed);
+        Ok(bo)
+    }
+
+    fn from_memfd(id: u64, memfd: Memfd, gpu: &dyn GpuBackend, default_resource: bool) -> Result<Self, GpuError> {
+        let page_size = cohmem_sys::page_size();
+        let size = memfd.size();
         let identity = memfd.identity()?;
         let mapping = SharedMapping::map(memfd.as_fd(), size, 0, false)?;
         let mut state = BoState {
@@ -195,7 +247,13 @@ impl Bo {
             structure_seq: AtomicU64::new(0),
             structure_writers: Mutex::new(()),
             counters: BoCounters::default(),
+            charge: OnceLock::new(),
         })
+    }
+
+    /// Attaches the quota charge the BO holds for its life (once).
+    pub fn hold_charge(&self, charge: BoCharge) {
+        let _ = self.charge.set(charge);
     }
 
     /// Pages in the BO (N).

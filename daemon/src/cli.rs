@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cohmem_proto::Mechanism;
 
 use crate::gpu::GpuChoice;
+use crate::quota::UserLimits;
 use crate::{Daemon, DaemonConfig, Server};
 use anyhow::Context;
 use clap::Parser;
@@ -35,9 +36,26 @@ struct Args {
     /// Largest BO a client may create, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_bo_size: u64,
-    /// Socket file mode, octal.
+    /// Socket file mode, octal: who may connect at all.
     #[arg(long, default_value = "660", value_parser = parse_octal)]
     socket_mode: u32,
+    /// Only these uids (besides root and the daemon's own) may use the
+    /// daemon, checked with SO_PEERCRED; repeat for several. Default: every
+    /// uid the socket's mode lets in.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Most connections one uid may have open.
+    #[arg(long, default_value_t = UserLimits::default().connections)]
+    max_connections_per_user: u32,
+    /// Most live BOs one uid may hold (created or adopted).
+    #[arg(long, default_value_t = UserLimits::default().bos)]
+    max_bos_per_user: u64,
+    /// Most bytes of BOs one uid may hold.
+    #[arg(long, default_value_t = UserLimits::default().bytes)]
+    max_bytes_per_user: u64,
+    /// Most BO handles one connection may hold.
+    #[arg(long, default_value_t = DaemonConfig::default().max_bos_per_connection)]
+    max_bos_per_connection: usize,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -89,6 +107,13 @@ pub fn main() -> anyhow::Result<()> {
         mechanism: args.mechanism.0,
         max_bo_size: args.max_bo_size,
         socket_mode: args.socket_mode,
+        allowed_uids: args.allow_uid,
+        user_limits: UserLimits {
+            connections: args.max_connections_per_user,
+            bos: args.max_bos_per_user,
+            bytes: args.max_bytes_per_user,
+        },
+        max_bos_per_connection: args.max_bos_per_connection,
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {

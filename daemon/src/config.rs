@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::gpu::GpuChoice;
+use crate::quota::UserLimits;
 
 /// Everything the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -23,6 +24,11 @@ pub struct DaemonConfig {
     pub max_views_per_connection: usize,
     /// Consecutive undecodable frames after which a connection is closed.
     pub max_consecutive_bad_frames: u32,
+    /// Per-user quotas (connections, BOs, bytes).
+    pub user_limits: UserLimits,
+    /// Uids allowed to use the daemon besides root and the daemon's own
+    /// uid; empty: every uid the socket's permissions let in.
+    pub allowed_uids: Vec<u32>,
 }
 
 impl Default for DaemonConfig {
@@ -36,6 +42,8 @@ impl Default for DaemonConfig {
             max_bos_per_connection: 4096,
             max_views_per_connection: 4096,
             max_consecutive_bad_frames: 32,
+            user_limits: UserLimits::default(),
+            allowed_uids: Vec::new(),
         }
     }
 }

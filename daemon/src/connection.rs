@@ -19,13 +19,14 @@ use cohmem_proto::{
     StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
     ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
-use cohmem_sys::memfd::fd_identity;
+use cohmem_sys::memfd::{fd_identity, Memfd};
 use cohmem_sys::uffd::features;
 use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::UnixSeqpacket;
 
-use crate::bo::{Bo, View};
+use crate::bo::{AdoptError, Bo, View};
 use crate::mm::{MmKey, MmSubscription};
+use crate::quota::BoCharge;
 use crate::server::{ConnectionInfo, Daemon};
 use crate::switch::{self, MechanismOffer};
 use crate::sync::{SyncEngine, SyncError};
@@ -81,6 +82,21 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
             return;
         }
     };
+    let allowed = &daemon.config.allowed_uids;
+    if !allowed.is_empty() && uid != 0 && uid != nix::unistd::geteuid().as_raw() && !allowed.contains(&uid) {
+        tracing::warn!(pid, uid, "connection refused: uid not in --allow-uid");
+        let message = format!("uid {uid} is not allowed to use this daemon (--allow-uid {allowed:?})");
+        refuse(&sock, ErrorCode::PermissionDenied, message).await;
+        return;
+    }
+    let _slot = match daemon.quotas.connect(uid) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::warn!(pid, uid, error = %e, "connection refused");
+            refuse(&sock, ErrorCode::LimitExceeded, e.to_string()).await;
+            return;
+        }
+    };
     let info = daemon.add_connection(pid, uid);
     tracing::info!(conn = info.id, pid, uid, "client connected");
     let mut session = Session {
@@ -97,6 +113,19 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
     session.close().await;
     daemon.remove_connection(info.id);
     tracing::info!(conn = info.id, pid, reason, "client disconnected");
+}
+
+/// Answers the first request of a refused connection with `code` and
+/// `message` (so the client learns why), then lets the connection close.
+/// Waits at most a second for that request.
+async fn refuse(sock: &UnixSeqpacket, code: ErrorCode, message: String) {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let wait = std::time::Duration::from_secs(1);
+    let id = match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+        Ok(Ok(info)) => peek_request_id(&buf[..info.bytes_read().min(MAX_FRAME)]),
+        _ => 0,
+    };
+    let _ = sock.send(&Reply::error(code, message).encode(id)).await;
 }
 
 impl Session {
@@ -218,7 +247,7 @@ impl Session {
                 caps,
             } => self.hello(min_version, max_version, caps),
             Request::CreateBo { size, flags } => self.create_bo(size, flags).await,
-            Request::ImportBo => self.import_bo(fds),
+            Request::ImportBo => self.import_bo(fds).await,
             Request::AttachMm {
                 token,
                 uffd_features,
@@ -457,7 +486,16 @@ impl Session {
         })
     }
 
-    fn new_handle(&mut self, bo: Arc<Bo>) -> Result<u32, Failure> {
+    /// Charges a new BO of `size` bytes to this connection's uid.
+    fn charge_bo(&self, size: u64) -> Result<BoCharge, Failure> {
+        self.daemon
+            .quotas
+            .charge_bo(self.info.uid, size)
+            .map_err(|e| fail(ErrorCode::LimitExceeded, e.to_string()))
+    }
+
+    /// Fails when this connection cannot open another BO handle.
+    fn check_handle_room(&self) -> Result<(), Failure> {
         if self.handles.len() >= self.daemon.config.max_bos_per_connection {
             return Err(fail(
                 ErrorCode::LimitExceeded,
@@ -468,6 +506,11 @@ impl Session {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn new_handle(&mut self, bo: Arc<Bo>) -> Result<u32, Failure> {
+        self.check_handle_room()?;
         let h = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).ok_or_else(|| {
             fail(
@@ -505,6 +548,8 @@ impl Session {
         }
         let ps = cohmem_sys::page_size();
         let size = size.div_ceil(ps) * ps;
+        self.check_handle_room()?;
+        let charge = self.charge_bo(size)?;
         let daemon = self.daemon.clone();
         let id = daemon.bos.next_id();
         let default_resource = flags & CREATE_NO_RESOURCE == 0;
@@ -512,6 +557,7 @@ impl Session {
             .await
             .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
             .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
+        bo.hold_charge(charge);
         let memfd = bo
             .memfd()
             .try_clone_fd()
@@ -530,19 +576,55 @@ impl Session {
         ))
     }
 
-    fn import_bo(&mut self, fds: Vec<OwnedFd>) -> Outcome {
+    /// IMPORT_BO: a handle to the BO whose memfd came with the request. A
+    /// sealed memfd this daemon does not know — a client's BO from before a
+    /// daemon restart — is adopted as a new BO, charged to this uid, with a
+    /// fresh resource and every page dirty.
+    async fn import_bo(&mut self, fds: Vec<OwnedFd>) -> Outcome {
         let fd = fds
             .into_iter()
             .next()
             .ok_or_else(|| fail(ErrorCode::BadFds, "IMPORT_BO needs the BO's memfd"))?;
         let identity = fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
-        let bo = self
-            .daemon
-            .bos
-            .find(identity)
-            .ok_or_else(|| fail(ErrorCode::BadFds, "the passed fd is not the memfd of a live cohmem BO"))?;
-        let (size, id) = (bo.size, bo.id);
-        let handle = self.new_handle(bo)?;
+        if let Some(bo) = self.daemon.bos.find(identity) {
+            let (size, id) = (bo.size, bo.id);
+            let handle = self.new_handle(bo)?;
+            return ok(Reply::Bo { bo: handle, size, id });
+        }
+        let memfd = Memfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
+        let size = memfd.size();
+        let max = self.daemon.config.max_bo_size;
+        if size > max {
+            return Err(fail(
+                ErrorCode::TooLarge,
+                format!("the passed memfd has {size} bytes, over the limit max_bo_size = {max}"),
+            ));
+        }
+        self.check_handle_room()?;
+        let charge = self.charge_bo(size)?;
+        let daemon = self.daemon.clone();
+        let id = daemon.bos.next_id();
+        let bo = tokio::task::spawn_blocking(move || Bo::adopt(id, memfd, daemon.gpu.as_ref()))
+            .await
+            .map_err(|e| fail(ErrorCode::Internal, format!("BO adoption task failed: {e}")))?
+            .map_err(|e| match e {
+                AdoptError::Gpu(g) => fail(ErrorCode::Gpu, format!("adopting a {size}-byte BO: {g}")),
+                other => fail(
+                    ErrorCode::BadFds,
+                    format!("the passed fd is not the memfd of a live cohmem BO, nor adoptable as one: {other}"),
+                ),
+            })?;
+        bo.hold_charge(charge);
+        let bo = Arc::new(bo);
+        self.daemon.bos.insert(&bo);
+        let handle = self.new_handle(bo.clone())?;
+        tracing::info!(
+            conn = self.info.id,
+            bo = id,
+            size,
+            handle,
+            "BO adopted from a client's memfd"
+        );
         ok(Reply::Bo { bo: handle, size, id })
     }
 

@@ -15,6 +15,7 @@
 //! | [`policy`] | method, change count, users | vmwgfx spec §2–§3 |
 //! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
 //! | [`gpu`] | GPU backends | — |
+//! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
 
 pub mod bo;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod gpu;
 pub mod mm;
 pub mod policy;
+pub mod quota;
 pub mod server;
 pub mod stats;
 pub mod switch;

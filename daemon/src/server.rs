@@ -18,6 +18,7 @@ use crate::connection;
 use crate::faults::FaultService;
 use crate::gpu::{open_backend, GpuBackend};
 use crate::mm::MmRegistry;
+use crate::quota::QuotaTable;
 use crate::stats::DaemonCounters;
 
 /// Why the server could not start.
@@ -78,6 +79,8 @@ pub struct Daemon {
     pub faults: Arc<FaultService>,
     /// Held by the one quiesce that may run at a time (seed 004).
     pub quiesce: Mutex<()>,
+    /// What every uid holds, against the per-user limits.
+    pub quotas: QuotaTable,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
@@ -97,6 +100,7 @@ impl Daemon {
             offered |= caps::UFFD_SYNC;
         }
         let faults = FaultService::start()?;
+        let quotas = QuotaTable::new(config.user_limits);
         Ok(Self {
             config,
             gpu,
@@ -108,6 +112,7 @@ impl Daemon {
             counters: DaemonCounters::default(),
             faults,
             quiesce: Mutex::new(()),
+            quotas,
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),

@@ -140,6 +140,8 @@ pub enum ErrorCode {
     Gpu,
     /// Anything else inside the daemon.
     Internal,
+    /// The peer's uid is not allowed to use this daemon.
+    PermissionDenied,
     /// A code this crate does not know.
     Other(u16),
 }
@@ -164,6 +166,7 @@ impl ErrorCode {
             Self::Kernel => 14,
             Self::Gpu => 15,
             Self::Internal => 16,
+            Self::PermissionDenied => 17,
             Self::Other(v) => v,
         }
     }
@@ -187,6 +190,7 @@ impl ErrorCode {
             14 => Self::Kernel,
             15 => Self::Gpu,
             16 => Self::Internal,
+            17 => Self::PermissionDenied,
             other => Self::Other(other),
         }
     }

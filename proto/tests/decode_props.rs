@@ -1579,12 +1579,13 @@ fn documented_constants() {
         ErrorCode::Kernel,
         ErrorCode::Gpu,
         ErrorCode::Internal,
+        ErrorCode::PermissionDenied,
     ];
     for (i, c) in codes.into_iter().enumerate() {
         assert_eq!(c.to_wire(), i as u16 + 1);
     }
     assert_eq!(ErrorCode::from_wire(0), ErrorCode::Other(0));
-    assert_eq!(ErrorCode::from_wire(17), ErrorCode::Other(17));
+    assert_eq!(ErrorCode::from_wire(18), ErrorCode::Other(18));
     assert_eq!(
         (MAX_FRAME, MAX_ERROR_MESSAGE, MAX_NAME, MAX_REPORTED_RUNS),
         (65536, 1024, 255, 4096)

@@ -220,8 +220,11 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
         ErrorCode::BadFds,
         "IMPORT_BO without fd",
     );
+    // A sealed memfd the daemon does not know is adopted (a BO kept across
+    // a daemon restart, tests/tests/daemon_restart.rs); an unsealed one is no BO.
+    let unsealed = Memfd::create("unsealed", 4096, 0)?;
     expect_error(
-        c.send(&Request::ImportBo.encode(9), &[stray.as_fd()])?,
+        c.send(&Request::ImportBo.encode(9), &[unsealed.as_fd()])?,
         ErrorCode::BadFds,
         "IMPORT_BO of a memfd that is no BO",
     );

@@ -15,6 +15,8 @@ pub struct DaemonProcess {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
+    /// The command line, for [`DaemonProcess::restart`].
+    command: Vec<std::ffi::OsString>,
 }
 
 /// Finds the `cohmemd` binary: `$COHMEMD_BIN`, else next to the running
@@ -61,17 +63,37 @@ impl DaemonProcess {
         } else {
             &["--gpu", "soft"]
         };
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args(gpu)
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut me = Self { child, dir, socket };
+        let mut command: Vec<std::ffi::OsString> = vec![bin.into(), "--socket".into(), socket.clone().into()];
+        command.extend(gpu.iter().chain(extra).map(Into::into));
+        let child = start(&command)?;
+        let mut me = Self {
+            child,
+            dir,
+            socket,
+            command,
+        };
         me.wait_ready(Duration::from_secs(20))?;
         Ok(me)
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up at all: what a crash
+    /// does) and reaps it.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            self.child.kill().context("SIGKILL of the daemon")?;
+        }
+        self.child.wait().context("reaping the daemon")?;
+        Ok(())
+    }
+
+    /// Starts the same daemon again on the same socket (after it died or
+    /// was killed) and waits until it accepts connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("the daemon (pid {}) is still running", self.pid());
+        }
+        self.child = start(&self.command)?;
+        self.wait_ready(Duration::from_secs(20))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -120,6 +142,15 @@ impl DaemonProcess {
         self.child.wait()?;
         Ok(false)
     }
+}
+
+fn start(command: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+    let (bin, args) = command.split_first().context("empty daemon command")?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.to_string_lossy()))
 }
 
 impl Drop for DaemonProcess {

@@ -1,0 +1,163 @@
+//! DESIGN.md §5.5, issue 5 "restart without data loss": the daemon is
+//! killed with SIGKILL and started again on the same socket; the client's
+//! connection reconnects on its next call, re-attaches, re-imports its BO by
+//! its own memfd (the new daemon adopts it with every page dirty) and
+//! re-announces its mappings. The first sync after the restart uploads the
+//! whole BO, so every write made before, during and after the outage is in
+//! the new GPU copy; tracking is exact again from then on.
+
+use cohmem_client::{ClientError, Connection, Mechanism};
+use cohmem_tests::spawn_daemon_for;
+use cohmem_tools::verify::verify_gpu_copy;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+fn survives_a_restart(mechanism: Mechanism) -> anyhow::Result<()> {
+    const PAGES: usize = 64;
+    let mut daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo((PAGES * ps) as u64)?;
+    let map = bo.map()?;
+    let other = bo.map_range(8 * ps as u64, 8 * ps as u64)?;
+    for p in 0..PAGES {
+        map.write_u64(p * ps, 0x1000 + p as u64)?;
+    }
+    assert_eq!(bo.sync()?.pages, PAGES as u64);
+    assert_eq!(verify_gpu_copy(&bo)?, vec![], "before the restart");
+    let old_id = bo.id();
+
+    daemon.kill9()?;
+    // Written while no daemon runs: never blocks, tracked by nobody.
+    for p in (0..PAGES).step_by(3) {
+        map.write_u64(p * ps + 8, 0x2000 + p as u64)?;
+    }
+    other.write_u64(ps, 0x2222)?;
+    // A call while the daemon is down fails and says so.
+    match bo.sync() {
+        Err(ClientError::Connect { .. } | ClientError::Disconnected) => {}
+        other => panic!("sync with the daemon down: {other:?}"),
+    }
+    daemon.restart()?;
+    // Written after the restart but before the client noticed it.
+    for p in (1..PAGES).step_by(5) {
+        map.write_u64(p * ps + 16, 0x3000 + p as u64)?;
+    }
+
+    let first = bo.sync()?;
+    assert_eq!(conn.reconnects(), 1, "one reconnect");
+    assert_eq!(
+        first.pages, PAGES as u64,
+        "the first sync after a restart uploads the whole BO"
+    );
+    assert_eq!(verify_gpu_copy(&bo)?, vec![], "after the restart");
+    assert!(bo.id() >= 1 && old_id >= 1);
+
+    // Tracking is exact again, through both re-announced mappings and a new one.
+    map.write_u64(5 * ps, 0x4005)?;
+    other.write_u64(2 * ps, 0x4010)?; // BO page 10
+    let third = bo.map_range(40 * ps as u64, ps as u64)?;
+    third.write_u64(0, 0x4040)?;
+    let after = bo.sync_with_runs()?;
+    assert_eq!(after.pages_list(), vec![5, 10, 40], "exact after the restart");
+    assert_eq!(verify_gpu_copy(&bo)?, vec![]);
+    drop((third, other, map));
+    Ok(())
+}
+
+#[test]
+fn uffd_async_survives_a_daemon_restart() -> anyhow::Result<()> {
+    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+        eprintln!("uffd-async unavailable on this kernel");
+        return Ok(());
+    }
+    survives_a_restart(Mechanism::UffdAsync)
+}
+
+#[test]
+fn uffd_sync_survives_a_daemon_restart() -> anyhow::Result<()> {
+    survives_a_restart(Mechanism::UffdSync)
+}
+
+#[test]
+fn full_survives_a_daemon_restart() -> anyhow::Result<()> {
+    survives_a_restart_untracked(Mechanism::Full)
+}
+
+/// Without tracking every sync uploads everything; a restart changes nothing
+/// but the session.
+fn survives_a_restart_untracked(mechanism: Mechanism) -> anyhow::Result<()> {
+    let mut daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo(16 * ps as u64)?;
+    let map = bo.map()?;
+    map.write_u64(0, 1)?;
+    bo.sync()?;
+    daemon.kill9()?;
+    map.write_u64(3 * ps, 3)?;
+    daemon.restart()?;
+    assert_eq!(bo.sync()?.pages, 16);
+    assert_eq!(verify_gpu_copy(&bo)?, vec![]);
+    Ok(())
+}
+
+/// A sync in flight when the daemon dies fails with `Disconnected` (its
+/// outcome is unknown); the next one reconnects and uploads everything.
+#[test]
+fn many_restarts_lose_nothing() -> anyhow::Result<()> {
+    let mut daemon = spawn_daemon_for(DAEMON, Mechanism::UffdSync)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo(32 * ps as u64)?;
+    let map = bo.map()?;
+    for round in 0..5u64 {
+        for p in 0..32 {
+            map.write_u64(p * ps, round << 32 | p as u64)?;
+        }
+        bo.sync()?;
+        assert_eq!(verify_gpu_copy(&bo)?, vec![], "round {round}");
+        daemon.kill9()?;
+        daemon.restart()?;
+    }
+    bo.sync()?;
+    assert_eq!(verify_gpu_copy(&bo)?, vec![]);
+    assert_eq!(conn.reconnects(), 5);
+    Ok(())
+}
+
+/// The daemon side on its own: a sealed memfd it does not know is adopted
+/// with every page dirty; an unsealed or odd-sized one is refused, saying why.
+#[test]
+fn the_daemon_adopts_only_sealed_page_sized_memfds() -> anyhow::Result<()> {
+    use cohmem_proto::{ErrorCode, Reply, Request};
+    use cohmem_sys::memfd::Memfd;
+    use std::os::fd::AsFd;
+
+    let daemon = cohmem_tests::spawn_daemon(DAEMON)?;
+    let raw = cohmem_tests::RawClient::connect_hello(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let sealed = Memfd::create_sealed("kept-across-restart", 12 * ps)?;
+    let (r, _) = raw.call(2, &Request::ImportBo, &[sealed.as_fd()])?;
+    let Reply::Bo { bo, size, .. } = r else {
+        panic!("adoption failed: {r:?}")
+    };
+    assert_eq!(size, 12 * ps);
+    match raw.call(3, &Request::Sync { bo, flags: 0 }, &[])?.0 {
+        Reply::SyncDone(s) => assert_eq!(s.pages, 12, "an adopted BO starts wholly dirty"),
+        other => panic!("sync: {other:?}"),
+    }
+    for (name, memfd) in [
+        ("unsealed", Memfd::create("unsealed", 4 * ps, 0)?),
+        ("odd-sized", Memfd::create("odd", ps + 1, cohmem_sys::memfd::BO_SEALS)?),
+    ] {
+        match raw.call(4, &Request::ImportBo, &[memfd.as_fd()])?.0 {
+            Reply::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadFds, "{name}: {message}");
+                assert!(message.contains("adoptable"), "{name}: {message}");
+            }
+            other => panic!("{name} memfd adopted: {other:?}"),
+        }
+    }
+    Ok(())
+}
