@@ -683,6 +683,25 @@ pub struct Bo {
     inner: Arc<BoInner>,
 }
 
+impl std::fmt::Debug for Bo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bo")
+            .field("handle", &self.handle())
+            .field("id", &self.id())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("socket", &self.inner.socket_path)
+            .field("reconnects", &self.reconnects())
+            .finish()
+    }
+}
+
 impl Bo {
     fn new(conn: Arc<ConnInner>, handle: u32, size: u64, id: u64, memfd: Memfd) -> Self {
         let inner = Arc::new(BoInner {

@@ -103,6 +103,40 @@ pub fn spawn_daemon_with(test_daemon: &str, extra: &[&str]) -> anyhow::Result<Da
     DaemonProcess::spawn_bin(&bin, &args)
 }
 
+/// A well-behaved client that writes, syncs and verifies in a loop until
+/// stopped; returns the number of verified syncs.
+pub fn bystander(
+    socket: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    let socket = socket.to_owned();
+    std::thread::spawn(move || {
+        let conn = cohmem_client::Connection::connect(&socket)?;
+        let ps = cohmem_sys::page_size();
+        let bo = conn.create_bo(256 * ps)?;
+        let map = bo.map()?;
+        let mut rng = cohmem_tools::SplitMix64::new(7);
+        let mut verified = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let count = 1 + rng.below(16) as usize;
+            let written = rng.distinct(256, count);
+            for &p in &written {
+                map.write_u64((p * ps) as usize, rng.next_u64())?;
+            }
+            let done = bo.sync_with_runs()?;
+            anyhow::ensure!(
+                done.pages_list() == written,
+                "bystander: sync reported {:?}, wrote {written:?}",
+                done.pages_list()
+            );
+            let bad = cohmem_tools::verify_gpu_copy(&bo)?;
+            anyhow::ensure!(bad.is_empty(), "bystander: GPU copy differs on {bad:?}");
+            verified += 1;
+        }
+        Ok(verified)
+    })
+}
+
 /// What the daemon did with a raw frame.
 #[derive(Debug)]
 // A test helper matched by value in many places; its size does not matter.

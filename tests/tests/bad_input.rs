@@ -18,7 +18,7 @@ use cohmem_sys::memfd::Memfd;
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 use cohmem_tests::spawn_daemon;
-use cohmem_tests::{RawClient, RawOutcome, WriterChild};
+use cohmem_tests::{bystander, RawClient, RawOutcome, WriterChild};
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -26,37 +26,6 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
 fn writer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cohmem-test-writer"))
-}
-
-/// A well-behaved client that writes, syncs and verifies in a loop until
-/// stopped; returns the number of verified syncs.
-fn bystander(socket: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<anyhow::Result<u64>> {
-    let socket = socket.to_owned();
-    std::thread::spawn(move || {
-        let conn = Connection::connect(&socket)?;
-        let ps = cohmem_sys::page_size();
-        let bo = conn.create_bo(256 * ps)?;
-        let map = bo.map()?;
-        let mut rng = SplitMix64::new(7);
-        let mut verified = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let count = 1 + rng.below(16) as usize;
-            let written = rng.distinct(256, count);
-            for &p in &written {
-                map.write_u64((p * ps) as usize, rng.next_u64())?;
-            }
-            let done = bo.sync_with_runs()?;
-            anyhow::ensure!(
-                done.pages_list() == written,
-                "bystander: sync reported {:?}, wrote {written:?}",
-                done.pages_list()
-            );
-            let bad = verify_gpu_copy(&bo)?;
-            anyhow::ensure!(bad.is_empty(), "bystander: GPU copy differs on {bad:?}");
-            verified += 1;
-        }
-        Ok(verified)
-    })
 }
 
 fn expect_error(outcome: RawOutcome, want: ErrorCode, what: &str) {

@@ -38,10 +38,11 @@ fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Resul
     let writers: Vec<_> = (0..THREADS)
         .map(|t| {
             let (map, done) = (map.clone(), done.clone());
-            std::thread::spawn(move || -> anyhow::Result<()> {
+            std::thread::spawn(move || -> anyhow::Result<Instant> {
                 map.write_u64(t * ps, t as u64 + 1)?;
+                let resumed = Instant::now();
                 done.fetch_add(1, Ordering::Release);
-                Ok(())
+                Ok(resumed)
             })
         })
         .collect();
@@ -56,16 +57,27 @@ fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Resul
     while done.load(Ordering::Acquire) < THREADS && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let resumed = t0.elapsed();
     assert_eq!(
         done.load(Ordering::Acquire),
         THREADS,
-        "writers still blocked {resumed:?} after the daemon died"
+        "writers still blocked {:?} after the daemon died",
+        t0.elapsed()
     );
-    eprintln!("{THREADS} blocked writers resumed {resumed:?} after SIGKILL of the daemon");
+    let mut slowest = Duration::ZERO;
     for w in writers {
-        w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        let resumed = w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        slowest = slowest.max(resumed.saturating_duration_since(t0));
     }
+    // Issue 5: every thread resumes within 100 ms of the kill. Emulated
+    // machines (the VM tier runs QEMU TCG) scale the bound with
+    // COHMEM_TIME_SCALE.
+    let scale: u32 = std::env::var("COHMEM_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let bound = Duration::from_millis(100) * scale;
+    eprintln!("{THREADS} blocked writers resumed, the last {slowest:?} after SIGKILL of the daemon (bound {bound:?})");
+    assert!(slowest <= bound, "the last writer resumed {slowest:?} after the kill");
     for t in 0..THREADS {
         let mut b = [0u8; 8];
         bo.read_at((t * ps) as u64, &mut b)?;
