@@ -17,6 +17,7 @@ use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
 
 use crate::dirty::PageSet;
+use crate::fdstore::StoredBo;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
 use crate::mm::MmSubscription;
 use crate::policy::DirtyTracker;
@@ -107,6 +108,8 @@ pub struct Bo {
     /// The quota charge of the uid that created or adopted the BO,
     /// released when the BO dies.
     charge: OnceLock<BoCharge>,
+    /// The BO's entry in the service manager's fd store, if any.
+    stored: OnceLock<StoredBo>,
 }
 
 /// One mapping of a BO in one client process.
@@ -248,12 +251,18 @@ impl Bo {
             structure_writers: Mutex::new(()),
             counters: BoCounters::default(),
             charge: OnceLock::new(),
+            stored: OnceLock::new(),
         })
     }
 
     /// Attaches the quota charge the BO holds for its life (once).
     pub fn hold_charge(&self, charge: BoCharge) {
         let _ = self.charge.set(charge);
+    }
+
+    /// Attaches the BO's fd store entry (once), removed when the BO dies.
+    pub fn hold_stored(&self, entry: StoredBo) {
+        let _ = self.stored.set(entry);
     }
 
     /// Pages in the BO (N).
@@ -350,6 +359,12 @@ impl BoStore {
     /// A fresh daemon-wide BO id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes sure ids handed out later are above `id` (a BO adopted with
+    /// the id it had before a restart).
+    pub fn reserve_id(&self, id: u64) {
+        self.next_id.fetch_max(id, Ordering::Relaxed);
     }
 
     /// Registers a new BO.

@@ -13,6 +13,7 @@ use crate::quota::UserLimits;
 use crate::{Daemon, DaemonConfig, Server};
 use anyhow::Context;
 use clap::Parser;
+use cohmem_sys::sdnotify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
 /// Keeps GPU buffers coherent with client-written memory by tracking which
@@ -56,6 +57,14 @@ struct Args {
     /// Most BO handles one connection may hold.
     #[arg(long, default_value_t = DaemonConfig::default().max_bos_per_connection)]
     max_bos_per_connection: usize,
+    /// Do not keep BO memfds in systemd's fd store (used only when
+    /// $NOTIFY_SOCKET is set).
+    #[arg(long)]
+    no_fdstore: bool,
+    /// Seconds that BOs adopted from the fd store at start wait for a
+    /// client to re-import them.
+    #[arg(long, default_value_t = 60)]
+    adopt_grace_secs: u64,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -114,6 +123,8 @@ pub fn main() -> anyhow::Result<()> {
             bytes: args.max_bytes_per_user,
         },
         max_bos_per_connection: args.max_bos_per_connection,
+        fdstore: !args.no_fdstore,
+        adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {
@@ -139,13 +150,38 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    // BOs a previous instance left in systemd's fd store: kept for the
+    // grace period so that their clients can re-import them.
+    let adopted = crate::fdstore::adopt_stored(&daemon);
     runtime.block_on(async move {
         let server = Server::bind(daemon.clone()).context("binding the socket")?;
         tracing::info!(socket = %server.path().display(), "cohmemd listening");
+        if !adopted.is_empty() {
+            let grace = daemon.config.adopt_grace;
+            tracing::info!(bos = adopted.len(), ?grace, "holding BOs adopted from the fd store");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let unclaimed = adopted.iter().filter(|b| Arc::strong_count(b) == 1).count();
+                tracing::info!(unclaimed, "adoption grace period over");
+                drop(adopted);
+            });
+        }
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&format!("listening on {}", server.path().display())),
+        ]);
         server.run(shutdown_signal()).await;
+        notify(&[NotifyState::Stopping]);
         tracing::info!("cohmemd stopped");
         anyhow::Ok(())
     })
+}
+
+/// Tells the service manager (if any) about a state change.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = cohmem_sys::sdnotify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,11 @@ pub struct DaemonConfig {
     /// Uids allowed to use the daemon besides root and the daemon's own
     /// uid; empty: every uid the socket's permissions let in.
     pub allowed_uids: Vec<u32>,
+    /// Keep BO memfds in the service manager's fd store (under systemd).
+    pub fdstore: bool,
+    /// How long BOs adopted from the fd store wait for a client to
+    /// re-import them before they are released.
+    pub adopt_grace: std::time::Duration,
 }
 
 impl Default for DaemonConfig {
@@ -44,6 +49,8 @@ impl Default for DaemonConfig {
             max_consecutive_bad_frames: 32,
             user_limits: UserLimits::default(),
             allowed_uids: Vec::new(),
+            fdstore: true,
+            adopt_grace: std::time::Duration::from_secs(60),
         }
     }
 }

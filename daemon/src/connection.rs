@@ -558,6 +558,7 @@ impl Session {
             .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
             .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
         bo.hold_charge(charge);
+        crate::fdstore::store(&self.daemon, &bo, self.info.uid);
         let memfd = bo
             .memfd()
             .try_clone_fd()
@@ -615,6 +616,7 @@ impl Session {
                 ),
             })?;
         bo.hold_charge(charge);
+        crate::fdstore::store(&self.daemon, &bo, self.info.uid);
         let bo = Arc::new(bo);
         self.daemon.bos.insert(&bo);
         let handle = self.new_handle(bo.clone())?;

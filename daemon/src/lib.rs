@@ -15,6 +15,7 @@
 //! | [`policy`] | method, change count, users | vmwgfx spec §2–§3 |
 //! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
 //! | [`gpu`] | GPU backends | — |
+//! | [`fdstore`] | BOs kept across restarts in systemd's fd store | DESIGN.md §5.5 |
 //! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
 
 pub mod bo;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod dirty;
 pub mod faults;
+pub mod fdstore;
 pub mod gpu;
 pub mod mm;
 pub mod policy;

@@ -15,6 +15,7 @@
 //! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
 //! | `gbm` | libgbm (feature `gbm`): linear buffers, `gbm_bo_map`, dma-buf export |
 //! | [`probe`] | real probes of what this kernel offers |
+//! | [`sdnotify`] | the service manager's notify socket, fd store and passed fds |
 
 pub mod drm;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod pagemap;
 pub mod probe;
+pub mod sdnotify;
 pub mod seqpacket;
 pub mod softdirty;
 pub mod uffd;

@@ -1,0 +1,192 @@
+//! Issue 5 "restart without data loss" under systemd: the daemon keeps its
+//! BO memfds in the service manager's file descriptor store and adopts them
+//! when it starts again. This test is the service manager: it owns a real
+//! `NOTIFY_SOCKET` (a datagram socket receiving `READY=1`, `FDSTORE=1` with
+//! the memfds, `FDSTOREREMOVE=1`), kills the daemon with SIGKILL, and starts
+//! the next one the way systemd does, with the stored fds from fd 3 and
+//! `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` set.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use cohmem_client::{Connection, Mechanism};
+use cohmem_sys::memfd::fd_identity;
+use cohmem_tools::verify_gpu_copy;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
+
+/// The service manager's side of the notify socket.
+struct ServiceManager {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl ServiceManager {
+    fn bind(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path)?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Self { sock, path })
+    }
+
+    /// The next notification and the fds it carried.
+    fn recv(&self) -> anyhow::Result<(String, Vec<OwnedFd>)> {
+        let mut buf = [0u8; 4096];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+        let msg = recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: SCM_RIGHTS just installed this fd in our table;
+                    // nothing else owns it.
+                    fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                }
+            }
+        }
+        let len = msg.bytes;
+        Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), fds))
+    }
+
+    /// Waits for a notification containing `what`; returns it.
+    fn expect(&self, what: &str) -> anyhow::Result<(String, Vec<OwnedFd>)> {
+        let t0 = Instant::now();
+        loop {
+            let (text, fds) = self.recv()?;
+            if text.contains(what) {
+                return Ok((text, fds));
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "no {what:?} notification");
+        }
+    }
+}
+
+/// Starts the daemon as systemd would: `NOTIFY_SOCKET`, and the stored
+/// `fds` from fd 3 with `LISTEN_PID` (the daemon's own pid: a shell sets
+/// it to `$$` and execs the daemon), `LISTEN_FDS` and `LISTEN_FDNAMES`.
+fn start_daemon(socket: &Path, notify: &Path, fds: &[(OwnedFd, String)]) -> anyhow::Result<Child> {
+    let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
+    let raw: Vec<i32> = fds.iter().map(|(f, _)| f.as_raw_fd()).collect();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"if [ -n "$N" ]; then export LISTEN_PID=$$ LISTEN_FDS=$N LISTEN_FDNAMES=$NAMES; fi; exec "$@""#)
+        .arg("sh")
+        .arg(DAEMON)
+        .args(["--socket"])
+        .arg(socket)
+        .args(["--gpu", "soft", "--log", "warn", "--adopt-grace-secs", "1"])
+        .env("NOTIFY_SOCKET", notify)
+        .env(
+            "N",
+            if fds.is_empty() {
+                String::new()
+            } else {
+                fds.len().to_string()
+            },
+        )
+        .env("NAMES", names.join(":"));
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl,
+    // which are async-signal-safe, on fds the parent keeps open.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move them above the target range first, then into 3, 4, ….
+            let high: Vec<i32> = raw.iter().map(|&fd| libc::fcntl(fd, libc::F_DUPFD, 100)).collect();
+            for (i, &fd) in high.iter().enumerate() {
+                if fd < 0 || libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd.spawn()?)
+}
+
+#[test]
+fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cohmem-fdstore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("cohmem.sock");
+    let manager = ServiceManager::bind(&dir)?;
+    let mut daemon = start_daemon(&socket, &manager.path, &[])?;
+    manager.expect("READY=1")?;
+
+    std::env::set_var("COHMEM_MECHANISM", Mechanism::UffdSync.name());
+    let conn = Connection::connect(&socket)?;
+    let ps = cohmem_sys::page_size() as usize;
+    let kept = conn.create_bo(32 * ps as u64)?;
+    let (text, fds) = manager.expect("FDSTORE=1")?;
+    assert!(text.contains(&format!("FDNAME=cohmem-bo.{}.0", kept.id())), "{text}");
+    assert_eq!(fds.len(), 1, "{text}");
+    assert_eq!(
+        fd_identity(fds[0].as_fd())?,
+        fd_identity(kept.memfd())?,
+        "the stored fd is the BO's memfd"
+    );
+    let kept_name = format!("cohmem-bo.{}.0", kept.id());
+    let mut store: Vec<(OwnedFd, String)> = fds.into_iter().map(|f| (f, kept_name.clone())).collect();
+    // A BO that dies leaves the store.
+    let dead = conn.create_bo(ps as u64)?;
+    let dead_id = dead.id();
+    manager.expect("FDSTORE=1")?;
+    drop(dead);
+    let (text, _) = manager.expect("FDSTOREREMOVE=1")?;
+    assert!(text.contains(&format!("FDNAME=cohmem-bo.{dead_id}.0")), "{text}");
+    // One the client forgets while the daemon is down: adopted, then
+    // released when nobody claims it.
+    let forgotten = conn.create_bo(ps as u64)?;
+    let (text, fds) = manager.expect("FDSTORE=1")?;
+    let forgotten_name = format!("cohmem-bo.{}.0", forgotten.id());
+    assert!(text.contains(&forgotten_name), "{text}");
+    store.extend(fds.into_iter().map(|f| (f, forgotten_name.clone())));
+
+    let map = kept.map()?;
+    for p in 0..32 {
+        map.write_u64(p * ps, 0x100 + p as u64)?;
+    }
+    kept.sync()?;
+    for p in (0..32).step_by(4) {
+        map.write_u64(p * ps + 8, 0x200 + p as u64)?; // dirty at the crash
+    }
+    daemon.kill()?;
+    daemon.wait()?;
+    map.write_u64(ps + 16, 0x300)?; // while no daemon runs
+    drop(forgotten);
+
+    let mut daemon = start_daemon(&socket, &manager.path, &store)?;
+    manager.expect("READY=1")?;
+    // Before the client is back, the adopted BO is there with its old id.
+    let admin = Connection::connect(&socket)?;
+    let rows = admin.stats(cohmem_proto::STATS_BOS)?.bos;
+    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    assert!(ids.contains(&kept.id()), "adopted BOs {ids:?}");
+    let old_id = kept.id();
+    let done = kept.sync()?;
+    assert_eq!(kept.id(), old_id, "the client found the same BO again");
+    assert_eq!(done.pages, 32, "the first sync after adoption uploads the whole BO");
+    assert_eq!(verify_gpu_copy(&kept)?, vec![]);
+    // The forgotten one is released after the grace period.
+    let (text, _) = manager.expect("FDSTOREREMOVE=1")?;
+    assert!(text.contains(&forgotten_name), "{text}");
+    // Tracking is exact again.
+    map.write_u64(7 * ps, 7)?;
+    assert_eq!(kept.sync_with_runs()?.pages_list(), vec![7]);
+    drop(map);
+    drop(kept);
+    let _ = daemon.kill();
+    daemon.wait()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
