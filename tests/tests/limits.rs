@@ -57,7 +57,10 @@ fn absurd_requests_get_typed_errors_while_another_client_syncs() -> anyhow::Resu
     // The bystander's BO exists before the quotas are run into.
     let t0 = Instant::now();
     while conn.stats(0)?.daemon.views == 0 {
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "the bystander never mapped its BO");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the bystander never mapped its BO"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let (code, message) = refusal(conn.create_bo(1 << 40));

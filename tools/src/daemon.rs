@@ -17,6 +17,10 @@ pub struct DaemonProcess {
     socket: PathBuf,
     /// The command line, for [`DaemonProcess::restart`].
     command: Vec<std::ffi::OsString>,
+    /// Where the daemon's output goes (`None`: our stderr).
+    log: Option<PathBuf>,
+    /// Keep the directory (and the log) on drop.
+    keep: bool,
 }
 
 /// Finds the `cohmemd` binary: `$COHMEMD_BIN`, else next to the running
@@ -50,6 +54,17 @@ impl DaemonProcess {
 
     /// Like [`DaemonProcess::spawn`] with an explicit daemon binary.
     pub fn spawn_bin(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_inner(bin, extra, None)
+    }
+
+    /// Like [`DaemonProcess::spawn_bin`], with the daemon's output appended
+    /// to the file `log_name` in the daemon's temporary directory (kept on
+    /// drop after [`DaemonProcess::keep_dir`]).
+    pub fn spawn_logged(bin: &Path, extra: &[&str], log_name: &str) -> anyhow::Result<Self> {
+        Self::spawn_inner(bin, extra, Some(log_name))
+    }
+
+    fn spawn_inner(bin: &Path, extra: &[&str], log_name: Option<&str>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "cohmem-{}-{}",
             std::process::id(),
@@ -65,12 +80,15 @@ impl DaemonProcess {
         };
         let mut command: Vec<std::ffi::OsString> = vec![bin.into(), "--socket".into(), socket.clone().into()];
         command.extend(gpu.iter().chain(extra).map(Into::into));
-        let child = start(&command)?;
+        let log = log_name.map(|n| dir.join(n));
+        let child = start(&command, log.as_deref())?;
         let mut me = Self {
             child,
             dir,
             socket,
             command,
+            log,
+            keep: false,
         };
         me.wait_ready(Duration::from_secs(20))?;
         Ok(me)
@@ -92,8 +110,18 @@ impl DaemonProcess {
         if self.is_running() {
             bail!("the daemon (pid {}) is still running", self.pid());
         }
-        self.child = start(&self.command)?;
+        self.child = start(&self.command, self.log.as_deref())?;
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// The file the daemon's output goes to, if any.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// Keeps the daemon's directory (with its log) after drop.
+    pub fn keep_dir(&mut self) {
+        self.keep = true;
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -144,12 +172,20 @@ impl DaemonProcess {
     }
 }
 
-fn start(command: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+fn start(command: &[std::ffi::OsString], log: Option<&Path>) -> anyhow::Result<Child> {
     let (bin, args) = command.split_first().context("empty daemon command")?;
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(log) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        cmd.stdout(file.try_clone().context("duplicating the log fd")?)
+            .stderr(file);
+    }
+    cmd.spawn()
         .with_context(|| format!("starting {}", bin.to_string_lossy()))
 }
 
@@ -158,6 +194,8 @@ impl Drop for DaemonProcess {
         if self.is_running() {
             let _ = self.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod rng;
+pub mod stress;
 pub mod verify;
 pub mod vmwgfx;
 pub mod writer;
