@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
@@ -190,17 +190,25 @@ impl Bo {
     /// BO (which creates the tracker).
     pub fn create(id: u64, size: u64, gpu: &dyn GpuBackend, default_resource: bool) -> Result<Self, GpuError> {
         let memfd = Memfd::create_sealed(&format!("cohmem-bo-{id}"), size)?;
-        Self::from_memfd(id, memfd, gpu, default_resource)
+        let make = |size| gpu.create_resource(size);
+        Self::from_memfd(id, memfd, default_resource.then_some(make))
     }
 
     /// Adopts a BO memfd this daemon does not know — one a client kept
-    /// across a daemon restart (DESIGN.md §5.5) — as BO `id` with a GPU
-    /// resource covering it. The new resource holds none of the BO's bytes,
-    /// so every page starts dirty: the first sync uploads the whole BO. The
-    /// memfd must be a page multiple and sealed against shrinking and
-    /// growing ([`BO_SEALS`](cohmem_sys::memfd::BO_SEALS)), so that the daemon's mapping can never fault
-    /// on a truncated file.
-    pub fn adopt(id: u64, memfd: Memfd, gpu: &dyn GpuBackend) -> Result<Self, AdoptError> {
+    /// across a daemon restart, or one from the service manager's fd store
+    /// (DESIGN.md §5.5) — as BO `id` with a GPU resource covering it: the
+    /// `stored` buffer (with its pitch) where the backend can take it back,
+    /// else a new one. Every page starts dirty, so the first sync uploads
+    /// the whole BO: nobody tracked the writes made meanwhile. The memfd
+    /// must be a page multiple and sealed against shrinking and growing
+    /// ([`BO_SEALS`](cohmem_sys::memfd::BO_SEALS)), so that the daemon's
+    /// mapping can never fault on a truncated file.
+    pub fn adopt(
+        id: u64,
+        memfd: Memfd,
+        gpu: &dyn GpuBackend,
+        stored: Option<(OwnedFd, u64)>,
+    ) -> Result<Self, AdoptError> {
         let page_size = cohmem_sys::page_size();
         let size = memfd.size();
         if size == 0 || size % page_size != 0 {
@@ -211,7 +219,14 @@ impl Bo {
         if seals & needed != needed {
             return Err(AdoptError::NotSealed(seals));
         }
-        let bo = Self::from_memfd(id, memfd, gpu, true)?;
+        let make = |size| match stored {
+            Some((fd, pitch)) => gpu.adopt_resource(fd, size, pitch).or_else(|e| {
+                tracing::warn!(bo = id, error = %e, "stored GPU buffer not adopted; creating a new one");
+                gpu.create_resource(size)
+            }),
+            None => gpu.create_resource(size),
+        };
+        let bo = Self::from_memfd(id, memfd, Some(make))?;
         if let Some(t) = bo.state().tracker.as_mut() {
             t.dirty.record(0..bo.pages());
         }
@@ -219,7 +234,13 @@ impl Bo {
         Ok(bo)
     }
 
-    fn from_memfd(id: u64, memfd: Memfd, gpu: &dyn GpuBackend, default_resource: bool) -> Result<Self, GpuError> {
+    /// The BO of `memfd`, mapped, with a whole-BO resource from
+    /// `default_resource` (which also creates the tracker) if given.
+    fn from_memfd(
+        id: u64,
+        memfd: Memfd,
+        default_resource: Option<impl FnOnce(u64) -> Result<Box<dyn GpuResource>, GpuError>>,
+    ) -> Result<Self, GpuError> {
         let page_size = cohmem_sys::page_size();
         let size = memfd.size();
         let identity = memfd.identity()?;
@@ -230,10 +251,10 @@ impl Bo {
             quiesced: false,
             deferred: Vec::new(),
         };
-        if default_resource {
+        if let Some(make) = default_resource {
             state.resources.push(Some(Arc::new(Resource {
                 window: 0..size,
-                gpu: gpu.create_resource(size)?,
+                gpu: make(size)?,
             })));
             state.tracker = Some(DirtyTracker::new(size / page_size));
         }

@@ -605,7 +605,7 @@ impl Session {
         let charge = self.charge_bo(size)?;
         let daemon = self.daemon.clone();
         let id = daemon.bos.next_id();
-        let bo = tokio::task::spawn_blocking(move || Bo::adopt(id, memfd, daemon.gpu.as_ref()))
+        let bo = tokio::task::spawn_blocking(move || Bo::adopt(id, memfd, daemon.gpu.as_ref(), None))
             .await
             .map_err(|e| fail(ErrorCode::Internal, format!("BO adoption task failed: {e}")))?
             .map_err(|e| match e {

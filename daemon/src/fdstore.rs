@@ -3,10 +3,13 @@
 //!
 //! Under systemd (`$NOTIFY_SOCKET` set, `FileDescriptorStoreMax=` in the
 //! unit) every BO's memfd is handed to the store as `cohmem-bo.<id>.<uid>`
-//! when the BO is created or adopted, and removed from it when the BO dies.
-//! After a restart (crash included) systemd passes the stored memfds back
-//! (`$LISTEN_FDS`, `$LISTEN_FDNAMES`); the daemon adopts each as BO `<id>`
-//! charged to `<uid>`, with a fresh GPU resource and every page dirty
+//! when the BO is created or adopted — and its GPU buffer as
+//! `cohmem-gpu.<id>.<pitch>` where the backend can take one back (DRM dumb
+//! buffers, as dma-bufs) — and removed from it when the BO dies. After a
+//! restart (crash included) systemd passes the stored fds back
+//! (`$LISTEN_FDS`, `$LISTEN_FDNAMES`); the daemon adopts each BO as BO `<id>`
+//! charged to `<uid>`, with its stored GPU buffer (so whoever imported that
+//! buffer keeps seeing it updated) or a new one, and every page dirty
 //! (nobody tracked the writes made while it was down). A client that
 //! re-imports its memfd then finds the same BO — same id, shared with every
 //! other process that imported it — instead of a new one. Adopted BOs that
@@ -22,17 +25,20 @@ use crate::bo::Bo;
 use crate::server::Daemon;
 
 const PREFIX: &str = "cohmem-bo";
+const GPU_PREFIX: &str = "cohmem-gpu";
 
-/// A BO's entry in the fd store; removed from the store on drop.
+/// A BO's entries in the fd store; removed from the store on drop.
 #[derive(Debug)]
 pub struct StoredBo {
-    name: String,
+    names: Vec<String>,
 }
 
 impl Drop for StoredBo {
     fn drop(&mut self) {
-        if let Err(e) = sdnotify::remove_stored(&self.name) {
-            tracing::warn!(name = %self.name, error = %e, "could not remove a BO from the fd store");
+        for name in &self.names {
+            if let Err(e) = sdnotify::remove_stored(name) {
+                tracing::warn!(%name, error = %e, "could not remove a BO from the fd store");
+            }
         }
     }
 }
@@ -48,17 +54,35 @@ pub fn store(daemon: &Daemon, bo: &Bo, uid: u32) {
         return;
     }
     let name = name(bo.id, uid);
-    match sdnotify::store_fds(&name, &[bo.memfd().as_fd()]) {
-        Ok(()) => bo.hold_stored(StoredBo { name }),
-        Err(e) => tracing::warn!(bo = bo.id, error = %e, "could not store a BO in the fd store"),
+    if let Err(e) = sdnotify::store_fds(&name, &[bo.memfd().as_fd()]) {
+        tracing::warn!(bo = bo.id, error = %e, "could not store a BO in the fd store");
+        return;
     }
+    let mut names = vec![name];
+    let kept = bo.state().resources.first().cloned().flatten();
+    if let Some(res) = kept.filter(|r| r.window.start == 0) {
+        if let Some(fd) = res.gpu.keep_fd() {
+            let gpu_name = format!("{GPU_PREFIX}.{}.{}", bo.id, res.gpu.pitch());
+            match sdnotify::store_fds(&gpu_name, &[fd.as_fd()]) {
+                Ok(()) => names.push(gpu_name),
+                Err(e) => tracing::warn!(bo = bo.id, error = %e, "could not store a GPU buffer in the fd store"),
+            }
+        }
+    }
+    bo.hold_stored(StoredBo { names });
+}
+
+/// Parses `PREFIX.<id>.<n>`.
+fn parse_with(prefix: &str, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (id, n) = rest.split_once('.')?;
+    Some((id.parse().ok()?, n.parse().ok()?))
 }
 
 /// Parses `cohmem-bo.<id>.<uid>`.
 fn parse(name: &str) -> Option<(u64, u32)> {
-    let rest = name.strip_prefix(PREFIX)?.strip_prefix('.')?;
-    let (id, uid) = rest.split_once('.')?;
-    Some((id.parse().ok()?, uid.parse().ok()?))
+    let (id, uid) = parse_with(PREFIX, name)?;
+    Some((id, u32::try_from(uid).ok()?))
 }
 
 /// Adopts the BOs the service manager passed back at start. Returns them:
@@ -71,12 +95,19 @@ pub fn adopt_stored(daemon: &Daemon) -> Vec<Arc<Bo>> {
             return Vec::new();
         }
     };
-    let mut adopted = Vec::new();
+    let mut gpus = std::collections::HashMap::new();
+    let mut bos = Vec::new();
     for (fd, fd_name) in passed {
-        let Some((id, uid)) = parse(&fd_name) else {
+        if let Some((id, pitch)) = parse_with(GPU_PREFIX, &fd_name) {
+            gpus.insert(id, (fd, pitch, fd_name));
+        } else if let Some((id, uid)) = parse(&fd_name) {
+            bos.push((id, uid, fd, fd_name));
+        } else {
             tracing::warn!(name = %fd_name, "closing a passed fd that is no stored BO");
-            continue;
-        };
+        }
+    }
+    let mut adopted = Vec::new();
+    for (id, uid, fd, fd_name) in bos {
         let memfd = match Memfd::from_fd(fd) {
             Ok(m) => m,
             Err(e) => {
@@ -85,10 +116,17 @@ pub fn adopt_stored(daemon: &Daemon) -> Vec<Arc<Bo>> {
             }
         };
         let size = memfd.size();
-        let bo = match Bo::adopt(id, memfd, daemon.gpu.as_ref()) {
+        let gpu = gpus.remove(&id);
+        let mut names = vec![fd_name];
+        let stored = gpu.map(|(fd, pitch, name)| {
+            names.push(name);
+            (fd, pitch)
+        });
+        let with_gpu = stored.is_some();
+        let bo = match Bo::adopt(id, memfd, daemon.gpu.as_ref(), stored) {
             Ok(bo) => bo,
             Err(e) => {
-                tracing::warn!(name = %fd_name, error = %e, "could not adopt a stored BO");
+                tracing::warn!(bo = id, error = %e, "could not adopt a stored BO");
                 continue;
             }
         };
@@ -96,13 +134,17 @@ pub fn adopt_stored(daemon: &Daemon) -> Vec<Arc<Bo>> {
             Ok(charge) => bo.hold_charge(charge),
             Err(e) => tracing::warn!(bo = id, error = %e, "adopted BO is over its user's quota"),
         }
-        // Still in the store under the same name: only the guard is new.
-        bo.hold_stored(StoredBo { name: fd_name });
+        // Still in the store under the same names: only the guard is new.
+        bo.hold_stored(StoredBo { names });
         let bo = Arc::new(bo);
         daemon.bos.reserve_id(id);
         daemon.bos.insert(&bo);
-        tracing::info!(bo = id, uid, size, "BO adopted from the fd store");
+        tracing::info!(bo = id, uid, size, with_gpu, "BO adopted from the fd store");
         adopted.push(bo);
+    }
+    for (id, (_, _, name)) in gpus {
+        tracing::warn!(bo = id, %name, "stored GPU buffer without its BO; released");
+        let _ = sdnotify::remove_stored(&name);
     }
     adopted
 }
@@ -118,5 +160,7 @@ mod tests {
         assert_eq!(parse("cohmem-bo.x.1"), None);
         assert_eq!(parse("cohmem.sock"), None);
         assert_eq!(parse("other-bo.1.2"), None);
+        assert_eq!(parse_with(GPU_PREFIX, "cohmem-gpu.7.4096"), Some((7, 4096)));
+        assert_eq!(parse("cohmem-gpu.7.4096"), None);
     }
 }

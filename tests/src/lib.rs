@@ -137,6 +137,44 @@ pub fn bystander(
     })
 }
 
+/// Card nodes with dumb buffers, with their driver.
+pub fn dumb_devices() -> Vec<(std::path::PathBuf, cohmem_sys::drm::DrmInfo)> {
+    cohmem_sys::drm::nodes()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("card"))
+        })
+        .filter_map(|p| {
+            let info = cohmem_sys::drm::DrmDevice::open(&p).and_then(|d| d.info()).ok()?;
+            info.dumb_buffers.then_some((p, info))
+        })
+        .collect()
+}
+
+/// Runs `check` on every dumb-buffer device; fails if a driver named in
+/// `COHMEM_REQUIRE_DRM` was not among them.
+pub fn on_every_device(check: impl Fn(&Path, &cohmem_sys::drm::DrmInfo) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let devices = dumb_devices();
+    for (path, info) in &devices {
+        eprintln!("-- {} ({})", path.display(), info.driver);
+        check(path, info)?;
+    }
+    let required = std::env::var("COHMEM_REQUIRE_DRM").unwrap_or_default();
+    for driver in required.split(',').filter(|d| !d.is_empty()) {
+        anyhow::ensure!(
+            devices.iter().any(|(_, i)| i.driver == driver),
+            "COHMEM_REQUIRE_DRM names {driver}, but no dumb-buffer device of it exists: {:?}",
+            devices.iter().map(|(p, i)| (p, &i.driver)).collect::<Vec<_>>()
+        );
+    }
+    if devices.is_empty() {
+        eprintln!("no DRM device with dumb buffers here: the device checks run in the VM tier (tests/vm/run)");
+    }
+    Ok(())
+}
+
 /// What the daemon did with a raw frame.
 #[derive(Debug)]
 // A test helper matched by value in many places; its size does not matter.

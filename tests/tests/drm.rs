@@ -13,51 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cohmem_client::{Connection, ErrorCode};
-use cohmem_sys::drm::{DrmDevice, DrmInfo};
+use cohmem_sys::drm::DrmDevice;
 use cohmem_sys::mapping::SharedMapping;
-use cohmem_tests::spawn_daemon_with;
+use cohmem_tests::{on_every_device, spawn_daemon_with};
 use cohmem_tools::{compare_pages, verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
-
-/// Card nodes with dumb buffers, with their driver.
-fn dumb_devices() -> Vec<(PathBuf, DrmInfo)> {
-    cohmem_sys::drm::nodes()
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("card"))
-        })
-        .filter_map(|p| {
-            let info = DrmDevice::open(&p).and_then(|d| d.info()).ok()?;
-            info.dumb_buffers.then_some((p, info))
-        })
-        .collect()
-}
-
-/// Runs `check` on every dumb-buffer device; fails if a driver named in
-/// `COHMEM_REQUIRE_DRM` was not among them.
-fn on_every_device(check: impl Fn(&Path, &DrmInfo) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let devices = dumb_devices();
-    for (path, info) in &devices {
-        eprintln!("-- {} ({})", path.display(), info.driver);
-        check(path, info)?;
-    }
-    let required = std::env::var("COHMEM_REQUIRE_DRM").unwrap_or_default();
-    for driver in required.split(',').filter(|d| !d.is_empty()) {
-        anyhow::ensure!(
-            devices.iter().any(|(_, i)| i.driver == driver),
-            "COHMEM_REQUIRE_DRM names {driver}, but no dumb-buffer device of it exists: {:?}",
-            devices.iter().map(|(p, i)| (p, &i.driver)).collect::<Vec<_>>()
-        );
-    }
-    if devices.is_empty() {
-        eprintln!("no DRM device with dumb buffers here: the device checks run in the VM tier (tests/vm/run)");
-    }
-    Ok(())
-}
 
 #[test]
 fn naming_a_missing_drm_device_is_a_clear_start_up_error() -> anyhow::Result<()> {

@@ -15,8 +15,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cohmem_client::{Connection, Mechanism};
+use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::fd_identity;
-use cohmem_tools::verify_gpu_copy;
+use cohmem_tools::{compare_pages, verify_gpu_copy};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
@@ -76,7 +77,27 @@ impl ServiceManager {
 /// Starts the daemon as systemd would: `NOTIFY_SOCKET`, and the stored
 /// `fds` from fd 3 with `LISTEN_PID` (the daemon's own pid: a shell sets
 /// it to `$$` and execs the daemon), `LISTEN_FDS` and `LISTEN_FDNAMES`.
-fn start_daemon(socket: &Path, notify: &Path, fds: &[(OwnedFd, String)]) -> anyhow::Result<Child> {
+/// A daemon started by the test, killed when dropped (also when the test
+/// fails: a daemon left running would hold the test's output open).
+struct Daemon(Child);
+
+impl Daemon {
+    /// SIGKILL, as a crash.
+    fn crash(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(socket: &Path, notify: &Path, gpu: &str, fds: &[(OwnedFd, String)]) -> anyhow::Result<Daemon> {
     let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
     let raw: Vec<i32> = fds.iter().map(|(f, _)| f.as_raw_fd()).collect();
     let mut cmd = Command::new("sh");
@@ -86,7 +107,7 @@ fn start_daemon(socket: &Path, notify: &Path, fds: &[(OwnedFd, String)]) -> anyh
         .arg(DAEMON)
         .args(["--socket"])
         .arg(socket)
-        .args(["--gpu", "soft", "--log", "warn", "--adopt-grace-secs", "1"])
+        .args(["--gpu", gpu, "--log", "warn", "--adopt-grace-secs", "1"])
         .env("NOTIFY_SOCKET", notify)
         .env(
             "N",
@@ -111,16 +132,42 @@ fn start_daemon(socket: &Path, notify: &Path, fds: &[(OwnedFd, String)]) -> anyh
             Ok(())
         });
     }
-    Ok(cmd.spawn()?)
+    Ok(Daemon(cmd.spawn()?))
 }
 
 #[test]
 fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("cohmem-fdstore-{}", std::process::id()));
+    crash_and_adopt("soft", false)
+}
+
+/// On a DRM device the dumb buffer itself is kept too: a consumer that
+/// imported it before the crash sees the new daemon's uploads in it.
+#[test]
+fn drm_buffers_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
+    cohmem_tests::on_every_device(|path, info| {
+        if !(info.prime_export && info.prime_import) {
+            eprintln!(
+                "{} ({}) lacks PRIME export or import: skipped",
+                path.display(),
+                info.driver
+            );
+            return Ok(());
+        }
+        crash_and_adopt(&format!("drm:{}", path.display()), true)
+    })
+}
+
+fn crash_and_adopt(gpu: &str, gpu_kept: bool) -> anyhow::Result<()> {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "cohmem-fdstore-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("cohmem.sock");
     let manager = ServiceManager::bind(&dir)?;
-    let mut daemon = start_daemon(&socket, &manager.path, &[])?;
+    let mut daemon = start_daemon(&socket, &manager.path, gpu, &[])?;
     manager.expect("READY=1")?;
 
     std::env::set_var("COHMEM_MECHANISM", Mechanism::UffdSync.name());
@@ -137,19 +184,31 @@ fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
     );
     let kept_name = format!("cohmem-bo.{}.0", kept.id());
     let mut store: Vec<(OwnedFd, String)> = fds.into_iter().map(|f| (f, kept_name.clone())).collect();
+    if gpu_kept {
+        let (text, fds) = manager.expect("FDSTORE=1")?;
+        let gpu_name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .filter(|n| n.starts_with(&format!("cohmem-gpu.{}.", kept.id())))
+            .ok_or_else(|| anyhow::anyhow!("no GPU buffer stored: {text}"))?
+            .to_owned();
+        store.extend(fds.into_iter().map(|f| (f, gpu_name.clone())));
+    }
+    // A consumer of the GPU buffer (a compositor, say) holds it across the crash.
+    let consumer = if gpu_kept { Some(kept.export_resource(0)?) } else { None };
     // A BO that dies leaves the store.
     let dead = conn.create_bo(ps as u64)?;
     let dead_id = dead.id();
-    manager.expect("FDSTORE=1")?;
+    manager.expect(&format!("FDNAME=cohmem-bo.{dead_id}.0"))?;
     drop(dead);
     let (text, _) = manager.expect("FDSTOREREMOVE=1")?;
     assert!(text.contains(&format!("FDNAME=cohmem-bo.{dead_id}.0")), "{text}");
     // One the client forgets while the daemon is down: adopted, then
     // released when nobody claims it.
     let forgotten = conn.create_bo(ps as u64)?;
-    let (text, fds) = manager.expect("FDSTORE=1")?;
     let forgotten_name = format!("cohmem-bo.{}.0", forgotten.id());
-    assert!(text.contains(&forgotten_name), "{text}");
+    let (text, fds) = manager.expect(&format!("FDNAME={forgotten_name}"))?;
+    assert!(text.contains("FDSTORE=1"), "{text}");
     store.extend(fds.into_iter().map(|f| (f, forgotten_name.clone())));
 
     let map = kept.map()?;
@@ -160,12 +219,11 @@ fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
     for p in (0..32).step_by(4) {
         map.write_u64(p * ps + 8, 0x200 + p as u64)?; // dirty at the crash
     }
-    daemon.kill()?;
-    daemon.wait()?;
+    daemon.crash()?;
     map.write_u64(ps + 16, 0x300)?; // while no daemon runs
     drop(forgotten);
 
-    let mut daemon = start_daemon(&socket, &manager.path, &store)?;
+    let daemon = start_daemon(&socket, &manager.path, gpu, &store)?;
     manager.expect("READY=1")?;
     // Before the client is back, the adopted BO is there with its old id.
     let admin = Connection::connect(&socket)?;
@@ -177,6 +235,16 @@ fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
     assert_eq!(kept.id(), old_id, "the client found the same BO again");
     assert_eq!(done.pages, 32, "the first sync after adoption uploads the whole BO");
     assert_eq!(verify_gpu_copy(&kept)?, vec![]);
+    if let Some(old) = consumer {
+        // The buffer imported before the crash is the one the new daemon
+        // uploads into.
+        let pages = old.size / ps as u64;
+        let view = SharedMapping::map(old.fd.as_fd(), (pages - 1) * old.pitch + ps as u64, 0, false)?;
+        let diff = compare_pages(&kept, old.offset, pages, |page, buf| {
+            Ok(view.read_at((page * old.pitch) as usize, buf)?)
+        })?;
+        assert_eq!(diff, vec![], "the GPU buffer held across the crash was not adopted");
+    }
     // The forgotten one is released after the grace period.
     let (text, _) = manager.expect("FDSTOREREMOVE=1")?;
     assert!(text.contains(&forgotten_name), "{text}");
@@ -185,8 +253,7 @@ fn bos_kept_in_the_fd_store_are_adopted_after_a_crash() -> anyhow::Result<()> {
     assert_eq!(kept.sync_with_runs()?.pages_list(), vec![7]);
     drop(map);
     drop(kept);
-    let _ = daemon.kill();
-    daemon.wait()?;
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -6,11 +6,11 @@
 //! copy per page row. Export is a PRIME dma-buf of the dumb buffer.
 
 use std::ops::Range;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use cohmem_sys::drm::{DrmDevice, DrmInfo, DumbBuffer};
+use cohmem_sys::drm::{DrmDevice, DrmInfo, DumbBuffer, GemHandle};
 use cohmem_sys::mapping::SharedMapping;
 use nix::errno::Errno;
 
@@ -89,10 +89,53 @@ impl GpuBackend for DrmGpu {
             size,
             pitch,
             mapping,
-            buffer,
+            buffer: Buffer::Dumb(buffer),
             driver: self.info.driver.clone(),
             can_export: self.info.prime_export,
         }))
+    }
+
+    /// A dumb buffer of this driver that an earlier daemon exported: PRIME
+    /// import into this device, then `MODE_MAP_DUMB` of the handle.
+    fn adopt_resource(&self, fd: OwnedFd, size: u64, pitch: u64) -> Result<Box<dyn GpuResource>, GpuError> {
+        let ps = cohmem_sys::page_size();
+        if !self.info.prime_import {
+            return Err(GpuError::Unsupported(format!(
+                "{} cannot import dma-bufs (DRM_CAP_PRIME has no IMPORT bit)",
+                self.info.driver
+            )));
+        }
+        if pitch < ps {
+            return Err(GpuError::Unsupported(format!("stored pitch {pitch} is below a page")));
+        }
+        let rows = size.div_ceil(ps);
+        let handle = self.device.import_prime(fd.as_fd())?;
+        let mapping = handle.map_writable(pitch * rows)?;
+        Ok(Box::new(DrmResource {
+            size,
+            pitch,
+            mapping,
+            buffer: Buffer::Imported(handle),
+            driver: self.info.driver.clone(),
+            can_export: self.info.prime_export,
+        }))
+    }
+}
+
+/// The device buffer behind a resource.
+enum Buffer {
+    /// Created by this daemon.
+    Dumb(DumbBuffer),
+    /// Adopted from the fd store (created by an earlier daemon).
+    Imported(GemHandle),
+}
+
+impl Buffer {
+    fn export_prime(&self) -> Result<OwnedFd, GpuError> {
+        Ok(match self {
+            Self::Dumb(b) => b.export_prime()?,
+            Self::Imported(h) => h.export_prime()?,
+        })
     }
 }
 
@@ -101,7 +144,7 @@ struct DrmResource {
     pitch: u64,
     /// Declared before `buffer`: unmapped before the buffer is destroyed.
     mapping: SharedMapping,
-    buffer: DumbBuffer,
+    buffer: Buffer,
     driver: String,
     can_export: bool,
 }
@@ -162,6 +205,10 @@ impl GpuResource for DrmResource {
                 self.driver
             )));
         }
-        Ok(self.buffer.export_prime()?)
+        self.buffer.export_prime()
+    }
+
+    fn keep_fd(&self) -> Option<OwnedFd> {
+        self.buffer.export_prime().ok()
     }
 }

@@ -43,6 +43,15 @@ pub trait GpuBackend: Send + Sync {
     fn name(&self) -> String;
     /// Allocates a resource of `size` bytes (a page multiple).
     fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError>;
+    /// Takes back a resource of `size` bytes laid out at `pitch` that an
+    /// earlier daemon handed to the fd store ([`GpuResource::keep_fd`]).
+    fn adopt_resource(&self, fd: OwnedFd, size: u64, pitch: u64) -> Result<Box<dyn GpuResource>, GpuError> {
+        let _ = (fd, size, pitch);
+        Err(GpuError::Unsupported(format!(
+            "the {} backend cannot adopt a stored buffer",
+            self.name()
+        )))
+    }
 }
 
 /// One GPU buffer bound to a window of a BO.
@@ -63,6 +72,12 @@ pub trait GpuResource: Send + Sync {
     /// An fd through which another process can read the resource (the
     /// software backend's memfd, a dma-buf on real devices).
     fn export_fd(&self) -> Result<OwnedFd, GpuError>;
+    /// An fd that keeps the buffer itself alive in the fd store and that
+    /// [`GpuBackend::adopt_resource`] can take back after a restart (with
+    /// [`GpuResource::pitch`]); `None` where the backend cannot adopt one.
+    fn keep_fd(&self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 /// Which backend `--gpu` names.

@@ -117,6 +117,15 @@ impl DrmDevice {
         })
     }
 
+    /// Exports GEM object `handle` as a dma-buf, read-write for mmap.
+    fn export_handle(&self, handle: u32) -> Result<OwnedFd> {
+        let flags = (libc::O_CLOEXEC | libc::O_RDWR) as u32;
+        let prime = drm_ffi::gem::handle_to_fd(self.as_fd(), handle, flags)
+            .map_err(|e| os("DRM_IOCTL_PRIME_HANDLE_TO_FD", e))?;
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(prime.fd) })
+    }
+
     fn map_handle(&self, handle: u32, len: u64, writable: bool) -> Result<SharedMapping> {
         let map =
             drm_ffi::mode::dumbbuffer::map(self.as_fd(), handle, 0, 0).map_err(|e| os("DRM_IOCTL_MODE_MAP_DUMB", e))?;
@@ -156,11 +165,7 @@ impl DumbBuffer {
 
     /// Exports the buffer as a dma-buf (PRIME), read-write for mmap.
     pub fn export_prime(&self) -> Result<OwnedFd> {
-        let flags = (libc::O_CLOEXEC | libc::O_RDWR) as u32;
-        let prime = drm_ffi::gem::handle_to_fd(self.device.as_fd(), self.handle, flags)
-            .map_err(|e| os("DRM_IOCTL_PRIME_HANDLE_TO_FD", e))?;
-        // SAFETY: the kernel just returned this fd, and nothing else owns it.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(prime.fd) })
+        self.device.export_handle(self.handle)
     }
 }
 
@@ -188,6 +193,17 @@ impl GemHandle {
     /// self-imports of their own exports).
     pub fn map(&self, len: u64) -> Result<SharedMapping> {
         self.device.map_handle(self.handle, len, false)
+    }
+
+    /// Maps `len` bytes of the object read-write (the daemon adopting a
+    /// buffer of its own driver that an earlier instance exported).
+    pub fn map_writable(&self, len: u64) -> Result<SharedMapping> {
+        self.device.map_handle(self.handle, len, true)
+    }
+
+    /// Exports the object again as a dma-buf.
+    pub fn export_prime(&self) -> Result<OwnedFd> {
+        self.device.export_handle(self.handle)
     }
 }
 
