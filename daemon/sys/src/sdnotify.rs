@@ -54,10 +54,9 @@ pub fn take_listen_fds() -> Result<Vec<(OwnedFd, String)>> {
     let fds = sd_notify::listen_fds_with_names().map_err(|e| io("sd_listen_fds", e))?;
     Ok(fds
         .map(|(raw, name)| {
-            // SAFETY: the service manager passed these fds to this very
-            // process ($LISTEN_PID matched, checked by listen_fds_with_names),
-            // nothing else in the process knows them, and TAKEN makes this
-            // the only place that ever takes ownership of them.
+            // SAFETY: the service manager passed these fds to this process
+            // ($LISTEN_PID matched), nothing else here knows them, and TAKEN
+            // makes this the only place that ever takes ownership of them.
             (unsafe { OwnedFd::from_raw_fd(raw) }, name)
         })
         .collect())
