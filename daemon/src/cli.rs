@@ -65,6 +65,10 @@ struct Args {
     /// client to re-import them.
     #[arg(long, default_value_t = 60)]
     adopt_grace_secs: u64,
+    /// Harvest and upload every BO with views every N microseconds in the
+    /// background, so that a client's SYNC finds little left (0: off).
+    #[arg(long, default_value_t = 0)]
+    background_upload_us: u64,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -125,6 +129,8 @@ pub fn main() -> anyhow::Result<()> {
         max_bos_per_connection: args.max_bos_per_connection,
         fdstore: !args.no_fdstore,
         adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
+        background_upload: (args.background_upload_us > 0)
+            .then(|| std::time::Duration::from_micros(args.background_upload_us)),
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {
@@ -150,6 +156,9 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    if let Some(interval) = daemon.config.background_upload {
+        crate::background::start(&daemon, interval).context("starting the background upload")?;
+    }
     // BOs a previous instance left in systemd's fd store: kept for the
     // grace period so that their clients can re-import them.
     let adopted = crate::fdstore::adopt_stored(&daemon);

@@ -34,6 +34,8 @@ pub struct DaemonConfig {
     /// How long BOs adopted from the fd store wait for a client to
     /// re-import them before they are released.
     pub adopt_grace: std::time::Duration,
+    /// Sync every BO with views this often in the background (`None`: off).
+    pub background_upload: Option<std::time::Duration>,
 }
 
 impl Default for DaemonConfig {
@@ -51,6 +53,7 @@ impl Default for DaemonConfig {
             allowed_uids: Vec::new(),
             fdstore: true,
             adopt_grace: std::time::Duration::from_secs(60),
+            background_upload: None,
         }
     }
 }

@@ -15,9 +15,11 @@
 //! | [`policy`] | method, change count, users | vmwgfx spec §2–§3 |
 //! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
 //! | [`gpu`] | GPU backends | — |
+//! | [`background`] | background upload while clients write | issue 6 |
 //! | [`fdstore`] | BOs kept across restarts in systemd's fd store | DESIGN.md §5.5 |
 //! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
 
+pub mod background;
 pub mod bo;
 pub mod cli;
 pub mod config;

@@ -12,6 +12,7 @@ use cohmem_sys::probe::KernelCaps;
 use thiserror::Error;
 use tokio_seqpacket::UnixSeqpacketListener;
 
+use crate::background::BackgroundCounters;
 use crate::bo::{lock, BoStore};
 use crate::config::DaemonConfig;
 use crate::connection;
@@ -81,6 +82,8 @@ pub struct Daemon {
     pub quiesce: Mutex<()>,
     /// What every uid holds, against the per-user limits.
     pub quotas: QuotaTable,
+    /// What the background upload did (`--background-upload-us`).
+    pub background: BackgroundCounters,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
@@ -113,6 +116,7 @@ impl Daemon {
             faults,
             quiesce: Mutex::new(()),
             quotas,
+            background: BackgroundCounters::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),

@@ -597,6 +597,17 @@ impl<'a> SyncEngine<'a> {
         self.sync_serialised(bo, with_runs)
     }
 
+    /// [`SyncEngine::sync`] unless another sync of the BO is running
+    /// (`None` then): the background upload never waits for a client's.
+    pub fn sync_if_idle(&self, bo: &Bo) -> Option<Result<SyncReport, SyncError>> {
+        let _serial = match bo.sync_lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        Some(self.sync_serialised(bo, false))
+    }
+
     /// GPU → CPU (READBACK): syncs the BO, then, with further syncs held
     /// off, copies every resource back into its window of the BO. A CPU
     /// write racing the copy may be overwritten (its page is dirty, so the

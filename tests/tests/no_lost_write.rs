@@ -118,3 +118,61 @@ fn transact_harvests_add_up_to_at_least_the_pages_touched_with(mechanism: Mechan
     }
     Ok(())
 }
+
+/// Background upload (`--background-upload-us`): the daemon harvests and
+/// uploads while the writers write. Every write completed before a SYNC is
+/// still in the GPU copy when it returns, and a SYNC sent after the writes
+/// stopped finds the pages already uploaded.
+fn background_upload_loses_nothing(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = cohmem_tests::spawn_daemon_with(
+        DAEMON,
+        &["--mechanism", mechanism.name(), "--background-upload-us", "300"],
+    )?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let pages_per_thread = 64u64;
+    let bo = conn.create_bo(THREADS * pages_per_thread * ps)?;
+    let map = Arc::new(bo.map()?);
+    let res = bo.export_resource(0)?;
+    let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    let writers = CompletedWriters::start(map.clone(), THREADS, pages_per_thread);
+    for _ in 0..200 {
+        let before = writers.snapshot();
+        bo.sync()?;
+        writers.check(&before, &gpu)?;
+    }
+    let writes = writers.stop()?;
+    // Quiet now: the background pass uploads what is left.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let last = bo.sync()?;
+    assert_eq!(
+        last.pages, 0,
+        "the background upload left {} pages to the client's sync",
+        last.pages
+    );
+    assert!(verify_gpu_copy(&bo)?.is_empty(), "GPU copy differs from the BO");
+    map.write_u64(0, 42)?;
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        bo.sync()?.pages,
+        0,
+        "a write 50 ms before the sync was not uploaded in the background"
+    );
+    assert!(verify_gpu_copy(&bo)?.is_empty());
+    eprintln!("background upload ({mechanism}): {writes} writes checked");
+    Ok(())
+}
+
+#[test]
+fn background_upload_loses_nothing_uffd_async() -> anyhow::Result<()> {
+    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+        eprintln!("uffd-async unavailable on this kernel");
+        return Ok(());
+    }
+    background_upload_loses_nothing(Mechanism::UffdAsync)
+}
+
+#[test]
+fn background_upload_loses_nothing_uffd_sync() -> anyhow::Result<()> {
+    background_upload_loses_nothing(Mechanism::UffdSync)
+}

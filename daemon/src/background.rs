@@ -1,0 +1,58 @@
+//! Background upload (issue 6, "beyond the baselines"): with
+//! `--background-upload-us N` a thread syncs every BO that has views every
+//! N µs, so that the pages a client wrote are harvested and uploaded while
+//! it is still writing, and its own SYNC finds little or nothing left.
+//!
+//! It runs the ordinary sync (the same harvest-and-re-protect before copy,
+//! seed 000's read section, the same per-BO serialisation), so no write is
+//! lost; it only skips a BO whose sync is already running. A client's SYNC
+//! still guarantees that everything written before it was sent is in the
+//! GPU copy when it returns; it reports only the pages it uploaded itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::server::Daemon;
+use crate::sync::SyncEngine;
+
+/// Background syncs done, and the pages they uploaded.
+#[derive(Debug, Default)]
+pub struct BackgroundCounters {
+    /// Syncs run by the background thread.
+    pub syncs: AtomicU64,
+    /// Pages they uploaded.
+    pub pages: AtomicU64,
+}
+
+/// Starts the background thread; it stops when the daemon is dropped.
+pub fn start(daemon: &Arc<Daemon>, interval: Duration) -> std::io::Result<()> {
+    let weak: Weak<Daemon> = Arc::downgrade(daemon);
+    std::thread::Builder::new()
+        .name("cohmem-background".into())
+        .spawn(move || run(&weak, interval))?;
+    tracing::info!(?interval, "background upload on");
+    Ok(())
+}
+
+fn run(daemon: &Weak<Daemon>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(d) = daemon.upgrade() else {
+            return;
+        };
+        for bo in d.bos.all() {
+            if bo.view_count() == 0 {
+                continue;
+            }
+            match SyncEngine::new(&d.counters).sync_if_idle(&bo) {
+                Some(Ok(report)) => {
+                    d.background.syncs.fetch_add(1, Ordering::Relaxed);
+                    d.background.pages.fetch_add(report.pages, Ordering::Relaxed);
+                }
+                Some(Err(e)) => tracing::warn!(bo = bo.id, error = %e, "background upload failed (pages kept dirty)"),
+                None => {}
+            }
+        }
+    }
+}
