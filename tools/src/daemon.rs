@@ -90,7 +90,7 @@ impl DaemonProcess {
             log,
             keep: false,
         };
-        me.wait_ready(Duration::from_secs(20))?;
+        me.wait_ready(Duration::from_secs(60))?;
         Ok(me)
     }
 
@@ -111,7 +111,7 @@ impl DaemonProcess {
             bail!("the daemon (pid {}) is still running", self.pid());
         }
         self.child = start(&self.command, self.log.as_deref())?;
-        self.wait_ready(Duration::from_secs(20))
+        self.wait_ready(Duration::from_secs(60))
     }
 
     /// The file the daemon's output goes to, if any.

@@ -1,6 +1,7 @@
 //! Helpers shared by cohmem's tools and tests: a private daemon on a
 //! temporary socket, GPU-copy verification, and a small deterministic RNG.
 
+pub mod bench;
 pub mod daemon;
 pub mod rng;
 pub mod stress;

@@ -1,0 +1,278 @@
+//! Sync scenarios through a private daemon: a BO is written by 1 or 4
+//! threads through its tracked [`Mapping`], then synced; the client times the
+//! writes, the explicit damage reports (mechanism `explicit` only) and the
+//! sync round trip, and the daemon reports the time it spent.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cohmem_client::{Bo, Connection, Mapping};
+use serde::Serialize;
+
+use super::pattern::{pick_pages, runs_of, Density, Layout};
+use super::stats::Summary;
+use super::Reps;
+use crate::{DaemonProcess, SplitMix64};
+
+/// A private daemon running one mechanism, and a connection to it.
+pub struct Session {
+    /// What `--mechanism` was given (`auto`, `uffd-async`, …).
+    pub mechanism: String,
+    /// The daemon (stopped on drop).
+    pub daemon: DaemonProcess,
+    /// The connection.
+    pub conn: Connection,
+}
+
+impl Session {
+    /// Starts `cohmemd --gpu soft --mechanism MECHANISM` on a temporary socket.
+    pub fn start(mechanism: &str) -> anyhow::Result<Self> {
+        Self::start_with(mechanism, &[])
+    }
+
+    /// [`Session::start`] with more daemon arguments.
+    pub fn start_with(mechanism: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--mechanism", mechanism, "--log", "warn"];
+        args.extend_from_slice(extra);
+        let daemon = DaemonProcess::spawn(&args)
+            .with_context(|| format!("starting cohmemd --mechanism {mechanism} {}", extra.join(" ")))?;
+        let conn = Connection::connect(daemon.socket())?;
+        Ok(Self {
+            mechanism: mechanism.to_string(),
+            daemon,
+            conn,
+        })
+    }
+
+    /// Whether the client must report its writes.
+    pub fn explicit(&self) -> bool {
+        self.mechanism == "explicit"
+    }
+
+    /// Creates a BO of `size` bytes, maps it, writes every page once and
+    /// syncs twice, so that measurements start from a populated, clean BO.
+    pub fn populated_bo(&self, size: u64) -> anyhow::Result<(Bo, Mapping)> {
+        let bo = self.conn.create_bo(size)?;
+        let map = bo.map()?;
+        map.fill(0, map.len(), 0xa5)?;
+        if self.explicit() {
+            bo.damage(0, size)?;
+        }
+        bo.sync()?;
+        bo.sync()?;
+        Ok((bo, map))
+    }
+}
+
+/// One measured scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncCell {
+    /// Mechanism asked of the daemon.
+    pub mechanism: String,
+    /// Mechanism the daemon reported in the sync replies.
+    pub effective: String,
+    /// vmwgfx method after the last measured sync.
+    pub method: String,
+    /// BO size in bytes.
+    pub size: u64,
+    /// Density label.
+    pub density: String,
+    /// Pages written per repetition.
+    pub dirty_pages: u64,
+    /// Pages in the BO.
+    pub total_pages: u64,
+    /// Layout.
+    pub layout: Layout,
+    /// Writer threads.
+    pub threads: usize,
+    /// Writing the dirty pages (first thread start to last thread end).
+    pub write: Summary,
+    /// `Bo::damage` calls, one per written run (`explicit` only, else zero).
+    pub damage: Summary,
+    /// The sync round trip as the client sees it.
+    pub sync_wall: Summary,
+    /// The time the daemon reports for the sync.
+    pub sync_daemon: Summary,
+    /// What the client pays to get the writes to the GPU: damage + sync round trip.
+    pub sync_cost: Summary,
+    /// write + damage + sync round trip.
+    pub total: Summary,
+    /// Fewest and most pages one measured sync uploaded.
+    pub uploaded_min: u64,
+    /// Most pages one measured sync uploaded.
+    pub uploaded_max: u64,
+}
+
+impl SyncCell {
+    /// True when a sync uploaded fewer pages than were written: a lost
+    /// write (for the tracking mechanisms; never expected).
+    pub fn under_reported(&self) -> bool {
+        self.uploaded_min < self.dirty_pages
+    }
+}
+
+/// Writes every byte of `pages` from `threads` threads (contiguous shares
+/// of the ascending list); returns first start to last end.
+pub fn write_threads(map: &Mapping, pages: &[u64], threads: usize, byte: u8) -> anyhow::Result<Duration> {
+    let ps = cohmem_sys::page_size() as usize;
+    let share = pages.len().div_ceil(threads.max(1)).max(1);
+    let spans = std::thread::scope(|s| {
+        let handles: Vec<_> = pages
+            .chunks(share)
+            .map(|chunk| {
+                s.spawn(move || -> anyhow::Result<(Instant, Instant)> {
+                    let t = Instant::now();
+                    for &p in chunk {
+                        map.fill(p as usize * ps, ps, byte)?;
+                    }
+                    Ok((t, Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let start = spans.iter().map(|s| s.0).min();
+    let end = spans.iter().map(|s| s.1).max();
+    match (start, end) {
+        (Some(a), Some(b)) => Ok(b.saturating_duration_since(a)),
+        _ => Ok(Duration::ZERO),
+    }
+}
+
+/// Measures one (density, layout, threads) scenario on a populated BO.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_cell(
+    session: &Session,
+    bo: &Bo,
+    map: &Mapping,
+    density: Density,
+    layout: Layout,
+    threads: usize,
+    reps: &Reps,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<SyncCell> {
+    let ps = cohmem_sys::page_size();
+    let n = bo.size() / ps;
+    let k = density.pages_of(n);
+    let (mut write, mut damage, mut wall, mut daemon, mut cost, mut total) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut up_min, mut up_max) = (u64::MAX, 0);
+    let (mut effective, mut method) = (String::new(), String::new());
+    let started = Instant::now();
+    for rep in 0.. {
+        if reps.done(rep, started) {
+            break;
+        }
+        let pages = pick_pages(rng, n, k, layout);
+        let w = write_threads(map, &pages, threads, rep as u8 ^ 0x3c)?;
+        let mut d = Duration::ZERO;
+        if session.explicit() {
+            let t = Instant::now();
+            for (first, len) in runs_of(&pages) {
+                bo.damage(first * ps, len * ps)?;
+            }
+            d = t.elapsed();
+        }
+        let t = Instant::now();
+        let r = bo.sync()?;
+        let s = t.elapsed();
+        if rep >= reps.warmup {
+            write.push(w);
+            damage.push(d);
+            wall.push(s);
+            daemon.push(r.duration);
+            cost.push(d + s);
+            total.push(w + d + s);
+            up_min = up_min.min(r.pages);
+            up_max = up_max.max(r.pages);
+            effective = r.mechanism.name().to_string();
+            method = r.method.name().to_string();
+        }
+    }
+    if wall.is_empty() {
+        bail!("no repetition measured");
+    }
+    Ok(SyncCell {
+        mechanism: session.mechanism.clone(),
+        effective,
+        method,
+        size: bo.size(),
+        density: density.label(),
+        dirty_pages: k,
+        total_pages: n,
+        layout,
+        threads,
+        write: Summary::of(&write),
+        damage: Summary::of(&damage),
+        sync_wall: Summary::of(&wall),
+        sync_daemon: Summary::of(&daemon),
+        sync_cost: Summary::of(&cost),
+        total: Summary::of(&total),
+        uploaded_min: up_min,
+        uploaded_max: up_max,
+    })
+}
+
+/// Background upload: the daemon runs with `--background-upload-us`; each
+/// repetition writes `density` of the pages (scattered, one thread), waits
+/// `idle` after the last write, then times the SYNC round trip. Returns
+/// (round trip, most pages a SYNC still had to upload, pages written).
+pub fn background_syncs(
+    bo: &Bo,
+    map: &Mapping,
+    density: Density,
+    idle: Duration,
+    reps: &Reps,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<(Summary, u64, u64)> {
+    let ps = cohmem_sys::page_size();
+    let n = bo.size() / ps;
+    let k = density.pages_of(n);
+    let (mut wall, mut left) = (Vec::new(), 0);
+    let started = Instant::now();
+    for rep in 0.. {
+        if reps.done(rep, started) {
+            break;
+        }
+        let pages = pick_pages(rng, n, k, Layout::Scattered);
+        write_threads(map, &pages, 1, rep as u8 ^ 0x5a)?;
+        std::thread::sleep(idle);
+        let t = Instant::now();
+        let r = bo.sync()?;
+        if rep >= reps.warmup {
+            wall.push(t.elapsed());
+            left = left.max(r.pages);
+        }
+    }
+    if wall.is_empty() {
+        bail!("no repetition measured");
+    }
+    Ok((Summary::of(&wall), left, k))
+}
+
+/// Syncs of a clean BO (nothing written in between): the cost of scanning
+/// through the daemon. Returns (round trip, daemon time, most pages uploaded).
+pub fn clean_syncs(bo: &Bo, reps: &Reps) -> anyhow::Result<(Summary, Summary, u64)> {
+    let (mut wall, mut daemon, mut uploaded) = (vec![], vec![], 0);
+    let started = Instant::now();
+    for rep in 0.. {
+        if reps.done(rep, started) {
+            break;
+        }
+        let t = Instant::now();
+        let r = bo.sync()?;
+        let s = t.elapsed();
+        if rep >= reps.warmup {
+            wall.push(s);
+            daemon.push(r.duration);
+            uploaded = uploaded.max(r.pages);
+        }
+    }
+    Ok((Summary::of(&wall), Summary::of(&daemon), uploaded))
+}

@@ -1,0 +1,132 @@
+//! cohmem-bench: sync cost against dirty density for every write-tracking
+//! mechanism and baseline (full copy, explicit damage, the kernel floor),
+//! measured in one run against private daemons; prints a table and the
+//! target lines, and writes JSON and an SVG plot on request.
+//!
+//! `cohmem-bench --quick` is the CI run (under 2 minutes: no 1 GiB BO, 10
+//! scale clients); the full run regenerates `docs/bench/`
+//! (`docs/bench/README.md` has the command).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use cohmem_tools::bench::{self, report, scale, BenchConfig};
+use cohmem_tools::SplitMix64;
+
+/// Measure cohmem's sync cost against dirty density, with baselines.
+#[derive(Debug, Parser)]
+#[command(name = "cohmem-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+struct RunArgs {
+    /// The reduced run for CI (under 2 minutes): BOs up to 64 MiB, fewer
+    /// repetitions, 10 scale clients.
+    #[arg(long)]
+    quick: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Draw sync cost against dirty density to this SVG file.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// Also write the table and target lines to this file.
+    #[arg(long, value_name = "PATH")]
+    table: Option<PathBuf>,
+    /// Only these mechanisms (repeat; default: every one the kernel has).
+    #[arg(long = "mechanism", value_name = "NAME")]
+    mechanisms: Vec<String>,
+    /// Scale-scenario client processes (default 100, 10 with --quick).
+    #[arg(long)]
+    scale_clients: Option<usize>,
+    /// Skip the scale scenario.
+    #[arg(long)]
+    no_scale: bool,
+    /// RNG seed (default: fixed, so runs draw the same pages).
+    #[arg(long, default_value_t = 0x00c0_44e7)]
+    seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Internal: one client process of the scale scenario.
+    #[command(hide = true)]
+    ScaleChild {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        bos: usize,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        density: f64,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        seed: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::ScaleChild {
+        socket,
+        bos,
+        size,
+        density,
+        rate,
+        seconds,
+        seed,
+    }) = cli.command
+    {
+        return scale::child_main(&scale::ChildConfig {
+            socket,
+            bos,
+            size,
+            density,
+            rate,
+            seconds,
+            seed,
+        });
+    }
+    let a = cli.run;
+    if let Some(p) = &a.plot {
+        anyhow::ensure!(
+            p.extension().is_some_and(|e| e == "svg"),
+            "--plot writes SVG only: give a PATH ending in .svg"
+        );
+    }
+    let cfg = BenchConfig {
+        quick: a.quick,
+        mechanisms: (!a.mechanisms.is_empty()).then_some(a.mechanisms),
+        scale_clients: a.scale_clients,
+        no_scale: a.no_scale,
+        seed: if a.seed == 0 {
+            SplitMix64::seed_from_time()
+        } else {
+            a.seed
+        },
+    };
+    let r = bench::run(&cfg)?;
+    let text = format!("{}\n{}", report::table(&r), report::target_text(&r));
+    print!("{text}");
+    if let Some(p) = &a.table {
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.json {
+        let json = serde_json::to_string_pretty(&r)?;
+        std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        report::plot(&r, p)?;
+    }
+    Ok(())
+}
