@@ -67,13 +67,7 @@ pub fn first_write_latencies(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
+            super::join_writers(handles)
         })?;
         bo.sync()?;
         if pass >= warmup {

@@ -147,6 +147,17 @@ pub struct Faults {
     pub uffd_sync_4: Option<Summary>,
 }
 
+/// Joins scoped writer threads; a panicked one is an error.
+pub fn join_writers<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, anyhow::Result<T>>>) -> anyhow::Result<Vec<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
+        })
+        .collect()
+}
+
 /// SYNCs sent a while after the last write, with background upload on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Background {

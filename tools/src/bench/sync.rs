@@ -129,13 +129,7 @@ pub fn write_threads(map: &Mapping, pages: &[u64], threads: usize, byte: u8) -> 
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
+        super::join_writers(handles)
     })?;
     let start = spans.iter().map(|s| s.0).min();
     let end = spans.iter().map(|s| s.1).max();
