@@ -125,13 +125,25 @@ fn absurd_requests_get_typed_errors_while_another_client_syncs() -> anyhow::Resu
     assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
     assert!(message.contains("max_connections_per_user = 12"), "{message}");
     drop(conns);
+    // The daemon releases a closed connection's charge when its thread sees
+    // the hang-up, a moment after the close: wait for the slots to free.
+    let t0 = Instant::now();
+    let flood = loop {
+        match RawClient::connect_hello(&socket) {
+            Ok(c) => break c,
+            Err(e) => anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "closed connections were never released: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
 
     // A flood: requests sent as fast as the socket takes them, replies never
     // read. The daemon reads one request at a time per connection and stops
     // reading this one when its replies back up, so the flooder's queue is
     // bounded by the socket buffers and its sends block.
     let rss_before = rss_kib(daemon.pid())?;
-    let flood = RawClient::connect_hello(&socket)?;
     flood.sock.set_timeout(Some(Duration::from_millis(500)))?;
     let frame = Request::Stats { flags: 3 }.encode(9);
     let mut sent = 0u64;
