@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
-use cohmem_proto::{Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_SYNC_UFFD};
+use cohmem_proto::{
+    Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD,
+};
 use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::procmaps::ProcMapsFile;
 use cohmem_sys::seqpacket::SeqpacketSocket;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
@@ -135,6 +138,9 @@ pub(crate) struct ProcessTracking {
     pub sync_all_faults: bool,
     /// `/proc/self/pagemap` and `/proc/self/clear_refs`, for soft-dirty.
     pub soft_dirty: Option<(PagemapFile, ClearRefs)>,
+    /// `/proc/self/maps`, with which the daemon proves views are still
+    /// mapped cheaply (`PROCMAP_QUERY`).
+    pub maps: Option<ProcMapsFile>,
     /// Started when the daemon picks uffd-sync for this process; replaced
     /// when the process moves to a restarted daemon.
     sync_guard: Mutex<Option<Arc<SyncGuard>>>,
@@ -181,6 +187,10 @@ impl ProcessTracking {
             flags |= ATTACH_WITH_CLEAR_REFS;
             fds.push(pagemap.as_fd());
             fds.push(clear_refs.as_fd());
+        }
+        if let Some(maps) = &self.maps {
+            flags |= ATTACH_WITH_MAPS;
+            fds.push(maps.as_fd());
         }
         (flags, features, fds)
     }
@@ -351,6 +361,7 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         synchronous,
         sync_all_faults,
         soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
+        maps: ProcMapsFile::open_self().ok(),
         sync_guard: Mutex::new(None),
         daemon: key.clone(),
         mechanism: Mutex::new(Mechanism::None),

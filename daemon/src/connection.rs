@@ -17,7 +17,8 @@ use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
     StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
-    ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
+    SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::{fd_identity, Memfd};
 use cohmem_sys::uffd::features;
@@ -635,6 +636,7 @@ impl Session {
             | ATTACH_WITH_SYNC_UFFD
             | ATTACH_SYNC_ALL_FAULTS
             | ATTACH_WITH_CLEAR_REFS
+            | ATTACH_WITH_MAPS
             | (0xff << ATTACH_MECHANISM_SHIFT);
         if flags & !known != 0 {
             return Err(fail(
@@ -692,6 +694,9 @@ impl Session {
         }
         if flags & ATTACH_WITH_CLEAR_REFS != 0 {
             offer.soft_dirty = fds.next().zip(fds.next());
+        }
+        if flags & ATTACH_WITH_MAPS != 0 {
+            offer.maps = fds.next();
         }
         let choice = self.choose_mechanism(
             requested,

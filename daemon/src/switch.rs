@@ -19,6 +19,7 @@ use std::sync::{Arc, MutexGuard};
 
 use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::procmaps::ProcMapsFile;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
 use thiserror::Error;
@@ -39,6 +40,8 @@ pub struct MechanismOffer {
     pub synchronous: Option<OwnedFd>,
     /// Pagemap and clear_refs, for soft-dirty.
     pub soft_dirty: Option<(OwnedFd, OwnedFd)>,
+    /// The process's `/proc/self/maps`, for `PROCMAP_QUERY` coverage proofs.
+    pub maps: Option<OwnedFd>,
     /// ATTACH_MM flags (what the fds are and what they can do).
     pub flags: u32,
     /// Features of the WP_ASYNC userfaultfd.
@@ -80,6 +83,29 @@ fn own_pagemap(fd: &OwnedFd, pid: i32, checked: bool) -> Result<PagemapFile, Swi
     }
 }
 
+/// The process's maps file for coverage proofs, if it sent one: `None`
+/// (with a note in the log) when the kernel has no `PROCMAP_QUERY`, an
+/// error if it is another process's.
+fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, SwitchError> {
+    let Some(fd) = fd else {
+        return Ok(None);
+    };
+    let maps = match ProcMapsFile::from_fd(dup(fd)?) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "maps fd unusable; coverage is proven by pagemap walks");
+            return Ok(None);
+        }
+    };
+    match maps.owner_pid() {
+        Some(owner) if owner == pid => Ok(Some(maps)),
+        other => Err(SwitchError::BadFds(format!(
+            "the maps fd is that of {}, not of the connecting process {pid}",
+            other.map_or("an unidentifiable process".to_string(), |p| format!("pid {p}")),
+        ))),
+    }
+}
+
 impl MechanismOffer {
     /// Builds `mechanism` (already checked against the kernel and the
     /// offer's flags) for process `pid` from duplicates of the offered fds.
@@ -100,7 +126,11 @@ impl MechanismOffer {
                     .as_ref()
                     .ok_or_else(|| SwitchError::Missing("the process offered no WP_ASYNC uffd".into()))?;
                 let uffd = Userfaultfd::from_fd(dup(uffd)?).map_err(|e| SwitchError::BadFds(format!("fd 0: {e}")))?;
-                Box::new(UffdAsyncTracker::new(uffd, own_pagemap(pagemap, pid, true)?))
+                Box::new(UffdAsyncTracker::new(
+                    uffd,
+                    own_pagemap(pagemap, pid, true)?,
+                    own_maps(self.maps.as_ref(), pid)?,
+                ))
             }
             Mechanism::UffdSync => {
                 // Keep the pagemap if it came along: it proves views are

@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC};
+use cohmem_sys::procmaps::ProcMapsFile;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
@@ -76,6 +77,16 @@ fn written_and_covered(
         return Err(TrackError::Moved { missing: len - covered });
     }
     Ok(())
+}
+
+/// Fails with [`TrackError::Moved`] unless every byte of `range` is covered
+/// by a VMA (one `PROCMAP_QUERY` per VMA: the cheap proof that the view was
+/// not unmapped or moved, where the kernel has it).
+fn covered(maps: &ProcMapsFile, range: Range<u64>) -> Result<(), TrackError> {
+    match maps.uncovered(range)? {
+        0 => Ok(()),
+        missing => Err(TrackError::Moved { missing }),
+    }
 }
 
 /// Observes writes to the views of one client process.
@@ -143,16 +154,21 @@ pub trait WriteTracker: Send + Sync {
     }
 }
 
-/// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd.
+/// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd, and
+/// its maps fd where the kernel has `PROCMAP_QUERY`.
 pub struct UffdAsyncTracker {
     uffd: Userfaultfd,
     pagemap: PagemapFile,
+    /// With it, a harvest takes the kernel's fast path (written pages only)
+    /// and coverage is proven per VMA; without it, one slower walk that
+    /// reports every page does both.
+    maps: Option<ProcMapsFile>,
 }
 
 impl UffdAsyncTracker {
     /// Wraps the fds a client handed over in ATTACH_MM.
-    pub fn new(uffd: Userfaultfd, pagemap: PagemapFile) -> Self {
-        Self { uffd, pagemap }
+    pub fn new(uffd: Userfaultfd, pagemap: PagemapFile, maps: Option<ProcMapsFile>) -> Self {
+        Self { uffd, pagemap, maps }
     }
 }
 
@@ -196,20 +212,43 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
-        // One walk that harvests the written pages and also reports every
-        // other page of the range: a part that is missing was unmapped or
-        // moved, and can never be proven clean again.
-        written_and_covered(&self.pagemap, range, ScanQuery::HARVEST_ALL, out)
+        // A part of the range that is missing was unmapped or moved, and can
+        // never be proven clean again. Harvest first, then prove coverage: a
+        // view unmapped between the two is caught by the proof, one unmapped
+        // after it by the next sync's.
+        match &self.maps {
+            Some(maps) => {
+                self.pagemap.scan(range.clone(), ScanQuery::HARVEST_WRITTEN, out)?;
+                covered(maps, range)
+            }
+            // One walk that harvests the written pages and also reports
+            // every other page of the range (about 15x slower).
+            None => written_and_covered(&self.pagemap, range, ScanQuery::HARVEST_ALL, out),
+        }
     }
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
-        // Like harvest, one walk that also proves the view is still there.
-        let all = ScanQuery {
+        // Like harvest, also proves the view is still there.
+        let written = ScanQuery {
             flags: PM_SCAN_CHECK_WPASYNC,
-            category_mask: 0,
+            category_mask: PAGE_IS_WRITTEN,
             return_mask: PAGE_IS_WRITTEN,
         };
-        written_and_covered(&self.pagemap, range, all, out)
+        match &self.maps {
+            Some(maps) => {
+                self.pagemap.scan(range.clone(), written, out)?;
+                covered(maps, range)
+            }
+            None => written_and_covered(
+                &self.pagemap,
+                range,
+                ScanQuery {
+                    category_mask: 0,
+                    ..written
+                },
+                out,
+            ),
+        }
     }
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
@@ -606,5 +645,84 @@ impl WriteTracker for SoftDirtyTracker {
     fn release(&self, range: Range<u64>) {
         let _ = self.uffd.write_protect(range.start, range.end - range.start, false);
         let _ = self.uffd.wake(range.start, range.end - range.start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use cohmem_sys::mapping::SharedMapping;
+    use cohmem_sys::memfd::Memfd;
+    use cohmem_sys::uffd::{features, UffdFlavor};
+
+    use super::*;
+
+    /// A WP_ASYNC-registered memfd mapping of this process and its tracker,
+    /// with the `PROCMAP_QUERY` proof (`with_maps`) or the page-walk one.
+    fn tracked(pages: u64, with_maps: bool) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
+        let ps = cohmem_sys::page_size();
+        let (uffd, _) = Userfaultfd::open(
+            UffdFlavor::UserModeOnly,
+            features::WP_ASYNC | features::WP_UNPOPULATED,
+            features::WP_ASYNC,
+        )
+        .ok()?;
+        let m = Memfd::create_sealed("t", pages * ps).unwrap();
+        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
+        uffd.register_wp(map.addr(), pages * ps).unwrap();
+        let maps = match with_maps {
+            true => Some(
+                ProcMapsFile::open_self()
+                    .ok()
+                    .and_then(|f| ProcMapsFile::from_fd(f.try_clone_fd().ok()?).ok())?,
+            ),
+            false => None,
+        };
+        let t = UffdAsyncTracker::new(uffd, PagemapFile::open_self().unwrap(), maps);
+        t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
+        Some((m, map, t))
+    }
+
+    /// Both coverage proofs harvest the same written pages and report a
+    /// hole punched into the view as `Moved` with its size.
+    #[test]
+    fn harvest_finds_writes_and_holes_with_either_coverage_proof() {
+        let ps = cohmem_sys::page_size();
+        for with_maps in [true, false] {
+            let Some((_m, map, t)) = tracked(64, with_maps) else {
+                eprintln!("skipping (with_maps = {with_maps}): no WP_ASYNC or PROCMAP_QUERY here");
+                continue;
+            };
+            let (base, len) = (map.addr(), 64 * ps);
+            map.write_u64((3 * ps) as usize, 1).unwrap();
+            map.write_u64((40 * ps) as usize, 1).unwrap();
+            let mut out = Vec::new();
+            t.peek(base..base + len, &mut out).unwrap();
+            assert_eq!(out, vec![base + 3 * ps..base + 4 * ps, base + 40 * ps..base + 41 * ps]);
+            out.clear();
+            t.harvest(base..base + len, &mut out).unwrap();
+            assert_eq!(out.len(), 2, "with_maps = {with_maps}");
+            out.clear();
+            t.harvest(base..base + len, &mut out).unwrap();
+            assert!(out.is_empty(), "the harvest re-protected what it found");
+            // SAFETY: pages 10..14 of our own mapping, which nothing else uses.
+            unsafe {
+                nix::sys::mman::munmap(
+                    std::ptr::NonNull::new((base + 10 * ps) as *mut _).unwrap(),
+                    (4 * ps) as usize,
+                )
+            }
+            .unwrap();
+            match t.harvest(base..base + len, &mut out) {
+                Err(TrackError::Moved { missing }) => assert_eq!(missing, 4 * ps, "with_maps = {with_maps}"),
+                other => panic!("with_maps = {with_maps}: a hole went unnoticed: {other:?}"),
+            }
+            assert!(matches!(
+                t.peek(base..base + len, &mut out),
+                Err(TrackError::Moved { .. })
+            ));
+            std::mem::forget(map); // partly unmapped already
+        }
     }
 }

@@ -44,7 +44,7 @@ pub mod limits {
     /// Largest BO the protocol can describe (a daemon may configure less).
     pub const MAX_BO_SIZE: u64 = 64 << 30;
     /// Most file descriptors in one message.
-    pub const MAX_FDS: usize = 5;
+    pub const MAX_FDS: usize = 6;
 }
 
 /// Capability bits exchanged in HELLO. The reply carries the intersection of

@@ -215,6 +215,10 @@ pub const ATTACH_SYNC_ALL_FAULTS: u32 = 4;
 /// `/proc/self/pagemap` and `/proc/self/clear_refs` (opened for writing) are
 /// attached last (2 fds; kernels without WP_ASYNC send no other pagemap).
 pub const ATTACH_WITH_CLEAR_REFS: u32 = 16;
+/// Flag of ATTACH_MM: the process's `/proc/self/maps` is attached last (1
+/// fd): with `PROCMAP_QUERY` (Linux 6.11) the daemon proves a view is still
+/// mapped with one query per VMA instead of a page-by-page walk.
+pub const ATTACH_WITH_MAPS: u32 = 32;
 /// ATTACH_MM flags bits 8..16: the [`Mechanism`] the client asks for (0 =
 /// the daemon's choice).
 pub const ATTACH_MECHANISM_SHIFT: u32 = 8;
@@ -420,9 +424,10 @@ pub enum Request {
     },
     /// Open a handle to an existing BO given its memfd (1 fd). Reply: [`Reply::Bo`].
     ImportBo,
-    /// Attach this process's write tracking: 0 to 3 fds, [WP_ASYNC uffd,
+    /// Attach this process's write tracking: 0 to 6 fds, [WP_ASYNC uffd,
     /// pagemap] with [`ATTACH_WITH_FDS`], then [sync uffd] with
-    /// [`ATTACH_WITH_SYNC_UFFD`].
+    /// [`ATTACH_WITH_SYNC_UFFD`], [pagemap, clear_refs] with
+    /// [`ATTACH_WITH_CLEAR_REFS`], then [maps] with [`ATTACH_WITH_MAPS`].
     AttachMm {
         /// Random token identifying the client's per-process subscription.
         token: u64,
@@ -799,7 +804,8 @@ impl Request {
             Self::AttachMm { flags, .. } => {
                 let n = 2 * usize::from(flags & ATTACH_WITH_FDS != 0)
                     + usize::from(flags & ATTACH_WITH_SYNC_UFFD != 0)
-                    + 2 * usize::from(flags & ATTACH_WITH_CLEAR_REFS != 0);
+                    + 2 * usize::from(flags & ATTACH_WITH_CLEAR_REFS != 0)
+                    + usize::from(flags & ATTACH_WITH_MAPS != 0);
                 (n, n)
             }
             _ => (0, 0),

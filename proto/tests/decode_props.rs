@@ -1592,7 +1592,7 @@ fn documented_constants() {
     );
     assert_eq!(
         (MAX_STATS_CONNECTIONS, MAX_STATS_BOS, MAX_BO_SIZE, MAX_FDS),
-        (256, 256, 64 << 30, 5)
+        (256, 256, 64 << 30, 6)
     );
 }
 
@@ -1630,7 +1630,12 @@ fn documented_fd_counts() {
         attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_WITH_CLEAR_REFS).fd_count(),
         (5, 5)
     );
-    assert_eq!(MAX_FDS, 5, "ATTACH_MM with every offer carries MAX_FDS fds");
+    assert_eq!(attach(ATTACH_WITH_MAPS).fd_count(), (1, 1));
+    assert_eq!(
+        attach(ATTACH_WITH_FDS | ATTACH_WITH_SYNC_UFFD | ATTACH_WITH_CLEAR_REFS | ATTACH_WITH_MAPS).fd_count(),
+        (6, 6)
+    );
+    assert_eq!(MAX_FDS, 6, "ATTACH_MM with every offer carries MAX_FDS fds");
     assert_eq!(Request::Sync { bo: 1, flags: 0 }.fd_count(), (0, 0));
     assert_eq!(Request::ExportResource { bo: 1, index: 0 }.fd_count(), (0, 0));
     let tracker_requests = [

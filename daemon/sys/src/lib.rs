@@ -10,6 +10,7 @@
 //! | [`mapping`] | `mmap(MAP_SHARED)` of memory other processes write, accessed by copies only |
 //! | [`uffd`] | userfaultfd: `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_WRITEPROTECT`, fault messages |
 //! | [`pagemap`] | `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and 64-bit entries |
+//! | [`procmaps`] | `/proc/<pid>/maps`: `PROCMAP_QUERY` (one VMA per call) |
 //! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
 //! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
 //! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
@@ -25,6 +26,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod pagemap;
 pub mod probe;
+pub mod procmaps;
 pub mod sdnotify;
 pub mod seqpacket;
 pub mod softdirty;
