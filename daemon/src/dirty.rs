@@ -55,6 +55,11 @@ impl DirtyState {
         self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0
     }
 
+    /// The first set page in `[from, limit)`, skipping clear words whole.
+    fn next_set(&self, from: u64, limit: u64) -> Option<u64> {
+        next_one(&self.bits, from, limit)
+    }
+
     /// Records pages `range` (clamped to the BO) as written.
     pub fn record(&mut self, range: Range<u64>) {
         let r = range.start.min(self.pages)..range.end.min(self.pages);
@@ -82,12 +87,8 @@ impl DirtyState {
         }
         let limit = re.min(self.end);
         let mut p = rs.max(self.start);
-        while p < limit {
-            if !self.test(p) {
-                p += 1;
-                continue;
-            }
-            let a = p;
+        while let Some(a) = self.next_set(p, limit) {
+            p = a;
             while p < limit && self.test(p) {
                 self.clear_bit(p);
                 p += 1;
@@ -106,10 +107,10 @@ impl DirtyState {
             return;
         }
         let limit = re.min(self.end);
-        for p in rs.max(self.start)..limit {
-            if self.test(p) {
-                self.clear_bit(p);
-            }
+        let mut p = rs.max(self.start);
+        while let Some(set) = self.next_set(p, limit) {
+            self.clear_bit(set);
+            p = set + 1;
         }
         self.shrink_envelope(rs, limit);
     }
@@ -224,13 +225,13 @@ impl DirtyState {
         let Some(env) = self.envelope() else {
             return runs;
         };
-        for p in env {
-            if self.test(p) {
-                match runs.last_mut() {
-                    Some(last) if last.end == p => last.end = p + 1,
-                    _ => runs.push(p..p + 1),
-                }
+        let mut at = env.start;
+        while let Some(p) = self.next_set(at, env.end) {
+            match runs.last_mut() {
+                Some(last) if last.end == p => last.end = p + 1,
+                _ => runs.push(p..p + 1),
             }
+            at = p + 1;
         }
         runs
     }
@@ -252,6 +253,21 @@ impl DirtyState {
         }
         self.count - before
     }
+}
+
+/// The first set bit of `words` in `[from, limit)`: one look per 64-page
+/// word, so walking a large, sparse bitmap costs words, not pages.
+fn next_one(words: &[u64], from: u64, limit: u64) -> Option<u64> {
+    let mut p = from;
+    while p < limit {
+        let word = *words.get((p / 64) as usize)? >> (p % 64);
+        if word != 0 {
+            let set = p + u64::from(word.trailing_zeros());
+            return (set < limit).then_some(set);
+        }
+        p = (p / 64 + 1) * 64;
+    }
+    None
 }
 
 /// A plain set of pages (no envelope): the per-view shadow of which pages
@@ -302,6 +318,17 @@ impl PageSet {
         was
     }
 
+    /// The pages of the set inside `range`, ascending (word by word: a
+    /// sparse set of a large view is walked in `len / 64` steps).
+    pub fn ones_in(&self, range: Range<u64>) -> impl Iterator<Item = u64> + '_ {
+        let mut at = range.start;
+        std::iter::from_fn(move || {
+            let p = next_one(&self.words, at, range.end)?;
+            at = p + 1;
+            Some(p)
+        })
+    }
+
     /// Empties the set.
     pub fn clear(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
@@ -341,5 +368,42 @@ mod more_tests {
         assert_eq!(s.len(), 1);
         assert!(s.remove(5));
         assert!(s.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod word_walk_tests {
+    use super::*;
+
+    /// The word-skipping walks agree with a page-by-page look, across word
+    /// boundaries and range edges.
+    #[test]
+    fn ones_in_and_runs_match_a_page_by_page_walk() {
+        let pages = 1000;
+        let picks = [0u64, 1, 63, 64, 65, 127, 128, 500, 501, 502, 998, 999];
+        let mut set = PageSet::new(pages);
+        let mut d = DirtyState::new(pages);
+        for &p in &picks {
+            set.insert(p);
+            d.record(p..p + 1);
+        }
+        for (a, b) in [
+            (0, pages),
+            (1, 64),
+            (64, 65),
+            (2, 63),
+            (100, 999),
+            (600, 600),
+            (700, 10),
+        ] {
+            let want: Vec<u64> = (a..b).filter(|p| set.contains(*p)).collect();
+            assert_eq!(set.ones_in(a..b).collect::<Vec<_>>(), want, "{a}..{b}");
+        }
+        assert_eq!(d.runs(), vec![0..2, 63..66, 127..129, 500..503, 998..1000]);
+        assert_eq!(d.transfer_window(64..501), vec![64..66, 127..129, 500..501]);
+        assert_eq!(d.dirty_pages(), 7);
+        d.clear_window(0..1000);
+        assert_eq!(d.dirty_pages(), 0);
+        assert!(!d.is_dirty());
     }
 }

@@ -179,10 +179,7 @@ impl<'a> SyncEngine<'a> {
         lock(&view.writable).clear();
         let stale: Vec<u64> = {
             let mut s = lock(&view.stale_dirty);
-            let pages = (0..view.len / bo.page_size)
-                .filter(|p| s.contains(*p))
-                .map(|p| p + first)
-                .collect();
+            let pages = s.ones_in(0..view.len / bo.page_size).map(|p| p + first).collect();
             s.clear();
             pages
         };
@@ -217,7 +214,7 @@ impl<'a> SyncEngine<'a> {
     fn writable_ranges(&self, bo: &Bo, view: &View, out: &mut Vec<Range<u64>>) {
         let ps = bo.page_size;
         let w = lock(&view.writable);
-        for p in (0..view.len / ps).filter(|p| w.contains(*p)) {
+        for p in w.ones_in(0..view.len / ps) {
             let addr = view.addr + p * ps;
             match out.last_mut() {
                 Some(last) if last.end == addr => last.end = addr + ps,
@@ -398,13 +395,16 @@ impl<'a> SyncEngine<'a> {
             {
                 let mut writable = lock(&view.writable);
                 let mut stale = lock(&view.stale_dirty);
-                for p in lo..hi {
-                    if writable.remove(p - first) {
-                        stale.insert(p - first);
-                        match runs.last_mut() {
-                            Some(last) if last.end == p => last.end = p + 1,
-                            _ => runs.push(p..p + 1),
-                        }
+                let known: Vec<u64> = writable
+                    .ones_in(lo.saturating_sub(first)..hi.saturating_sub(first))
+                    .collect();
+                for vp in known {
+                    writable.remove(vp);
+                    stale.insert(vp);
+                    let p = vp + first;
+                    match runs.last_mut() {
+                        Some(last) if last.end == p => last.end = p + 1,
+                        _ => runs.push(p..p + 1),
                     }
                 }
             }
@@ -429,10 +429,7 @@ impl<'a> SyncEngine<'a> {
             let known: Vec<u64> = {
                 let w = lock(&view.writable);
                 let first = view.bo_offset / bo.page_size;
-                (0..view.len / bo.page_size)
-                    .filter(|p| w.contains(*p))
-                    .map(|p| p + first)
-                    .collect()
+                w.ones_in(0..view.len / bo.page_size).map(|p| p + first).collect()
             };
             let Some((found, _stale)) = self.harvest_view(bo, st, view) else {
                 continue;
@@ -489,15 +486,17 @@ impl<'a> SyncEngine<'a> {
             {
                 let mut writable = lock(&view.writable);
                 let mut stale = lock(&view.stale_dirty);
-                for vp in 0..view.len / ps {
-                    let p = vp + first;
-                    if !envelope.contains(&p) && writable.remove(vp) {
-                        stale.insert(vp);
-                        let addr = view.addr + vp * ps;
-                        match runs.last_mut() {
-                            Some(last) if last.end == addr => last.end = addr + ps,
-                            _ => runs.push(addr..addr + ps),
-                        }
+                let outside: Vec<u64> = writable
+                    .ones_in(0..view.len / ps)
+                    .filter(|vp| !envelope.contains(&(vp + first)))
+                    .collect();
+                for vp in outside {
+                    writable.remove(vp);
+                    stale.insert(vp);
+                    let addr = view.addr + vp * ps;
+                    match runs.last_mut() {
+                        Some(last) if last.end == addr => last.end = addr + ps,
+                        _ => runs.push(addr..addr + ps),
                     }
                 }
             }
