@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::server::Daemon;
-use crate::sync::SyncEngine;
 
 /// Background syncs done, and the pages they uploaded.
 #[derive(Debug, Default)]
@@ -45,7 +44,7 @@ fn run(daemon: &Weak<Daemon>, interval: Duration) {
             if bo.view_count() == 0 {
                 continue;
             }
-            match SyncEngine::new(&d.counters).sync_if_idle(&bo) {
+            match d.sync_engine().sync_if_idle(&bo) {
                 Some(Ok(report)) => {
                     d.background.syncs.fetch_add(1, Ordering::Relaxed);
                     d.background.pages.fetch_add(report.pages, Ordering::Relaxed);

@@ -65,6 +65,8 @@ pub struct BoCounters {
     pub sync_exclusive: AtomicU64,
     /// Pages marked dirty without proof of a write (switches, dead views).
     pub extra_pages: AtomicU64,
+    /// Times tracking was paused for dense writes ([`crate::policy::DensePolicy`]).
+    pub dense_pauses: AtomicU64,
 }
 
 /// The mutable state of a BO, behind one lock (vmwgfx's BO reservation):

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cohmem_proto::Mechanism;
 
 use crate::gpu::GpuChoice;
+use crate::policy::DensePolicy;
 use crate::quota::UserLimits;
 use crate::{Daemon, DaemonConfig, Server};
 use anyhow::Context;
@@ -69,6 +70,18 @@ struct Args {
     /// background, so that a client's SYNC finds little left (0: off).
     #[arg(long, default_value_t = 0)]
     background_upload_us: u64,
+    /// Pause tracking of a BO (views unprotected, whole-BO uploads) when
+    /// this percentage of its pages or more was written between syncs, for
+    /// --dense-after syncs in a row; 0: never (vmwgfx's behaviour).
+    #[arg(long, default_value_t = DensePolicy::default().percent, value_parser = clap::value_parser!(u64).range(0..=100))]
+    dense_percent: u64,
+    /// Consecutive dense syncs before tracking pauses.
+    #[arg(long, default_value_t = DensePolicy::default().after, value_parser = clap::value_parser!(u32).range(1..))]
+    dense_after: u32,
+    /// While paused, track one frame every N syncs to see whether writes
+    /// are still dense.
+    #[arg(long, default_value_t = DensePolicy::default().probe_every, value_parser = clap::value_parser!(u32).range(1..))]
+    dense_probe_every: u32,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -131,6 +144,11 @@ pub fn main() -> anyhow::Result<()> {
         adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
         background_upload: (args.background_upload_us > 0)
             .then(|| std::time::Duration::from_micros(args.background_upload_us)),
+        dense: DensePolicy {
+            percent: args.dense_percent,
+            after: args.dense_after,
+            probe_every: args.dense_probe_every,
+        },
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {

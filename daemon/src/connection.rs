@@ -353,9 +353,7 @@ impl Session {
         let daemon = self.daemon.clone();
         let (memfd, report) = run_blocking(move || {
             let _only_one = only_quiesce(&daemon)?;
-            SyncEngine::new(&daemon.counters)
-                .snapshot(&bo, QUIESCE_BOUND)
-                .map_err(sync_failure)
+            daemon.sync_engine().snapshot(&bo, QUIESCE_BOUND).map_err(sync_failure)
         })
         .await??;
         let fd = memfd
@@ -425,7 +423,7 @@ impl Session {
     ) -> Outcome {
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let reply = run_blocking(move || op(&SyncEngine::new(&daemon.counters), &bo_arc))
+        let reply = run_blocking(move || op(&daemon.sync_engine(), &bo_arc))
             .await?
             .map_err(sync_failure)?;
         ok(reply)
@@ -923,7 +921,7 @@ impl Session {
         let bo_arc = handle.bo.clone();
         self.info.views.fetch_sub(1, Ordering::Relaxed);
         let daemon = self.daemon.clone();
-        run_blocking(move || SyncEngine::new(&daemon.counters).remove_view(&bo_arc, &v)).await?;
+        run_blocking(move || daemon.sync_engine().remove_view(&bo_arc, &v)).await?;
         ok(Reply::Ok)
     }
 
@@ -936,10 +934,9 @@ impl Session {
         }
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let report =
-            run_blocking(move || SyncEngine::new(&daemon.counters).sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0))
-                .await?
-                .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
+        let report = run_blocking(move || daemon.sync_engine().sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0))
+            .await?
+            .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
         ok(Reply::SyncDone(report))
     }
 
@@ -1075,7 +1072,7 @@ fn attached(mm: &MmSubscription, joined: bool) -> Reply {
 }
 
 fn release(daemon: &Daemon, handle: Handle) {
-    let engine = SyncEngine::new(&daemon.counters);
+    let engine = daemon.sync_engine();
     for view in handle.views.values() {
         engine.remove_view(&handle.bo, view);
     }

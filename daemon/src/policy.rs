@@ -3,6 +3,14 @@
 //!
 //! This module is pure bookkeeping; the page-table work each step needs
 //! (harvest, re-protect) is done by [`crate::sync`] through the mechanisms.
+//!
+//! Beyond vmwgfx, [`DensePolicy`] pauses tracking of a BO whose writes are
+//! dense (issue 6, target 2): when most pages are rewritten between syncs,
+//! a write-protect fault on every page costs more than copying the whole BO.
+//! vmwgfx never needs this (its MKWRITE faults are the GPU driver's and its
+//! PAGETABLE method reads hardware dirty bits, which cost nothing to set);
+//! a uffd harvest must write-protect every page again, so every page written
+//! faults once per frame.
 
 use cohmem_proto::Method;
 
@@ -16,6 +24,52 @@ pub const CHANGE_TRIGGERS: u32 = 2;
 /// MKWRITE scans trigger when `floor(100 * marked / N) > 10`.
 pub const PAGETABLE_PERCENT: u64 = 10;
 
+/// When to pause tracking a BO whose writes are dense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DensePolicy {
+    /// A PAGETABLE harvest is dense when it finds at least this percentage
+    /// of the BO's pages written (0: never pause).
+    pub percent: u64,
+    /// Consecutive dense harvests after which tracking pauses.
+    pub after: u32,
+    /// While paused, every this many syncs the views are write-protected
+    /// again for one frame, to measure whether writes are still dense.
+    pub probe_every: u32,
+}
+
+impl Default for DensePolicy {
+    fn default() -> Self {
+        Self {
+            percent: 50,
+            after: CHANGE_TRIGGERS + 1,
+            probe_every: 60,
+        }
+    }
+}
+
+impl DensePolicy {
+    /// Never pause (vmwgfx's behaviour exactly).
+    pub const OFF: Self = Self {
+        percent: 0,
+        after: 0,
+        probe_every: 0,
+    };
+
+    /// True when pausing is enabled.
+    pub fn enabled(&self) -> bool {
+        self.percent > 0 && self.after > 0
+    }
+}
+
+/// What a dense-write check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseDecision {
+    /// Keep tracking.
+    Track,
+    /// Pause: unprotect the views; every sync uploads the whole BO.
+    Pause,
+}
+
 /// The tracker of one BO.
 #[derive(Debug, Clone)]
 pub struct DirtyTracker {
@@ -27,6 +81,11 @@ pub struct DirtyTracker {
     pub change_count: u32,
     /// Users (resources bound to the BO).
     pub users: u32,
+    /// Consecutive PAGETABLE harvests that found dense writes.
+    pub dense_streak: u32,
+    /// `Some(n)`: tracking is paused for dense writes (views unprotected,
+    /// every sync uploads the whole BO), `n` syncs since it paused.
+    pub paused: Option<u32>,
 }
 
 /// What a scan decided.
@@ -46,7 +105,42 @@ impl DirtyTracker {
             method: Self::initial_method(pages),
             change_count: 0,
             users: 1,
+            dense_streak: 0,
+            paused: None,
         }
+    }
+
+    /// Accounts a PAGETABLE harvest that found `num_marked` pages written
+    /// against `policy` (called only where pausing is possible).
+    pub fn after_dense_check(&mut self, num_marked: u64, policy: &DensePolicy) -> DenseDecision {
+        let pages = self.dirty.pages().max(1);
+        if !policy.enabled() || 100 * num_marked.min(pages) / pages < policy.percent {
+            self.dense_streak = 0;
+            return DenseDecision::Track;
+        }
+        self.dense_streak += 1;
+        if self.dense_streak >= policy.after {
+            self.dense_streak = 0;
+            self.paused = Some(0);
+            return DenseDecision::Pause;
+        }
+        DenseDecision::Track
+    }
+
+    /// Accounts one sync while paused; true when this sync must probe:
+    /// write-protect the views again and resume tracking. The probe's next
+    /// harvest alone decides whether to pause again.
+    pub fn paused_sync(&mut self, policy: &DensePolicy) -> bool {
+        let Some(n) = self.paused else {
+            return false;
+        };
+        if n + 1 >= policy.probe_every.max(1) {
+            self.paused = None;
+            self.dense_streak = policy.after.saturating_sub(1);
+            return true;
+        }
+        self.paused = Some(n + 1);
+        false
     }
 
     /// Initial method by size (spec §2).
@@ -102,6 +196,37 @@ impl DirtyTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dense_writes_pause_after_a_streak_and_probe_periodically() {
+        let policy = DensePolicy {
+            percent: 50,
+            after: 3,
+            probe_every: 4,
+        };
+        let mut t = DirtyTracker::new(100);
+        assert_eq!(t.after_dense_check(50, &policy), DenseDecision::Track);
+        assert_eq!(t.after_dense_check(49, &policy), DenseDecision::Track);
+        assert_eq!(t.dense_streak, 0, "a sparse harvest breaks the streak");
+        assert_eq!(t.after_dense_check(100, &policy), DenseDecision::Track);
+        assert_eq!(t.after_dense_check(300, &policy), DenseDecision::Track);
+        assert_eq!(t.after_dense_check(60, &policy), DenseDecision::Pause);
+        assert_eq!(t.paused, Some(0));
+        assert!(!t.paused_sync(&policy));
+        assert!(!t.paused_sync(&policy));
+        assert!(!t.paused_sync(&policy));
+        assert!(t.paused_sync(&policy), "the fourth paused sync probes");
+        assert_eq!(t.paused, None);
+        // One more dense harvest pauses again; a sparse one keeps tracking.
+        let mut again = t.clone();
+        assert_eq!(again.after_dense_check(90, &policy), DenseDecision::Pause);
+        assert_eq!(t.after_dense_check(1, &policy), DenseDecision::Track);
+        assert_eq!(t.paused, None);
+        assert_eq!(
+            DirtyTracker::new(10).after_dense_check(10, &DensePolicy::OFF),
+            DenseDecision::Track
+        );
+    }
 
     #[test]
     fn initial_method_boundary_is_strict() {

@@ -90,6 +90,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The sync engine, with this daemon's counters and dense-write policy.
+    pub fn sync_engine(&self) -> crate::sync::SyncEngine<'_> {
+        crate::sync::SyncEngine::with_dense(&self.counters, self.config.dense)
+    }
+
     /// Probes the kernel, opens the GPU backend and starts the fault service.
     pub fn new(config: DaemonConfig) -> std::io::Result<Self> {
         let kernel = cohmem_sys::probe::probe_all();

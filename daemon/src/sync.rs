@@ -31,7 +31,7 @@ use cohmem_sys::memfd::Memfd;
 
 use crate::bo::{lock, Bo, BoState, Resource, View};
 use crate::gpu::{GpuBackend, GpuError};
-use crate::policy::{DirtyTracker, ScanDecision};
+use crate::policy::{DenseDecision, DensePolicy, DirtyTracker, ScanDecision};
 use crate::stats::DaemonCounters;
 use crate::tracker::TrackError;
 
@@ -79,6 +79,7 @@ type Harvested = (Arc<View>, Result<(Vec<Range<u64>>, Vec<u64>), TrackError>);
 /// Runs tracker operations and keeps the daemon-wide counters.
 pub struct SyncEngine<'a> {
     counters: &'a DaemonCounters,
+    dense: DensePolicy,
 }
 
 fn to_runs(ranges: &[Range<u64>]) -> Vec<Run> {
@@ -97,9 +98,15 @@ fn method_of(st: &BoState) -> Method {
 }
 
 impl<'a> SyncEngine<'a> {
-    /// An engine that accounts into `counters`.
+    /// An engine that accounts into `counters` and tracks exactly as
+    /// vmwgfx does (no pausing for dense writes).
     pub fn new(counters: &'a DaemonCounters) -> Self {
-        Self { counters }
+        Self::with_dense(counters, DensePolicy::OFF)
+    }
+
+    /// An engine that also pauses tracking of BOs whose writes are dense.
+    pub fn with_dense(counters: &'a DaemonCounters, dense: DensePolicy) -> Self {
+        Self { counters, dense }
     }
 
     /// Converts client address ranges of `view` into BO page ranges.
@@ -311,6 +318,9 @@ impl<'a> SyncEngine<'a> {
         let Some(method) = method else {
             return ScanReport::default();
         };
+        if st.tracker.as_ref().is_some_and(|t| t.paused.is_some()) {
+            return self.scan_paused(bo, st, views, pre.take());
+        }
         // `full` clients: no tracking, the whole BO is written at every scan.
         let whole = views
             .iter()
@@ -342,6 +352,8 @@ impl<'a> SyncEngine<'a> {
                     // more: a harvest does both, atomically per page.
                     self.harvest_all(bo, st, views, true);
                     switched = Some(m);
+                } else {
+                    self.pause_if_dense(bo, st, views, num_marked - whole_marked);
                 }
             }
             Method::MkWrite => {
@@ -368,6 +380,58 @@ impl<'a> SyncEngine<'a> {
             tracing::info!(bo = bo.id, method = %method_of(st), "tracking method switched");
         }
         self.scan_report(st, num_marked, switched)
+    }
+
+    /// A scan while tracking is paused for dense writes: the whole BO is
+    /// written (the views are unprotected, so nothing else can be known);
+    /// every [`DensePolicy::probe_every`] syncs the views are write-protected
+    /// again (a harvest does it) so the next frame's density is measured.
+    fn scan_paused(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], pre: Option<Vec<Harvested>>) -> ScanReport {
+        let Some(t) = st.tracker.as_mut() else {
+            return ScanReport::default();
+        };
+        let n = t.dirty.pages();
+        t.dirty.record(0..n);
+        let probe = t.paused_sync(&self.dense);
+        if let Some(found) = pre {
+            self.apply_harvest(bo, st, found);
+        }
+        if probe {
+            self.harvest_all(bo, st, views, true);
+            tracing::debug!(bo = bo.id, "dense writes: probing with tracking resumed");
+        }
+        self.scan_report(st, n, None)
+    }
+
+    /// After a PAGETABLE harvest that found `num_marked` pages: pauses
+    /// tracking (unprotects every view) when the policy finds the writes
+    /// dense and every view's mechanism can be paused.
+    fn pause_if_dense(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], num_marked: u64) {
+        if !self.dense.enabled() {
+            return;
+        }
+        let live: Vec<&Arc<View>> = views.iter().filter(|v| !v.dead.load(Ordering::Acquire)).collect();
+        if live.is_empty() || !live.iter().all(|v| v.mm.tracker().can_pause()) {
+            return;
+        }
+        let Some(t) = st.tracker.as_mut() else {
+            return;
+        };
+        if t.after_dense_check(num_marked, &self.dense) != DenseDecision::Pause {
+            return;
+        }
+        for view in live {
+            if let Err(e) = view.mm.tracker().unprotect(view.range()) {
+                // Still protected: it faults, and costs time, nothing else.
+                tracing::debug!(bo = bo.id, view = view.id, error = %e, "unprotect for dense writes failed");
+            }
+        }
+        bo.counters.dense_pauses.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            bo = bo.id,
+            percent = self.dense.percent,
+            "dense writes: tracking paused, whole-BO uploads"
+        );
     }
 
     fn scan_report(&self, st: &BoState, num_marked: u64, switched: Option<Method>) -> ScanReport {
@@ -680,7 +744,11 @@ impl<'a> SyncEngine<'a> {
         // PAGETABLE: the expensive harvest of non-eager views runs without the
         // state lock; a view removed meanwhile records its last pages under
         // the lock after us, which the sequence count makes the caller retry.
-        let pagetable = matches!(bo.state().tracker.as_ref().map(|t| t.method), Some(Method::PageTable));
+        let pagetable = bo
+            .state()
+            .tracker
+            .as_ref()
+            .is_some_and(|t| t.method == Method::PageTable && t.paused.is_none());
         let pre: Option<Vec<Harvested>> = pagetable.then(|| {
             views
                 .iter()

@@ -128,6 +128,16 @@ pub trait WriteTracker: Send + Sync {
     fn park(&self, _addr: u64) -> bool {
         false
     }
+    /// True when the views of this mechanism may be left unprotected while
+    /// a BO's writes are dense ([`crate::policy::DensePolicy`]).
+    fn can_pause(&self) -> bool {
+        false
+    }
+    /// Write-unprotects a range (tracking paused for dense writes: every
+    /// sync uploads the whole BO meanwhile).
+    fn unprotect(&self, _range: Range<u64>) -> Result<(), TrackError> {
+        Ok(())
+    }
     /// Lifts tracking from a range the daemon forgets, waking any thread
     /// waiting in a fault there (eager mechanisms; best effort).
     fn release(&self, _range: Range<u64>) {}
@@ -253,6 +263,15 @@ impl WriteTracker for UffdAsyncTracker {
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
         self.uffd.write_protect(range.start, range.end - range.start, true)?;
+        Ok(())
+    }
+
+    fn can_pause(&self) -> bool {
+        true
+    }
+
+    fn unprotect(&self, range: Range<u64>) -> Result<(), TrackError> {
+        self.uffd.write_protect(range.start, range.end - range.start, false)?;
         Ok(())
     }
 

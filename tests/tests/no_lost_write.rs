@@ -29,7 +29,28 @@ cohmem_tests::test_each_mechanism!(
 );
 
 fn every_completed_write_is_in_the_gpu_copy_when_sync_returns_with(mechanism: Mechanism) -> anyhow::Result<()> {
-    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    completed_writes_reach_the_gpu(mechanism, &[])
+}
+
+/// The same with tracking paused for dense writes and resumed all the time
+/// (any sync finding 1 % written pauses; every third paused sync probes),
+/// so writers run across every pause, probe and resume.
+#[test]
+fn every_completed_write_is_in_the_gpu_copy_across_dense_pauses() -> anyhow::Result<()> {
+    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+        eprintln!("uffd-async unavailable on this kernel");
+        return Ok(());
+    }
+    completed_writes_reach_the_gpu(
+        Mechanism::UffdAsync,
+        &["--dense-percent", "1", "--dense-after", "1", "--dense-probe-every", "3"],
+    )
+}
+
+fn completed_writes_reach_the_gpu(mechanism: Mechanism, extra: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["--mechanism", mechanism.name()];
+    args.extend_from_slice(extra);
+    let daemon = cohmem_tests::spawn_daemon_with(DAEMON, &args)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let pages_per_thread = 64u64;
@@ -175,4 +196,76 @@ fn background_upload_loses_nothing_uffd_async() -> anyhow::Result<()> {
 #[test]
 fn background_upload_loses_nothing_uffd_sync() -> anyhow::Result<()> {
     background_upload_loses_nothing(Mechanism::UffdSync)
+}
+
+/// Dense writes pause tracking (issue 6, target 2): after `--dense-after`
+/// syncs that each found at least `--dense-percent` of the pages written,
+/// the views are left unprotected and every sync uploads the whole BO; every
+/// `--dense-probe-every` syncs one frame is tracked again, and sparse writes
+/// then bring exact tracking back. The GPU copy equals the BO after every
+/// sync throughout, including the syncs where tracking pauses and resumes.
+#[test]
+fn dense_writes_pause_tracking_and_sparse_writes_resume_it() -> anyhow::Result<()> {
+    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+        eprintln!("uffd-async unavailable on this kernel");
+        return Ok(());
+    }
+    let daemon = cohmem_tests::spawn_daemon_with(
+        DAEMON,
+        &[
+            "--mechanism",
+            "uffd-async",
+            "--dense-percent",
+            "50",
+            "--dense-after",
+            "2",
+            "--dense-probe-every",
+            "4",
+        ],
+    )?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let pages = 64u64;
+    let bo = conn.create_bo(pages * ps as u64)?;
+    let map = bo.map()?;
+    let mut reported = Vec::new();
+    let mut frame = 0u64;
+    let mut sync_and_check = |written: &[u64]| -> anyhow::Result<u64> {
+        frame += 1;
+        for &p in written {
+            map.write_u64(p as usize * ps + 8 * (frame as usize % 16), frame)?;
+        }
+        let r = bo.sync()?;
+        let bad = verify_gpu_copy(&bo)?;
+        anyhow::ensure!(bad.is_empty(), "frame {frame}: GPU copy differs at {bad:?}");
+        anyhow::ensure!(r.pages >= written.len() as u64, "frame {frame}: under-reported");
+        Ok(r.pages)
+    };
+    let all: Vec<u64> = (0..pages).collect();
+    for _ in 0..4 {
+        reported.push(sync_and_check(&all)?);
+    }
+    // Paused now: one written page still uploads the whole BO.
+    let paused = sync_and_check(&[7])?;
+    assert_eq!(
+        paused, pages,
+        "tracking did not pause after dense writes ({reported:?})"
+    );
+    // Sparse from here: within one probe period tracking is back, exact.
+    let mut sparse = Vec::new();
+    for i in 0..10 {
+        sparse.push(sync_and_check(&[(i * 5) % pages])?);
+    }
+    assert_eq!(
+        &sparse[sparse.len() - 4..],
+        &[1, 1, 1, 1],
+        "tracking did not resume after sparse writes: {sparse:?}"
+    );
+    // Dense again: pauses again.
+    for _ in 0..3 {
+        sync_and_check(&all)?;
+    }
+    assert_eq!(sync_and_check(&[3])?, pages, "tracking did not pause a second time");
+    eprintln!("dense {reported:?}, paused {paused}, sparse {sparse:?}");
+    Ok(())
 }
