@@ -22,6 +22,7 @@ pub mod report;
 pub mod scale;
 pub mod stats;
 pub mod sync;
+pub mod sync_floor;
 
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,11 @@ pub struct Faults {
     pub uffd_sync_1: Option<Summary>,
     /// Same, 4 threads faulting at once.
     pub uffd_sync_4: Option<Summary>,
+    /// Synchronous fault resolved by a minimal in-process handler thread
+    /// (the floor of a uffd-sync round trip), 1 thread.
+    pub sync_floor_1: Option<Summary>,
+    /// Same, 4 threads faulting at once.
+    pub sync_floor_4: Option<Summary>,
 }
 
 /// Joins scoped writer threads; a panicked one is an error.
@@ -355,6 +361,18 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
         let (fault, plain) = floor::fault_floor(&rig, per_pass, passes, &mut rng)?;
         faults.floor_fault = Summary::of_ns(fault);
         faults.floor_plain = Summary::of_ns(plain);
+    }
+    if mechanisms.iter().any(|x| x == "uffd-sync") {
+        note(
+            start,
+            "first-write latency: synchronous fault floor (in-process handler)",
+        );
+        faults.sync_floor_1 = Some(sync_floor::sync_fault_floor(
+            fault_size, 1, per_pass, passes, 1, &mut rng,
+        )?);
+        faults.sync_floor_4 = Some(sync_floor::sync_fault_floor(
+            fault_size, 4, per_pass, passes, 1, &mut rng,
+        )?);
     }
     for m in ["uffd-async", "uffd-sync"] {
         if !mechanisms.iter().any(|x| x == m) {

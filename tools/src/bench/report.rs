@@ -245,15 +245,33 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 ));
             }
         }
-        for (name, s) in [
-            ("uffd-sync, 1 thread", &f.uffd_sync_1),
-            ("uffd-sync, 4 threads", &f.uffd_sync_4),
+        for (name, s, floor) in [
+            ("uffd-sync, 1 thread", &f.uffd_sync_1, &f.sync_floor_1),
+            ("uffd-sync, 4 threads", &f.uffd_sync_4, &f.sync_floor_4),
         ] {
             if let Some(s) = s {
                 t.details.push(format!(
                     "{name}: fault round trip median {} p99 {}",
                     med(s),
                     fmt_ns(s.p99_ns)
+                ));
+            }
+            if let Some(fl) = floor {
+                t.details.push(format!(
+                    "  floor, minimal in-process handler thread: median {} p99 {}{}",
+                    med(fl),
+                    fmt_ns(fl.p99_ns),
+                    s.as_ref()
+                        .and_then(|s| ratio(s.median_ns, fl.median_ns))
+                        .map_or(String::new(), |x| format!(" (daemon / floor {x:.3})"))
+                ));
+            }
+        }
+        if let Some(fl) = &f.sync_floor_4 {
+            if fl.median_ns > 10_000 {
+                t.details.push(format!(
+                    "  the 10 us goal is below this machine's floor: 4 threads faulting at once into a handler that does nothing else already take a median {}",
+                    med(fl)
                 ));
             }
         }
