@@ -9,7 +9,7 @@ use std::sync::Arc;
 use cohmem_proto::Mechanism;
 
 use crate::gpu::GpuChoice;
-use crate::policy::DensePolicy;
+use crate::policy::{DensePolicy, MethodPolicy, TrackingPolicy};
 use crate::quota::UserLimits;
 use crate::{Daemon, DaemonConfig, Server};
 use anyhow::Context;
@@ -70,6 +70,11 @@ struct Args {
     /// background, so that a client's SYNC finds little left (0: off).
     #[arg(long, default_value_t = 0)]
     background_upload_us: u64,
+    /// How each BO's method is chosen: `auto` (PAGETABLE for BOs whose views
+    /// all use uffd-async, where it is always the cheaper one; vmwgfx's state
+    /// machine otherwise) or `vmwgfx` (vmwgfx's state machine for every BO).
+    #[arg(long, default_value = "auto", value_parser = parse_methods)]
+    methods: MethodPolicy,
     /// Pause tracking of a BO (views unprotected, whole-BO uploads) when
     /// this percentage of its pages or more was written between syncs, for
     /// --dense-after syncs in a row; 0: never (vmwgfx's behaviour).
@@ -85,6 +90,15 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// `--methods`.
+fn parse_methods(s: &str) -> Result<MethodPolicy, String> {
+    match s {
+        "auto" => Ok(MethodPolicy::Auto),
+        "vmwgfx" => Ok(MethodPolicy::Vmwgfx),
+        other => Err(format!("unknown method policy {other:?} (auto, vmwgfx)")),
+    }
 }
 
 /// `--mechanism`: `None` is `auto`.
@@ -144,10 +158,13 @@ pub fn main() -> anyhow::Result<()> {
         adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
         background_upload: (args.background_upload_us > 0)
             .then(|| std::time::Duration::from_micros(args.background_upload_us)),
-        dense: DensePolicy {
-            percent: args.dense_percent,
-            after: args.dense_after,
-            probe_every: args.dense_probe_every,
+        tracking: TrackingPolicy {
+            methods: args.methods,
+            dense: DensePolicy {
+                percent: args.dense_percent,
+                after: args.dense_after,
+                probe_every: args.dense_probe_every,
+            },
         },
         ..DaemonConfig::default()
     };

@@ -36,8 +36,9 @@ pub struct DaemonConfig {
     pub adopt_grace: std::time::Duration,
     /// Sync every BO with views this often in the background (`None`: off).
     pub background_upload: Option<std::time::Duration>,
-    /// When to pause tracking of BOs whose writes are dense.
-    pub dense: crate::policy::DensePolicy,
+    /// How BOs are tracked beyond vmwgfx's bookkeeping: method choice and
+    /// pausing for dense writes.
+    pub tracking: crate::policy::TrackingPolicy,
 }
 
 impl Default for DaemonConfig {
@@ -56,7 +57,7 @@ impl Default for DaemonConfig {
             fdstore: true,
             adopt_grace: std::time::Duration::from_secs(60),
             background_upload: None,
-            dense: crate::policy::DensePolicy::default(),
+            tracking: crate::policy::TrackingPolicy::default(),
         }
     }
 }

@@ -1114,7 +1114,5 @@ fn switch_failure(e: switch::SwitchError) -> Failure {
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| fail(ErrorCode::Internal, format!("worker task failed: {e}")))
+    Ok(tokio::task::block_in_place(f))
 }

@@ -61,6 +61,46 @@ impl DensePolicy {
     }
 }
 
+/// How each BO's vmwgfx method is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodPolicy {
+    /// vmwgfx's state machine exactly (spec §2–§3), whatever the mechanism.
+    Vmwgfx,
+    /// The cheapest method for the mechanisms of the BO's views: PAGETABLE
+    /// where the kernel resolves write faults itself and the daemon can only
+    /// learn of writes by scanning (uffd-async: MKWRITE would scan *and*
+    /// re-protect page by page, PAGETABLE's harvest does both in one walk);
+    /// vmwgfx's state machine otherwise (uffd-sync's faults make MKWRITE
+    /// cheap for sparse writes, as in vmwgfx).
+    Auto,
+}
+
+/// Everything beyond vmwgfx's bookkeeping that decides how a BO is tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackingPolicy {
+    /// How the method is chosen.
+    pub methods: MethodPolicy,
+    /// When tracking pauses for dense writes.
+    pub dense: DensePolicy,
+}
+
+impl Default for TrackingPolicy {
+    fn default() -> Self {
+        Self {
+            methods: MethodPolicy::Auto,
+            dense: DensePolicy::default(),
+        }
+    }
+}
+
+impl TrackingPolicy {
+    /// vmwgfx's behaviour exactly (the reference model's).
+    pub const VMWGFX: Self = Self {
+        methods: MethodPolicy::Vmwgfx,
+        dense: DensePolicy::OFF,
+    };
+}
+
 /// What a dense-write check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseDecision {

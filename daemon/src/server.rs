@@ -90,9 +90,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// The sync engine, with this daemon's counters and dense-write policy.
+    /// The sync engine, with this daemon's counters and tracking policy.
     pub fn sync_engine(&self) -> crate::sync::SyncEngine<'_> {
-        crate::sync::SyncEngine::with_dense(&self.counters, self.config.dense)
+        crate::sync::SyncEngine::with_policy(&self.counters, self.config.tracking)
     }
 
     /// Probes the kernel, opens the GPU backend and starts the fault service.

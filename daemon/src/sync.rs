@@ -31,7 +31,7 @@ use cohmem_sys::memfd::Memfd;
 
 use crate::bo::{lock, Bo, BoState, Resource, View};
 use crate::gpu::{GpuBackend, GpuError};
-use crate::policy::{DenseDecision, DensePolicy, DirtyTracker, ScanDecision};
+use crate::policy::{DenseDecision, DensePolicy, DirtyTracker, MethodPolicy, ScanDecision, TrackingPolicy};
 use crate::stats::DaemonCounters;
 use crate::tracker::TrackError;
 
@@ -79,6 +79,7 @@ type Harvested = (Arc<View>, Result<(Vec<Range<u64>>, Vec<u64>), TrackError>);
 /// Runs tracker operations and keeps the daemon-wide counters.
 pub struct SyncEngine<'a> {
     counters: &'a DaemonCounters,
+    methods: MethodPolicy,
     dense: DensePolicy,
 }
 
@@ -99,14 +100,25 @@ fn method_of(st: &BoState) -> Method {
 
 impl<'a> SyncEngine<'a> {
     /// An engine that accounts into `counters` and tracks exactly as
-    /// vmwgfx does (no pausing for dense writes).
+    /// vmwgfx does ([`TrackingPolicy::VMWGFX`]).
     pub fn new(counters: &'a DaemonCounters) -> Self {
-        Self::with_dense(counters, DensePolicy::OFF)
+        Self::with_policy(counters, TrackingPolicy::VMWGFX)
     }
 
-    /// An engine that also pauses tracking of BOs whose writes are dense.
-    pub fn with_dense(counters: &'a DaemonCounters, dense: DensePolicy) -> Self {
-        Self { counters, dense }
+    /// An engine that tracks by `policy`.
+    pub fn with_policy(counters: &'a DaemonCounters, policy: TrackingPolicy) -> Self {
+        Self {
+            counters,
+            methods: policy.methods,
+            dense: policy.dense,
+        }
+    }
+
+    /// True when [`MethodPolicy::Auto`] keeps this BO in PAGETABLE: every
+    /// live view's mechanism only harvests.
+    fn pagetable_only(&self, views: &[Arc<View>]) -> bool {
+        let mut live = views.iter().filter(|v| !v.dead.load(Ordering::Acquire)).peekable();
+        self.methods == MethodPolicy::Auto && live.peek().is_some() && live.all(|v| v.mm.tracker().harvests_only())
     }
 
     /// Converts client address ranges of `view` into BO page ranges.
@@ -321,6 +333,14 @@ impl<'a> SyncEngine<'a> {
         if st.tracker.as_ref().is_some_and(|t| t.paused.is_some()) {
             return self.scan_paused(bo, st, views, pre.take());
         }
+        let mut method = method;
+        let mut switched = None;
+        if method == Method::MkWrite && self.pagetable_only(views) {
+            // MethodPolicy::Auto: PAGETABLE at once, exactly.
+            self.switch_to_pagetable_exact(bo, st, views);
+            method = Method::PageTable;
+            switched = Some(Method::PageTable);
+        }
         // `full` clients: no tracking, the whole BO is written at every scan.
         let whole = views
             .iter()
@@ -333,7 +353,6 @@ impl<'a> SyncEngine<'a> {
             whole_marked = n;
         }
         let num_marked;
-        let mut switched = None;
         match method {
             Method::PageTable | Method::None => {
                 num_marked = match pre {
@@ -343,10 +362,16 @@ impl<'a> SyncEngine<'a> {
                     }
                     None => self.harvest_all(bo, st, views, true),
                 } + whole_marked;
-                let decision = st
-                    .tracker
-                    .as_mut()
-                    .map_or(ScanDecision::Stay, |t| t.after_pagetable_harvest(num_marked));
+                let decision = match st.tracker.as_mut() {
+                    // MethodPolicy::Auto never leaves PAGETABLE for MKWRITE
+                    // where MKWRITE would cost more.
+                    Some(t) if self.pagetable_only(views) => {
+                        t.change_count = 0;
+                        ScanDecision::Stay
+                    }
+                    Some(t) => t.after_pagetable_harvest(num_marked),
+                    None => ScanDecision::Stay,
+                };
                 if let ScanDecision::Switch(m) = decision {
                     // Write-protect the whole BO, then clean-and-record once
                     // more: a harvest does both, atomically per page.
@@ -489,6 +514,31 @@ impl<'a> SyncEngine<'a> {
     /// that arrived after the last observe would have faulted and been
     /// recorded in vmwgfx, so they are recorded here too, not thrown away.
     fn switch_to_pagetable(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        self.harvest_for_switch(bo, st, views, false);
+        if let Some(t) = st.tracker.as_mut() {
+            let extra = t.finish_switch_to_pagetable();
+            bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
+            self.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
+        }
+    }
+
+    /// The [`MethodPolicy::Auto`] switch to PAGETABLE of a BO whose views
+    /// all only harvest: a harvest reports every page written since it was
+    /// last protected, the known-writable ones included (they are
+    /// unprotected, so reported), so recording what it finds is exact and
+    /// vmwgfx's fill of the envelope is not needed.
+    fn switch_to_pagetable_exact(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        self.harvest_for_switch(bo, st, views, true);
+        if let Some(t) = st.tracker.as_mut() {
+            t.method = Method::PageTable;
+            t.change_count = 0;
+        }
+    }
+
+    /// Harvests every view for a switch to PAGETABLE and records what it
+    /// found; pages known writable are recorded too only with `record_known`
+    /// (vmwgfx's switch covers them by filling the envelope instead).
+    fn harvest_for_switch(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], record_known: bool) {
         for view in views {
             let known: Vec<u64> = {
                 let w = lock(&view.writable);
@@ -501,17 +551,12 @@ impl<'a> SyncEngine<'a> {
             if let Some(t) = st.tracker.as_mut() {
                 for r in found {
                     for p in r {
-                        if known.binary_search(&p).is_err() {
+                        if record_known || known.binary_search(&p).is_err() {
                             t.dirty.record(p..p + 1);
                         }
                     }
                 }
             }
-        }
-        if let Some(t) = st.tracker.as_mut() {
-            let extra = t.finish_switch_to_pagetable();
-            bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
-            self.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
         }
     }
 

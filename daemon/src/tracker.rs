@@ -128,6 +128,12 @@ pub trait WriteTracker: Send + Sync {
     fn park(&self, _addr: u64) -> bool {
         false
     }
+    /// True when the kernel resolves write faults itself and the daemon
+    /// learns of writes only by harvesting (PAGETABLE is then the cheaper
+    /// method: [`crate::policy::MethodPolicy::Auto`]).
+    fn harvests_only(&self) -> bool {
+        false
+    }
     /// True when the views of this mechanism may be left unprotected while
     /// a BO's writes are dense ([`crate::policy::DensePolicy`]).
     fn can_pause(&self) -> bool {
@@ -267,6 +273,10 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn can_pause(&self) -> bool {
+        true
+    }
+
+    fn harvests_only(&self) -> bool {
         true
     }
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use cohmem_client::Mechanism;
-use cohmem_tests::{spawn_daemon, spawn_daemon_for};
+use cohmem_tests::spawn_daemon_with;
 use cohmem_tools::vmwgfx::replay::{random_trace, replay, WriterCommand};
 use cohmem_tools::vmwgfx::trace::parse_trace;
 use cohmem_tools::SplitMix64;
@@ -23,6 +23,16 @@ fn writer() -> WriterCommand {
         program: Path::new(env!("CARGO_BIN_EXE_cohmem-test-writer")).to_owned(),
         pre_args: Vec::new(),
     }
+}
+
+/// A daemon that tracks exactly as vmwgfx does (`--methods vmwgfx`, no
+/// pausing for dense writes), so that it can be compared with the model.
+fn vmwgfx_daemon(mechanism: Option<Mechanism>) -> anyhow::Result<cohmem_tools::DaemonProcess> {
+    let mut args = vec!["--methods", "vmwgfx", "--dense-percent", "0"];
+    if let Some(m) = mechanism {
+        args.extend(["--mechanism", m.name()]);
+    }
+    spawn_daemon_with(DAEMON, &args)
 }
 
 /// The mechanisms this host offers; every trace runs under each.
@@ -44,7 +54,7 @@ fn agree(trace: &str) {
     let events = parse_trace(trace).unwrap_or_else(|e| panic!("bad trace: {e}"));
     for mechanism in mechanisms() {
         let _one = (mechanism == Mechanism::SoftDirty).then(cohmem_tests::soft_dirty_serial);
-        let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
+        let daemon = vmwgfx_daemon(Some(mechanism)).expect("daemon");
         match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
             Ok(steps) => assert_eq!(steps, events.len()),
             Err(d) => panic!("{mechanism}: daemon and model disagree at {d}\ntrace:\n{trace}"),
@@ -181,7 +191,7 @@ fn b17_scan_before_transfer_keeps_later_writes() {
 #[test]
 fn b18_out_of_range_is_an_error() {
     let events = parse_trace("bo 10\nadd 0 0 10\nmap 0 0 10\nwrite 0 10\n").expect("syntax");
-    let daemon = spawn_daemon(DAEMON).expect("daemon");
+    let daemon = vmwgfx_daemon(None).expect("daemon");
     let result = replay(daemon.socket(), &writer(), &events);
     assert!(result.is_err(), "a write past the BO must be rejected, got {result:?}");
 }
@@ -235,7 +245,7 @@ proptest! {
         let text: String = events.iter().map(|e| format!("{e}\n")).collect();
         for mechanism in mechanisms() {
             let _one = (mechanism == Mechanism::SoftDirty).then(cohmem_tests::soft_dirty_serial);
-            let daemon = spawn_daemon_for(DAEMON, mechanism).expect("daemon");
+            let daemon = vmwgfx_daemon(Some(mechanism)).expect("daemon");
             match replay(daemon.socket(), &writer(), &events).expect("replay failed") {
                 Ok(_) => {}
                 Err(d) => prop_assert!(false, "{}: disagreement at {}\ntrace:\n{}", mechanism, d, text),

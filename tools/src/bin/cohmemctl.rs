@@ -334,7 +334,9 @@ fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Resu
     let socket = match socket {
         Some(s) => s,
         None => {
-            let d = DaemonProcess::spawn(&["--log", "warn"]).context("starting cohmemd")?;
+            // vmwgfx's behaviour exactly, to compare with the reference model.
+            let d = DaemonProcess::spawn(&["--log", "warn", "--methods", "vmwgfx", "--dense-percent", "0"])
+                .context("starting cohmemd")?;
             let s = d.socket().to_owned();
             daemon = Some(d);
             s
