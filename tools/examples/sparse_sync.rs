@@ -21,27 +21,34 @@ fn main() -> anyhow::Result<()> {
     eprintln!("daemon pid {}", session.daemon.pid());
     let n = bo.size() / cohmem_sys::page_size();
     let mut rng = SplitMix64::new(7);
-    let (mut wall, mut daemon) = (Vec::new(), Vec::new());
+    let (mut wall, mut daemon, mut total) = (Vec::new(), Vec::new(), Vec::new());
     let mut method = String::new();
     for rep in 0..rounds {
+        let mut w = Duration::ZERO;
         if k > 0 {
             let pages = pick_pages(&mut rng, n, k, Layout::Scattered);
-            write_threads(&map, &pages, 1, rep as u8)?;
+            w = write_threads(&map, &pages, 1, rep as u8)?;
         }
         let t = std::time::Instant::now();
         let r = bo.sync()?;
         wall.push(t.elapsed());
+        total.push(w + t.elapsed());
         daemon.push(r.duration);
         method = format!("{}:{}", r.mechanism.name(), r.method.name());
+        if std::env::var_os("SPARSE_SYNC_TRACE").is_some() {
+            eprintln!("sync {rep}: {method}, {} pages, {:?}", r.pages, r.duration);
+        }
     }
     let med = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
     println!(
-        "{mech} {mib} MiB {k} pages ({method}): sync median {:?}, daemon median {:?}",
+        "{mech} {mib} MiB {k} pages ({method}): sync median {:?}, daemon median {:?}, write + sync median {:?} mean {:?}",
         med(&mut wall),
-        med(&mut daemon)
+        med(&mut daemon),
+        med(&mut total.clone()),
+        total.iter().sum::<Duration>() / total.len() as u32
     );
     Ok(())
 }
