@@ -32,10 +32,17 @@ pub struct DensePolicy {
     pub percent: u64,
     /// Consecutive dense harvests after which tracking pauses.
     pub after: u32,
-    /// While paused, every this many syncs the views are write-protected
-    /// again for one frame, to measure whether writes are still dense.
+    /// While paused, the views are write-protected again for one frame to
+    /// measure whether writes are still dense: first [`FIRST_PROBE`] syncs
+    /// after pausing, then after twice as many each time the probe finds
+    /// them still dense, up to this many.
     pub probe_every: u32,
 }
+
+/// Paused syncs before the first probe: when dense writes stop, whole-BO
+/// uploads stop this soon; while they go on, probes back off to
+/// [`DensePolicy::probe_every`].
+pub const FIRST_PROBE: u32 = 2;
 
 impl Default for DensePolicy {
     fn default() -> Self {
@@ -126,6 +133,10 @@ pub struct DirtyTracker {
     /// `Some(n)`: tracking is paused for dense writes (views unprotected,
     /// every sync uploads the whole BO), `n` syncs since it paused.
     pub paused: Option<u32>,
+    /// Paused syncs before the next probe.
+    pub probe_interval: u32,
+    /// The last probe's frame is being tracked: its harvest decides alone.
+    pub probing: bool,
 }
 
 /// What a scan decided.
@@ -147,6 +158,8 @@ impl DirtyTracker {
             users: 1,
             dense_streak: 0,
             paused: None,
+            probe_interval: FIRST_PROBE,
+            probing: false,
         }
     }
 
@@ -154,12 +167,19 @@ impl DirtyTracker {
     /// against `policy` (called only where pausing is possible).
     pub fn after_dense_check(&mut self, num_marked: u64, policy: &DensePolicy) -> DenseDecision {
         let pages = self.dirty.pages().max(1);
+        let probing = std::mem::take(&mut self.probing);
         if !policy.enabled() || 100 * num_marked.min(pages) / pages < policy.percent {
             self.dense_streak = 0;
+            self.probe_interval = FIRST_PROBE;
             return DenseDecision::Track;
         }
         self.dense_streak += 1;
-        if self.dense_streak >= policy.after {
+        if probing || self.dense_streak >= policy.after {
+            // Still dense at a probe: probe half as often next time.
+            self.probe_interval = match probing {
+                true => (self.probe_interval * 2).min(policy.probe_every.max(1)),
+                false => FIRST_PROBE.min(policy.probe_every.max(1)),
+            };
             self.dense_streak = 0;
             self.paused = Some(0);
             return DenseDecision::Pause;
@@ -174,9 +194,10 @@ impl DirtyTracker {
         let Some(n) = self.paused else {
             return false;
         };
-        if n + 1 >= policy.probe_every.max(1) {
+        let _ = policy;
+        if n + 1 >= self.probe_interval.max(1) {
             self.paused = None;
-            self.dense_streak = policy.after.saturating_sub(1);
+            self.probing = true;
             return true;
         }
         self.paused = Some(n + 1);
@@ -253,15 +274,27 @@ mod tests {
         assert_eq!(t.after_dense_check(60, &policy), DenseDecision::Pause);
         assert_eq!(t.paused, Some(0));
         assert!(!t.paused_sync(&policy));
-        assert!(!t.paused_sync(&policy));
-        assert!(!t.paused_sync(&policy));
-        assert!(t.paused_sync(&policy), "the fourth paused sync probes");
+        assert!(
+            t.paused_sync(&policy),
+            "the first probe comes after FIRST_PROBE = 2 syncs"
+        );
         assert_eq!(t.paused, None);
-        // One more dense harvest pauses again; a sparse one keeps tracking.
-        let mut again = t.clone();
-        assert_eq!(again.after_dense_check(90, &policy), DenseDecision::Pause);
+        // Still dense at the probe: paused again at once, probing half as often.
+        assert_eq!(t.after_dense_check(90, &policy), DenseDecision::Pause);
+        assert_eq!(t.probe_interval, 4, "probe_every caps the back-off at 4");
+        for _ in 0..3 {
+            assert!(!t.paused_sync(&policy));
+        }
+        assert!(t.paused_sync(&policy), "the next probe after 4");
+        assert_eq!(t.after_dense_check(100, &policy), DenseDecision::Pause);
+        assert_eq!(t.probe_interval, 4);
+        for _ in 0..3 {
+            assert!(!t.paused_sync(&policy));
+        }
+        assert!(t.paused_sync(&policy));
+        // Sparse at a probe: tracking resumes, and back-off starts over.
         assert_eq!(t.after_dense_check(1, &policy), DenseDecision::Track);
-        assert_eq!(t.paused, None);
+        assert_eq!((t.paused, t.probe_interval), (None, 2));
         assert_eq!(
             DirtyTracker::new(10).after_dense_check(10, &DensePolicy::OFF),
             DenseDecision::Track

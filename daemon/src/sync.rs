@@ -442,7 +442,11 @@ impl<'a> SyncEngine<'a> {
         let Some(t) = st.tracker.as_mut() else {
             return;
         };
+        let after_probe = t.probing;
         if t.after_dense_check(num_marked, &self.dense) != DenseDecision::Pause {
+            if after_probe {
+                tracing::info!(bo = bo.id, "dense writes stopped: tracking resumed");
+            }
             return;
         }
         for view in live {
@@ -452,11 +456,17 @@ impl<'a> SyncEngine<'a> {
             }
         }
         bo.counters.dense_pauses.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            bo = bo.id,
-            percent = self.dense.percent,
-            "dense writes: tracking paused, whole-BO uploads"
-        );
+        // One line when tracking pauses and one when it resumes; the probes
+        // in between (every 2 to --dense-probe-every syncs) log at debug.
+        if after_probe {
+            tracing::debug!(bo = bo.id, "dense writes go on: paused again after a probe");
+        } else {
+            tracing::info!(
+                bo = bo.id,
+                percent = self.dense.percent,
+                "dense writes: tracking paused, whole-BO uploads"
+            );
+        }
     }
 
     fn scan_report(&self, st: &BoState, num_marked: u64, switched: Option<Method>) -> ScanReport {

@@ -116,6 +116,10 @@ pub struct CleanSync {
     pub daemon: Summary,
     /// Most pages one clean sync uploaded.
     pub uploaded_max: u64,
+    /// Syncs without writes, after the density scenarios (the last ones
+    /// dense), that still uploaded pages: tracking paused for dense writes
+    /// uploads the whole BO until a probe finds the writes gone.
+    pub settle_syncs: u64,
 }
 
 /// In-process harvest of a clean range.
@@ -313,6 +317,8 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
                     }
                 }
             }
+            // `full` uploads the whole BO at every sync by definition.
+            let settle_syncs = if m == "full" { 0 } else { sync::settle(&bo)? };
             let (wall, daemon, uploaded_max) = sync::clean_syncs(&bo, &reps)?;
             clean.push(CleanSync {
                 mechanism: m.clone(),
@@ -320,6 +326,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
                 wall,
                 daemon,
                 uploaded_max,
+                settle_syncs,
             });
         }
     }

@@ -313,6 +313,10 @@ pub fn targets(r: &Report) -> Vec<Target> {
             if let Some(x) = ratio(d.daemon.median_ns, f.scan.median_ns) {
                 t.details.push(format!("daemon-side time / in-process scan: {x:.3}"));
             }
+            t.details.push(format!(
+                "before these, once the dense scenarios stopped writing, {} syncs still uploaded (tracking paused for dense writes until a probe)",
+                d.settle_syncs
+            ));
         }
         out.push(t);
     }

@@ -250,6 +250,18 @@ pub fn background_syncs(
     Ok((Summary::of(&wall), left, k))
 }
 
+/// Syncs without writes until one uploads nothing (at most 200); returns
+/// how many uploaded something. After dense writes with tracking paused,
+/// that is how long whole-BO uploads go on once the writes stop.
+pub fn settle(bo: &Bo) -> anyhow::Result<u64> {
+    for n in 0..200 {
+        if bo.sync()?.pages == 0 {
+            return Ok(n);
+        }
+    }
+    bail!("200 syncs without writes still uploaded pages")
+}
+
 /// Syncs of a clean BO (nothing written in between): the cost of scanning
 /// through the daemon. Returns (round trip, daemon time, most pages uploaded).
 pub fn clean_syncs(bo: &Bo, reps: &Reps) -> anyhow::Result<(Summary, Summary, u64)> {
