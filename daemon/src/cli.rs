@@ -3,6 +3,7 @@
 //! daemon (cohmemd itself, the test suite's copy) is the same code.
 
 use std::io::IsTerminal;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,6 +23,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "cohmemd", version)]
 struct Args {
+    /// Configuration file: every option below as a TOML key (`gpu =
+    /// "soft"`, `max-bo-size = 4294967296`, `allow-uid = [1000]`); options on
+    /// the command line win. Default: /etc/cohmem/cohmemd.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Listening socket (default: $XDG_RUNTIME_DIR/cohmem.sock, else /run/cohmem/cohmem.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -83,13 +89,86 @@ struct Args {
     /// Consecutive dense syncs before tracking pauses.
     #[arg(long, default_value_t = DensePolicy::default().after, value_parser = clap::value_parser!(u32).range(1..))]
     dense_after: u32,
-    /// While paused, track one frame every N syncs to see whether writes
-    /// are still dense.
+    /// While paused, one frame is tracked again (a probe) 2 syncs after
+    /// pausing, then twice as late each time writes are still dense, at
+    /// most every N syncs.
     #[arg(long, default_value_t = DensePolicy::default().probe_every, value_parser = clap::value_parser!(u32).range(1..))]
     dense_probe_every: u32,
+    /// Log output: `text` (stderr), `json` (one JSON object a line on
+    /// stderr), `journald` (native journal fields), or `auto` (journald when
+    /// started by systemd with its stderr connected to the journal, else
+    /// text).
+    #[arg(long, default_value = "auto", value_parser = parse_log_format)]
+    log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "auto" => Ok(LogFormat::Auto),
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        "journald" => Ok(LogFormat::Journald),
+        other => Err(format!("unknown log format {other:?} (auto, text, json, journald)")),
+    }
+}
+
+/// True when stderr is the journal's stream (`$JOURNAL_STREAM` names its
+/// device and inode, as systemd sets it for services).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Installs the global subscriber: one line per event in the chosen format.
+fn init_logging(format: LogFormat, filter: EnvFilter) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Journald => {
+            let layer = tracing_journald::layer().context("connecting to the journal (--log-format journald)")?;
+            registry.with(layer.with_syslog_identifier("cohmemd".into())).init();
+        }
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text | LogFormat::Auto => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+    }
+    Ok(())
 }
 
 /// Threads of tokio's blocking pool at most (see [`main`]).
@@ -126,17 +205,37 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
 }
 
+/// The command line, with the configuration file's keys for every option
+/// the command line does not set ([`crate::config_file`]).
+fn parse_args_and_config() -> anyhow::Result<Args> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Args::command();
+    let matches = cmd.clone().get_matches_from(&cli);
+    let (path, required) = match matches.get_one::<PathBuf>("config") {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(crate::config_file::DEFAULT_PATH), false),
+    };
+    let given: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let from_file = crate::config_file::file_args(&cmd, &path, required, &given)?;
+    let mut all = cli.clone();
+    all.splice(1..1, from_file);
+    let merged = cmd.try_get_matches_from(all).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Args::from_arg_matches(&merged)?)
+}
+
 /// Runs the daemon with the process's command line until SIGTERM/SIGINT.
 pub fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_args_and_config()?;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log))
         .with_context(|| format!("bad --log filter {:?}", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(args.log_format, filter)?;
 
     if args.max_bo_size > cohmem_proto::limits::MAX_BO_SIZE || args.max_bo_size == 0 {
         anyhow::bail!(
@@ -204,12 +303,30 @@ pub fn main() -> anyhow::Result<()> {
     if let Some(interval) = daemon.config.background_upload {
         crate::background::start(&daemon, interval).context("starting the background upload")?;
     }
-    // BOs a previous instance left in systemd's fd store: kept for the
-    // grace period so that their clients can re-import them.
-    let adopted = crate::fdstore::adopt_stored(&daemon);
+    // The fds the service manager passed: a listening socket (socket
+    // activation, cohmemd.socket) and BOs a previous instance left in the fd
+    // store, kept for the grace period so that their clients can re-import
+    // them.
+    let (listener, stored) = split_passed_fds();
+    let adopted = crate::fdstore::adopt_stored(&daemon, stored);
     runtime.block_on(async move {
-        let server = Server::bind(daemon.clone()).context("binding the socket")?;
-        tracing::info!(socket = %server.path().display(), "cohmemd listening");
+        let server = match listener {
+            Some((fd, path)) => Server::activated(daemon.clone(), fd, path).context("taking the passed socket")?,
+            None => Server::bind(daemon.clone()).context("binding the socket")?,
+        };
+        tracing::info!(socket = %server.path().display(), activated = server.is_activated(), "cohmemd listening");
+        if let Some(interval) = cohmem_sys::sdnotify::watchdog_interval() {
+            // Pet at half the interval; a daemon whose runtime is wedged
+            // stops petting and is restarted (Restart=on-failure).
+            tracing::info!(?interval, "systemd watchdog enabled");
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval / 2);
+                loop {
+                    tick.tick().await;
+                    notify(&[NotifyState::Watchdog]);
+                }
+            });
+        }
         if !adopted.is_empty() {
             let grace = daemon.config.adopt_grace;
             tracing::info!(bos = adopted.len(), ?grace, "holding BOs adopted from the fd store");
@@ -229,6 +346,34 @@ pub fn main() -> anyhow::Result<()> {
         tracing::info!("cohmemd stopped");
         anyhow::Ok(())
     })
+}
+
+/// An fd the service manager passed at start, with its name.
+type PassedFd = (OwnedFd, String);
+
+/// Splits the fds passed at start into the listening socket (the first
+/// listening SEQPACKET socket, with its path) and the rest (the fd store).
+fn split_passed_fds() -> (Option<(OwnedFd, PathBuf)>, Vec<PassedFd>) {
+    use std::os::fd::AsFd;
+    let passed = match cohmem_sys::sdnotify::take_listen_fds() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the fds passed at start");
+            return (None, Vec::new());
+        }
+    };
+    let mut listener = None;
+    let mut rest = Vec::new();
+    for (fd, name) in passed {
+        match cohmem_sys::seqpacket::listening_seqpacket_path(fd.as_fd()) {
+            Some(path) if listener.is_none() => {
+                tracing::debug!(%name, path = %path.display(), "listening socket passed by the service manager");
+                listener = Some((fd, path));
+            }
+            _ => rest.push((fd, name)),
+        }
+    }
+    (listener, rest)
 }
 
 /// Tells the service manager (if any) about a state change.

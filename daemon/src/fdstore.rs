@@ -85,16 +85,10 @@ fn parse(name: &str) -> Option<(u64, u32)> {
     Some((id, u32::try_from(uid).ok()?))
 }
 
-/// Adopts the BOs the service manager passed back at start. Returns them:
-/// the caller keeps them alive for the grace period.
-pub fn adopt_stored(daemon: &Daemon) -> Vec<Arc<Bo>> {
-    let passed = match sdnotify::take_listen_fds() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the fds passed at start");
-            return Vec::new();
-        }
-    };
+/// Adopts the BOs among the fds the service manager passed at start
+/// (`passed`: fd and name, the listening socket already taken out).
+/// Returns them: the caller keeps them alive for the grace period.
+pub fn adopt_stored(daemon: &Daemon, passed: Vec<(std::os::fd::OwnedFd, String)>) -> Vec<Arc<Bo>> {
     let mut gpus = std::collections::HashMap::new();
     let mut bos = Vec::new();
     for (fd, fd_name) in passed {

@@ -18,11 +18,13 @@
 //! | [`background`] | background upload while clients write | issue 6 |
 //! | [`fdstore`] | BOs kept across restarts in systemd's fd store | DESIGN.md §5.5 |
 //! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
+//! | [`config_file`] | `cohmemd.toml`: every option as a key | issue 7 |
 
 pub mod background;
 pub mod bo;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod dirty;
 pub mod faults;

@@ -165,6 +165,9 @@ pub struct Server {
     listener: UnixSeqpacketListener,
     path: PathBuf,
     daemon: Arc<Daemon>,
+    /// The socket was passed by the service manager (socket activation):
+    /// its file belongs to the socket unit and is left in place at exit.
+    activated: bool,
 }
 
 impl Server {
@@ -198,12 +201,46 @@ impl Server {
         let listener = UnixSeqpacketListener::bind(&path).map_err(|e| io("binding", e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(daemon.config.socket_mode))
             .map_err(|e| io("setting the mode of", e))?;
-        Ok(Self { listener, path, daemon })
+        Ok(Self {
+            listener,
+            path,
+            daemon,
+            activated: false,
+        })
+    }
+
+    /// Serves on a listening socket the service manager passed
+    /// (`ListenSequentialPacket=` in cohmemd.socket): its path, mode and
+    /// group are the socket unit's; `--socket` and `--socket-mode` do not
+    /// apply.
+    pub fn activated(daemon: Arc<Daemon>, fd: std::os::fd::OwnedFd, path: PathBuf) -> Result<Self, ServerError> {
+        use std::os::fd::AsFd;
+        cohmem_sys::seqpacket::set_nonblocking(fd.as_fd()).map_err(|e| ServerError::Io {
+            what: "making the passed listening socket non-blocking",
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let listener = UnixSeqpacketListener::try_from(fd).map_err(|source| ServerError::Io {
+            what: "taking over the passed listening socket",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            path,
+            daemon,
+            activated: true,
+        })
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True when the service manager passed the socket.
+    pub fn is_activated(&self) -> bool {
+        self.activated
     }
 
     /// Accepts connections until `shutdown` completes, then removes the socket.
@@ -224,6 +261,9 @@ impl Server {
                     }
                 },
             }
+        }
+        if self.activated {
+            return;
         }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");

@@ -330,3 +330,63 @@ impl CompletedWriters {
         Ok(writes)
     }
 }
+
+/// The service manager's side of `$NOTIFY_SOCKET`: a datagram socket that
+/// receives `READY=1`, `STATUS=…`, `WATCHDOG=1`, `FDSTORE=1` with its fds, ….
+pub struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    /// Its path, for `$NOTIFY_SOCKET`.
+    pub path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    /// Binds `notify.sock` in `dir`.
+    pub fn bind(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path)?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Self { sock, path })
+    }
+
+    /// How long [`NotifySocket::recv`] waits (20 s from [`NotifySocket::bind`]).
+    pub fn set_timeout(&self, timeout: Duration) -> anyhow::Result<()> {
+        Ok(self.sock.set_read_timeout(Some(timeout))?)
+    }
+
+    /// The next notification and the fds it carried.
+    pub fn recv(&self) -> anyhow::Result<(String, Vec<OwnedFd>)> {
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: SCM_RIGHTS just installed this fd in our table;
+                    // nothing else owns it.
+                    fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                }
+            }
+        }
+        let len = msg.bytes;
+        Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), fds))
+    }
+
+    /// Waits for a notification containing `what`; returns it.
+    pub fn expect(&self, what: &str) -> anyhow::Result<(String, Vec<OwnedFd>)> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (text, fds) = self.recv()?;
+            if text.contains(what) {
+                return Ok((text, fds));
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "no {what:?} notification");
+        }
+    }
+}

@@ -6,73 +6,18 @@
 //! the next one the way systemd does, with the stored fds from fd 3 and
 //! `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` set.
 
-use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 use cohmem_client::{Connection, Mechanism};
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::fd_identity;
+use cohmem_tests::NotifySocket as ServiceManager;
 use cohmem_tools::{compare_pages, verify_gpu_copy};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
-
-/// The service manager's side of the notify socket.
-struct ServiceManager {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl ServiceManager {
-    fn bind(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path)?;
-        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
-        Ok(Self { sock, path })
-    }
-
-    /// The next notification and the fds it carried.
-    fn recv(&self) -> anyhow::Result<(String, Vec<OwnedFd>)> {
-        let mut buf = [0u8; 4096];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
-        let msg = recvmsg::<()>(
-            self.sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
-                    // SAFETY: SCM_RIGHTS just installed this fd in our table;
-                    // nothing else owns it.
-                    fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-                }
-            }
-        }
-        let len = msg.bytes;
-        Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), fds))
-    }
-
-    /// Waits for a notification containing `what`; returns it.
-    fn expect(&self, what: &str) -> anyhow::Result<(String, Vec<OwnedFd>)> {
-        let t0 = Instant::now();
-        loop {
-            let (text, fds) = self.recv()?;
-            if text.contains(what) {
-                return Ok((text, fds));
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "no {what:?} notification");
-        }
-    }
-}
 
 /// Starts the daemon as systemd would: `NOTIFY_SOCKET`, and the stored
 /// `fds` from fd 3 with `LISTEN_PID` (the daemon's own pid: a shell sets

@@ -42,6 +42,12 @@ pub fn remove_stored(name: &str) -> Result<()> {
         .map_err(|e| io("sd_notify(FDSTOREREMOVE=1)", e))
 }
 
+/// The watchdog interval the service manager asked for (`WatchdogSec=`, as
+/// `$WATCHDOG_USEC` for this process); `None` when there is no watchdog.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
+}
+
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Takes ownership of the fds the service manager passed to this process

@@ -161,6 +161,34 @@ impl AsFd for SeqpacketSocket {
     }
 }
 
+/// Puts `fd` in non-blocking mode (`O_NONBLOCK`): a socket a service
+/// manager passes is blocking, and an async runtime's accept on a blocking
+/// socket would block its worker thread.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).op("fcntl(F_GETFL)")?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .op("fcntl(F_SETFL)")?;
+    Ok(())
+}
+
+/// If `fd` is a listening `AF_UNIX` `SOCK_SEQPACKET` socket (what a
+/// service manager passes for `ListenSequentialPacket=`), the path it is
+/// bound to; `None` for anything else.
+pub fn listening_seqpacket_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    let raw = fd.as_raw_fd();
+    let ty = getsockopt(&fd, sockopt::SockType).ok()?;
+    let listening = getsockopt(&fd, sockopt::AcceptConn).ok()?;
+    if ty != SockType::SeqPacket || !listening {
+        return None;
+    }
+    let addr: UnixAddr = nix::sys::socket::getsockname(raw).ok()?;
+    addr.path().map(Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
