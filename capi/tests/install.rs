@@ -1,0 +1,113 @@
+//! Issue 7 "install": `make install` into a staging directory puts the
+//! binaries, libcohmem.so, cohmem.h, cohmem.pc, the units (with the real
+//! binary path in ExecStart) and the example configuration where the
+//! Makefile says; the installed cohmem.pc then builds the C example.
+
+use std::path::Path;
+use std::process::Command;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result<()> {
+    for tool in ["make", "cc", "pkg-config"] {
+        if !have(tool) {
+            eprintln!("skipping: {tool} is not installed");
+            return Ok(());
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/install-… → target/<profile>: the binaries and
+    // libcohmem.so this test run built.
+    let build_dir = exe
+        .ancestors()
+        .nth(2)
+        .ok_or_else(|| anyhow::anyhow!("no build dir above {}", exe.display()))?
+        .to_path_buf();
+    let stage = std::env::temp_dir().join(format!("cohmem-stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    // What `cargo build --release` leaves in target/release, from this
+    // run's artifacts (cargo test leaves the cdylib in deps/).
+    let artifacts = stage.join("build");
+    std::fs::create_dir_all(&artifacts)?;
+    for f in ["cohmemd", "cohmemctl", "cohmem-stress", "cohmem-bench", "libcohmem.so"] {
+        let found = [build_dir.join(f), build_dir.join("deps").join(f)]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("{f} was not built in {}", build_dir.display()))?;
+        std::os::unix::fs::symlink(found, artifacts.join(f))?;
+    }
+    let build_dir = artifacts;
+    let root_dir = stage.join("root");
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&root)
+        .arg("install")
+        .arg("PREFIX=/usr")
+        .arg(format!("DESTDIR={}", root_dir.display()))
+        .arg(format!("BUILD_DIR={}", build_dir.display()))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "make install: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "usr/bin/cohmemd",
+        "usr/bin/cohmemctl",
+        "usr/lib/libcohmem.so",
+        "usr/include/cohmem.h",
+        "usr/lib/pkgconfig/cohmem.pc",
+        "usr/lib/systemd/system/cohmemd.service",
+        "usr/lib/systemd/system/cohmemd.socket",
+        "etc/cohmem/cohmemd.toml",
+    ] {
+        anyhow::ensure!(root_dir.join(f).is_file(), "make install did not install {f}");
+    }
+    let unit = std::fs::read_to_string(root_dir.join("usr/lib/systemd/system/cohmemd.service"))?;
+    anyhow::ensure!(
+        unit.contains("ExecStart=/usr/bin/cohmemd "),
+        "ExecStart does not name the installed binary:\n{unit}"
+    );
+    let pc = std::fs::read_to_string(root_dir.join("usr/lib/pkgconfig/cohmem.pc"))?;
+    anyhow::ensure!(pc.contains("libdir=/usr/lib") && !pc.contains('@'), "{pc}");
+
+    // The staged .pc, seen through the staging root, compiles the example.
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "cohmem"])
+        .env("PKG_CONFIG_PATH", root_dir.join("usr/lib/pkgconfig"))
+        .env("PKG_CONFIG_SYSROOT_DIR", &root_dir)
+        .output()?;
+    anyhow::ensure!(
+        flags.status.success(),
+        "pkg-config: {}",
+        String::from_utf8_lossy(&flags.stderr)
+    );
+    let flags = String::from_utf8(flags.stdout)?;
+    let bin = stage.join("cohmem_example");
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(root.join("client/examples/c/cohmem_example.c"))
+        .args(flags.split_whitespace())
+        .output()?;
+    anyhow::ensure!(
+        cc.status.success(),
+        "cc with {flags}: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    eprintln!(
+        "staged install in {} builds the C example with: {}",
+        stage.display(),
+        flags.trim()
+    );
+    std::fs::remove_dir_all(&stage)?;
+    Ok(())
+}
