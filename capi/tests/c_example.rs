@@ -10,12 +10,7 @@ use std::process::Command;
 
 use cohmem_tools::DaemonProcess;
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+mod common;
 
 /// The directory cargo put libcohmem.so in (target/<profile>).
 fn lib_dir() -> anyhow::Result<PathBuf> {
@@ -31,7 +26,7 @@ fn lib_dir() -> anyhow::Result<PathBuf> {
 #[test]
 fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Result<()> {
     for tool in ["cc", "pkg-config"] {
-        if !have(tool) {
+        if !common::have(tool) {
             // .ci/run installs both; a developer machine without them skips.
             eprintln!("skipping: {tool} is not installed");
             return Ok(());
@@ -46,25 +41,10 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
         .replace("@INCLUDEDIR@", &root.join("include").display().to_string())
         .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
     std::fs::write(dir.join("cohmem.pc"), pc)?;
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "cohmem"])
-        .env("PKG_CONFIG_PATH", &dir)
-        .output()?;
-    anyhow::ensure!(
-        flags.status.success(),
-        "pkg-config: {}",
-        String::from_utf8_lossy(&flags.stderr)
-    );
-    let flags = String::from_utf8(flags.stdout)?;
-    eprintln!("pkg-config --cflags --libs cohmem: {}", flags.trim());
+    let flags = common::pkg_config_flags(&[("PKG_CONFIG_PATH", &dir)])?;
+    eprintln!("pkg-config --cflags --libs cohmem: {flags}");
     let exe = dir.join("cohmem_example");
-    let cc = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(root.join("../client/examples/c/cohmem_example.c"))
-        .args(flags.split_whitespace())
-        .output()?;
-    anyhow::ensure!(cc.status.success(), "cc: {}", String::from_utf8_lossy(&cc.stderr));
+    common::compile_example(&exe, &flags)?;
 
     let daemon = DaemonProcess::spawn(&["--log", "warn"])?;
     let run = Command::new(&exe)

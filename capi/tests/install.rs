@@ -6,17 +6,12 @@
 use std::path::Path;
 use std::process::Command;
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+mod common;
 
 #[test]
 fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result<()> {
     for tool in ["make", "cc", "pkg-config"] {
-        if !have(tool) {
+        if !common::have(tool) {
             eprintln!("skipping: {tool} is not installed");
             return Ok(());
         }
@@ -80,33 +75,13 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
     anyhow::ensure!(pc.contains("libdir=/usr/lib") && !pc.contains('@'), "{pc}");
 
     // The staged .pc, seen through the staging root, compiles the example.
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "cohmem"])
-        .env("PKG_CONFIG_PATH", root_dir.join("usr/lib/pkgconfig"))
-        .env("PKG_CONFIG_SYSROOT_DIR", &root_dir)
-        .output()?;
-    anyhow::ensure!(
-        flags.status.success(),
-        "pkg-config: {}",
-        String::from_utf8_lossy(&flags.stderr)
-    );
-    let flags = String::from_utf8(flags.stdout)?;
-    let bin = stage.join("cohmem_example");
-    let cc = Command::new("cc")
-        .arg("-o")
-        .arg(&bin)
-        .arg(root.join("client/examples/c/cohmem_example.c"))
-        .args(flags.split_whitespace())
-        .output()?;
-    anyhow::ensure!(
-        cc.status.success(),
-        "cc with {flags}: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let pkgconfig = root_dir.join("usr/lib/pkgconfig");
+    let flags = common::pkg_config_flags(&[("PKG_CONFIG_PATH", &pkgconfig), ("PKG_CONFIG_SYSROOT_DIR", &root_dir)])?;
+    common::compile_example(&stage.join("cohmem_example"), &flags)?;
     eprintln!(
         "staged install in {} builds the C example with: {}",
         stage.display(),
-        flags.trim()
+        flags
     );
     std::fs::remove_dir_all(&stage)?;
     Ok(())

@@ -89,7 +89,7 @@ struct Args {
     /// Consecutive dense syncs before tracking pauses.
     #[arg(long, default_value_t = DensePolicy::default().after, value_parser = clap::value_parser!(u32).range(1..))]
     dense_after: u32,
-    /// While paused, one frame is tracked again (a probe) 2 syncs after
+    /// While paused, one frame is tracked again (a probe) 8 syncs after
     /// pausing, then twice as late each time writes are still dense, at
     /// most every N syncs.
     #[arg(long, default_value_t = DensePolicy::default().probe_every, value_parser = clap::value_parser!(u32).range(1..))]

@@ -42,7 +42,7 @@ pub struct DensePolicy {
 /// Paused syncs before the first probe: when dense writes stop, whole-BO
 /// uploads stop this soon; while they go on, probes back off to
 /// [`DensePolicy::probe_every`].
-pub const FIRST_PROBE: u32 = 2;
+pub const FIRST_PROBE: u32 = 8;
 
 impl Default for DensePolicy {
     fn default() -> Self {
@@ -263,7 +263,7 @@ mod tests {
         let policy = DensePolicy {
             percent: 50,
             after: 3,
-            probe_every: 4,
+            probe_every: 20,
         };
         let mut t = DirtyTracker::new(100);
         assert_eq!(t.after_dense_check(50, &policy), DenseDecision::Track);
@@ -273,28 +273,23 @@ mod tests {
         assert_eq!(t.after_dense_check(300, &policy), DenseDecision::Track);
         assert_eq!(t.after_dense_check(60, &policy), DenseDecision::Pause);
         assert_eq!(t.paused, Some(0));
-        assert!(!t.paused_sync(&policy));
-        assert!(
-            t.paused_sync(&policy),
-            "the first probe comes after FIRST_PROBE = 2 syncs"
-        );
-        assert_eq!(t.paused, None);
-        // Still dense at the probe: paused again at once, probing half as often.
-        assert_eq!(t.after_dense_check(90, &policy), DenseDecision::Pause);
-        assert_eq!(t.probe_interval, 4, "probe_every caps the back-off at 4");
-        for _ in 0..3 {
-            assert!(!t.paused_sync(&policy));
+        // Probes after FIRST_PROBE paused syncs, then twice as late while the
+        // writes stay dense, at most every probe_every.
+        for interval in [FIRST_PROBE, 2 * FIRST_PROBE, 20, 20] {
+            for _ in 1..interval {
+                assert!(!t.paused_sync(&policy), "probe before {interval} syncs");
+            }
+            assert!(t.paused_sync(&policy), "no probe after {interval} syncs");
+            assert_eq!(t.paused, None);
+            assert_eq!(t.after_dense_check(90, &policy), DenseDecision::Pause, "still dense");
         }
-        assert!(t.paused_sync(&policy), "the next probe after 4");
-        assert_eq!(t.after_dense_check(100, &policy), DenseDecision::Pause);
-        assert_eq!(t.probe_interval, 4);
-        for _ in 0..3 {
+        for _ in 1..20 {
             assert!(!t.paused_sync(&policy));
         }
         assert!(t.paused_sync(&policy));
         // Sparse at a probe: tracking resumes, and back-off starts over.
         assert_eq!(t.after_dense_check(1, &policy), DenseDecision::Track);
-        assert_eq!((t.paused, t.probe_interval), (None, 2));
+        assert_eq!((t.paused, t.probe_interval), (None, FIRST_PROBE));
         assert_eq!(
             DirtyTracker::new(10).after_dense_check(10, &DensePolicy::OFF),
             DenseDecision::Track

@@ -201,9 +201,9 @@ fn background_upload_loses_nothing_uffd_sync() -> anyhow::Result<()> {
 /// Dense writes pause tracking (issue 6, target 2): after `--dense-after`
 /// syncs that each found at least `--dense-percent` of the pages written,
 /// the views are left unprotected and every sync uploads the whole BO; every
-/// 2 syncs later one frame is tracked again (a probe; while writes stay
-/// dense, probes back off to `--dense-probe-every`), and sparse writes then
-/// bring exact tracking back. The GPU copy equals the BO after every
+/// a few syncs later one frame is tracked again (a probe, here after
+/// `--dense-probe-every 4`), and sparse writes then bring exact tracking
+/// back. The GPU copy equals the BO after every
 /// sync throughout, including the syncs where tracking pauses and resumes.
 #[test]
 fn dense_writes_pause_tracking_and_sparse_writes_resume_it() -> anyhow::Result<()> {

@@ -45,34 +45,49 @@ pub fn first_write_latencies(
     let mut all = Vec::new();
     for pass in 0..passes + warmup {
         let pages = pick_pages(rng, n, per_thread * threads as u64, Layout::Scattered);
-        // Interleaved shares: each thread's pages spread over the whole BO.
-        let shares: Vec<Vec<u64>> = (0..threads)
-            .map(|t| pages.iter().skip(t).step_by(threads).copied().collect())
-            .collect();
-        let barrier = Barrier::new(threads);
-        let got = std::thread::scope(|s| {
-            let handles: Vec<_> = shares
-                .iter()
-                .map(|share| {
-                    let barrier = &barrier;
-                    s.spawn(move || -> anyhow::Result<Vec<u64>> {
-                        let mut lat = Vec::with_capacity(share.len());
-                        barrier.wait();
-                        for &p in share {
-                            let t = Instant::now();
-                            map.write_u64(p as usize * ps, pass as u64)?;
-                            lat.push(nanos(t.elapsed()));
-                        }
-                        Ok(lat)
-                    })
-                })
-                .collect();
-            super::join_writers(handles)
-        })?;
+        let shares = interleaved_shares(&pages, threads);
+        let got = timed_stores(&shares, |p| Ok(map.write_u64(p as usize * ps, pass as u64)?))?;
         bo.sync()?;
         if pass >= warmup {
             all.extend(got.into_iter().flatten());
         }
     }
     Ok(Summary::of_ns(all))
+}
+
+/// `pages` dealt to `threads` threads in turn: each thread's pages spread
+/// over the whole range.
+pub fn interleaved_shares(pages: &[u64], threads: usize) -> Vec<Vec<u64>> {
+    (0..threads)
+        .map(|t| pages.iter().skip(t).step_by(threads).copied().collect())
+        .collect()
+}
+
+/// One thread per share, all released together; each times `store(page)`
+/// for every page of its share, one at a time. Returns the latencies (ns)
+/// per thread.
+pub fn timed_stores(
+    shares: &[Vec<u64>],
+    store: impl Fn(u64) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<Vec<Vec<u64>>> {
+    let barrier = Barrier::new(shares.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let (barrier, store) = (&barrier, &store);
+                s.spawn(move || -> anyhow::Result<Vec<u64>> {
+                    let mut lat = Vec::with_capacity(share.len());
+                    barrier.wait();
+                    for &p in share {
+                        let t = Instant::now();
+                        store(p)?;
+                        lat.push(nanos(t.elapsed()));
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        super::join_writers(handles)
+    })
 }

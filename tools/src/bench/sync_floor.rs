@@ -9,8 +9,6 @@
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
-use std::time::Instant;
 
 use anyhow::Context;
 use cohmem_sys::mapping::SharedMapping;
@@ -18,8 +16,9 @@ use cohmem_sys::memfd::Memfd;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd, WpFault};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use super::faults::{interleaved_shares, timed_stores};
 use super::pattern::{pick_pages, Layout};
-use super::stats::{nanos, Summary};
+use super::stats::Summary;
 use crate::SplitMix64;
 
 /// Per-store latencies of `threads` threads each storing once into
@@ -54,29 +53,8 @@ pub fn sync_fault_floor(
             for pass in 0..passes + warmup {
                 uffd.write_protect(map.addr(), size, true)?;
                 let pages = pick_pages(rng, n, per_thread * threads as u64, Layout::Scattered);
-                let shares: Vec<Vec<u64>> = (0..threads)
-                    .map(|t| pages.iter().skip(t).step_by(threads).copied().collect())
-                    .collect();
-                let barrier = Barrier::new(threads);
-                let got = std::thread::scope(|w| {
-                    let handles: Vec<_> = shares
-                        .iter()
-                        .map(|share| {
-                            let (barrier, map) = (&barrier, &map);
-                            w.spawn(move || -> anyhow::Result<Vec<u64>> {
-                                let mut lat = Vec::with_capacity(share.len());
-                                barrier.wait();
-                                for &p in share {
-                                    let t = Instant::now();
-                                    map.write_u64((p * ps) as usize, pass as u64)?;
-                                    lat.push(nanos(t.elapsed()));
-                                }
-                                Ok(lat)
-                            })
-                        })
-                        .collect();
-                    super::join_writers(handles)
-                })?;
+                let shares = interleaved_shares(&pages, threads);
+                let got = timed_stores(&shares, |p| Ok(map.write_u64((p * ps) as usize, pass as u64)?))?;
                 if pass >= warmup {
                     all.extend(got.into_iter().flatten());
                 }

@@ -1,0 +1,47 @@
+//! Shared by the C API tests: the tools they need, and building the C
+//! example with the flags pkg-config gives for a `cohmem.pc`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// True when `tool --version` runs.
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `pkg-config --cflags --libs cohmem` with `env` set (PKG_CONFIG_PATH…).
+pub fn pkg_config_flags(env: &[(&str, &Path)]) -> anyhow::Result<String> {
+    let mut cmd = Command::new("pkg-config");
+    cmd.args(["--cflags", "--libs", "cohmem"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pkg-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Compiles `client/examples/c/cohmem_example.c` into `exe` with `flags`
+/// (warnings are errors).
+pub fn compile_example(exe: &Path, flags: &str) -> anyhow::Result<()> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/examples/c/cohmem_example.c");
+    let cc = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(exe)
+        .arg(source)
+        .args(flags.split_whitespace())
+        .output()?;
+    anyhow::ensure!(
+        cc.status.success(),
+        "cc {flags}: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    Ok(())
+}
