@@ -18,7 +18,7 @@ BUILD_DIR   ?= target/release
 DESTDIR     ?=
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-BINS := cohmemd cohmemctl cohmem-stress cohmem-bench
+BINS        ?= cohmemd cohmemctl cohmem-stress cohmem-bench
 
 .PHONY: all build install uninstall
 

@@ -46,7 +46,10 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
     let exe = dir.join("cohmem_example");
     common::compile_example(&exe, &flags)?;
 
-    let daemon = DaemonProcess::spawn(&["--log", "warn"])?;
+    let daemon = DaemonProcess::spawn_bin(
+        env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
+        &["--log", "warn"],
+    )?;
     let run = Command::new(&exe)
         .arg(daemon.socket())
         .env("LD_LIBRARY_PATH", &libdir)

