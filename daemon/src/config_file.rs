@@ -23,12 +23,12 @@ pub const DEFAULT_PATH: &str = "/etc/cohmem/cohmemd.toml";
 #[derive(Debug, Error)]
 pub enum ConfigFileError {
     /// The file could not be read.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message already, so not a `source`).
+        error: std::io::Error,
     },
     /// The file is not valid TOML.
     #[error("config file {path} is not valid TOML: {message}")]
@@ -73,7 +73,7 @@ pub fn file_args(
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ConfigFileError::Read { path: shown, source }),
+        Err(error) => return Err(ConfigFileError::Read { path: shown, error }),
     };
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigFileError::Syntax {
         path: shown.clone(),

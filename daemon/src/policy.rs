@@ -187,14 +187,15 @@ impl DirtyTracker {
         DenseDecision::Track
     }
 
-    /// Accounts one sync while paused; true when this sync must probe:
+    /// Accounts one sync while paused; true when this sync must probe
+    /// (after [`DirtyTracker::probe_interval`] paused syncs, which
+    /// [`DirtyTracker::after_dense_check`] set from the policy):
     /// write-protect the views again and resume tracking. The probe's next
     /// harvest alone decides whether to pause again.
-    pub fn paused_sync(&mut self, policy: &DensePolicy) -> bool {
+    pub fn paused_sync(&mut self) -> bool {
         let Some(n) = self.paused else {
             return false;
         };
-        let _ = policy;
         if n + 1 >= self.probe_interval.max(1) {
             self.paused = None;
             self.probing = true;
@@ -277,16 +278,16 @@ mod tests {
         // writes stay dense, at most every probe_every.
         for interval in [FIRST_PROBE, 2 * FIRST_PROBE, 20, 20] {
             for _ in 1..interval {
-                assert!(!t.paused_sync(&policy), "probe before {interval} syncs");
+                assert!(!t.paused_sync(), "probe before {interval} syncs");
             }
-            assert!(t.paused_sync(&policy), "no probe after {interval} syncs");
+            assert!(t.paused_sync(), "no probe after {interval} syncs");
             assert_eq!(t.paused, None);
             assert_eq!(t.after_dense_check(90, &policy), DenseDecision::Pause, "still dense");
         }
         for _ in 1..20 {
-            assert!(!t.paused_sync(&policy));
+            assert!(!t.paused_sync());
         }
-        assert!(t.paused_sync(&policy));
+        assert!(t.paused_sync());
         // Sparse at a probe: tracking resumes, and back-off starts over.
         assert_eq!(t.after_dense_check(1, &policy), DenseDecision::Track);
         assert_eq!((t.paused, t.probe_interval), (None, FIRST_PROBE));

@@ -417,7 +417,7 @@ impl<'a> SyncEngine<'a> {
         };
         let n = t.dirty.pages();
         t.dirty.record(0..n);
-        let probe = t.paused_sync(&self.dense);
+        let probe = t.paused_sync();
         if let Some(found) = pre {
             self.apply_harvest(bo, st, found);
         }
