@@ -44,6 +44,12 @@ fn run(daemon: &Weak<Daemon>, interval: Duration) {
             if bo.view_count() == 0 {
                 continue;
             }
+            // Tracking paused for dense writes: every sync uploads the
+            // whole BO, so a background pass would only copy it all again
+            // and again; the client's SYNC does it once (and probes).
+            if bo.state().tracker.as_ref().is_some_and(|t| t.paused.is_some()) {
+                continue;
+            }
             match d.sync_engine().sync_if_idle(&bo) {
                 Some(Ok(report)) => {
                     d.background.syncs.fetch_add(1, Ordering::Relaxed);

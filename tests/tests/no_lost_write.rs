@@ -147,7 +147,17 @@ fn transact_harvests_add_up_to_at_least_the_pages_touched_with(mechanism: Mechan
 fn background_upload_loses_nothing(mechanism: Mechanism) -> anyhow::Result<()> {
     let daemon = cohmem_tests::spawn_daemon_with(
         DAEMON,
-        &["--mechanism", mechanism.name(), "--background-upload-us", "300"],
+        // Four threads rewriting 256 pages are dense enough to pause
+        // tracking, after which every sync uploads the whole BO; the pauses
+        // have their own tests, here the background pass is under test.
+        &[
+            "--mechanism",
+            mechanism.name(),
+            "--background-upload-us",
+            "300",
+            "--dense-percent",
+            "0",
+        ],
     )?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
