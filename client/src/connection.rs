@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, SnapshotReport, StatsReport,
-    ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
+    caps, BoPolicy, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, SnapshotReport,
+    StatsReport, ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::seqpacket::SeqpacketSocket;
@@ -601,6 +601,42 @@ impl Connection {
         }
     }
 
+    /// Pins how BO `id` (daemon-wide id, as in STATS) is tracked: returns
+    /// the policy it had and the vmwgfx method it has now (root, or a
+    /// connection holding the BO, may do this).
+    pub fn set_policy(&self, id: u64, policy: BoPolicy) -> Result<(BoPolicy, Method), ClientError> {
+        match self.inner.call(&Request::SetPolicy { id, policy }, &[])? {
+            (Reply::PolicySet { previous, method }, _) => Ok((
+                previous,
+                Method::from_wire(method).map_err(|e| ClientError::Protocol(format!("SET_POLICY reply: {e}")))?,
+            )),
+            (other, _) => Err(unexpected("SET_POLICY", &other)),
+        }
+    }
+
+    /// The daemon's Prometheus metrics, OpenMetrics text (what
+    /// `cohmemd --metrics-listen` serves over HTTP).
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        match self.inner.call(&Request::Metrics, &[])? {
+            (Reply::Metrics { len }, mut fds) => {
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| ClientError::Protocol("METRICS reply without memfd".into()))?;
+                let memfd = Memfd::from_fd(fd)?;
+                if memfd.size() != len || len > MAX_METRICS_TEXT {
+                    return Err(ClientError::Protocol(format!(
+                        "METRICS reply says {len} bytes, its memfd holds {}",
+                        memfd.size()
+                    )));
+                }
+                let mut text = vec![0u8; len as usize];
+                memfd.read_at(0, &mut text)?;
+                String::from_utf8(text).map_err(|_| ClientError::Protocol("METRICS text is not UTF-8".into()))
+            }
+            (other, _) => Err(unexpected("METRICS", &other)),
+        }
+    }
+
     /// Daemon statistics (`flags`: [`cohmem_proto::STATS_CONNECTIONS`] | [`cohmem_proto::STATS_BOS`]).
     pub fn stats(&self, flags: u32) -> Result<StatsReport, ClientError> {
         match self.inner.call(&Request::Stats { flags }, &[])? {
@@ -609,6 +645,9 @@ impl Connection {
         }
     }
 }
+
+/// Largest metrics text accepted from a daemon (the text is a few KiB).
+const MAX_METRICS_TEXT: u64 = 16 << 20;
 
 pub(crate) struct BoInner {
     pub conn: Arc<ConnInner>,

@@ -23,7 +23,7 @@ mod error;
 mod mapping;
 mod tracking;
 
-pub use cohmem_proto::{DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport, SnapshotReport};
+pub use cohmem_proto::{BoPolicy, DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport, SnapshotReport};
 pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, SyncResult};
 pub use error::ClientError;
 pub use mapping::Mapping;

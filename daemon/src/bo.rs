@@ -81,6 +81,9 @@ pub struct BoState {
     pub quiesced: bool,
     /// Faults parked during a quiesce: (view, page address).
     pub deferred: Vec<(Arc<View>, u64)>,
+    /// How an operator pinned this BO's tracking (SET_POLICY); a tracker
+    /// created later starts under it.
+    pub policy: cohmem_proto::BoPolicy,
 }
 
 /// One buffer object.
@@ -252,6 +255,7 @@ impl Bo {
             resources: Vec::new(),
             quiesced: false,
             deferred: Vec::new(),
+            policy: cohmem_proto::BoPolicy::Auto,
         };
         if let Some(make) = default_resource {
             state.resources.push(Some(Arc::new(Resource {

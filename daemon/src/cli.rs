@@ -94,6 +94,11 @@ struct Args {
     /// most every N syncs.
     #[arg(long, default_value_t = DensePolicy::default().probe_every, value_parser = clap::value_parser!(u32).range(1..))]
     dense_probe_every: u32,
+    /// Serve Prometheus metrics (OpenMetrics text) over HTTP at
+    /// http://ADDR/metrics, for example 127.0.0.1:9464. Off by default;
+    /// `cohmemctl metrics` reads the same text over the daemon's socket.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log output: `text` (stderr), `json` (one JSON object a line on
     /// stderr), `journald` (native journal fields), or `auto` (journald when
     /// started by systemd with its stderr connected to the journal, else
@@ -268,6 +273,7 @@ pub fn main() -> anyhow::Result<()> {
                 probe_every: args.dense_probe_every,
             },
         },
+        metrics_listen: args.metrics_listen,
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {
@@ -315,6 +321,14 @@ pub fn main() -> anyhow::Result<()> {
             None => Server::bind(daemon.clone()).context("binding the socket")?,
         };
         tracing::info!(socket = %server.path().display(), activated = server.is_activated(), "cohmemd listening");
+        if let Some(addr) = daemon.config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen there"))?;
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(url = %format!("http://{local}/metrics"), "serving metrics");
+            tokio::spawn(crate::metrics::serve(listener, daemon.clone()));
+        }
         if let Some(interval) = cohmem_sys::sdnotify::watchdog_interval() {
             // Pet at half the interval; a daemon whose runtime is wedged
             // stops petting and is restarted (Restart=on-failure).

@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     /// How BOs are tracked beyond vmwgfx's bookkeeping: method choice and
     /// pausing for dense writes.
     pub tracking: crate::policy::TrackingPolicy,
+    /// Serve Prometheus metrics over HTTP here (`None`: only through the
+    /// METRICS request).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonConfig {
@@ -58,6 +61,7 @@ impl Default for DaemonConfig {
             adopt_grace: std::time::Duration::from_secs(60),
             background_upload: None,
             tracking: crate::policy::TrackingPolicy::default(),
+            metrics_listen: None,
         }
     }
 }

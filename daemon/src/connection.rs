@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, peek_request_id, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply, Request,
-    StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
-    ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS, STATS_CONNECTIONS,
-    SYNC_REPORT_RUNS,
+    caps, peek_request_id, BoPolicy, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply,
+    Request, StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
+    ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, BO_ROW_PAUSED, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS,
+    STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::{fd_identity, Memfd};
 use cohmem_sys::uffd::features;
@@ -246,7 +246,14 @@ impl Session {
                     Err(e @ DecodeError::UnknownKind(_)) => (Err(fail(ErrorCode::UnknownRequest, e.to_string())), None),
                     Err(e) => (Err(fail(ErrorCode::BadFrame, e.to_string())), None),
                     Ok((_, req)) => {
+                        let t0 = std::time::Instant::now();
                         let outcome = self.dispatch(&req, fds).await;
+                        self.daemon
+                            .counters
+                            .latency
+                            .request
+                            .get_or_create(&[("request", req.name())])
+                            .observe(t0.elapsed().as_secs_f64());
                         (outcome, Some(req))
                     }
                 }
@@ -400,7 +407,51 @@ impl Session {
                 self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
                     .await
             }
+            Request::SetPolicy { id, policy } => self.set_policy(id, policy).await,
+            Request::Metrics => self.metrics().await,
         }
+    }
+
+    /// BO `id` (daemon-wide), if this connection may `what` it: root may
+    /// reach any BO; others only BOs this connection holds.
+    fn bo_by_id(&self, id: u64, what: &str) -> Result<Arc<Bo>, Failure> {
+        let held = self.handles.values().any(|h| h.bo.id == id);
+        self.daemon
+            .bos
+            .all()
+            .into_iter()
+            .find(|b| b.id == id && (held || self.info.uid == 0))
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::NoSuchBo,
+                    format!("no BO {id} that this connection may {what}"),
+                )
+            })
+    }
+
+    /// SET_POLICY: pins how BO `id` is tracked (same access rule as SNAPSHOT).
+    async fn set_policy(&self, id: u64, policy: BoPolicy) -> Outcome {
+        let bo = self.bo_by_id(id, "set the policy of")?;
+        let daemon = self.daemon.clone();
+        let (previous, method) = run_blocking(move || daemon.sync_engine().set_policy(&bo, policy)).await?;
+        Ok((
+            Reply::PolicySet {
+                previous,
+                method: method as u16,
+            },
+            vec![],
+        ))
+    }
+
+    /// METRICS: the OpenMetrics text in a sealed memfd.
+    async fn metrics(&self) -> Outcome {
+        let text = crate::metrics::render(&self.daemon);
+        let memfd = Memfd::from_bytes("cohmem-metrics", text.as_bytes())
+            .map_err(|e| fail(ErrorCode::Kernel, format!("writing the metrics memfd: {e}")))?;
+        let fd = memfd
+            .try_clone_fd()
+            .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
+        Ok((Reply::Metrics { len: text.len() as u64 }, vec![fd]))
     }
 
     /// SNAPSHOT: an exact copy of BO `id` under quiesce. Root may snapshot
@@ -412,19 +463,7 @@ impl Session {
                 format!("unknown SNAPSHOT flags {flags:#x}"),
             ));
         }
-        let held = self.handles.values().any(|h| h.bo.id == id);
-        let bo = self
-            .daemon
-            .bos
-            .all()
-            .into_iter()
-            .find(|b| b.id == id && (held || self.info.uid == 0))
-            .ok_or_else(|| {
-                fail(
-                    ErrorCode::NoSuchBo,
-                    format!("no BO {id} that this connection may snapshot"),
-                )
-            })?;
+        let bo = self.bo_by_id(id, "snapshot")?;
         let daemon = self.daemon.clone();
         let (memfd, report) = run_blocking(move || {
             let _only_one = only_quiesce(&daemon)?;
@@ -1077,11 +1116,13 @@ impl Session {
                 .iter()
                 .filter(|b| privileged || own.contains(&b.id))
                 .map(|b| {
-                    let (dirty_pages, method) = {
+                    let (dirty_pages, method, policy, flags) = {
                         let st = b.state();
-                        st.tracker
-                            .as_ref()
-                            .map_or((0, 0), |t| (t.dirty.dirty_pages(), t.method as u16))
+                        let (dirty, method, paused) = st.tracker.as_ref().map_or((0, 0, false), |t| {
+                            (t.dirty.dirty_pages(), t.method as u16, t.paused.is_some())
+                        });
+                        let flags = if paused { BO_ROW_PAUSED } else { 0 };
+                        (dirty, method, st.policy as u16, flags)
                     };
                     BoRow {
                         id: b.id,
@@ -1094,6 +1135,8 @@ impl Session {
                         method,
                         sync_retries: b.counters.sync_retries.load(Ordering::Relaxed),
                         sync_exclusive: b.counters.sync_exclusive.load(Ordering::Relaxed),
+                        policy,
+                        flags,
                     }
                 })
                 .collect();

@@ -33,6 +33,8 @@ pub struct FaultService {
     stop: AtomicBool,
     /// Faults resolved so far.
     pub faults: AtomicU64,
+    /// Time to record and resolve each batch of faults (metrics).
+    pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Keeps one uffd registered; deregisters it on drop (before the uffd is
@@ -65,6 +67,7 @@ impl FaultService {
             subscriptions: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             faults: AtomicU64::new(0),
+            batch_seconds: crate::metrics::latency_histogram(),
         });
         let worker = Arc::downgrade(&service);
         std::thread::Builder::new()
@@ -122,7 +125,9 @@ fn run(service: Weak<FaultService>) {
                 let tracker = mm.tracker();
                 drain(&mm, tracker.as_ref(), &mut faults);
                 if !faults.is_empty() {
+                    let t0 = std::time::Instant::now();
                     resolve(&mm, &tracker, &faults);
+                    svc.batch_seconds.observe(t0.elapsed().as_secs_f64());
                     svc.faults.fetch_add(faults.len() as u64, Ordering::Relaxed);
                 }
             }

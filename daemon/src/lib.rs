@@ -30,6 +30,7 @@ pub mod dirty;
 pub mod faults;
 pub mod fdstore;
 pub mod gpu;
+pub mod metrics;
 pub mod mm;
 pub mod policy;
 pub mod quota;

@@ -24,4 +24,8 @@ pub struct DaemonCounters {
     pub sync_retries: AtomicU64,
     /// Syncs that took the exclusive path.
     pub sync_exclusive: AtomicU64,
+    /// Times tracking of a BO paused for dense writes.
+    pub dense_pauses: AtomicU64,
+    /// Latency histograms (metrics).
+    pub latency: crate::metrics::Latency,
 }

@@ -25,13 +25,15 @@ use std::time::Instant;
 use cohmem_proto::limits::MAX_REPORTED_RUNS;
 use std::os::fd::AsFd;
 
-use cohmem_proto::{DirtyStateReport, Mechanism, Method, Run, ScanReport, SnapshotReport, SyncReport};
+use cohmem_proto::{BoPolicy, DirtyStateReport, Mechanism, Method, Run, ScanReport, SnapshotReport, SyncReport};
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::Memfd;
 
 use crate::bo::{lock, Bo, BoState, Resource, View};
 use crate::gpu::{GpuBackend, GpuError};
-use crate::policy::{DenseDecision, DensePolicy, DirtyTracker, MethodPolicy, ScanDecision, TrackingPolicy};
+use crate::policy::{
+    DenseDecision, DensePolicy, DirtyTracker, MethodPolicy, ScanDecision, TrackingPolicy, FIRST_PROBE,
+};
 use crate::stats::DaemonCounters;
 use crate::tracker::TrackError;
 
@@ -333,9 +335,11 @@ impl<'a> SyncEngine<'a> {
         if st.tracker.as_ref().is_some_and(|t| t.paused.is_some()) {
             return self.scan_paused(bo, st, views, pre.take());
         }
+        // An operator's policy pins the method: no switch, no pause.
+        let pinned = st.policy != BoPolicy::Auto;
         let mut method = method;
         let mut switched = None;
-        if method == Method::MkWrite && self.pagetable_only(views) {
+        if method == Method::MkWrite && !pinned && self.pagetable_only(views) {
             // MethodPolicy::Auto: PAGETABLE at once, exactly.
             self.switch_to_pagetable_exact(bo, st, views);
             method = Method::PageTable;
@@ -365,7 +369,7 @@ impl<'a> SyncEngine<'a> {
                 let decision = match st.tracker.as_mut() {
                     // MethodPolicy::Auto never leaves PAGETABLE for MKWRITE
                     // where MKWRITE would cost more.
-                    Some(t) if self.pagetable_only(views) => {
+                    Some(t) if pinned || self.pagetable_only(views) => {
                         t.change_count = 0;
                         ScanDecision::Stay
                     }
@@ -377,7 +381,7 @@ impl<'a> SyncEngine<'a> {
                     // more: a harvest does both, atomically per page.
                     self.harvest_all(bo, st, views, true);
                     switched = Some(m);
-                } else {
+                } else if !pinned {
                     self.pause_if_dense(bo, st, views, num_marked - whole_marked);
                 }
             }
@@ -389,10 +393,13 @@ impl<'a> SyncEngine<'a> {
                     return self.scan_report(st, 0, None);
                 };
                 num_marked = self.reprotect(bo, st, views, envelope);
-                let decision = st
-                    .tracker
-                    .as_mut()
-                    .map_or(ScanDecision::Stay, |t| t.after_mkwrite_reprotect(num_marked));
+                let decision = st.tracker.as_mut().map_or(ScanDecision::Stay, |t| match pinned {
+                    true => {
+                        t.change_count = 0;
+                        ScanDecision::Stay
+                    }
+                    false => t.after_mkwrite_reprotect(num_marked),
+                });
                 if let ScanDecision::Switch(m) = decision {
                     self.switch_to_pagetable(bo, st, views);
                     switched = Some(m);
@@ -412,12 +419,14 @@ impl<'a> SyncEngine<'a> {
     /// every [`DensePolicy::probe_every`] syncs the views are write-protected
     /// again (a harvest does it) so the next frame's density is measured.
     fn scan_paused(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>], pre: Option<Vec<Harvested>>) -> ScanReport {
+        // The `full` policy pauses for good: no probes.
+        let full = st.policy == BoPolicy::Full;
         let Some(t) = st.tracker.as_mut() else {
             return ScanReport::default();
         };
         let n = t.dirty.pages();
         t.dirty.record(0..n);
-        let probe = t.paused_sync();
+        let probe = !full && t.paused_sync();
         if let Some(found) = pre {
             self.apply_harvest(bo, st, found);
         }
@@ -449,13 +458,9 @@ impl<'a> SyncEngine<'a> {
             }
             return;
         }
-        for view in live {
-            if let Err(e) = view.mm.tracker().unprotect(view.range()) {
-                // Still protected: it faults, and costs time, nothing else.
-                tracing::debug!(bo = bo.id, view = view.id, error = %e, "unprotect for dense writes failed");
-            }
-        }
+        Self::unprotect_all(bo, &live);
         bo.counters.dense_pauses.fetch_add(1, Ordering::Relaxed);
+        self.counters.dense_pauses.fetch_add(1, Ordering::Relaxed);
         // One line when tracking pauses and one when it resumes; the probes
         // in between (every 2 to --dense-probe-every syncs) log at debug.
         if after_probe {
@@ -467,6 +472,83 @@ impl<'a> SyncEngine<'a> {
                 "dense writes: tracking paused, whole-BO uploads"
             );
         }
+    }
+
+    /// Unprotects paused views: their writes no longer fault.
+    fn unprotect_all(bo: &Bo, live: &[&Arc<View>]) {
+        for view in live {
+            if let Err(e) = view.mm.tracker().unprotect(view.range()) {
+                // Still protected: it faults, and costs time, nothing else.
+                tracing::debug!(bo = bo.id, view = view.id, error = %e, "unprotect for a tracking pause failed");
+            }
+        }
+    }
+
+    /// SET_POLICY: pins how `bo` is tracked and returns the policy before
+    /// and the method now. Leaving a pause (the `full` policy or a
+    /// dense-write pause) marks the whole BO dirty and write-protects the
+    /// views again; a pinned method is switched to at once, the way the
+    /// state machine would switch to it, so no write is lost either way.
+    pub fn set_policy(&self, bo: &Bo, policy: BoPolicy) -> (BoPolicy, Method) {
+        let _serial = lock(&bo.sync_lock);
+        let mut st = bo.state();
+        let previous = std::mem::replace(&mut st.policy, policy);
+        let views = bo.views();
+        let Some(t) = st.tracker.as_mut() else {
+            return (previous, Method::None);
+        };
+        let before = t.method;
+        let n = t.dirty.pages();
+        let was_paused = t.paused.take().is_some();
+        t.probing = false;
+        t.dense_streak = 0;
+        t.change_count = 0;
+        t.probe_interval = FIRST_PROBE;
+        if was_paused {
+            // Unprotected until now: anything may have been written.
+            t.dirty.record(0..n);
+        }
+        let live: Vec<&Arc<View>> = views.iter().filter(|v| !v.dead.load(Ordering::Acquire)).collect();
+        match policy {
+            BoPolicy::Full => {
+                t.dirty.record(0..n);
+                t.paused = Some(0);
+                if live.iter().all(|v| v.mm.tracker().can_pause()) {
+                    Self::unprotect_all(bo, &live);
+                }
+            }
+            BoPolicy::MkWrite if before != Method::MkWrite || was_paused => {
+                // PAGETABLE → MKWRITE as the state machine does it: a
+                // harvest write-protects the whole BO and records once more.
+                self.harvest_all(bo, &mut st, &views, true);
+                if let Some(t) = st.tracker.as_mut() {
+                    t.method = Method::MkWrite;
+                }
+            }
+            BoPolicy::PageTable if before != Method::PageTable => {
+                if self.pagetable_only(&views) {
+                    self.switch_to_pagetable_exact(bo, &mut st, &views);
+                } else {
+                    self.switch_to_pagetable(bo, &mut st, &views);
+                    if let Some(t) = st.tracker.as_mut() {
+                        t.method = Method::PageTable;
+                    }
+                }
+            }
+            _ if was_paused => {
+                // Tracking resumes: protect every view again (a harvest does
+                // it, recording what it finds).
+                self.harvest_all(bo, &mut st, &views, true);
+            }
+            _ => {}
+        }
+        let now = method_of(&st);
+        if now != before {
+            bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);
+            self.counters.method_switches.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(bo = bo.id, from = %previous, to = %policy, method = %now, "tracking policy set");
+        (previous, now)
     }
 
     fn scan_report(&self, st: &BoState, num_marked: u64, switched: Option<Method>) -> ScanReport {
@@ -790,6 +872,12 @@ impl<'a> SyncEngine<'a> {
             ns = report.duration_ns,
             "sync"
         );
+        let mechanism = Mechanism::from_wire(report.mechanism).map_or("unknown", Mechanism::name);
+        self.counters
+            .latency
+            .sync
+            .get_or_create(&[("mechanism", mechanism)])
+            .observe(report.duration_ns as f64 * 1e-9);
         Ok(report)
     }
 
@@ -1041,8 +1129,17 @@ impl<'a> SyncEngine<'a> {
         match st.tracker.as_mut() {
             Some(t) => t.users += 1,
             None => {
-                let t = DirtyTracker::new(bo.pages());
-                let mkwrite = t.method == Method::MkWrite;
+                let mut t = DirtyTracker::new(bo.pages());
+                match st.policy {
+                    BoPolicy::Auto => {}
+                    BoPolicy::MkWrite => t.method = Method::MkWrite,
+                    BoPolicy::PageTable => t.method = Method::PageTable,
+                    BoPolicy::Full => {
+                        t.dirty.record(0..bo.pages());
+                        t.paused = Some(0);
+                    }
+                }
+                let mkwrite = t.method == Method::MkWrite && t.paused.is_none();
                 st.tracker = Some(t);
                 if mkwrite {
                     // Write-protect the whole BO, then clean-and-record:

@@ -104,6 +104,58 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// How an operator asked one BO to be tracked (SET_POLICY,
+/// `cohmemctl set-policy`). The numeric values are the wire encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u16)]
+pub enum BoPolicy {
+    /// The daemon's own choice: vmwgfx's state machine, or `--methods auto`,
+    /// with dense-write pauses.
+    #[default]
+    Auto = 0,
+    /// MKWRITE, never switched and never paused.
+    MkWrite = 1,
+    /// PAGETABLE, never switched and never paused.
+    PageTable = 2,
+    /// No tracking: every sync uploads the whole BO (the views are
+    /// unprotected where their mechanism allows).
+    Full = 3,
+}
+
+impl BoPolicy {
+    /// Every policy, in wire order.
+    pub const ALL: [Self; 4] = [Self::Auto, Self::MkWrite, Self::PageTable, Self::Full];
+
+    /// Decodes the wire value.
+    pub fn from_wire(v: u16) -> Result<Self, DecodeError> {
+        Self::ALL.get(usize::from(v)).copied().ok_or(DecodeError::BadValue {
+            field: "policy",
+            value: v.into(),
+        })
+    }
+
+    /// The name used on command lines and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::MkWrite => "mkwrite",
+            Self::PageTable => "pagetable",
+            Self::Full => "full",
+        }
+    }
+
+    /// Parses a [`BoPolicy::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl std::fmt::Display for BoPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Error codes carried by the ERROR reply. Unknown codes from a newer peer
 /// decode as [`ErrorCode::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -335,7 +387,15 @@ pub struct BoRow {
     pub sync_retries: u64,
     /// Syncs that took the exclusive path.
     pub sync_exclusive: u64,
+    /// [`BoPolicy`] wire value set by SET_POLICY.
+    pub policy: u16,
+    /// [`BO_ROW_PAUSED`] when tracking is paused (dense writes or the
+    /// `full` policy: every sync uploads the whole BO).
+    pub flags: u16,
 }
+
+/// [`BoRow::flags`]: tracking is paused, every sync uploads the whole BO.
+pub const BO_ROW_PAUSED: u16 = 1;
 
 /// Reply to STATS.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -568,6 +628,19 @@ pub enum Request {
         /// Length in bytes (non-zero).
         len: u64,
     },
+    /// Pins how BO `id` is tracked (never losing a write: leaving a policy
+    /// marks the whole BO dirty). Root, or a connection holding the BO, may
+    /// set it. Reply: [`Reply::PolicySet`].
+    SetPolicy {
+        /// Daemon-wide BO id (as in STATS).
+        id: u64,
+        /// The policy.
+        policy: BoPolicy,
+    },
+    /// The daemon's metrics in the OpenMetrics text format (what
+    /// `--metrics-listen` serves). Reply: [`Reply::Metrics`] + a sealed
+    /// memfd holding the text.
+    Metrics,
 }
 
 /// Replies, daemon → client.
@@ -661,6 +734,19 @@ pub enum Reply {
         /// Pages marked dirty without proof of a write (counted in STATS).
         extra_pages: u64,
     },
+    /// SET_POLICY result.
+    PolicySet {
+        /// The policy before.
+        previous: BoPolicy,
+        /// [`Method`] wire value now (0: the BO has no tracker yet; the
+        /// policy applies when it gets one).
+        method: u16,
+    },
+    /// METRICS result; a memfd with `len` bytes of text is attached.
+    Metrics {
+        /// Bytes of text in the memfd.
+        len: u64,
+    },
     /// A typed error.
     Error {
         /// What went wrong.
@@ -694,6 +780,8 @@ pub mod kind {
     pub const SNAPSHOT: u16 = 0x0013;
     pub const SET_MECHANISM: u16 = 0x0014;
     pub const READBACK: u16 = 0x0015;
+    pub const SET_POLICY: u16 = 0x0016;
+    pub const METRICS: u16 = 0x0017;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -709,6 +797,8 @@ pub mod kind {
     pub const R_SNAPSHOT: u16 = 0x800c;
     pub const R_MECHANISM_SET: u16 = 0x800d;
     pub const R_READBACK_DONE: u16 = 0x800e;
+    pub const R_POLICY_SET: u16 = 0x800f;
+    pub const R_METRICS: u16 = 0x8010;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -767,6 +857,8 @@ impl Request {
             Self::Snapshot { .. } => kind::SNAPSHOT,
             Self::SetMechanism { .. } => kind::SET_MECHANISM,
             Self::Readback { .. } => kind::READBACK,
+            Self::SetPolicy { .. } => kind::SET_POLICY,
+            Self::Metrics => kind::METRICS,
         }
     }
 
@@ -794,6 +886,8 @@ impl Request {
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SetMechanism { .. } => "SET_MECHANISM",
             Self::Readback { .. } => "READBACK",
+            Self::SetPolicy { .. } => "SET_POLICY",
+            Self::Metrics => "METRICS",
         }
     }
 
@@ -877,6 +971,12 @@ impl Request {
                 w.u16(mechanism as u16);
                 w.u16(0);
             }
+            Self::SetPolicy { id, policy } => {
+                w.u64(id);
+                w.u16(policy as u16);
+                w.u16(0);
+            }
+            Self::Metrics => {}
             Self::Transfer { bo, index, flags } => {
                 w.u32(bo);
                 w.u32(index);
@@ -970,6 +1070,19 @@ impl Request {
                 offset: r.u64("offset")?,
                 len: r.u64("len")?,
             },
+            kind::SET_POLICY => {
+                let id = r.u64("id")?;
+                let policy = BoPolicy::from_wire(r.u16("policy")?)?;
+                let reserved = r.u16("reserved")?;
+                if reserved != 0 {
+                    return Err(DecodeError::BadValue {
+                        field: "reserved",
+                        value: u64::from(reserved),
+                    });
+                }
+                Self::SetPolicy { id, policy }
+            }
+            kind::METRICS => Self::Metrics,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -995,6 +1108,8 @@ impl Reply {
             Self::Snapshot(_) => kind::R_SNAPSHOT,
             Self::MechanismSet { .. } => kind::R_MECHANISM_SET,
             Self::ReadbackDone { .. } => kind::R_READBACK_DONE,
+            Self::PolicySet { .. } => kind::R_POLICY_SET,
+            Self::Metrics { .. } => kind::R_METRICS,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -1107,6 +1222,8 @@ impl Reply {
                     w.u16(b.method);
                     w.u64(b.sync_retries);
                     w.u64(b.sync_exclusive);
+                    w.u16(b.policy);
+                    w.u16(b.flags);
                 }
             }
             Self::Resource { size, offset, pitch } => {
@@ -1124,6 +1241,11 @@ impl Reply {
                 w.u64(*duration_ns);
             }
             Self::ResourceAdded { index } => w.u32(*index),
+            Self::PolicySet { previous, method } => {
+                w.u16(*previous as u16);
+                w.u16(*method);
+            }
+            Self::Metrics { len } => w.u64(*len),
             Self::Snapshot(r) => {
                 w.u64(r.size);
                 w.u8(u8::from(r.exact));
@@ -1183,6 +1305,7 @@ impl Reply {
             (Self::Bo { .. }, Request::CreateBo { .. }) => 1,
             (Self::Resource { .. }, _) => 1,
             (Self::Snapshot(_), _) => 1,
+            (Self::Metrics { .. }, _) => 1,
             _ => 0,
         }
     }
@@ -1286,7 +1409,7 @@ impl Reply {
                     });
                 }
                 let nb = r.count_u16("bo rows", MAX_STATS_BOS)?;
-                check_limit("bo rows", nb * 70, r.remaining())?;
+                check_limit("bo rows", nb * 74, r.remaining())?;
                 let mut bos = Vec::with_capacity(nb);
                 for _ in 0..nb {
                     bos.push(BoRow {
@@ -1300,6 +1423,8 @@ impl Reply {
                         method: r.u16("bo.method")?,
                         sync_retries: r.u64("bo.sync_retries")?,
                         sync_exclusive: r.u64("bo.sync_exclusive")?,
+                        policy: r.u16("bo.policy")?,
+                        flags: r.u16("bo.flags")?,
                     });
                 }
                 Self::Stats(StatsReport {
@@ -1334,6 +1459,11 @@ impl Reply {
                 extra_pages: r.u64("extra_pages")?,
             },
             kind::R_RESOURCE_ADDED => Self::ResourceAdded { index: r.u32("index")? },
+            kind::R_POLICY_SET => Self::PolicySet {
+                previous: BoPolicy::from_wire(r.u16("previous")?)?,
+                method: r.u16("method")?,
+            },
+            kind::R_METRICS => Self::Metrics { len: r.u64("len")? },
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,
                 switched_to: r.u16("switched_to")?,

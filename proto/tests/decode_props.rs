@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 21] = [
+const REQUEST_KINDS: [u16; 23] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -69,9 +69,11 @@ const REQUEST_KINDS: [u16; 21] = [
     kind::SNAPSHOT,
     kind::SET_MECHANISM,
     kind::READBACK,
+    kind::SET_POLICY,
+    kind::METRICS,
 ];
 
-const REPLY_KINDS: [u16; 15] = [
+const REPLY_KINDS: [u16; 17] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -86,6 +88,8 @@ const REPLY_KINDS: [u16; 15] = [
     kind::R_SNAPSHOT,
     kind::R_MECHANISM_SET,
     kind::R_READBACK_DONE,
+    kind::R_POLICY_SET,
+    kind::R_METRICS,
     kind::R_ERROR,
 ];
 
@@ -211,17 +215,23 @@ fn arb_connection_row() -> impl Strategy<Value = ConnectionRow> {
         })
 }
 
+fn arb_policy() -> impl Strategy<Value = BoPolicy> {
+    prop::sample::select(BoPolicy::ALL.to_vec())
+}
+
 fn arb_bo_row() -> impl Strategy<Value = BoRow> {
     (
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
         (any::<u64>(), any::<u64>(), any::<u64>()),
         (arb_method_wire(), any::<u64>(), any::<u64>()),
+        (0u16..4, any::<u16>()),
     )
         .prop_map(
             |(
                 (id, size, views, dirty_pages),
                 (syncs, pages_uploaded, bytes_uploaded),
                 (method, sync_retries, sync_exclusive),
+                (policy, flags),
             )| BoRow {
                 id,
                 size,
@@ -233,6 +243,8 @@ fn arb_bo_row() -> impl Strategy<Value = BoRow> {
                 method,
                 sync_retries,
                 sync_exclusive,
+                policy,
+                flags,
             },
         )
 }
@@ -336,6 +348,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Snapshot { id, flags }),
         arb_mechanism().prop_map(|mechanism| Request::SetMechanism { mechanism }),
         (any::<u32>(), any::<u32>()).prop_map(|(bo, flags)| Request::Readback { bo, flags }),
+        (any::<u64>(), arb_policy()).prop_map(|(id, policy)| Request::SetPolicy { id, policy }),
+        Just(Request::Metrics),
     ]
 }
 
@@ -404,6 +418,8 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
                 views,
                 extra_pages
             }),
+        (arb_policy(), any::<u16>()).prop_map(|(previous, method)| Reply::PolicySet { previous, method }),
+        any::<u64>().prop_map(|len| Reply::Metrics { len }),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -819,7 +835,7 @@ fn stats_frame(name_len: usize, nc: u16, nc_present: usize, nb: u16, nb_present:
     put16(&mut f, nc);
     f.resize(f.len() + 32 * nc_present, 1);
     put16(&mut f, nb);
-    f.resize(f.len() + 70 * nb_present, 2);
+    f.resize(f.len() + 74 * nb_present, 2);
     f
 }
 
@@ -912,10 +928,10 @@ fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
             ..
         })
     ));
-    // Connection rows are 32 bytes and BO rows 70: two BO rows with one
-    // present need 140 bytes where 70 remain.
+    // Connection rows are 32 bytes and BO rows 74: two BO rows with one
+    // present need 148 bytes where 74 remain.
     let f = stats_frame(0, 1, 1, 2, 1);
-    assert_eq!(Reply::decode(&f), Err(over("bo rows", 140, 70)));
+    assert_eq!(Reply::decode(&f), Err(over("bo rows", 148, 74)));
     let f = stats_frame(0, 1, 1, 2, 2);
     assert!(Reply::decode(&f).is_ok());
 }
@@ -997,9 +1013,9 @@ fn maximal_replies_fit_max_frame() {
     assert_eq!(
         f.len(),
         // 4-byte characters cut on a character boundary: 252 of 255 bytes.
-        HEADER_LEN + 110 + MAX_NAME / 4 * 4 + 32 * MAX_STATS_CONNECTIONS + 70 * MAX_STATS_BOS
+        HEADER_LEN + 110 + MAX_NAME / 4 * 4 + 32 * MAX_STATS_CONNECTIONS + 74 * MAX_STATS_BOS
     );
-    assert_eq!(f.len(), 26482);
+    assert_eq!(f.len(), 27506);
     assert!(f.len() <= MAX_FRAME);
     match Reply::decode(&f) {
         Ok((_, Reply::Stats(s))) => {
@@ -1088,6 +1104,14 @@ fn documented_body_sizes() {
         }),
         4
     );
+    assert_eq!(
+        req(Request::SetPolicy {
+            id: 0,
+            policy: BoPolicy::Full
+        }),
+        12
+    );
+    assert_eq!(req(Request::Metrics), 0);
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -1124,7 +1148,7 @@ fn documented_body_sizes() {
             bos: vec![BoRow::default(); 5],
             truncated: false,
         })),
-        110 + 2 + 32 * 3 + 70 * 5
+        110 + 2 + 32 * 3 + 74 * 5
     );
     assert_eq!(
         rep(Reply::Resource {
@@ -1183,6 +1207,14 @@ fn documented_body_sizes() {
         })),
         40 + 8 * 3
     );
+    assert_eq!(
+        rep(Reply::PolicySet {
+            previous: BoPolicy::Auto,
+            method: 0
+        }),
+        4
+    );
+    assert_eq!(rep(Reply::Metrics { len: 0 }), 8);
     assert_eq!(rep(Reply::error(ErrorCode::Internal, "")), 4);
 }
 
@@ -1329,6 +1361,8 @@ fn documented_field_offsets() {
             method: Method::PageTable as u16,
             sync_retries: 29,
             sync_exclusive: 30,
+            policy: BoPolicy::Full as u16,
+            flags: BO_ROW_PAUSED,
         }],
         truncated: true,
     })
@@ -1372,8 +1406,31 @@ fn documented_field_offsets() {
     assert_eq!(le_u16(&f, b + 52), 1);
     assert_eq!(le_u64(&f, b + 54), 29);
     assert_eq!(le_u64(&f, b + 62), 30);
-    assert_eq!(f.len(), b + 70);
-    assert_eq!(f.len(), B + 110 + l + 32 + 70);
+    assert_eq!(le_u16(&f, b + 70), 3);
+    assert_eq!(le_u16(&f, b + 72), 1);
+    assert_eq!(f.len(), b + 74);
+    assert_eq!(f.len(), B + 110 + l + 32 + 74);
+
+    let f = Request::SetPolicy {
+        id: 0x1122_3344_5566_7788,
+        policy: BoPolicy::PageTable,
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x0016);
+    assert_eq!(le_u64(&f, B), 0x1122_3344_5566_7788);
+    assert_eq!(le_u16(&f, B + 8), 2);
+    assert_eq!(le_u16(&f, B + 10), 0);
+    let f = Reply::PolicySet {
+        previous: BoPolicy::MkWrite,
+        method: Method::PageTable as u16,
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x800f);
+    assert_eq!(le_u16(&f, B), 1);
+    assert_eq!(le_u16(&f, B + 2), 1);
+    let f = Reply::Metrics { len: 77 }.encode(0);
+    assert_eq!(le_u16(&f, 0), 0x8010);
+    assert_eq!(le_u64(&f, B), 77);
 
     let f = Reply::Resource {
         size: 1,
@@ -1494,14 +1551,14 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
-        "request kinds are 0x0001..=0x0015"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23],
+        "request kinds are 0x0001..=0x0017"
     );
     assert_eq!(
         REPLY_KINDS,
         [
             0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
-            0x800e, 0x80ff
+            0x800e, 0x800f, 0x8010, 0x80ff
         ]
     );
     assert_eq!(

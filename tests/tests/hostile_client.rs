@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use cohmem_client::Connection;
 use cohmem_proto::limits::{MAX_FDS, MAX_FRAME};
 use cohmem_proto::{
-    kind, peek_request_id, DecodeError, ErrorCode, Mechanism, Reply, Request, ATTACH_WITH_FDS, PROTOCOL_VERSION,
+    kind, peek_request_id, BoPolicy, DecodeError, ErrorCode, Mechanism, Reply, Request, ATTACH_WITH_FDS,
+    PROTOCOL_VERSION,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::pagemap::PagemapFile;
@@ -204,6 +205,8 @@ fn answers(req: &Request, reply: &Reply) -> bool {
             | (Request::Snapshot { .. }, Reply::Snapshot(_))
             | (Request::SetMechanism { .. }, Reply::MechanismSet { .. })
             | (Request::Readback { .. }, Reply::ReadbackDone { .. })
+            | (Request::SetPolicy { .. }, Reply::PolicySet { .. })
+            | (Request::Metrics, Reply::Metrics { .. })
             | (
                 Request::Unmap { .. }
                     | Request::Destroy { .. }
@@ -278,7 +281,7 @@ impl Session<'_> {
     /// A request of a random kind with random arguments.
     fn random_request(&mut self) -> Request {
         let bo = self.handle();
-        match self.rng.below(21) {
+        match self.rng.below(23) {
             0 => Request::Hello {
                 min_version: self.rng.below(3) as u16,
                 max_version: self.rng.below(3) as u16,
@@ -351,10 +354,17 @@ impl Session<'_> {
             19 => Request::SetMechanism {
                 mechanism: Mechanism::from_wire(1 + self.rng.below(5) as u16).unwrap_or(Mechanism::Full),
             },
-            _ => Request::Readback {
+            20 => Request::Readback {
                 bo,
                 flags: self.rng.below(2) as u32,
             },
+            // Ids past the BOs the test creates: the well-behaved client's
+            // BO keeps its policy (and its exact page lists).
+            21 => Request::SetPolicy {
+                id: 1000 + self.rng.below(24),
+                policy: BoPolicy::ALL[self.rng.below(4) as usize],
+            },
+            _ => Request::Metrics,
         }
     }
 
@@ -846,6 +856,8 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Snapshot(_) => "R_SNAPSHOT",
         Reply::MechanismSet { .. } => "R_MECHANISM_SET",
         Reply::ReadbackDone { .. } => "R_READBACK_DONE",
+        Reply::PolicySet { .. } => "R_POLICY_SET",
+        Reply::Metrics { .. } => "R_METRICS",
         Reply::Error { .. } => "R_ERROR",
     }
 }
@@ -924,6 +936,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             mechanism: Mechanism::UffdSync,
         },
         Request::Readback { bo: 1, flags: 0 },
+        Request::SetPolicy {
+            id: 1,
+            policy: cohmem_proto::BoPolicy::Full,
+        },
+        Request::Metrics,
     ];
     let replies = [
         Reply::Hello {
@@ -1024,6 +1041,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             bytes: 1 << 20,
             duration_ns: 999,
         },
+        Reply::PolicySet {
+            previous: cohmem_proto::BoPolicy::Auto,
+            method: 1,
+        },
+        Reply::Metrics { len: 4096 },
         Reply::error(ErrorCode::NoSuchBo, "BO handle 9 is not open on this connection"),
     ];
     let mut out: Vec<(&'static str, Vec<u8>)> = requests.iter().map(|r| (r.name(), r.encode(7))).collect();

@@ -55,6 +55,18 @@ impl Memfd {
         Self::create(name, size, BO_SEALS)
     }
 
+    /// A memfd holding `bytes`, sealed against every change (for handing a
+    /// read-only blob, such as the metrics text, to another process).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self> {
+        let memfd = Self::create(name, bytes.len() as u64, 0)?;
+        memfd
+            .file
+            .write_all_at(bytes, 0)
+            .map_err(|e| SysError::os("pwrite", errno_of(&e)))?;
+        memfd.add_seals(BO_SEALS | libc::F_SEAL_WRITE)?;
+        Ok(memfd)
+    }
+
     /// Adopts an fd received from elsewhere; checks that it is a regular file
     /// (memfds are) and reads its size.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {

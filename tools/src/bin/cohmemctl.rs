@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use cohmem_client::Connection;
-use cohmem_proto::{StatsReport, STATS_BOS, STATS_CONNECTIONS};
+use cohmem_proto::{BoPolicy, BoRow, DaemonStats, StatsReport, BO_ROW_PAUSED, STATS_BOS, STATS_CONNECTIONS};
 use cohmem_sys::probe::{probe_all, KernelCaps, Probe};
 use cohmem_tools::{verify_gpu_copy, DaemonProcess, SplitMix64};
 use serde_json::json;
@@ -35,6 +35,60 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// One line per BO: size, views, method, policy, dirty pages, uploads.
+    List {
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's counters; with --watch, their rates every interval.
+    Stats {
+        /// Print again every --interval seconds, with rates since the last.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between prints with --watch.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many prints with --watch (default: until killed).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON (one object per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin how BO ID is tracked: `auto` (the daemon's choice), `mkwrite`,
+    /// `pagetable` (that method, never switched or paused) or `full` (no
+    /// tracking: every sync uploads the whole BO). No write is lost by a
+    /// change: leaving `full` marks the whole BO dirty.
+    SetPolicy {
+        /// Daemon-wide BO id (from `list`).
+        id: u64,
+        /// auto, mkwrite, pagetable or full.
+        #[arg(value_parser = parse_policy)]
+        policy: BoPolicy,
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's Prometheus metrics (OpenMetrics text, as served on
+    /// `cohmemd --metrics-listen`), read over the daemon's socket.
+    Metrics {
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the samples as JSON instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write an exact copy of BO ID (from `status`) to FILE, taken with the
     /// BO's writers quiesced.
     Snapshot {
@@ -58,6 +112,9 @@ enum Cmd {
         /// Use this running daemon instead of starting a private one.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the writer client process the replayer spawns.
     #[command(hide = true)]
@@ -80,20 +137,43 @@ enum Cmd {
         /// RNG seed (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
+        /// Print one JSON object per round (and a final one) instead of text.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+fn parse_policy(s: &str) -> Result<BoPolicy, String> {
+    BoPolicy::from_name(s).ok_or_else(|| format!("unknown policy {s:?} (auto, mkwrite, pagetable, full)"))
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Cmd::Caps { json } => caps(json),
         Cmd::Status { socket, json } => status(socket, json),
+        Cmd::List { socket, json } => list(socket, json),
+        Cmd::Stats {
+            watch,
+            interval,
+            count,
+            socket,
+            json,
+        } => stats(socket, watch, interval, count, json),
+        Cmd::SetPolicy {
+            id,
+            policy,
+            socket,
+            json,
+        } => set_policy(socket, id, policy, json),
+        Cmd::Metrics { socket, json } => metrics(socket, json),
         Cmd::Demo {
             socket,
             size_mib,
             rounds,
             seed,
-        } => demo(socket, size_mib, rounds, seed),
-        Cmd::Replay { file, socket } => replay_trace(&file, socket),
+            json,
+        } => demo(socket, size_mib, rounds, seed, json),
+        Cmd::Replay { file, socket, json } => replay_trace(&file, socket, json),
         Cmd::Snapshot { id, file, socket, json } => snapshot(id, &file, socket, json),
         Cmd::WriterChild { args } => cohmem_tools::writer::child_main(&args),
     }
@@ -179,6 +259,9 @@ fn print_status(s: &StatsReport) {
         "method switches {}  extra pages {}  sync retries {}  exclusive syncs {}  uffd-sync faults {}",
         d.method_switches, d.extra_pages, d.sync_retries, d.sync_exclusive, d.faults
     );
+    if s.connections.is_empty() && s.bos.is_empty() {
+        return;
+    }
     println!("\nconnection      pid    uid   BOs  views  requests");
     for c in &s.connections {
         println!(
@@ -186,15 +269,18 @@ fn print_status(s: &StatsReport) {
             c.id, c.pid, c.uid, c.bos, c.views, c.requests
         );
     }
-    println!("\n      BO         size  views  method     dirty pages  syncs  pages uploaded  bytes uploaded  retries  exclusive");
+    if s.bos.is_empty() {
+        return;
+    }
+    println!("\n      BO         size  views  method     policy     dirty pages  syncs  pages uploaded  bytes uploaded  retries  exclusive");
     for b in &s.bos {
-        let method = cohmem_proto::Method::from_wire(b.method).map_or("?", |m| m.name());
         println!(
-            "{:>8} {:>12} {:>6}  {:<9} {:>12} {:>6} {:>15} {:>15} {:>8} {:>10}",
+            "{:>8} {:>12} {:>6}  {:<9}  {:<9} {:>12} {:>6} {:>15} {:>15} {:>8} {:>10}",
             b.id,
             b.size,
             b.views,
-            method,
+            method_name(b.method),
+            policy_name(b.policy),
             b.dirty_pages,
             b.syncs,
             b.pages_uploaded,
@@ -208,28 +294,212 @@ fn print_status(s: &StatsReport) {
     }
 }
 
-fn stats_json(s: &StatsReport) -> serde_json::Value {
-    let d = &s.daemon;
+fn daemon_json(d: &DaemonStats) -> serde_json::Value {
     json!({
-        "daemon": {
-            "uptime_ms": d.uptime_ms, "backend": d.backend, "connections": d.connections,
-            "mm_subscriptions": d.mm_subscriptions, "bos": d.bos, "views": d.views,
-            "syncs": d.syncs, "pages_uploaded": d.pages_uploaded, "bytes_uploaded": d.bytes_uploaded,
-            "upload_failures": d.upload_failures, "errors": d.errors,
-            "method_switches": d.method_switches, "extra_pages": d.extra_pages,
-            "sync_retries": d.sync_retries, "sync_exclusive": d.sync_exclusive, "faults": d.faults,
-        },
+        "uptime_ms": d.uptime_ms, "backend": d.backend, "connections": d.connections,
+        "mm_subscriptions": d.mm_subscriptions, "bos": d.bos, "views": d.views,
+        "syncs": d.syncs, "pages_uploaded": d.pages_uploaded, "bytes_uploaded": d.bytes_uploaded,
+        "upload_failures": d.upload_failures, "errors": d.errors,
+        "method_switches": d.method_switches, "extra_pages": d.extra_pages,
+        "sync_retries": d.sync_retries, "sync_exclusive": d.sync_exclusive, "faults": d.faults,
+    })
+}
+
+fn method_name(wire: u16) -> &'static str {
+    cohmem_proto::Method::from_wire(wire).map_or("?", |m| m.name())
+}
+
+fn policy_name(wire: u16) -> &'static str {
+    BoPolicy::from_wire(wire).map_or("?", BoPolicy::name)
+}
+
+fn bo_json(b: &BoRow) -> serde_json::Value {
+    json!({
+        "id": b.id, "size": b.size, "views": b.views, "dirty_pages": b.dirty_pages, "syncs": b.syncs,
+        "pages_uploaded": b.pages_uploaded, "bytes_uploaded": b.bytes_uploaded,
+        "method": method_name(b.method), "policy": policy_name(b.policy),
+        "paused": b.flags & BO_ROW_PAUSED != 0,
+        "sync_retries": b.sync_retries, "sync_exclusive": b.sync_exclusive,
+    })
+}
+
+fn stats_json(s: &StatsReport) -> serde_json::Value {
+    json!({
+        "daemon": daemon_json(&s.daemon),
         "connections": s.connections.iter().map(|c| json!({
             "id": c.id, "pid": c.pid, "uid": c.uid, "bos": c.bos, "views": c.views, "requests": c.requests,
         })).collect::<Vec<_>>(),
-        "bos": s.bos.iter().map(|b| json!({
-            "id": b.id, "size": b.size, "views": b.views, "dirty_pages": b.dirty_pages, "syncs": b.syncs,
-            "pages_uploaded": b.pages_uploaded, "bytes_uploaded": b.bytes_uploaded,
-            "method": cohmem_proto::Method::from_wire(b.method).map_or("?", |m| m.name()),
-            "sync_retries": b.sync_retries, "sync_exclusive": b.sync_exclusive,
-        })).collect::<Vec<_>>(),
+        "bos": s.bos.iter().map(bo_json).collect::<Vec<_>>(),
         "truncated": s.truncated,
     })
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn list(socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+    let s = connect(socket)?.stats(STATS_BOS)?;
+    if as_json {
+        return print_json(&json!({
+            "bos": s.bos.iter().map(bo_json).collect::<Vec<_>>(),
+            "truncated": s.truncated,
+        }));
+    }
+    println!("      BO         size  views  method     policy     paused  dirty pages  syncs  pages uploaded");
+    for b in &s.bos {
+        println!(
+            "{:>8} {:>12} {:>6}  {:<9}  {:<9}  {:<6} {:>12} {:>6} {:>15}",
+            b.id,
+            b.size,
+            b.views,
+            method_name(b.method),
+            policy_name(b.policy),
+            if b.flags & BO_ROW_PAUSED != 0 { "yes" } else { "no" },
+            b.dirty_pages,
+            b.syncs,
+            b.pages_uploaded
+        );
+    }
+    println!(
+        "{} BOs{}",
+        s.bos.len(),
+        if s.truncated { " (list truncated)" } else { "" }
+    );
+    Ok(())
+}
+
+/// Rates of the daemon's counters between two reports.
+fn rates(prev: &DaemonStats, now: &DaemonStats) -> serde_json::Value {
+    let secs = (now.uptime_ms.saturating_sub(prev.uptime_ms) as f64 / 1000.0).max(1e-3);
+    let per_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
+    json!({
+        "seconds": secs,
+        "syncs_per_s": per_s(prev.syncs, now.syncs),
+        "pages_per_s": per_s(prev.pages_uploaded, now.pages_uploaded),
+        "bytes_per_s": per_s(prev.bytes_uploaded, now.bytes_uploaded),
+        "faults_per_s": per_s(prev.faults, now.faults),
+        "errors_per_s": per_s(prev.errors, now.errors),
+        "method_switches": now.method_switches.saturating_sub(prev.method_switches),
+    })
+}
+
+fn stats(socket: Option<PathBuf>, watch: bool, interval: f64, count: Option<u64>, as_json: bool) -> anyhow::Result<()> {
+    if !(interval.is_finite() && interval > 0.0) {
+        bail!("--interval must be a positive number of seconds, not {interval}");
+    }
+    let conn = connect(socket)?;
+    let mut prev = conn.stats(0)?.daemon;
+    if !watch {
+        if as_json {
+            return print_json(&daemon_json(&prev));
+        }
+        print_status(&StatsReport {
+            daemon: prev,
+            ..StatsReport::default()
+        });
+        return Ok(());
+    }
+    if !as_json {
+        println!("  uptime s  conns  BOs  syncs/s   pages/s       MiB/s   faults/s  errors/s  switches");
+    }
+    let mut printed = 0u64;
+    while count.is_none_or(|c| printed < c) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let now = conn.stats(0)?.daemon;
+        let r = rates(&prev, &now);
+        if as_json {
+            println!("{}", json!({ "daemon": daemon_json(&now), "rates": r }));
+        } else {
+            let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            println!(
+                "{:>10.1} {:>6} {:>4} {:>8.1} {:>9.1} {:>11.2} {:>10.1} {:>9.1} {:>9}",
+                now.uptime_ms as f64 / 1000.0,
+                now.connections,
+                now.bos,
+                f("syncs_per_s"),
+                f("pages_per_s"),
+                f("bytes_per_s") / (1 << 20) as f64,
+                f("faults_per_s"),
+                f("errors_per_s"),
+                r["method_switches"]
+            );
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        prev = now;
+        printed += 1;
+    }
+    Ok(())
+}
+
+fn set_policy(socket: Option<PathBuf>, id: u64, policy: BoPolicy, as_json: bool) -> anyhow::Result<()> {
+    let (previous, method) = connect(socket)?
+        .set_policy(id, policy)
+        .with_context(|| format!("setting the policy of BO {id}"))?;
+    if as_json {
+        return print_json(&json!({
+            "bo": id, "policy": policy.name(), "previous": previous.name(), "method": method.name(),
+        }));
+    }
+    println!("BO {id}: policy {previous} → {policy} (method now {method})");
+    Ok(())
+}
+
+/// One sample of the exposition text: `name{labels} value`.
+fn parse_sample(line: &str) -> Option<serde_json::Value> {
+    let (name, rest) = match line.find('{') {
+        Some(i) => (&line[..i], &line[i..]),
+        None => line.split_at(line.find(' ')?),
+    };
+    let mut labels = serde_json::Map::new();
+    let mut rest = rest;
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices().peekable();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            '"' => break,
+                            other => value.push(other),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value.into());
+                }
+                other => key.push(other),
+            }
+        };
+        rest = &body[end + 1..];
+    }
+    let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(json!({ "name": name, "labels": labels, "value": value }))
+}
+
+fn metrics(socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+    let text = connect(socket)?.metrics()?;
+    if !as_json {
+        print!("{text}");
+        return Ok(());
+    }
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        samples.push(parse_sample(line).with_context(|| format!("unparsable metrics line {line:?}"))?);
+    }
+    print_json(&json!({ "samples": samples }))
 }
 
 fn status(socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
@@ -253,17 +523,24 @@ fn short_list(pages: &[u64]) -> String {
     }
 }
 
-fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) -> anyhow::Result<()> {
+fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>, as_json: bool) -> anyhow::Result<()> {
+    // Text goes to stdout, or nowhere with --json (stdout is then JSON only).
+    let say = |line: String| {
+        if !as_json {
+            println!("{line}");
+        }
+    };
     let mut daemon = None;
     let socket = match socket {
         Some(s) => s,
         None => {
-            println!(
+            say(
                 "starting a private cohmemd (--gpu auto: a DRM device with dumb buffers, else the software GPU) …"
+                    .into(),
             );
             let d = DaemonProcess::spawn(&["--gpu", "auto"]).context("starting cohmemd")?;
             let s = d.socket().to_owned();
-            println!("cohmemd pid {} listening on {}", d.pid(), s.display());
+            say(format!("cohmemd pid {} listening on {}", d.pid(), s.display()));
             daemon = Some(d);
             s
         }
@@ -271,18 +548,19 @@ fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) 
     let seed = seed.unwrap_or_else(SplitMix64::seed_from_time);
     let mut rng = SplitMix64::new(seed);
     let conn = Connection::connect(&socket)?;
-    println!("GPU backend: {}", conn.stats(0)?.daemon.backend);
+    let backend = conn.stats(0)?.daemon.backend;
+    say(format!("GPU backend: {backend}"));
     let bo = conn.create_bo(size_mib << 20)?;
     let map = bo.map()?;
     let ps = cohmem_sys::page_size();
     let pages = bo.size() / ps;
-    println!(
+    say(format!(
         "\nBO {}: {} MiB = {} pages, mapped at {:p} and write-protected (seed {seed})",
         bo.id(),
         size_mib,
         pages,
         map.as_ptr()
-    );
+    ));
     let mut page_buf = vec![0u8; ps as usize];
     for round in 1..=rounds {
         let count = 1 + rng.below(8) as usize;
@@ -294,38 +572,61 @@ fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>) 
         let done = bo.sync_with_runs()?;
         let synced = done.pages_list();
         let mismatches = verify_gpu_copy(&bo)?;
-        println!(
-            "round {round}: wrote pages {} → sync uploaded {} pages {} by {} in {} µs; GPU copy {}",
-            short_list(&written),
-            done.pages,
-            short_list(&synced),
-            done.mechanism,
-            done.duration.as_micros(),
-            if mismatches.is_empty() {
-                "identical to the BO".to_string()
-            } else {
-                format!("DIFFERS on {} pages", mismatches.len())
-            }
-        );
+        if as_json {
+            println!(
+                "{}",
+                json!({
+                    "round": round, "bo": bo.id(), "seed": seed, "backend": backend,
+                    "written_pages": written, "synced_pages": synced,
+                    "mechanism": done.mechanism.name(), "duration_us": done.duration.as_micros() as u64,
+                    "gpu_copy_mismatched_pages": mismatches.len(),
+                })
+            );
+        } else {
+            println!(
+                "round {round}: wrote pages {} → sync uploaded {} pages {} by {} in {} µs; GPU copy {}",
+                short_list(&written),
+                done.pages,
+                short_list(&synced),
+                done.mechanism,
+                done.duration.as_micros(),
+                if mismatches.is_empty() {
+                    "identical to the BO".to_string()
+                } else {
+                    format!("DIFFERS on {} pages", mismatches.len())
+                }
+            );
+        }
         if synced != written || !mismatches.is_empty() {
             bail!("round {round}: tracking or upload was wrong (seed {seed})");
         }
     }
     let done = bo.sync()?;
-    println!("sync with no writes uploaded {} pages", done.pages);
-    println!();
-    print_status(&conn.stats(STATS_CONNECTIONS | STATS_BOS)?);
+    let status = conn.stats(STATS_CONNECTIONS | STATS_BOS)?;
+    if as_json {
+        println!(
+            "{}",
+            json!({ "rounds": rounds, "quiet_sync_pages": done.pages, "status": stats_json(&status) })
+        );
+    } else {
+        println!("sync with no writes uploaded {} pages", done.pages);
+        println!();
+        print_status(&status);
+    }
     drop(map);
     drop(bo);
     drop(conn);
     if let Some(mut d) = daemon {
         let clean = d.stop()?;
-        println!("\ncohmemd stopped ({})", if clean { "clean exit" } else { "killed" });
+        say(format!(
+            "\ncohmemd stopped ({})",
+            if clean { "clean exit" } else { "killed" }
+        ));
     }
     Ok(())
 }
 
-fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
+fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     use cohmem_tools::vmwgfx::replay::{replay, WriterCommand};
     use cohmem_tools::vmwgfx::trace::parse_trace;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -349,12 +650,21 @@ fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Resu
     let outcome = replay(&socket, &writer, &events)?;
     drop(daemon);
     match outcome {
+        Ok(steps) if as_json => {
+            print_json(&json!({ "trace": file.display().to_string(), "agree": true, "steps": steps }))
+        }
         Ok(steps) => {
             println!("daemon and model agree on all {steps} steps of {}", file.display());
             Ok(())
         }
         Err(d) => {
-            println!("first disagreement: {d}");
+            if as_json {
+                print_json(
+                    &json!({ "trace": file.display().to_string(), "agree": false, "disagreement": d.to_string() }),
+                )?;
+            } else {
+                println!("first disagreement: {d}");
+            }
             std::process::exit(1);
         }
     }
