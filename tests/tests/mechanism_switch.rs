@@ -130,8 +130,9 @@ fn switching_back_and_forth_under_concurrent_writers_loses_no_write() -> anyhow:
     // Switches come from another connection of the same process, so they
     // collide with the syncs below instead of taking turns with them.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let switcher = {
-        let (path, stop) = (daemon.socket().to_owned(), stop.clone());
+        let (path, stop, done) = (daemon.socket().to_owned(), stop.clone(), done.clone());
         std::thread::spawn(move || -> anyhow::Result<u32> {
             let conn = Connection::connect(path)?;
             let mut cycle = tracking_mechanisms();
@@ -144,23 +145,29 @@ fn switching_back_and_forth_under_concurrent_writers_loses_no_write() -> anyhow:
                 let s = conn.set_mechanism(to)?;
                 anyhow::ensure!(s.to == to && s.views == 1, "unexpected switch {s:?}");
                 n += 1;
+                done.store(n, Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_millis(3));
             }
             Ok(n)
         })
     };
 
-    for _ in 0..300 {
+    // At least 300 syncs, and on until 10 switches collided with them (a
+    // fast machine syncs 300 times in a few switch intervals).
+    let t0 = std::time::Instant::now();
+    let mut syncs = 0;
+    while syncs < 300 || (done.load(Ordering::Relaxed) < 10 && t0.elapsed() < std::time::Duration::from_secs(30)) {
         let before = writers.snapshot();
         bo.sync()?;
         writers.check(&before, &gpu)?;
+        syncs += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let writes = writers.stop()?;
     let switches = switcher.join().map_err(|_| anyhow::anyhow!("switcher panicked"))??;
     bo.sync()?;
     assert!(verify_gpu_copy(&bo)?.is_empty(), "GPU copy differs at the end");
-    eprintln!("{writes} writes, {switches} mechanism switches, 300 syncs, no write lost");
+    eprintln!("{writes} writes, {switches} mechanism switches, {syncs} syncs, no write lost");
     assert!(switches >= 10, "only {switches} switches happened");
     Ok(())
 }

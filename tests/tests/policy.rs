@@ -159,8 +159,9 @@ fn changing_policies_under_concurrent_writers_loses_no_write() -> anyhow::Result
         let writers = CompletedWriters::start(map.clone(), THREADS, pages_per_thread);
         // Policies change from another connection, colliding with the syncs.
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let changer = {
-            let (path, stop, id) = (daemon.socket().to_owned(), stop.clone(), bo.id());
+            let (path, stop, id, done) = (daemon.socket().to_owned(), stop.clone(), bo.id(), done.clone());
             std::thread::spawn(move || -> anyhow::Result<u32> {
                 let conn = Connection::connect(path)?;
                 let mut n = 0;
@@ -170,15 +171,21 @@ fn changing_policies_under_concurrent_writers_loses_no_write() -> anyhow::Result
                     }
                     conn.set_policy(id, p)?;
                     n += 1;
+                    done.store(n, Ordering::Relaxed);
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 Ok(n)
             })
         };
-        for _ in 0..200 {
+        // At least 200 syncs, and on until 20 policy changes collided with
+        // them (however fast the syncs are).
+        let t0 = std::time::Instant::now();
+        let mut syncs = 0;
+        while syncs < 200 || (done.load(Ordering::Relaxed) < 20 && t0.elapsed() < std::time::Duration::from_secs(30)) {
             let before = writers.snapshot();
             bo.sync()?;
             writers.check(&before, &gpu)?;
+            syncs += 1;
         }
         stop.store(true, Ordering::Relaxed);
         let writes = writers.stop()?;
@@ -190,7 +197,7 @@ fn changing_policies_under_concurrent_writers_loses_no_write() -> anyhow::Result
             verify_gpu_copy(&bo)?.is_empty(),
             "{mechanism}: GPU copy differs at the end"
         );
-        eprintln!("{mechanism}: {writes} writes, {changes} policy changes, 200 syncs, no write lost");
+        eprintln!("{mechanism}: {writes} writes, {changes} policy changes, {syncs} syncs, no write lost");
         assert!(changes >= 20, "{mechanism}: only {changes} policy changes happened");
     }
     Ok(())
