@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod gpu_check;
 pub mod rng;
 pub mod stress;
 pub mod verify;
