@@ -290,10 +290,11 @@ impl Gles {
             )
         }
         .map_err(|e| step("eglCreateImage (EGL_LINUX_DMA_BUF_EXT, ARGB8888)", e))?;
+        trace("eglCreateImage done");
         let storage: ImageTargetTexStorage = self.proc("glEGLImageTargetTexStorageEXT")?;
         // SAFETY: a current context; `image` is a live EGLImage; the texture
         // keeps the buffer referenced after the image is destroyed.
-        let result = unsafe {
+        let imported = unsafe {
             let tex = self.gl.create_texture().map_err(|e| step("glGenTextures", e));
             if let Ok(tex) = tex {
                 self.gl.bind_texture(glow::TEXTURE_2D, Some(tex));
@@ -302,7 +303,41 @@ impl Gles {
             tex.and_then(|t| self.gl_ok("glEGLImageTargetTexStorageEXT").map(|()| t))
         };
         let _ = self.egl.destroy_image(self.display, image);
-        result
+        trace("glEGLImageTargetTexStorageEXT done");
+        let imported = imported?;
+        // The shader reads a copy the GPU makes of the imported texture
+        // (glCopyImageSubData): Mesa 22.3's kms_swrast keeps an imported
+        // buffer as a display target, and binding that as a compute image
+        // crashes llvmpipe at dispatch (SIGSEGV, seen on bochs-drm and vgem
+        // in the VM tier); the copy reads every byte of the dma-buf.
+        // SAFETY: a current context; both textures are ours, same size and
+        // format class (RGBA8).
+        unsafe {
+            let copy = self.gl.create_texture().map_err(|e| step("glGenTextures", e))?;
+            self.gl.bind_texture(glow::TEXTURE_2D, Some(copy));
+            self.gl
+                .tex_storage_2d(glow::TEXTURE_2D, 1, glow::RGBA8, width as i32, rows as i32);
+            self.gl.copy_image_sub_data(
+                imported,
+                glow::TEXTURE_2D,
+                0,
+                0,
+                0,
+                0,
+                copy,
+                glow::TEXTURE_2D,
+                0,
+                0,
+                0,
+                0,
+                width as i32,
+                rows as i32,
+                1,
+            );
+            self.gl.delete_texture(imported);
+            trace("glCopyImageSubData done");
+            self.gl_ok("glCopyImageSubData (imported → texture)").map(|()| copy)
+        }
     }
 
     /// Uploads `bytes` (`rows` rows of `pitch` bytes, `width` texels used
@@ -373,8 +408,10 @@ impl Gles {
             gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, 1, Some(sums));
             gl.bind_image_texture(0, Some(tex), 0, false, 0, glow::READ_ONLY, glow::RGBA8UI);
             self.gl_ok("binding the checksum inputs")?;
+            trace("dispatching page_checksum.comp");
             gl.dispatch_compute(rows.div_ceil(64), 1, 1);
             gl.memory_barrier(glow::BUFFER_UPDATE_BARRIER_BIT | glow::SHADER_STORAGE_BARRIER_BIT);
+            trace("dispatch done");
             // GLES has no glGetBufferSubData: map the buffer.
             let ptr = gl.map_buffer_range(glow::SHADER_STORAGE_BUFFER, 0, bytes, glow::MAP_READ_BIT);
             if ptr.is_null() {
@@ -425,6 +462,14 @@ impl Drop for Gles {
         let _ = self.egl.make_current(self.display, None, None, None);
         let _ = self.egl.destroy_context(self.display, self.context);
         let _ = self.egl.terminate(self.display);
+    }
+}
+
+/// Progress of the GPU steps on stderr with `COHMEM_VERIFY_TRACE` set (a
+/// driver that crashes takes the process with it; this shows where).
+fn trace(what: &str) {
+    if std::env::var_os("COHMEM_VERIFY_TRACE").is_some() {
+        eprintln!("cohmem-verify: {what}");
     }
 }
 

@@ -109,15 +109,29 @@ pub fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
         .unwrap_or(false)
 }
 
-/// The DRM card node named in a daemon's backend description
-/// (`drm:/dev/dri/card1 …`), for the GBM platform.
+/// The DRM card node of the device named in a daemon's backend
+/// description (`drm:/dev/dri/card1 …`, or `gbm:/dev/dri/renderD128 …`,
+/// whose card node sysfs names), for the GBM platform: Mesa's kms_swrast
+/// maps imported dumb buffers only through the card node of their device.
 pub fn card_node_of(backend: &str) -> Option<PathBuf> {
-    let start = backend.find("/dev/dri/card")?;
+    let start = backend.find("/dev/dri/")?;
     let rest = &backend[start..];
     let end = rest
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '/'))
         .unwrap_or(rest.len());
-    Some(PathBuf::from(&rest[..end]))
+    let node = &rest[..end];
+    let name = node.strip_prefix("/dev/dri/")?;
+    if name.starts_with("card") {
+        return Some(PathBuf::from(node));
+    }
+    // A render node: its device's card node, from sysfs.
+    let mut cards: Vec<String> = std::fs::read_dir(format!("/sys/class/drm/{name}/device/drm"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("card"))
+        .collect();
+    cards.sort();
+    cards.first().map(|c| PathBuf::from(format!("/dev/dri/{c}")))
 }
 
 /// Checks BOs' resources through the GPU, keeping its EGL contexts open
