@@ -661,37 +661,45 @@ impl<'a> SyncEngine<'a> {
         };
         let ps = bo.page_size;
         let runs = t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
-        self.protect_outside_envelope(bo, st);
+        self.protect_clean_writable(bo, st);
         Ok((res, runs))
     }
 
     /// After bits left the bitmap without a scan (TRANSFER, CLEAR, CLEAR_ALL,
     /// or the transfer of a SYNC), MKWRITE: re-protects every writable page
-    /// now outside the envelope. vmwgfx leaves them writable, so a later
-    /// write to one would never be recorded (its transfers always follow a
-    /// scan; ours need not). The pages keep their emulated dirty bit (stale),
-    /// as any re-protected page. The reference model does the same
-    /// (`ModelConfig::protect_outside_envelope`).
-    fn protect_outside_envelope(&self, bo: &Bo, st: &mut BoState) {
+    /// whose bit is now clear, outside the envelope or inside it (a TRANSFER
+    /// of one resource while others keep the envelope open). vmwgfx leaves
+    /// them writable, so a later write to one would never be recorded (its
+    /// transfers always follow a scan; ours need not): a test found the
+    /// inside case losing a write. The pages keep their emulated dirty bit
+    /// (stale), as any re-protected page. The reference model does the same
+    /// (`ModelConfig::protect_clean_writable`).
+    fn protect_clean_writable(&self, bo: &Bo, st: &mut BoState) {
         let Some(t) = st.tracker.as_ref().filter(|t| t.method == Method::MkWrite) else {
             return;
         };
-        let envelope = t.dirty.envelope().unwrap_or(0..0);
         let ps = bo.page_size;
-        for view in bo.views() {
-            if view.dead.load(Ordering::Relaxed) {
-                continue;
-            }
-            let first = view.bo_offset / ps;
+        // Which writable pages are clean, per view (the bitmap is borrowed
+        // here; the protects below may mark a view dirty).
+        let views: Vec<(Arc<View>, Vec<u64>)> = bo
+            .views()
+            .into_iter()
+            .filter(|v| !v.dead.load(Ordering::Relaxed))
+            .map(|view| {
+                let first = view.bo_offset / ps;
+                let clean = lock(&view.writable)
+                    .ones_in(0..view.len / ps)
+                    .filter(|vp| !t.dirty.contains(vp + first))
+                    .collect();
+                (view, clean)
+            })
+            .collect();
+        for (view, clean) in views {
             let mut runs: Vec<Range<u64>> = Vec::new();
             {
                 let mut writable = lock(&view.writable);
                 let mut stale = lock(&view.stale_dirty);
-                let outside: Vec<u64> = writable
-                    .ones_in(0..view.len / ps)
-                    .filter(|vp| !envelope.contains(&(vp + first)))
-                    .collect();
-                for vp in outside {
+                for vp in clean {
                     writable.remove(vp);
                     stale.insert(vp);
                     let addr = view.addr + vp * ps;
@@ -1042,7 +1050,7 @@ impl<'a> SyncEngine<'a> {
             let ps = bo.page_size;
             t.dirty.clear_window(res.window.start / ps..res.window.end / ps);
         }
-        self.protect_outside_envelope(bo, &mut st);
+        self.protect_clean_writable(bo, &mut st);
         Ok(())
     }
 
@@ -1073,7 +1081,7 @@ impl<'a> SyncEngine<'a> {
             let n = t.dirty.pages();
             t.dirty.clear_window(0..n);
         }
-        self.protect_outside_envelope(bo, &mut st);
+        self.protect_clean_writable(bo, &mut st);
     }
 
     /// The tracker as vmwgfx would hold it now.

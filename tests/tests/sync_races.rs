@@ -209,3 +209,56 @@ fn scanless_with(mechanism: Mechanism) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+cohmem_tests::test_each_mechanism!(
+    writes_after_a_transfer_inside_an_open_envelope_are_not_lost,
+    inside_envelope_with
+);
+
+/// The same hole inside the envelope: TRANSFER of one resource clears a
+/// page's bit while the resources on both sides keep the envelope open
+/// around it. Before the fix the page stayed writable and the SYNC after a
+/// second write uploaded only the other resources' pages (found by review,
+/// reproduced here: resource 1 kept the first value).
+fn inside_envelope_with(mechanism: Mechanism) -> anyhow::Result<()> {
+    let daemon = cohmem_tests::spawn_daemon_with(
+        DAEMON,
+        &[
+            "--mechanism",
+            mechanism.name(),
+            "--methods",
+            "vmwgfx",
+            "--dense-percent",
+            "0",
+        ],
+    )?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo_without_resource(1024 * ps)?; // MKWRITE
+    let map = bo.map()?;
+    bo.add_resource(0, 8 * ps)?;
+    let middle = bo.add_resource(8 * ps, 8 * ps)?;
+    bo.add_resource(16 * ps, 8 * ps)?;
+    let res = bo.export_resource(middle)?;
+    let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    let page10 = (2 * res.pitch) as usize; // BO page 10 in the middle resource
+    for round in 0..3u64 {
+        let v = round * 10;
+        for p in [2u64, 10, 20] {
+            map.write_u64((p * ps) as usize, v + 1)?;
+        }
+        bo.scan()?;
+        map.write_u64((10 * ps) as usize, v + 2)?; // faults again after the scan
+        bo.dirty_state()?; // observed (uffd-async records lazily)
+        bo.transfer(middle)?; // page 10 leaves the bitmap; 2 and 20 stay
+        map.write_u64((10 * ps) as usize, v + 3)?; // completes before SYNC is sent
+        let done = bo.sync_with_runs()?;
+        assert_eq!(
+            gpu.read_u64(page10)?,
+            v + 3,
+            "{mechanism}: round {round}: write after a TRANSFER inside the envelope lost (sync uploaded {:?})",
+            done.pages_list()
+        );
+    }
+    Ok(())
+}

@@ -1276,22 +1276,26 @@ fn arb_event(max_page: u64) -> impl Strategy<Value = Event> {
     ]
 }
 
-/// cohmem's deviation (ModelConfig::protect_outside_envelope): a transfer
-/// without a scan re-protects the pages it leaves outside the envelope, so
-/// the next write is recorded; pure vmwgfx misses it.
+/// cohmem's deviation (ModelConfig::protect_clean_writable): a transfer
+/// without a scan re-protects the writable pages whose bit it cleared, so
+/// the next write is recorded; pure vmwgfx misses it. Both when the page
+/// ends up outside the envelope and when other resources keep the envelope
+/// open around it.
 #[test]
-fn protect_outside_envelope_records_writes_after_a_scanless_transfer() {
-    let trace = "add 0 0 512\nmap 1 0 512\nwrite 1 3\ntransfer 0\nwrite 1 3";
-    let mut vmw = Sim::new(512);
-    vmw.run(trace);
-    assert!(!vmw.t().bit(3), "vmwgfx misses the second write");
-    let mut safe = Sim::with_config(
-        512,
-        ModelConfig {
-            protect_outside_envelope: true,
-            ..ModelConfig::default()
-        },
-    );
-    safe.run(trace);
-    assert!(safe.t().bit(3), "the safe variant records it");
+fn protect_clean_writable_records_writes_after_a_scanless_transfer() {
+    let safe_config = ModelConfig {
+        protect_clean_writable: true,
+        ..ModelConfig::default()
+    };
+    let outside = "add 0 0 512\nmap 1 0 512\nwrite 1 3\ntransfer 0\nwrite 1 3";
+    let inside =
+        "add 0 0 8\nadd 1 8 8\nadd 2 16 8\nmap 1 0 512\nwrite 1 2 10 20\nscan\nwrite 1 10\ntransfer 1\nwrite 1 10";
+    for (trace, page) in [(outside, 3), (inside, 10)] {
+        let mut vmw = Sim::new(512);
+        vmw.run(trace);
+        assert!(!vmw.t().bit(page), "vmwgfx misses the second write:\n{trace}");
+        let mut safe = Sim::with_config(512, safe_config);
+        safe.run(trace);
+        assert!(safe.t().bit(page), "the safe variant records it:\n{trace}");
+    }
 }

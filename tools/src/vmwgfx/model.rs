@@ -216,12 +216,13 @@ pub struct ModelConfig {
     /// `(e - s, 0)` (§4.4 quirk, §6.2).
     pub kernel_envelope_quirks: bool,
     /// cohmem's one deliberate deviation from vmwgfx (`false` = vmwgfx): in
-    /// MKWRITE, a transfer or clear re-protects every writable PTE left
-    /// outside the envelope. vmwgfx leaves them writable, so a later write
-    /// to such a page is never recorded when a transfer is not preceded by a
-    /// scan; cohmem exposes TRANSFER and CLEAR to clients, so it closes that
-    /// hole (the PTE stays dirty, as any re-protected PTE).
-    pub protect_outside_envelope: bool,
+    /// MKWRITE, a transfer or clear re-protects every writable PTE whose bit
+    /// is clear afterwards (outside the envelope, or inside it when other
+    /// resources keep it open). vmwgfx leaves them writable, so a later
+    /// write to such a page is never recorded when a transfer is not
+    /// preceded by a scan; cohmem exposes TRANSFER and CLEAR to clients, so
+    /// it closes that hole (the PTE stays dirty, as any re-protected PTE).
+    pub protect_clean_writable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -732,12 +733,12 @@ impl Model {
             t.end = rs;
         }
         self.normalize();
-        if self.config.protect_outside_envelope && self.method() == Some(Method::MkWrite) {
-            let (start, end) = self.tracker.as_ref().map_or((0, 0), |t| (t.start, t.end));
+        if self.config.protect_clean_writable && self.method() == Some(Method::MkWrite) {
+            let bits = self.tracker.as_ref().map(|t| t.bits.clone()).unwrap_or_default();
             for map in self.mappings.values_mut() {
                 for (i, pte) in map.ptes.iter_mut().enumerate() {
                     let page = map.first + i as u64;
-                    if pte.present && pte.writable && (start >= end || page < start || page >= end) {
+                    if pte.present && pte.writable && !bits.get(page as usize).copied().unwrap_or(false) {
                         pte.writable = false;
                     }
                 }

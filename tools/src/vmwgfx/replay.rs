@@ -265,7 +265,7 @@ pub fn replay(socket: &Path, writer: &WriterCommand, events: &[Event]) -> anyhow
     let mut model = Model::with_config(
         *pages,
         ModelConfig {
-            protect_outside_envelope: true,
+            protect_clean_writable: true,
             ..ModelConfig::default()
         },
     );
