@@ -445,7 +445,7 @@ impl Session {
 
     /// METRICS: the OpenMetrics text in a sealed memfd.
     async fn metrics(&self) -> Outcome {
-        let text = crate::metrics::render(&self.daemon);
+        let text = tokio::task::block_in_place(|| crate::metrics::render(&self.daemon));
         let memfd = Memfd::from_bytes("cohmem-metrics", text.as_bytes())
             .map_err(|e| fail(ErrorCode::Kernel, format!("writing the metrics memfd: {e}")))?;
         let fd = memfd

@@ -282,16 +282,18 @@ impl Collector for DaemonCollector {
     }
 }
 
-/// Most scrapes served at once; more wait for their turn.
+/// Most scrapes served at once; a connection beyond them is closed at once.
 const MAX_SCRAPES: usize = 4;
-/// A scraper that does not send its request within this is dropped.
+/// A scrape that is not over within this (request read, reply written:
+/// a client that stops reading included) is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head read.
 const MAX_REQUEST: usize = 8192;
 
 /// Serves `GET /metrics` (and `/`) over HTTP/1.x on `listener` until the
-/// runtime stops. Anything else gets a 404 or 405; a slow or garbage client
-/// costs one task and at most [`MAX_REQUEST`] bytes for [`REQUEST_TIMEOUT`].
+/// runtime stops. Anything else gets a 404 or 405; a slow, stuck or garbage
+/// client costs one task and at most [`MAX_REQUEST`] bytes for
+/// [`REQUEST_TIMEOUT`], and never keeps the listener from accepting.
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
@@ -303,13 +305,16 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: {MAX_SCRAPES} scrapes in progress; connection closed");
+            continue;
         };
         let daemon = daemon.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &daemon).await {
-                tracing::debug!(%peer, error = %e, "metrics request failed");
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &daemon)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
+                Err(_) => tracing::debug!(%peer, "metrics scrape not over in time; dropped"),
             }
             drop(permit);
         });
@@ -320,19 +325,19 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
 async fn answer(mut stream: TcpStream, daemon: &Arc<Daemon>) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 || head.len() + n > MAX_REQUEST {
-                return Err(std::io::Error::other("request head too long or cut short"));
-            }
-            head.extend_from_slice(&buf[..n]);
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_REQUEST {
+            return Err(std::io::Error::other("request head too long or cut short"));
         }
-        Ok(())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, read)
-        .await
-        .map_err(|_| std::io::Error::other("request head not sent in time"))??;
+        // Only the new bytes (and the 3 before them) can complete the head.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        let tail = &head[from..];
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+    }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
@@ -342,7 +347,9 @@ async fn answer(mut stream: TcpStream, daemon: &Arc<Daemon>) -> std::io::Result<
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(daemon),
+            // The collector takes every BO's state lock in turn: off the
+            // async workers.
+            tokio::task::block_in_place(|| render(daemon)),
         ),
         ("GET" | "HEAD", "/") => (
             "200 OK",

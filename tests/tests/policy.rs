@@ -52,16 +52,16 @@ fn policies_with(mechanism: Mechanism) -> anyhow::Result<()> {
     let first = bo.sync_with_runs()?;
     assert!(first.pages_list().contains(&7), "{mechanism}: {first:?}");
     assert!(verify_gpu_copy(&bo)?.is_empty(), "{mechanism}: GPU copy differs");
-    // Sparse rounds: exact; quiet rounds never switch it to MKWRITE (auto
-    // would after 3 empty harvests).
-    for round in 0..6u64 {
-        if round % 2 == 0 {
-            map.write_u64(((100 + round) * ps) as usize, round)?;
-            assert_eq!(bo.sync_with_runs()?.pages_list(), vec![100 + round], "{mechanism}");
-        } else {
-            assert_eq!(bo.sync()?.pages, 0, "{mechanism}");
-        }
+    // Sparse rounds: exact.
+    for round in 0..3u64 {
+        map.write_u64(((100 + round) * ps) as usize, round)?;
+        assert_eq!(bo.sync_with_runs()?.pages_list(), vec![100 + round], "{mechanism}");
         assert!(verify_gpu_copy(&bo)?.is_empty(), "{mechanism}: GPU copy differs");
+    }
+    // Quiet syncs in a row never switch it to MKWRITE (vmwgfx's state
+    // machine, which `auto` runs for uffd-sync, switches after 3).
+    for _ in 0..5 {
+        assert_eq!(bo.sync()?.pages, 0, "{mechanism}");
     }
     assert_eq!(
         row(&conn, bo.id())?.0,

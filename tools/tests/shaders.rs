@@ -108,6 +108,10 @@ fn naga_rejects_a_broken_shader() {
 #[test]
 fn every_shader_validates_with_glslang_where_installed() {
     let Ok(version) = Command::new("glslangValidator").arg("--version").output() else {
+        assert!(
+            std::env::var_os("COHMEM_REQUIRE_GLES").is_none(),
+            "COHMEM_REQUIRE_GLES is set but glslangValidator is missing"
+        );
         eprintln!("glslangValidator not installed (Debian: glslang-tools): only naga checked the shaders");
         return;
     };
@@ -145,7 +149,12 @@ fn cohmem_verify_on_this_host_checks_through_the_gpu_or_says_why_not() -> anyhow
         .map_err(|e| anyhow::anyhow!("not JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))?;
     eprintln!("{report:#}");
     if report["available"] == false {
-        // No EGL at all: the reason must name what is missing.
+        // No EGL at all: the reason must name what is missing, and CI
+        // (which installs Mesa) must not get here.
+        assert!(
+            std::env::var_os("COHMEM_REQUIRE_GLES").is_none(),
+            "COHMEM_REQUIRE_GLES is set but: {report}"
+        );
         assert_eq!(out.status.code(), Some(2), "{report}");
         let why = report["why"].as_str().unwrap_or_default();
         assert!(why.contains("EGL") || why.contains("libEGL"), "unclear: {why}");
@@ -176,6 +185,10 @@ fn a_page_the_gpu_sees_differently_is_found() -> anyhow::Result<()> {
     let gles = match Gles::open(Platform::Surfaceless) {
         Ok(g) => g,
         Err(e) => {
+            assert!(
+                std::env::var_os("COHMEM_REQUIRE_GLES").is_none(),
+                "COHMEM_REQUIRE_GLES is set but: {e}"
+            );
             eprintln!("no GLES here ({e}): the GPU comparison is checked in the VM tier only");
             return Ok(());
         }

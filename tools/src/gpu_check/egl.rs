@@ -186,44 +186,59 @@ impl Gles {
             .query_string(Some(display), egl::EXTENSIONS)
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !has(&display_extensions, "EGL_KHR_surfaceless_context") {
-            let _ = egl.terminate(display);
-            return Err(GlesError::Missing("EGL_KHR_surfaceless_context"));
-        }
-        egl.bind_api(egl::OPENGL_ES_API).map_err(|e| step("eglBindAPI", e))?;
-        let config = if has(&display_extensions, "EGL_KHR_no_config_context") {
-            // SAFETY: EGL_NO_CONFIG_KHR (a null config) is valid with
-            // EGL_KHR_no_config_context.
-            unsafe { egl::Config::from_ptr(std::ptr::null_mut()) }
-        } else {
-            egl.choose_first_config(display, &[egl::RENDERABLE_TYPE, egl::OPENGL_ES3_BIT, egl::NONE])
-                .map_err(|e| step("eglChooseConfig", e))?
-                .ok_or(GlesError::Missing("an EGL config for OpenGL ES 3"))?
-        };
-        let context = egl
-            .create_context(
-                display,
-                config,
-                None,
-                &[egl::CONTEXT_MAJOR_VERSION, 3, egl::CONTEXT_MINOR_VERSION, 1, egl::NONE],
-            )
-            .map_err(|e| step("eglCreateContext (OpenGL ES 3.1)", e))?;
-        egl.make_current(display, None, None, Some(context))
-            .map_err(|e| step("eglMakeCurrent", e))?;
-        // SAFETY: the context is current on this thread; the loader returns
-        // entry points of that context (or null for missing ones).
-        let gl = unsafe {
-            glow::Context::from_loader_function(|s| {
-                egl.get_proc_address(s).map_or(std::ptr::null(), |f| f as *const c_void)
-            })
-        };
-        // SAFETY: a current context; plain queries.
-        let renderer = unsafe {
-            format!(
-                "{} ({})",
-                gl.get_parameter_string(glow::RENDERER),
-                gl.get_parameter_string(glow::VERSION)
-            )
+        // From here on a failure terminates the display before the gbm
+        // device (whose DRI screen the display uses) and libEGL go.
+        let made = (|| -> Result<(egl::Context, glow::Context, String), GlesError> {
+            if !has(&display_extensions, "EGL_KHR_surfaceless_context") {
+                return Err(GlesError::Missing("EGL_KHR_surfaceless_context"));
+            }
+            egl.bind_api(egl::OPENGL_ES_API).map_err(|e| step("eglBindAPI", e))?;
+            let config = if has(&display_extensions, "EGL_KHR_no_config_context") {
+                // SAFETY: EGL_NO_CONFIG_KHR (a null config) is valid with
+                // EGL_KHR_no_config_context.
+                unsafe { egl::Config::from_ptr(std::ptr::null_mut()) }
+            } else {
+                egl.choose_first_config(display, &[egl::RENDERABLE_TYPE, egl::OPENGL_ES3_BIT, egl::NONE])
+                    .map_err(|e| step("eglChooseConfig", e))?
+                    .ok_or(GlesError::Missing("an EGL config for OpenGL ES 3"))?
+            };
+            let context = egl
+                .create_context(
+                    display,
+                    config,
+                    None,
+                    &[egl::CONTEXT_MAJOR_VERSION, 3, egl::CONTEXT_MINOR_VERSION, 1, egl::NONE],
+                )
+                .map_err(|e| step("eglCreateContext (OpenGL ES 3.1)", e))?;
+            if let Err(e) = egl.make_current(display, None, None, Some(context)) {
+                let _ = egl.destroy_context(display, context);
+                return Err(step("eglMakeCurrent", e));
+            }
+            // SAFETY: the context is current on this thread; the loader
+            // returns entry points of that context (or null for missing ones).
+            let gl = unsafe {
+                glow::Context::from_loader_function(|s| {
+                    egl.get_proc_address(s).map_or(std::ptr::null(), |f| f as *const c_void)
+                })
+            };
+            // SAFETY: a current context; plain queries.
+            let renderer = unsafe {
+                format!(
+                    "{} ({})",
+                    gl.get_parameter_string(glow::RENDERER),
+                    gl.get_parameter_string(glow::VERSION)
+                )
+            };
+            Ok((context, gl, renderer))
+        })();
+        let (context, gl, renderer) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = egl.make_current(display, None, None, None);
+                let _ = egl.terminate(display);
+                drop(gbm);
+                return Err(e);
+            }
         };
         Ok(Self {
             egl,
@@ -235,6 +250,14 @@ impl Gles {
             platform,
             _gbm: gbm,
         })
+    }
+
+    /// Makes this context current on the calling thread (a checker may hold
+    /// two: GL calls must reach the one whose objects they name).
+    fn current(&self) -> Result<(), GlesError> {
+        self.egl
+            .make_current(self.display, None, None, Some(self.context))
+            .map_err(|e| step("eglMakeCurrent", e))
     }
 
     /// Why a dma-buf cannot be imported on this display (`None`: it can).
@@ -263,6 +286,7 @@ impl Gles {
         if let Some(why) = self.dmabuf_import_unavailable() {
             return Err(step("importing the dma-buf", why));
         }
+        self.current()?;
         let attrs = [
             egl::WIDTH as egl::Attrib,
             width as egl::Attrib,
@@ -350,6 +374,7 @@ impl Gles {
                 format!("{} bytes cannot hold {rows} rows of pitch {pitch}", bytes.len()),
             ));
         }
+        self.current()?;
         // SAFETY: a current context; `bytes` holds every row read (checked above).
         unsafe {
             let tex = self.gl.create_texture().map_err(|e| step("glGenTextures", e))?;
@@ -377,6 +402,7 @@ impl Gles {
     /// Runs the page checksum shader over the first `rows` rows of `tex`
     /// (`words` texels each): one FNV-1a sum per row.
     pub fn page_checksums(&self, tex: glow::Texture, rows: u32, words: u32) -> Result<Vec<u32>, GlesError> {
+        self.current()?;
         let gl = &self.gl;
         let bytes = rows as i32 * 4;
         // SAFETY: a current context; every object is created and bound here;
@@ -417,7 +443,11 @@ impl Gles {
             if ptr.is_null() {
                 return Err(step("glMapBufferRange", format!("GL error {:#x}", gl.get_error())));
             }
-            let out = std::slice::from_raw_parts(ptr as *const u32, rows as usize).to_vec();
+            // The mapping need not be 4-byte aligned: read bytes.
+            let out: Vec<u32> = std::slice::from_raw_parts(ptr as *const u8, rows as usize * 4)
+                .chunks_exact(4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             gl.unmap_buffer(glow::SHADER_STORAGE_BUFFER);
             gl.delete_buffer(sums);
             gl.delete_buffer(params);
@@ -429,13 +459,18 @@ impl Gles {
 
     /// Deletes a texture made by [`Gles::import_dmabuf`] or [`Gles::upload`].
     pub fn delete_texture(&self, tex: glow::Texture) {
-        // SAFETY: a current context; `tex` is one of ours.
-        unsafe { self.gl.delete_texture(tex) };
+        if self.current().is_ok() {
+            // SAFETY: our context is current; `tex` is one of ours.
+            unsafe { self.gl.delete_texture(tex) };
+        }
     }
 
     /// The largest texture side (rows per import).
     pub fn max_texture_size(&self) -> u32 {
-        // SAFETY: a current context; a plain query.
+        if self.current().is_err() {
+            return 0;
+        }
+        // SAFETY: our context is current; a plain query.
         unsafe { self.gl.get_parameter_i32(glow::MAX_TEXTURE_SIZE) }.max(0) as u32
     }
 
