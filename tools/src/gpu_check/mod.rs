@@ -165,7 +165,11 @@ impl GpuChecker {
 
     /// Checks resource 0 of `bo` through the GPU against the BO's bytes.
     pub fn check(&mut self, bo: &Bo) -> Result<GpuCheck, GpuCheckError> {
-        let res = bo.export_resource(0)?;
+        // A backend that cannot export its buffers leaves nothing to import
+        // or map (bochs-drm on Linux 6.1 has no PRIME export).
+        let res = bo
+            .export_resource(0)
+            .map_err(|e| GpuCheckError::NoGpu(vec![format!("the daemon cannot export the resource: {e}")]))?;
         let ps = cohmem_sys::page_size();
         let pages = res.size / ps;
         let width = (ps / 4) as u32;
