@@ -513,6 +513,10 @@ impl<'a> SyncEngine<'a> {
             BoPolicy::Full => {
                 t.dirty.record(0..n);
                 t.paused = Some(0);
+                // PAGETABLE: MKWRITE's steps after a transfer (observe,
+                // re-protecting clean writable pages) would write-protect
+                // the unprotected views again, and every write would fault.
+                t.method = Method::PageTable;
                 if live.iter().all(|v| v.mm.tracker().can_pause()) {
                     Self::unprotect_all(bo, &live);
                 }
@@ -1145,6 +1149,7 @@ impl<'a> SyncEngine<'a> {
                     BoPolicy::Full => {
                         t.dirty.record(0..bo.pages());
                         t.paused = Some(0);
+                        t.method = Method::PageTable;
                     }
                 }
                 let mkwrite = t.method == Method::MkWrite && t.paused.is_none();

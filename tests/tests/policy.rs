@@ -130,6 +130,40 @@ fn a_policy_set_before_the_bo_has_a_resource_applies_when_it_gets_one() -> anyho
     Ok(())
 }
 
+/// Under `full` a written page stays writable: MKWRITE's re-protect after
+/// every transfer would make each write fault again (uffd-sync counts every
+/// fault the daemon resolves).
+#[test]
+fn under_full_a_written_page_faults_once() -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdSync)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(1024 * ps)?; // MKWRITE
+    let map = bo.map()?;
+    for p in 0..8u64 {
+        map.write_u64((p * ps) as usize, p)?;
+    }
+    bo.sync()?;
+    let (_, method) = conn.set_policy(bo.id(), BoPolicy::Full)?;
+    let faults0 = conn.stats(0)?.daemon.faults;
+    for round in 0..5u64 {
+        for p in 0..8u64 {
+            map.write_u64((p * ps) as usize, round)?;
+        }
+        assert_eq!(bo.sync()?.pages, 1024);
+        assert!(verify_gpu_copy(&bo)?.is_empty());
+    }
+    // uffd-sync views cannot be unprotected wholesale: each page may fault
+    // once, then stays writable.
+    let faults = conn.stats(0)?.daemon.faults - faults0;
+    assert!(
+        faults <= 8,
+        "5 rounds of 8 pages under the full policy faulted {faults} times"
+    );
+    assert_eq!(method, Method::PageTable, "full keeps MKWRITE's re-protects");
+    Ok(())
+}
+
 #[test]
 fn unknown_bos_are_refused() -> anyhow::Result<()> {
     let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
