@@ -10,10 +10,11 @@
 //! compared with the model's observation, and the runs reported by
 //! `transfer` and `sync` with the model's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context};
 use cohmem_client::{Bo, Connection, DirtyStateReport, Method as WireMethod, Run};
@@ -31,6 +32,76 @@ pub struct WriterCommand {
     pub program: PathBuf,
     /// Leading arguments (e.g. a subcommand).
     pub pre_args: Vec<String>,
+}
+
+/// What a running replay is doing, shared with a watchdog on another
+/// thread: the step it is at and the writer processes it has running, so
+/// that a replay that does not finish can be reported and its writers
+/// killed (a replay waiting on a killed writer then fails at once).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayWatch {
+    inner: Arc<Mutex<WatchState>>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Index of the event being applied, and which side is applying it.
+    step: usize,
+    phase: &'static str,
+    /// Writer pid → its mapping. A pid is removed before its process is
+    /// reaped, so [`ReplayWatch::kill_writers`] never signals a reused pid.
+    writers: BTreeMap<u32, u32>,
+}
+
+impl ReplayWatch {
+    /// A watch for one replay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, WatchState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn at(&self, step: usize, phase: &'static str) {
+        let mut s = self.state();
+        s.step = step;
+        s.phase = phase;
+    }
+
+    /// The index of the event being applied (0 = the `bo` line) and what
+    /// the replay was doing with it (`model`, `daemon`, `dirty_state`,
+    /// `quit`, or `done`).
+    pub fn position(&self) -> (usize, &'static str) {
+        let s = self.state();
+        (s.step, s.phase)
+    }
+
+    /// The running writer processes: (pid, mapping).
+    pub fn writers(&self) -> Vec<(u32, u32)> {
+        self.state().writers.iter().map(|(&pid, &m)| (pid, m)).collect()
+    }
+
+    /// SIGKILLs every writer process still running (not yet reaped);
+    /// returns their pids.
+    pub fn kill_writers(&self) -> Vec<u32> {
+        let s = self.state();
+        for &pid in s.writers.keys() {
+            if let Ok(raw) = i32::try_from(pid) {
+                // Still our unreaped child (see `writers`): the pid is ours.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        s.writers.keys().copied().collect()
+    }
+
+    fn add_writer(&self, pid: u32, m: u32) {
+        self.state().writers.insert(pid, m);
+    }
+
+    fn remove_writer(&self, pid: u32) {
+        self.state().writers.remove(&pid);
+    }
 }
 
 /// The first step where daemon and model differ.
@@ -127,6 +198,16 @@ struct DaemonSide {
     resources: HashMap<u32, u32>,
     rng: SplitMix64,
     page_size: u64,
+    watch: ReplayWatch,
+}
+
+impl Drop for DaemonSide {
+    fn drop(&mut self) {
+        // Before `procs` is dropped (which kills and reaps the writers).
+        for child in self.procs.values() {
+            self.watch.remove_writer(child.pid());
+        }
+    }
 }
 
 impl DaemonSide {
@@ -166,13 +247,17 @@ impl DaemonSide {
                     first * ps,
                     count * ps,
                 )?;
-                self.procs.insert(*m, child);
+                self.watch.add_writer(child.pid(), *m);
+                if let Some(old) = self.procs.insert(*m, child) {
+                    self.watch.remove_writer(old.pid());
+                }
             }
             Event::Unmap { m } => {
                 let child = self
                     .procs
                     .remove(m)
                     .with_context(|| format!("mapping {m} is not mapped"))?;
+                self.watch.remove_writer(child.pid());
                 child.quit()?;
             }
             Event::Add { w, first, count } => {
@@ -257,6 +342,17 @@ fn compare_step(ev: &Event, daemon: &(Vec<Range<u64>>, Option<Method>), model: &
 /// the number of steps that agreed, or the first disagreement. An event the
 /// model rejects (an invalid trace) is an error, as is any daemon failure.
 pub fn replay(socket: &Path, writer: &WriterCommand, events: &[Event]) -> anyhow::Result<Result<usize, Disagreement>> {
+    replay_watched(socket, writer, events, &ReplayWatch::new())
+}
+
+/// [`replay`], publishing its progress and its writer processes in
+/// `watch` (for a watchdog on another thread).
+pub fn replay_watched(
+    socket: &Path,
+    writer: &WriterCommand,
+    events: &[Event],
+    watch: &ReplayWatch,
+) -> anyhow::Result<Result<usize, Disagreement>> {
     let Some(Event::Bo { pages }) = events.first() else {
         bail!("a trace must start with `bo N`");
     };
@@ -278,12 +374,16 @@ pub fn replay(socket: &Path, writer: &WriterCommand, events: &[Event]) -> anyhow
         resources: HashMap::new(),
         rng: SplitMix64::new(0x7ace),
         page_size: cohmem_sys::page_size(),
+        watch: watch.clone(),
     };
+    watch.at(0, "daemon");
     daemon.apply(&events[0])?;
     for (step, ev) in events.iter().enumerate().skip(1) {
+        watch.at(step, "model");
         let expected = model
             .apply(ev)
             .map_err(|e| anyhow::anyhow!("the trace is invalid at step {step} `{ev}`: {e}"))?;
+        watch.at(step, "daemon");
         let got = daemon
             .apply(ev)
             .with_context(|| format!("daemon side failed at step {step} `{ev}`"))?;
@@ -296,14 +396,19 @@ pub fn replay(socket: &Path, writer: &WriterCommand, events: &[Event]) -> anyhow
             return Ok(Err(disagree(what)));
         }
         let observed: Observation = model.observe();
+        watch.at(step, "dirty_state");
         let state = daemon.bo()?.dirty_state()?;
         if let Some(what) = tracker_diff(&daemon_tracker(&state)?, &observed.tracker) {
             return Ok(Err(disagree(what)));
         }
     }
-    for (_, child) in daemon.procs.drain() {
+    watch.at(events.len(), "quit");
+    let children: Vec<WriterChild> = daemon.procs.drain().map(|(_, c)| c).collect();
+    for child in children {
+        watch.remove_writer(child.pid());
         child.quit()?;
     }
+    watch.at(events.len(), "done");
     Ok(Ok(events.len()))
 }
 
