@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
 
-use crate::dirty::PageSet;
+use crate::dirty::{DirtyState, PageSet};
 use crate::fdstore::StoredBo;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
 use crate::mm::MmSubscription;
@@ -84,6 +84,47 @@ pub struct BoState {
     /// How an operator pinned this BO's tracking (SET_POLICY); a tracker
     /// created later starts under it.
     pub policy: cohmem_proto::BoPolicy,
+    /// Pages found written while the BO had no tracker (no resource bound
+    /// yet, or the last one released): the next tracker starts from them,
+    /// so no harvest is ever thrown away. `None` while nothing is pending.
+    pub untracked: Option<DirtyState>,
+    /// Pages in the BO (N), for `untracked`.
+    pages: u64,
+}
+
+impl BoState {
+    /// Records BO pages `range` as written: into the tracker, or while the
+    /// BO has none, into [`BoState::untracked`] for the next tracker.
+    pub fn record_written(&mut self, range: Range<u64>) {
+        match self.tracker.as_mut() {
+            Some(t) => t.dirty.record(range),
+            None => self
+                .untracked
+                .get_or_insert_with(|| DirtyState::new(self.pages))
+                .record(range),
+        }
+    }
+
+    /// Installs a new tracker, which starts from the pages recorded while
+    /// the BO had none.
+    pub fn start_tracker(&mut self, mut tracker: DirtyTracker) {
+        if let Some(pending) = self.untracked.take() {
+            for r in pending.runs() {
+                tracker.dirty.record(r);
+            }
+        }
+        self.tracker = Some(tracker);
+    }
+
+    /// Drops the tracker (the last resource was released), keeping its
+    /// recorded pages for the next one.
+    pub fn stop_tracker(&mut self) {
+        if let Some(t) = self.tracker.take() {
+            if t.dirty.dirty_pages() > 0 {
+                self.untracked = Some(t.dirty);
+            }
+        }
+    }
 }
 
 /// One buffer object.
@@ -256,13 +297,15 @@ impl Bo {
             quiesced: false,
             deferred: Vec::new(),
             policy: cohmem_proto::BoPolicy::Auto,
+            untracked: None,
+            pages: size / page_size,
         };
         if let Some(make) = default_resource {
             state.resources.push(Some(Arc::new(Resource {
                 window: 0..size,
                 gpu: make(size)?,
             })));
-            state.tracker = Some(DirtyTracker::new(size / page_size));
+            state.start_tracker(DirtyTracker::new(size / page_size));
         }
         Ok(Self {
             id,

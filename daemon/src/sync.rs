@@ -78,6 +78,9 @@ pub enum SyncError {
 /// or why it could not be scanned.
 type Harvested = (Arc<View>, Result<(Vec<Range<u64>>, Vec<u64>), TrackError>);
 
+/// A resource and the BO page runs to upload into it.
+type Transfer = (Arc<Resource>, Vec<Range<u64>>);
+
 /// Runs tracker operations and keeps the daemon-wide counters.
 pub struct SyncEngine<'a> {
     counters: &'a DaemonCounters,
@@ -153,10 +156,10 @@ impl<'a> SyncEngine<'a> {
                 "view cannot be scanned; it is treated as written whole at every scan"
             ),
         }
-        if let Some(t) = st.tracker.as_mut() {
-            let pages = view.bo_pages(bo.page_size);
-            let before = t.dirty.dirty_pages();
-            t.dirty.record(pages);
+        let pages = view.bo_pages(bo.page_size);
+        let before = st.tracker.as_ref().map(|t| t.dirty.dirty_pages());
+        st.record_written(pages);
+        if let (Some(before), Some(t)) = (before, st.tracker.as_ref()) {
             let extra = t.dirty.dirty_pages() - before;
             bo.counters.extra_pages.fetch_add(extra, Ordering::Relaxed);
         }
@@ -218,9 +221,8 @@ impl<'a> SyncEngine<'a> {
                     pages.sort_unstable();
                     pages.dedup();
                     marked += pages.len() as u64;
-                    if let Some(t) = st.tracker.as_mut() {
-                        pages.into_iter().for_each(|p| t.dirty.record(p..p + 1));
-                    }
+                    // Without a tracker they wait for the next one.
+                    pages.into_iter().for_each(|p| st.record_written(p..p + 1));
                 }
                 Err(e) => {
                     self.unprovable(bo, st, &view, &e);
@@ -258,8 +260,9 @@ impl<'a> SyncEngine<'a> {
             pages.sort_unstable();
             pages.dedup();
             marked += pages.len() as u64;
-            if let (true, Some(t)) = (record, st.tracker.as_mut()) {
-                pages.into_iter().for_each(|p| t.dirty.record(p..p + 1));
+            if record {
+                // Without a tracker they wait for the next one.
+                pages.into_iter().for_each(|p| st.record_written(p..p + 1));
             }
         }
         marked
@@ -874,6 +877,7 @@ impl<'a> SyncEngine<'a> {
             bo.counters.sync_retries.fetch_add(1, Ordering::Relaxed);
             self.counters.sync_retries.fetch_add(1, Ordering::Relaxed);
         }
+        let all = Self::union_of(all);
         let st = bo.state();
         let report = self.report(bo, &st, &bo.views(), &all, t0, with_runs);
         tracing::debug!(
@@ -925,13 +929,67 @@ impl<'a> SyncEngine<'a> {
                 .filter_map(|(i, r)| r.as_ref().map(|r| (r.window.start, i as u32)))
                 .collect();
             order.sort_unstable();
-            let mut work = Vec::with_capacity(order.len());
-            for (_, index) in order {
-                work.push(self.take_runs(bo, &mut st, index)?);
-            }
-            work
+            self.take_all_runs(bo, &mut st, &order)?
         };
         self.upload(bo, work)
+    }
+
+    /// The transfer of a SYNC: every resource gets every dirty page of its
+    /// window, then the bits leave the bitmap. vmwgfx's `transfer_to_res`
+    /// one resource after the other would hand a page of two overlapping
+    /// windows (a resource added over part of the default whole-BO one) to
+    /// the first only, and the second would never receive it (nor would a
+    /// READBACK then copy the right bytes back). Windows that do not
+    /// overlap get exactly what `transfer_to_res` hands them.
+    fn take_all_runs(
+        &self,
+        bo: &Bo,
+        st: &mut BoState,
+        order: &[(u64, u32)],
+    ) -> Result<Vec<Transfer>, SyncError> {
+        let ps = bo.page_size;
+        let resources = order
+            .iter()
+            .map(|&(_, index)| Self::resource(st, index))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(t) = st.tracker.as_mut() else {
+            return Ok(resources.into_iter().map(|r| (r, Vec::new())).collect());
+        };
+        let dirty = t.dirty.runs();
+        let work = resources
+            .into_iter()
+            .map(|res| {
+                let (ws, we) = (res.window.start / ps, res.window.end / ps);
+                let runs = dirty
+                    .iter()
+                    .filter_map(|r| {
+                        let (s, e) = (r.start.max(ws), r.end.min(we));
+                        (s < e).then_some(s..e)
+                    })
+                    .collect();
+                (res, runs)
+            })
+            .collect::<Vec<_>>();
+        for (res, _) in &work {
+            t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        }
+        self.protect_clean_writable(bo, st);
+        Ok(work)
+    }
+
+    /// The pages a sync made coherent, once each: `runs` sorted, runs of
+    /// overlapping windows merged (adjacent runs stay apart, as the
+    /// resources' transfers reported them).
+    fn union_of(mut runs: Vec<Range<u64>>) -> Vec<Range<u64>> {
+        runs.sort_unstable_by_key(|r| (r.start, r.end));
+        let mut out: Vec<Range<u64>> = Vec::with_capacity(runs.len());
+        for r in runs {
+            match out.last_mut() {
+                Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        out
     }
 
     /// An exact copy of the BO (seed 004's quiesce): every view is harvested
@@ -1069,10 +1127,8 @@ impl<'a> SyncEngine<'a> {
                     bo.size
                 ))
             })?;
-        let mut st = bo.state();
-        if let Some(t) = st.tracker.as_mut() {
-            t.dirty.record(offset / bo.page_size..end.div_ceil(bo.page_size));
-        }
+        bo.state()
+            .record_written(offset / bo.page_size..end.div_ceil(bo.page_size));
         Ok(())
     }
 
@@ -1115,8 +1171,18 @@ impl<'a> SyncEngine<'a> {
         }
     }
 
-    /// vmwgfx `dirty_add` with a new resource at `window` (bytes). Returns
-    /// the resource index.
+    /// vmwgfx `dirty_add` with a new resource at `window` (bytes), and
+    /// vmwgfx's bind: the new resource receives the window's whole content,
+    /// so a resource added after pages were written (or synced into another
+    /// resource) never starts empty, and a READBACK never copies an empty
+    /// resource over the client's data. Returns the resource index.
+    ///
+    /// Holds the BO's sync lock throughout (no sync, transfer or readback
+    /// meanwhile). The copy is taken before the tracker counts the resource:
+    /// a write completed before the copy of its page is in the copy; one
+    /// after it is recorded by the tracker (the views keep their protection
+    /// state, and pages harvested without a tracker wait in
+    /// [`BoState::untracked`]), so the next sync uploads it.
     pub fn add_resource(&self, bo: &Bo, gpu: &dyn GpuBackend, window: Range<u64>) -> Result<u32, SyncError> {
         let ps = bo.page_size;
         if window.start % ps != 0 || window.end % ps != 0 || window.is_empty() || window.end > bo.size {
@@ -1125,13 +1191,21 @@ impl<'a> SyncEngine<'a> {
                 window.start, window.end, bo.size
             )));
         }
+        let _serial = lock(&bo.sync_lock);
         let live = bo.state().resources.iter().filter(|r| r.is_some()).count();
         if live >= MAX_RESOURCES_PER_BO {
             return Err(SyncError::TooManyResources(live));
         }
+        let len = window.end - window.start;
         let gpu_resource = gpu
-            .create_resource(window.end - window.start)
+            .create_resource(len)
             .map_err(|e| SyncError::BadWindow(format!("creating the GPU resource: {e}")))?;
+        gpu_resource.upload(&bo.mapping, window.start, std::slice::from_ref(&(0..len)))?;
+        let pages = len / ps;
+        bo.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
+        bo.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+        self.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
+        self.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
         let resource = Arc::new(Resource {
             gpu: gpu_resource,
             window,
@@ -1153,7 +1227,8 @@ impl<'a> SyncEngine<'a> {
                     }
                 }
                 let mkwrite = t.method == Method::MkWrite && t.paused.is_none();
-                st.tracker = Some(t);
+                // It starts from what was harvested while there was none.
+                st.start_tracker(t);
                 if mkwrite {
                     // Write-protect the whole BO, then clean-and-record:
                     // pages written before the add are recorded now.
@@ -1183,8 +1258,9 @@ impl<'a> SyncEngine<'a> {
         };
         if gone {
             // The page-table state (writable, dirty) stays as it is, as in
-            // vmwgfx; without a tracker nothing looks at it until a new add.
-            st.tracker = None;
+            // vmwgfx; harvests until a new add record into the BO's
+            // untracked pages, which the next tracker starts from.
+            st.stop_tracker();
         }
         Ok(())
     }
@@ -1211,10 +1287,11 @@ impl<'a> SyncEngine<'a> {
                     self.apply_harvest(bo, &mut st, found);
                 }
                 (Some(Method::MkWrite), None) => self.observe(bo, &mut st, &one),
-                (Some(_), None) => {
+                // Without a tracker too: what it finds waits for the next
+                // tracker (the view's written state dies with it).
+                (_, None) => {
                     self.harvest_all(bo, &mut st, &one, true);
                 }
-                (None, None) => {}
             }
             bo.detach_view(view);
             if tracker.eager() {
@@ -1332,5 +1409,27 @@ mod tests {
         assert_eq!(engine.dirty_state(&bo).users, 0);
         assert!(engine.release_resource(&bo, b).is_err());
         assert!(engine.add_resource(&bo, &gpu, 0..21 * ps).is_err());
+    }
+
+    #[test]
+    fn pages_recorded_without_a_tracker_wait_for_the_next_one() {
+        let ps = cohmem_sys::page_size();
+        let gpu = SoftGpu::new();
+        let bo = Bo::create(1, 8 * ps, &gpu, false).unwrap();
+        let counters = DaemonCounters::default();
+        let engine = SyncEngine::new(&counters);
+        engine.damage(&bo, 2 * ps, ps).unwrap();
+        let a = engine.add_resource(&bo, &gpu, 0..8 * ps).unwrap();
+        assert_eq!(engine.dirty_state(&bo).dirty_pages, 1, "the new tracker starts from it");
+        engine.sync(&bo, false).unwrap();
+        engine.damage(&bo, 5 * ps, ps).unwrap();
+        engine.release_resource(&bo, a).unwrap();
+        engine.damage(&bo, 6 * ps, ps).unwrap();
+        engine.add_resource(&bo, &gpu, 0..8 * ps).unwrap();
+        assert_eq!(
+            engine.dirty_state(&bo).dirty_pages,
+            2,
+            "pages recorded before and after the last release are kept"
+        );
     }
 }
