@@ -13,6 +13,9 @@
 //! | [`procmaps`] | `/proc/<pid>/maps`: `PROCMAP_QUERY` (one VMA per call) |
 //! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
 //! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
+//! | [`pidfd`] | process fds (`SO_PEERPIDFD`, `pidfd_open`): proof that a peer exited |
+//! | [`fork`] | `pthread_atfork`: is this a forked child of an object's maker? |
+//! | [`signals`] | threads spawned with every signal blocked |
 //! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
 //! | `gbm` | libgbm (feature `gbm`): linear buffers, `gbm_bo_map`, dma-buf export |
 //! | [`probe`] | real probes of what this kernel offers |
@@ -20,15 +23,18 @@
 
 pub mod drm;
 pub mod error;
+pub mod fork;
 #[cfg(feature = "gbm")]
 pub mod gbm;
 pub mod mapping;
 pub mod memfd;
 pub mod pagemap;
+pub mod pidfd;
 pub mod probe;
 pub mod procmaps;
 pub mod sdnotify;
 pub mod seqpacket;
+pub mod signals;
 pub mod softdirty;
 pub mod uffd;
 

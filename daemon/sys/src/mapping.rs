@@ -10,17 +10,24 @@
 use std::num::NonZeroUsize;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use crate::fork::ForkEpoch;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 use crate::error::{OsContext, Result, SysError};
 
-/// A `MAP_SHARED` mapping of (part of) a file, unmapped on drop.
+/// A `MAP_SHARED` mapping of (part of) a file, unmapped on drop (by the
+/// process that has it: see [`SharedMapping::dont_fork`]).
 #[derive(Debug)]
 pub struct SharedMapping {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
+    /// Set once the mapping is `MADV_DONTFORK`: processes forked after
+    /// that epoch do not have the range.
+    dont_fork: OnceLock<ForkEpoch>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; it is accessed only
@@ -49,17 +56,29 @@ impl SharedMapping {
             ptr: ptr.cast(),
             len: len_usize,
             writable,
+            dont_fork: OnceLock::new(),
         })
     }
 
     /// Keeps the mapping out of children created by `fork` (`MADV_DONTFORK`):
     /// a child's writes could not be tracked (tracking is per address space),
-    /// so the child does not get the mapping at all.
+    /// so the child does not get the mapping at all. Dropped in such a
+    /// child (an inherited Rust value of a mapping it does not have), the
+    /// value does not `munmap`: those addresses may hold the child's own
+    /// mappings by then.
     pub fn dont_fork(&self) -> Result<()> {
         // SAFETY: advice on a range this value owns; MADV_DONTFORK changes
         // only what a future fork copies, not this process's memory.
         unsafe { nix::sys::mman::madvise(self.ptr.cast(), self.len, nix::sys::mman::MmapAdvise::MADV_DONTFORK) }
-            .op("madvise(MADV_DONTFORK)")
+            .op("madvise(MADV_DONTFORK)")?;
+        let _ = self.dont_fork.set(ForkEpoch::now());
+        Ok(())
+    }
+
+    /// True in a child forked after [`SharedMapping::dont_fork`]: the
+    /// range is not mapped in this process.
+    pub fn not_inherited(&self) -> bool {
+        self.dont_fork.get().is_some_and(|e| e.forked_since())
     }
 
     /// Start address of the mapping.
@@ -180,6 +199,9 @@ impl SharedMapping {
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
+        if self.not_inherited() {
+            return;
+        }
         // SAFETY: the range was returned by mmap in `map` and is unmapped
         // only here; no reference into it exists (module contract).
         if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {

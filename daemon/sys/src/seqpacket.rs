@@ -5,6 +5,13 @@
 //! most one message can carry, so the kernel never truncates the fd list and
 //! every fd that arrives is owned (and closed) by the receiver, whatever the
 //! peer sent.
+//!
+//! Every call is restarted when a signal interrupts it (`EINTR`): the
+//! application that links the client library may install handlers without
+//! `SA_RESTART` (an interval timer, say), and an interrupted call says
+//! nothing about the peer. An interrupted `recvmsg` has received nothing and
+//! an interrupted `sendmsg` on a datagram socket has sent nothing, so
+//! restarting them keeps requests and replies in step.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -56,7 +63,12 @@ impl SeqpacketSocket {
     pub fn connect(path: &Path) -> Result<Self> {
         let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).op("socket")?;
         let addr = UnixAddr::new(path).op("socket path")?;
-        connect(fd.as_raw_fd(), &addr).op("connect")?;
+        match retry_eintr(|| connect(fd.as_raw_fd(), &addr)) {
+            Ok(()) => {}
+            // The interrupted attempt completed after all.
+            Err(Errno::EISCONN) => {}
+            Err(e) => return Err(SysError::os("connect", e)),
+        }
         Ok(Self { fd })
     }
 
@@ -81,7 +93,8 @@ impl SeqpacketSocket {
             vec![ControlMessage::ScmRights(&raw)]
         };
         let iov = [IoSlice::new(data)];
-        let n = sendmsg::<UnixAddr>(self.fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).op("sendmsg")?;
+        let n = retry_eintr(|| sendmsg::<UnixAddr>(self.fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None))
+            .op("sendmsg")?;
         if n != data.len() {
             return Err(SysError::Invalid(format!("short datagram send: {n} of {}", data.len())));
         }
@@ -93,13 +106,17 @@ impl SeqpacketSocket {
     pub fn recv(&self, buf: &mut [u8]) -> Result<Received> {
         let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<UnixAddr>(
-            self.fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .op("recvmsg")?;
+        let msg = loop {
+            match recvmsg::<UnixAddr>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(Errno::EINTR) => continue,
+                other => break other.op("recvmsg")?,
+            }
+        };
         let mut fds = Vec::new();
         // With room for SCM_MAX_FD fds, MSG_CTRUNC cannot happen for
         // SCM_RIGHTS; if it ever does, cmsgs() refuses and we report it.
@@ -146,6 +163,35 @@ impl SeqpacketSocket {
         nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both).op("shutdown")
     }
 
+    /// Closes this end for sending and waits, up to `bound`, until the peer
+    /// closes too, discarding whatever it still sends: a server that
+    /// releases a session before closing its socket has released it when
+    /// this returns (or the bound passed). Never fails: a socket that is
+    /// already dead has nothing to wait for.
+    pub fn close_and_wait(&self, bound: Duration) {
+        let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        let deadline = std::time::Instant::now() + bound;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                Ok(0) => return,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            match self.recv(&mut buf) {
+                Ok(r) if r.len > 0 || !r.fds.is_empty() => continue,
+                _ => return,
+            }
+        }
+    }
+
     /// True when the error means the peer is gone.
     pub fn is_disconnect(e: &SysError) -> bool {
         matches!(
@@ -158,6 +204,16 @@ impl SeqpacketSocket {
 impl AsFd for SeqpacketSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Runs `call` again for as long as a signal interrupts it.
+fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
     }
 }
 
