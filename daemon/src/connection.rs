@@ -409,6 +409,7 @@ impl Session {
             }
             Request::SetPolicy { id, policy } => self.set_policy(id, policy).await,
             Request::Metrics => self.metrics().await,
+            Request::WatchDaemon => watch_daemon(),
         }
     }
 
@@ -1178,6 +1179,15 @@ impl Session {
             tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
         }
     }
+}
+
+/// WATCH_DAEMON: a pidfd of this process, so that a client knows for
+/// certain when the daemon has exited (its library undoes uffd-sync
+/// protection then, and only then).
+fn watch_daemon() -> Outcome {
+    let pidfd = cohmem_sys::pidfd::Pidfd::open(std::process::id() as i32)
+        .map_err(|e| fail(ErrorCode::Kernel, format!("a pidfd of the daemon: {e}")))?;
+    Ok((Reply::DaemonProcess, vec![pidfd.into()]))
 }
 
 fn attached(mm: &MmSubscription, joined: bool) -> Reply {

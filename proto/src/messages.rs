@@ -641,6 +641,11 @@ pub enum Request {
     /// `--metrics-listen` serves). Reply: [`Reply::Metrics`] + a sealed
     /// memfd holding the text.
     Metrics,
+    /// A pidfd of the daemon process, with which the client library knows
+    /// for certain when the daemon has exited (and only then undoes a
+    /// uffd-sync daemon's write protection). Reply: [`Reply::DaemonProcess`]
+    /// + the pidfd.
+    WatchDaemon,
 }
 
 /// Replies, daemon → client.
@@ -747,6 +752,8 @@ pub enum Reply {
         /// Bytes of text in the memfd.
         len: u64,
     },
+    /// WATCH_DAEMON result; the daemon's pidfd is attached.
+    DaemonProcess,
     /// A typed error.
     Error {
         /// What went wrong.
@@ -782,6 +789,7 @@ pub mod kind {
     pub const READBACK: u16 = 0x0015;
     pub const SET_POLICY: u16 = 0x0016;
     pub const METRICS: u16 = 0x0017;
+    pub const WATCH_DAEMON: u16 = 0x0018;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -799,6 +807,7 @@ pub mod kind {
     pub const R_READBACK_DONE: u16 = 0x800e;
     pub const R_POLICY_SET: u16 = 0x800f;
     pub const R_METRICS: u16 = 0x8010;
+    pub const R_DAEMON_PROCESS: u16 = 0x8011;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -859,6 +868,7 @@ impl Request {
             Self::Readback { .. } => kind::READBACK,
             Self::SetPolicy { .. } => kind::SET_POLICY,
             Self::Metrics => kind::METRICS,
+            Self::WatchDaemon => kind::WATCH_DAEMON,
         }
     }
 
@@ -888,6 +898,7 @@ impl Request {
             Self::Readback { .. } => "READBACK",
             Self::SetPolicy { .. } => "SET_POLICY",
             Self::Metrics => "METRICS",
+            Self::WatchDaemon => "WATCH_DAEMON",
         }
     }
 
@@ -976,7 +987,7 @@ impl Request {
                 w.u16(policy as u16);
                 w.u16(0);
             }
-            Self::Metrics => {}
+            Self::Metrics | Self::WatchDaemon => {}
             Self::Transfer { bo, index, flags } => {
                 w.u32(bo);
                 w.u32(index);
@@ -1083,6 +1094,7 @@ impl Request {
                 Self::SetPolicy { id, policy }
             }
             kind::METRICS => Self::Metrics,
+            kind::WATCH_DAEMON => Self::WatchDaemon,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1110,6 +1122,7 @@ impl Reply {
             Self::ReadbackDone { .. } => kind::R_READBACK_DONE,
             Self::PolicySet { .. } => kind::R_POLICY_SET,
             Self::Metrics { .. } => kind::R_METRICS,
+            Self::DaemonProcess => kind::R_DAEMON_PROCESS,
             Self::Error { .. } => kind::R_ERROR,
         }
     }
@@ -1246,6 +1259,7 @@ impl Reply {
                 w.u16(*method);
             }
             Self::Metrics { len } => w.u64(*len),
+            Self::DaemonProcess => {}
             Self::Snapshot(r) => {
                 w.u64(r.size);
                 w.u8(u8::from(r.exact));
@@ -1306,6 +1320,7 @@ impl Reply {
             (Self::Resource { .. }, _) => 1,
             (Self::Snapshot(_), _) => 1,
             (Self::Metrics { .. }, _) => 1,
+            (Self::DaemonProcess, _) => 1,
             _ => 0,
         }
     }
@@ -1464,6 +1479,7 @@ impl Reply {
                 method: r.u16("method")?,
             },
             kind::R_METRICS => Self::Metrics { len: r.u64("len")? },
+            kind::R_DAEMON_PROCESS => Self::DaemonProcess,
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,
                 switched_to: r.u16("switched_to")?,

@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 23] = [
+const REQUEST_KINDS: [u16; 24] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -71,9 +71,10 @@ const REQUEST_KINDS: [u16; 23] = [
     kind::READBACK,
     kind::SET_POLICY,
     kind::METRICS,
+    kind::WATCH_DAEMON,
 ];
 
-const REPLY_KINDS: [u16; 17] = [
+const REPLY_KINDS: [u16; 18] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -90,6 +91,7 @@ const REPLY_KINDS: [u16; 17] = [
     kind::R_READBACK_DONE,
     kind::R_POLICY_SET,
     kind::R_METRICS,
+    kind::R_DAEMON_PROCESS,
     kind::R_ERROR,
 ];
 
@@ -350,6 +352,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u32>(), any::<u32>()).prop_map(|(bo, flags)| Request::Readback { bo, flags }),
         (any::<u64>(), arb_policy()).prop_map(|(id, policy)| Request::SetPolicy { id, policy }),
         Just(Request::Metrics),
+        Just(Request::WatchDaemon),
     ]
 }
 
@@ -420,6 +423,7 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
             }),
         (arb_policy(), any::<u16>()).prop_map(|(previous, method)| Reply::PolicySet { previous, method }),
         any::<u64>().prop_map(|len| Reply::Metrics { len }),
+        Just(Reply::DaemonProcess),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -1112,6 +1116,7 @@ fn documented_body_sizes() {
         12
     );
     assert_eq!(req(Request::Metrics), 0);
+    assert_eq!(req(Request::WatchDaemon), 0);
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -1215,6 +1220,7 @@ fn documented_body_sizes() {
         4
     );
     assert_eq!(rep(Reply::Metrics { len: 0 }), 8);
+    assert_eq!(rep(Reply::DaemonProcess), 0);
     assert_eq!(rep(Reply::error(ErrorCode::Internal, "")), 4);
 }
 
@@ -1551,14 +1557,14 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23],
-        "request kinds are 0x0001..=0x0017"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24],
+        "request kinds are 0x0001..=0x0018"
     );
     assert_eq!(
         REPLY_KINDS,
         [
             0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
-            0x800e, 0x800f, 0x8010, 0x80ff
+            0x800e, 0x800f, 0x8010, 0x8011, 0x80ff
         ]
     );
     assert_eq!(

@@ -207,6 +207,7 @@ fn answers(req: &Request, reply: &Reply) -> bool {
             | (Request::Readback { .. }, Reply::ReadbackDone { .. })
             | (Request::SetPolicy { .. }, Reply::PolicySet { .. })
             | (Request::Metrics, Reply::Metrics { .. })
+            | (Request::WatchDaemon, Reply::DaemonProcess)
             | (
                 Request::Unmap { .. }
                     | Request::Destroy { .. }
@@ -858,6 +859,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::ReadbackDone { .. } => "R_READBACK_DONE",
         Reply::PolicySet { .. } => "R_POLICY_SET",
         Reply::Metrics { .. } => "R_METRICS",
+        Reply::DaemonProcess => "R_DAEMON_PROCESS",
         Reply::Error { .. } => "R_ERROR",
     }
 }
@@ -941,6 +943,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             policy: cohmem_proto::BoPolicy::Full,
         },
         Request::Metrics,
+        Request::WatchDaemon,
     ];
     let replies = [
         Reply::Hello {
@@ -1046,6 +1049,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             method: 1,
         },
         Reply::Metrics { len: 4096 },
+        Reply::DaemonProcess,
         Reply::error(ErrorCode::NoSuchBo, "BO handle 9 is not open on this connection"),
     ];
     let mut out: Vec<(&'static str, Vec<u8>)> = requests.iter().map(|r| (r.name(), r.encode(7))).collect();
