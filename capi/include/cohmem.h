@@ -39,6 +39,10 @@
 // The daemon's reply made no sense.
 #define COHMEM_E_PROTOCOL -6
 
+// The object was made by the parent of this forked process; connect again
+// in the child.
+#define COHMEM_E_FORKED -7
+
 // A buffer object: a sealed memfd tracked by cohmemd, with a GPU resource.
 typedef struct cohmem_bo cohmem_bo;
 

@@ -31,6 +31,9 @@ pub const COHMEM_E_DAEMON: c_int = -4;
 pub const COHMEM_E_SYSTEM: c_int = -5;
 /// The daemon's reply made no sense.
 pub const COHMEM_E_PROTOCOL: c_int = -6;
+/// The object was made by the parent of this forked process; connect again
+/// in the child.
+pub const COHMEM_E_FORKED: c_int = -7;
 
 thread_local! {
     static LAST_ERROR: RefCell<(CString, u16)> = RefCell::new((CString::default(), 0));
@@ -48,6 +51,7 @@ fn fail(e: &ClientError) -> c_int {
         ClientError::Protocol(_) => COHMEM_E_PROTOCOL,
         ClientError::Disconnected => COHMEM_E_DISCONNECTED,
         ClientError::Sys(_) => COHMEM_E_SYSTEM,
+        ClientError::ForkedChild { .. } => COHMEM_E_FORKED,
     };
     set_error(&e.to_string(), e.code().map_or(0, |c| c.to_wire()));
     code
@@ -427,6 +431,7 @@ pub extern "C" fn cohmem_strerror(code: c_int) -> *const c_char {
         COHMEM_E_DAEMON => c"cohmemd refused the request",
         COHMEM_E_SYSTEM => c"a system call failed",
         COHMEM_E_PROTOCOL => c"protocol error",
+        COHMEM_E_FORKED => c"object of the parent process used in a forked child",
         _ => c"unknown error code",
     };
     text.as_ptr()

@@ -113,6 +113,9 @@ pub(crate) struct ConnInner {
     /// Every BO opened on this connection: re-imported after a reconnect.
     bos: Mutex<Vec<Weak<BoInner>>>,
     reconnects: AtomicU64,
+    /// The process that connected: its forked children share the socket
+    /// and must not use it (see [`ClientError::ForkedChild`]).
+    owner: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +194,7 @@ impl ConnInner {
         reconnect: Reconnect,
         record: &mut dyn FnMut(&Reply),
     ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.check_owner()?;
         // BOs held during a reconnect are released only after the link lock
         // (dropping the last one sends DESTROY, which takes the lock).
         let mut held = Vec::new();
@@ -285,13 +289,27 @@ impl ConnInner {
         Ok((reply, got.fds))
     }
 
-    /// Re-establishes the session after the daemon died or restarted
-    /// (DESIGN.md §5.5): connects again, re-attaches the process's tracking,
-    /// re-imports every live BO by its memfd (a new daemon adopts it with
-    /// every page dirty) and re-announces every live mapping, reporting it
-    /// damaged, so the next sync uploads everything that could have been
-    /// written while nobody tracked it. The BOs are put in `held`.
+    /// Fails in a forked child of the process that connected.
+    fn check_owner(&self) -> Result<(), ClientError> {
+        let pid = std::process::id();
+        if pid != self.owner {
+            return Err(ClientError::ForkedChild { owner: self.owner, pid });
+        }
+        Ok(())
+    }
+
+    /// Re-establishes the session after the daemon died or restarted, or
+    /// after the session fell out of step (DESIGN.md §5.6): closes the old
+    /// session and waits until the daemon has released it (a live daemon
+    /// would otherwise still hold its views), connects again, re-attaches
+    /// the process's tracking, re-imports every live BO by its memfd (a new
+    /// daemon adopts it with every page dirty), re-announces every live
+    /// mapping and reports each whole BO damaged, so the next sync uploads
+    /// everything that could have been written while this process's
+    /// writes were not tracked, whichever sharing process reconnected first.
+    /// The BOs are put in `held`.
     fn reconnect(&self, link: &mut Link, held: &mut Vec<Arc<BoInner>>) -> Result<(), ClientError> {
+        link.sock.close_and_wait(OLD_SESSION_BOUND);
         let mut fresh = connect_link(&self.socket_path)?;
         match self.exchange(&mut fresh, &hello(), &[]).map_err(Exchange::into_inner)? {
             (Reply::Hello { .. }, _) => {}
@@ -299,11 +317,13 @@ impl ConnInner {
         }
         let tracking = lock(&self.tracking).clone();
         if let Some(pt) = &tracking {
-            pt.daemon_changed(fresh.daemon_pid);
+            pt.settle_daemon(fresh.daemon_pid);
             let mechanism = attach(pt, &mut |r, f| {
                 self.exchange(&mut fresh, r, f).map_err(Exchange::into_inner)
             })?;
-            pt.reattach(mechanism)?;
+            pt.reattach(mechanism, &mut || {
+                watch_daemon(&mut |r, f| self.exchange(&mut fresh, r, f).map_err(Exchange::into_inner))
+            })?;
         }
         held.extend(lock(&self.bos).iter().filter_map(Weak::upgrade));
         for bo in held.iter() {
@@ -332,13 +352,15 @@ impl ConnInner {
                     }
                     (other, _) => return Err(unexpected("MAP", &other)),
                 }
-                let damage = Request::Damage {
-                    bo: handle,
-                    offset: v.offset,
-                    len: v.len,
-                };
-                self.exchange(&mut fresh, &damage, &[]).map_err(Exchange::into_inner)?;
             }
+            // The whole BO, not only the live views: a mapping dropped while
+            // the session was dead could not say what it wrote.
+            let damage = Request::Damage {
+                bo: handle,
+                offset: 0,
+                len: bo.size,
+            };
+            self.exchange(&mut fresh, &damage, &[]).map_err(Exchange::into_inner)?;
         }
         *link = fresh;
         self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -354,13 +376,14 @@ impl ConnInner {
         // Not held across the calls: a reconnect inside them reads it.
         let pt = process_tracking(&self.socket_path)?;
         let mechanism = attach(&pt, &mut |r, f| self.call(r, f))?;
-        pt.set_mechanism(mechanism)?;
+        pt.set_mechanism(mechanism, &mut || watch_daemon(&mut |r, f| self.call(r, f)))?;
         Ok(lock(&self.tracking).get_or_insert(pt).clone())
     }
 
     /// Reconnects now if the session is known to be broken, or if the
     /// process's lifeline says the daemon died.
     pub fn ensure_connected(&self) -> Result<(), ClientError> {
+        self.check_owner()?;
         let gone = lock(&self.tracking).as_ref().is_some_and(|t| t.daemon_gone());
         let mut held = Vec::new();
         let mut link = lock(&self.link);
@@ -418,6 +441,23 @@ fn connect_link(path: &Path) -> Result<Link, ClientError> {
 /// A reply with its fds, or why there is none.
 type CallResult = Result<(Reply, Vec<OwnedFd>), ClientError>;
 
+/// How long a reconnect waits for a live daemon to release the old session
+/// after closing it.
+const OLD_SESSION_BOUND: Duration = Duration::from_secs(5);
+
+/// WATCH_DAEMON through `call`: the daemon's pidfd, or `None` where the
+/// daemon cannot give one (no pidfds in its kernel, or an older daemon).
+fn watch_daemon(
+    call: &mut dyn FnMut(&Request, &[BorrowedFd<'_>]) -> CallResult,
+) -> Result<Option<OwnedFd>, ClientError> {
+    match call(&Request::WatchDaemon, &[]) {
+        Ok((Reply::DaemonProcess, mut fds)) => Ok(fds.pop()),
+        Ok((other, _)) => Err(unexpected("WATCH_DAEMON", &other)),
+        Err(e) if matches!(e.code(), Some(ErrorCode::Kernel | ErrorCode::UnknownRequest)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// ATTACH_MM through `call`: first without fds (another connection of the
 /// process may have attached it already), then offering the fds.
 fn attach(
@@ -472,6 +512,7 @@ impl Connection {
             tracking: Mutex::new(None),
             bos: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),
+            owner: std::process::id(),
         };
         match inner.call_if_connected(|| Some(hello()), &[])? {
             (
@@ -513,6 +554,13 @@ impl Connection {
     pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<MechanismSwitch, ClientError> {
         let pt = self.inner.tracking()?;
         let _no_mapping_changes = pt.switch_guard();
+        let mut fetch = || watch_daemon(&mut |r, f| self.inner.call(r, f));
+        // The daemon moves mappings to the synchronous uffd and protects
+        // them during the switch: the guard that undoes that if the daemon
+        // dies half way must be watching before.
+        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && pt.synchronous.is_some() {
+            pt.sync_guard(&mut fetch)?;
+        }
         let req = Request::SetMechanism { mechanism };
         match self.inner.call(&req, &[])? {
             (
@@ -525,7 +573,7 @@ impl Connection {
                 },
                 _,
             ) => {
-                pt.set_mechanism(to)?;
+                pt.set_mechanism(to, &mut fetch)?;
                 Ok(MechanismSwitch {
                     from,
                     to,

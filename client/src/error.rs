@@ -34,6 +34,21 @@ pub enum ClientError {
     /// The daemon closed the connection.
     #[error("cohmemd closed the connection")]
     Disconnected,
+    /// The object belongs to the process that created it, and this is a
+    /// child forked from it: the child shares the parent's socket and
+    /// userfaultfds (using them would act on the parent's session and
+    /// address space) and did not inherit the mappings (`MADV_DONTFORK`).
+    /// Connect again in the child.
+    #[error(
+        "this cohmem object was created by process {owner} and cannot be used in its forked child {pid}; \
+         connect again in the child"
+    )]
+    ForkedChild {
+        /// The process that created the object.
+        owner: u32,
+        /// This process.
+        pid: u32,
+    },
     /// A local kernel call failed.
     #[error(transparent)]
     Sys(#[from] SysError),

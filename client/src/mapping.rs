@@ -123,27 +123,38 @@ impl Mapping {
 
     /// Copies `data` into the mapping at `offset`.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ClientError> {
-        Ok(self.map.write_at(offset, data)?)
+        Ok(self.live()?.write_at(offset, data)?)
     }
 
     /// Copies bytes out of the mapping at `offset`.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), ClientError> {
-        Ok(self.map.read_at(offset, buf)?)
+        Ok(self.live()?.read_at(offset, buf)?)
     }
 
     /// Fills `len` bytes at `offset` with `byte`.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), ClientError> {
-        Ok(self.map.fill(offset, len, byte)?)
+        Ok(self.live()?.fill(offset, len, byte)?)
     }
 
     /// Stores an aligned u64 (volatile).
     pub fn write_u64(&self, offset: usize, value: u64) -> Result<(), ClientError> {
-        Ok(self.map.write_u64(offset, value)?)
+        Ok(self.live()?.write_u64(offset, value)?)
     }
 
     /// Loads an aligned u64 (volatile).
     pub fn read_u64(&self, offset: usize) -> Result<u64, ClientError> {
-        Ok(self.map.read_u64(offset)?)
+        Ok(self.live()?.read_u64(offset)?)
+    }
+
+    /// The mapping, unless this is a forked child, which does not have it.
+    fn live(&self) -> Result<&SharedMapping, ClientError> {
+        if self.map.not_inherited() {
+            return Err(ClientError::ForkedChild {
+                owner: self.tracking.pid,
+                pid: std::process::id(),
+            });
+        }
+        Ok(&self.map)
     }
 
     /// Unmaps explicitly, reporting errors that drop would swallow.
@@ -156,6 +167,15 @@ impl Mapping {
             return Ok(());
         }
         self.unmapped = true;
+        if self.map.not_inherited() {
+            // A forked child dropping its copy of the parent's value: the
+            // session, the uffds and the view are the parent's, and the
+            // range is not mapped here. Nothing to release.
+            return Err(ClientError::ForkedChild {
+                owner: self.tracking.pid,
+                pid: std::process::id(),
+            });
+        }
         // UNMAP first: the daemon harvests the view while it still exists.
         let _no_switch = self.tracking.mapping_guard();
         // Retired first: a reconnect no longer re-announces it. UNMAP names

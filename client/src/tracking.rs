@@ -11,17 +11,22 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::{Duration, Instant};
 
+use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD,
+    Mechanism, Reply, Request, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_MAPS,
+    ATTACH_WITH_SYNC_UFFD, PROTOCOL_VERSION,
 };
 use cohmem_sys::pagemap::PagemapFile;
+use cohmem_sys::pidfd::{Pidfd, StopSignal, WaitOutcome};
 use cohmem_sys::procmaps::ProcMapsFile;
 use cohmem_sys::seqpacket::SeqpacketSocket;
+use cohmem_sys::signals::spawn_with_signals_blocked;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 
@@ -41,46 +46,94 @@ fn lock_ranges(ranges: &MappedRanges) -> MutexGuard<'_, Vec<Range<u64>>> {
     ranges.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How a [`SyncGuard`] learns that its daemon died.
+enum DaemonWatch {
+    /// The daemon's pidfd (WATCH_DAEMON): readable exactly when the daemon
+    /// process has exited, so nothing else (a signal, a refused or dropped
+    /// connection, a daemon closing one session) is taken for death.
+    Process { pidfd: Pidfd, stop: StopSignal },
+    /// Where the daemon cannot give a pidfd: an idle connection whose
+    /// end-of-file is taken as death. Accepted by a HELLO first, so a
+    /// daemon that refuses it (connection quota) fails the caller loudly.
+    Lifeline(SeqpacketSocket),
+}
+
 /// Keeps a uffd-sync client from hanging when its daemon dies (DESIGN.md
-/// §5.5): a watcher thread holds a "lifeline" connection to the daemon, and
-/// when it breaks, unprotects every mapping of the process through the
-/// synchronous uffd (ranges not registered with it are skipped by the
-/// kernel), which wakes every thread waiting in a write-protect fault. The
-/// mappings then carry on untracked.
+/// §5.6): a watcher thread, started before any mapping is handed to the
+/// synchronous uffd, waits for the daemon's exit; then it unprotects every
+/// mapping of the process through the synchronous uffd (ranges not
+/// registered with it are skipped by the kernel), which wakes every thread
+/// waiting in a write-protect fault. The mappings then carry on untracked
+/// until a reconnect re-announces them as damaged.
+///
+/// The watcher starts with every signal blocked, and nothing but the
+/// daemon's exit (or [`SyncGuard::retire`]) ends its wait.
 pub(crate) struct SyncGuard {
     ranges: MappedRanges,
     gone: AtomicBool,
     closing: AtomicBool,
-    lifeline: SeqpacketSocket,
-    /// The daemon process the lifeline is connected to.
+    watch: DaemonWatch,
+    /// The daemon process (its `SO_PEERCRED` pid; for the lifeline only).
     daemon_pid: i32,
     uffd: Userfaultfd,
+    /// The process that started the guard (a forked child must not stop
+    /// its parent's watcher through the shared fds).
+    owner: u32,
     watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SyncGuard {
-    fn start(daemon: &Path, uffd: &Userfaultfd, ranges: MappedRanges) -> Result<Arc<Self>, ClientError> {
-        let lifeline = SeqpacketSocket::connect(daemon).map_err(|source| ClientError::Connect {
-            path: daemon.to_owned(),
-            source,
-        })?;
-        let daemon_pid = lifeline.peer_cred().map(|c| c.pid).unwrap_or(0);
+    /// Starts watching the daemon: through `pidfd` (from WATCH_DAEMON) when
+    /// there is one, else through a lifeline connection to `daemon`.
+    fn start(
+        daemon: &Path,
+        pidfd: Option<OwnedFd>,
+        uffd: &Userfaultfd,
+        ranges: MappedRanges,
+    ) -> Result<Arc<Self>, ClientError> {
+        let (watch, daemon_pid) = match pidfd {
+            Some(fd) => (
+                DaemonWatch::Process {
+                    pidfd: Pidfd::from(fd),
+                    stop: StopSignal::new()?,
+                },
+                0,
+            ),
+            None => {
+                let lifeline = lifeline(daemon)?;
+                let pid = lifeline.peer_cred().map(|c| c.pid).unwrap_or(0);
+                (DaemonWatch::Lifeline(lifeline), pid)
+            }
+        };
         let guard = Arc::new(Self {
             ranges,
             gone: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            lifeline,
+            watch,
             daemon_pid,
             uffd: Userfaultfd::from_fd(uffd.try_clone_fd()?)?,
+            owner: std::process::id(),
             watcher: Mutex::new(None),
         });
         let watcher = guard.clone();
-        let handle = std::thread::Builder::new()
-            .name("cohmem-lifeline".into())
-            .spawn(move || watcher.watch())
+        let handle = spawn_with_signals_blocked("cohmem-lifeline", move || watcher.watch())
             .map_err(|e| ClientError::Protocol(format!("cannot start the lifeline thread: {e}")))?;
         *guard.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(guard)
+    }
+
+    /// Ends the watcher's wait without taking it for the daemon's death.
+    fn stop_watching(&self) {
+        if std::process::id() != self.owner {
+            // The fds are shared with the parent: touching them would end
+            // the parent's watch.
+            return;
+        }
+        self.closing.store(true, Ordering::Release);
+        let _ = match &self.watch {
+            DaemonWatch::Process { stop, .. } => stop.raise(),
+            DaemonWatch::Lifeline(sock) => sock.shutdown(),
+        };
     }
 
     /// Retires the guard because the process moves to another daemon:
@@ -88,8 +141,7 @@ impl SyncGuard {
     /// unprotects every mapping itself, so no protection of the old daemon
     /// outlives it, and no late unprotect undoes the new daemon's.
     fn retire(&self) {
-        self.closing.store(true, Ordering::Release);
-        let _ = self.lifeline.shutdown();
+        self.stop_watching();
         let handle = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
@@ -106,13 +158,18 @@ impl SyncGuard {
         }
     }
 
-    /// Blocks until the daemon closes the lifeline (it never sends on it).
+    /// Blocks until the daemon has exited (or the guard is retired).
     fn watch(&self) {
-        let mut buf = [0u8; 64];
-        loop {
-            match self.lifeline.recv(&mut buf) {
-                Ok(r) if r.len > 0 || !r.fds.is_empty() => continue,
-                _ => break,
+        match &self.watch {
+            DaemonWatch::Process { pidfd, stop } => {
+                if !matches!(pidfd.wait_exit(stop), Ok(WaitOutcome::Exited)) {
+                    return;
+                }
+            }
+            DaemonWatch::Lifeline(sock) => {
+                let mut buf = [0u8; 64];
+                // The daemon never sends on it; recv restarts after signals.
+                while matches!(sock.recv(&mut buf), Ok(r) if r.len > 0 || !r.fds.is_empty()) {}
             }
         }
         if self.closing.load(Ordering::Acquire) {
@@ -124,9 +181,71 @@ impl SyncGuard {
 
     /// True once the daemon is known to be gone.
     pub fn daemon_gone(&self) -> bool {
-        self.gone.load(Ordering::Acquire)
+        if self.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        match &self.watch {
+            DaemonWatch::Process { pidfd, .. } => pidfd.exited().unwrap_or(false),
+            DaemonWatch::Lifeline(_) => false,
+        }
+    }
+
+    /// Waits up to `bound` for the daemon to be known gone.
+    fn gone_within(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            if self.daemon_gone() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
+
+/// A lifeline connection to the daemon at `path`, accepted (HELLO answered):
+/// a daemon that refuses it fails the caller with the daemon's reason
+/// instead of being taken for dead a second later.
+fn lifeline(path: &Path) -> Result<SeqpacketSocket, ClientError> {
+    let sock = SeqpacketSocket::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    let hello = Request::Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        caps: 0,
+    };
+    sock.send(&hello.encode(0), &[])?;
+    let mut buf = vec![0u8; MAX_FRAME];
+    let got = sock.recv(&mut buf)?;
+    match Reply::decode(&buf[..got.len.min(buf.len())]) {
+        Ok((_, Reply::Hello { .. })) => Ok(sock),
+        Ok((_, Reply::Error { code, message })) => Err(ClientError::Daemon {
+            request: "HELLO (lifeline connection)",
+            code,
+            message,
+        }),
+        Ok((_, other)) => Err(ClientError::Protocol(format!(
+            "unexpected reply to the lifeline's HELLO: {other:?}"
+        ))),
+        Err(_) if got.len == 0 => Err(ClientError::Disconnected),
+        Err(e) => Err(ClientError::Protocol(format!(
+            "undecodable reply to the lifeline's HELLO: {e}"
+        ))),
+    }
+}
+
+/// How long a reconnect waits for the daemon of a broken session to be
+/// known exited before taking it for alive (a process closes its sockets
+/// a moment before its pidfd says it exited).
+const DAEMON_EXIT_BOUND: Duration = Duration::from_secs(1);
+
+/// Asks the daemon of the current session for its pidfd (WATCH_DAEMON):
+/// `None` where it cannot give one.
+pub(crate) type FetchPidfd<'a> = &'a mut dyn FnMut() -> Result<Option<OwnedFd>, ClientError>;
 
 /// This process's tracking fds.
 pub(crate) struct ProcessTracking {
@@ -158,8 +277,7 @@ pub(crate) struct ProcessTracking {
 impl Drop for ProcessTracking {
     fn drop(&mut self) {
         if let Some(g) = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            g.closing.store(true, Ordering::Release);
-            let _ = g.lifeline.shutdown();
+            g.stop_watching();
         }
     }
 }
@@ -195,8 +313,9 @@ impl ProcessTracking {
         (flags, features, fds)
     }
 
-    /// The lifeline guard for uffd-sync, started on first use.
-    pub fn sync_guard(&self) -> Result<Arc<SyncGuard>, ClientError> {
+    /// The guard for uffd-sync, started on first use (`fetch` asks the
+    /// daemon for its pidfd).
+    pub fn sync_guard(&self, fetch: FetchPidfd<'_>) -> Result<Arc<SyncGuard>, ClientError> {
         let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
@@ -205,25 +324,33 @@ impl ProcessTracking {
             .synchronous
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("uffd-sync without a synchronous uffd".into()))?;
-        let g = SyncGuard::start(&self.daemon, uffd, self.mapped.clone())?;
+        let g = SyncGuard::start(&self.daemon, fetch()?, uffd, self.mapped.clone())?;
         Ok(slot.insert(g).clone())
     }
 
-    /// True once the lifeline saw the daemon go.
+    /// True once the guard knows the daemon is gone.
     pub fn daemon_gone(&self) -> bool {
         let slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().is_some_and(|g| g.daemon_gone())
     }
 
-    /// A connection of the process reached the daemon process `daemon_pid`:
-    /// if the lifeline watches another (dead or replaced) daemon, retire it
-    /// (a new one starts when the new daemon picks a synchronous mechanism).
-    pub fn daemon_changed(&self, daemon_pid: i32) {
+    /// A broken session was closed and a new one reached the daemon whose
+    /// socket peer is `daemon_pid`: if the guard's daemon is gone (or, for
+    /// a lifeline, another process answers now), retire the guard (a new one
+    /// starts when the new daemon picks a synchronous mechanism). A guard
+    /// whose daemon is still alive stays: that daemon still tracks the
+    /// process, and unprotecting would lose writes.
+    pub fn settle_daemon(&self, daemon_pid: i32) {
         let old = {
             let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
-            match slot.as_ref() {
-                Some(g) if g.daemon_pid != daemon_pid => slot.take(),
-                _ => None,
+            let retire = slot.as_ref().is_some_and(|g| {
+                matches!(g.watch, DaemonWatch::Lifeline(_)) && g.daemon_pid != daemon_pid
+                    || g.gone_within(DAEMON_EXIT_BOUND)
+            });
+            if retire {
+                slot.take()
+            } else {
+                None
             }
         };
         if let Some(g) = old {
@@ -231,29 +358,37 @@ impl ProcessTracking {
         }
     }
 
-    /// After ATTACH_MM to a restarted daemon: moves every mapping of the
-    /// process to the uffd of the mechanism the new daemon chose, if that
-    /// is another one, and records the mechanism.
-    pub fn reattach(&self, mechanism: Mechanism) -> Result<(), ClientError> {
-        let old = self
-            .uffd_for(self.mechanism())
-            .ok()
-            .flatten()
-            .map(|u| u.as_fd().as_raw_fd());
+    /// After ATTACH_MM on a new session: hands every mapping of the process
+    /// to the uffd of the mechanism the daemon chose, whatever uffd each
+    /// one is registered with now (a daemon that died in the middle of a
+    /// mechanism switch leaves some with each), and records the mechanism.
+    pub fn reattach(&self, mechanism: Mechanism, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
         let new = self.uffd_for(mechanism)?;
-        if old != new.map(|u| u.as_fd().as_raw_fd()) {
-            let ranges = lock_ranges(&self.mapped).clone();
-            for r in ranges {
-                if let Some(u) = self.uffd_for(self.mechanism()).ok().flatten() {
-                    let _ = u.unregister(r.start, r.end - r.start);
-                    let _ = u.wake(r.start, r.end - r.start);
-                }
-                if let Some(u) = new {
-                    u.register_wp(r.start, r.end - r.start)?;
-                }
+        // The guard watches the daemon before any mapping reaches the
+        // synchronous uffd.
+        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
+            self.sync_guard(fetch)?;
+        }
+        let old: Vec<&Userfaultfd> = self
+            .asynchronous
+            .as_ref()
+            .map(|a| &a.uffd)
+            .into_iter()
+            .chain(self.synchronous.as_ref())
+            .collect();
+        let ranges = lock_ranges(&self.mapped).clone();
+        for r in ranges {
+            let len = r.end - r.start;
+            for u in &old {
+                // Not registered with this one: nothing to undo.
+                let _ = u.unregister(r.start, len);
+                let _ = u.wake(r.start, len);
+            }
+            if let Some(u) = new {
+                u.register_wp(r.start, len)?;
             }
         }
-        self.set_mechanism(mechanism)
+        self.set_mechanism(mechanism, fetch)
     }
 
     /// The mechanism the daemon tracks this process with.
@@ -261,12 +396,12 @@ impl ProcessTracking {
         *self.mechanism.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the mechanism the daemon reported; starts the lifeline guard
-    /// when it uses the synchronous uffd, and claims soft-dirty.
-    pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<(), ClientError> {
+    /// Records the mechanism the daemon reported; starts the guard when it
+    /// uses the synchronous uffd, and claims soft-dirty.
+    pub fn set_mechanism(&self, mechanism: Mechanism, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
         self.uffd_for(mechanism)?;
         if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
-            self.sync_guard()?;
+            self.sync_guard(fetch)?;
         }
         if mechanism == Mechanism::SoftDirty {
             claim_soft_dirty(self)?;
