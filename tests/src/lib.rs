@@ -390,3 +390,14 @@ impl NotifySocket {
         }
     }
 }
+
+/// How much slower than this host the machine runs (`COHMEM_TIME_SCALE`,
+/// 1 by default; the VM tier's emulated guests set 20): time bounds are
+/// multiplied by it and long loops divided.
+pub fn time_scale() -> u32 {
+    std::env::var("COHMEM_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(1)
+}

@@ -161,3 +161,81 @@ fn the_daemon_adopts_only_sealed_page_sized_memfds() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The writer child processes cargo builds with these tests.
+const WRITER: &str = env!("CARGO_BIN_EXE_cohmem-test-writer");
+
+/// Issue 14, item 7: two processes share a BO across a restart, and
+/// whichever reconnects first, the other's writes made on its dead session
+/// (by a mapping it then dropped, so that nothing re-announces it) reach the
+/// new GPU copy. The first to reconnect syncs, which uploads and clears the
+/// BO's adopted all-dirty state; the other's re-import must report its
+/// damage again.
+fn shared_bo_restart(mechanism: Mechanism, this_process_first: bool) -> anyhow::Result<()> {
+    use cohmem_tools::writer::{page_pattern, WriterChild};
+    let mut daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo(16 * ps as u64)?;
+    let mut other = WriterChild::spawn(std::path::Path::new(WRITER), daemon.socket(), bo.memfd(), 0, 0)?;
+    let map = bo.map()?;
+    map.write_u64(0, 1)?;
+    other.write_pages(7, &[1])?;
+    bo.sync()?;
+    assert_eq!(verify_gpu_copy(&bo)?, vec![], "before the restart");
+    daemon.kill9()?;
+    daemon.restart()?;
+    let order = if this_process_first {
+        "this process first"
+    } else {
+        "the other process first"
+    };
+    if this_process_first {
+        bo.sync()?;
+        // The other process, on its dead session, writes page 5 and drops
+        // its mapping; its next call reconnects and re-imports.
+        other.write_pages(11, &[5])?;
+        assert_eq!(other.command("unmap")?, "ok");
+        assert!(other.command("sync")?.starts_with("synced"));
+        let mut want = vec![0u8; ps];
+        page_pattern(11, 5, &mut want);
+        let mut got = vec![0u8; ps];
+        bo.read_at(5 * ps as u64, &mut got)?;
+        assert_eq!(
+            got, want,
+            "{mechanism}, {order}: the other process's write is not in the BO"
+        );
+    } else {
+        assert!(other.command("sync")?.starts_with("synced"));
+        // This process, on its dead session, writes page 3 and drops its
+        // mapping; its next call reconnects and re-imports.
+        map.write_u64(3 * ps, 0xa3)?;
+        drop(map);
+        bo.sync()?;
+    }
+    assert_eq!(
+        verify_gpu_copy(&bo)?,
+        vec![],
+        "{mechanism}, {order}: a write made on a dead session is missing from the new GPU copy"
+    );
+    other.quit()?;
+    eprintln!("{mechanism}, {order}: the write made on the dead session reached the new GPU copy");
+    Ok(())
+}
+
+#[test]
+fn a_shared_bo_survives_a_restart_whoever_reconnects_first() -> anyhow::Result<()> {
+    let caps = cohmem_sys::probe::probe_all();
+    for (mechanism, ok) in [
+        (Mechanism::UffdAsync, caps.uffd_async.ok),
+        (Mechanism::UffdSync, caps.uffd_sync.ok),
+    ] {
+        if !ok {
+            eprintln!("{mechanism} unavailable on this kernel");
+            continue;
+        }
+        shared_bo_restart(mechanism, true)?;
+        shared_bo_restart(mechanism, false)?;
+    }
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! Commands: `write SEED PAGE…` (prints `ok`), `read PAGE…` (prints `ok`),
 //! `forkwrite PAGE` (a forked child writes the page; prints how it ended),
 //! `sync` (prints `synced N`), `syncloop` (syncs until killed), `writeloop`
-//! (writes until killed), `quit` (unmaps, prints nothing, exits).
+//! (writes until killed), `unmap` (drops the mapping, keeps the BO; prints
+//! `ok`), `quit` (unmaps, prints nothing, exits).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -41,7 +42,7 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
     let conn = Connection::connect(&args[0])?;
     let bo = conn.import_bo(memfd)?;
     let len = if len == 0 { bo.size() - offset } else { len };
-    let map = bo.map_range(offset, len)?;
+    let mut mapping = Some(bo.map_range(offset, len)?);
     let ps = cohmem_sys::page_size();
     let mut page = vec![0u8; ps as usize];
     let mut out = std::io::stdout().lock();
@@ -57,6 +58,7 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
     };
     for line in std::io::stdin().lock().lines() {
         let line = line?;
+        let map = || mapping.as_ref().context("the mapping was dropped (unmap)");
         let mut words = line.split_whitespace();
         match words.next() {
             Some("write") => {
@@ -64,13 +66,13 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                 for p in words {
                     let p: u64 = p.parse()?;
                     page_pattern(seed, p, &mut page);
-                    map.write(in_view(p)?, &page)?;
+                    map()?.write(in_view(p)?, &page)?;
                 }
                 writeln!(out, "ok")?;
             }
             Some("read") => {
                 for p in words {
-                    map.read(in_view(p.parse()?)?, &mut page)?;
+                    map()?.read(in_view(p.parse()?)?, &mut page)?;
                 }
                 writeln!(out, "ok")?;
             }
@@ -79,7 +81,7 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                 // space; prints how the child ended.
                 let p: u64 = words.next().context("page")?.parse()?;
                 let at = (p * ps).checked_sub(offset).context("page outside this view")?;
-                let ptr = map.as_ptr();
+                let ptr = map()?.as_ptr();
                 out.flush()?;
                 // SAFETY: this writer process is single-threaded, so fork is
                 // safe; the child only stores one byte and calls _exit.
@@ -107,15 +109,19 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                 let mut v = 0u64;
                 loop {
                     v += 1;
-                    map.write_u64(((v % (len / ps)) * ps) as usize, v)?;
+                    map()?.write_u64(((v % (len / ps)) * ps) as usize, v)?;
                 }
+            }
+            Some("unmap") => {
+                drop(mapping.take());
+                writeln!(out, "ok")?;
             }
             Some("quit") | None => break,
             Some(other) => writeln!(out, "unknown command {other}")?,
         }
         out.flush()?;
     }
-    drop(map);
+    drop(mapping);
     Ok(())
 }
 
