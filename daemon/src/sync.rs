@@ -941,12 +941,7 @@ impl<'a> SyncEngine<'a> {
     /// the first only, and the second would never receive it (nor would a
     /// READBACK then copy the right bytes back). Windows that do not
     /// overlap get exactly what `transfer_to_res` hands them.
-    fn take_all_runs(
-        &self,
-        bo: &Bo,
-        st: &mut BoState,
-        order: &[(u64, u32)],
-    ) -> Result<Vec<Transfer>, SyncError> {
+    fn take_all_runs(&self, bo: &Bo, st: &mut BoState, order: &[(u64, u32)]) -> Result<Vec<Transfer>, SyncError> {
         let ps = bo.page_size;
         let resources = order
             .iter()
@@ -997,6 +992,15 @@ impl<'a> SyncEngine<'a> {
     /// parked) while the BO is copied; uffd-async writers cannot be blocked,
     /// so the copy is checked afterwards and retried if they wrote. Bounded
     /// by `bound`; the parked writers are always released.
+    ///
+    /// The quiesce holds only the views present when it starts: a view
+    /// mapped during the copy was never write-protected by it, and one
+    /// unmapped during it is no longer checked, so writes through either can
+    /// tear the copy unseen. An attempt is therefore a read section against
+    /// structural changes (seed 000, as in SYNC): one that overlapped a
+    /// change is not exact and is retried; after [`MAX_SYNC_COLLISIONS`]
+    /// such attempts, the next blocks structural changes for its duration
+    /// (a MAP or UNMAP then waits, at most `bound`).
     pub fn snapshot(&self, bo: &Bo, bound: std::time::Duration) -> Result<(Memfd, SnapshotReport), SyncError> {
         let _serial = lock(&bo.sync_lock);
         let deadline = Instant::now() + bound;
@@ -1012,8 +1016,14 @@ impl<'a> SyncEngine<'a> {
                 self.0.release_quiesce(self.1);
             }
         }
+        let mut collisions = 0u32;
         loop {
             report.attempts += 1;
+            let exclusive = collisions >= MAX_SYNC_COLLISIONS;
+            // Declared before the release: dropped after it (lock order:
+            // structural changes, then the state lock).
+            let _blocked = exclusive.then(|| bo.block_structural_changes());
+            let seq = bo.structure_seq();
             let release = Release(self, bo);
             let views = {
                 let mut st = bo.state();
@@ -1041,9 +1051,14 @@ impl<'a> SyncEngine<'a> {
             }
             drop(release);
             let memfd = copied?;
+            let stable = exclusive || (seq % 2 == 0 && bo.structure_seq() == seq);
+            if !stable {
+                collisions += 1;
+                bo.counters.sync_retries.fetch_add(1, Ordering::Relaxed);
+            }
             report.blocked_views = blocked;
             report.unblocked_views = unblocked;
-            report.exact = checkable && written.is_empty();
+            report.exact = stable && checkable && written.is_empty();
             if report.exact || !checkable || Instant::now() >= deadline {
                 return Ok((memfd, report));
             }
