@@ -466,8 +466,9 @@ impl Session {
         }
         let bo = self.bo_by_id(id, "snapshot")?;
         let daemon = self.daemon.clone();
+        let only_one = only_quiesce(&daemon).await?;
         let (memfd, report) = run_blocking(move || {
-            let _only_one = only_quiesce(&daemon)?;
+            let _only_one = only_one;
             daemon.sync_engine().snapshot(&bo, QUIESCE_BOUND).map_err(sync_failure)
         })
         .await??;
@@ -502,8 +503,9 @@ impl Session {
         let exact = tracker.exact();
         let daemon = self.daemon.clone();
         let switched = mm.clone();
+        let only_one = only_quiesce(&daemon).await?;
         let report = run_blocking(move || {
-            let _only_one = only_quiesce(&daemon)?;
+            let _only_one = only_one;
             Ok::<_, Failure>(switch::switch_mechanism(
                 &daemon.counters,
                 &daemon.faults,
@@ -1215,22 +1217,18 @@ fn sync_failure(e: SyncError) -> Failure {
 }
 
 /// Takes the daemon's quiesce lock (seed 004: one quiesce at a time, and
-/// never waiting forever).
-fn only_quiesce(daemon: &Daemon) -> Result<std::sync::MutexGuard<'_, ()>, Failure> {
-    let deadline = std::time::Instant::now() + QUIESCE_BOUND;
-    loop {
-        match daemon.quiesce.try_lock() {
-            Ok(guard) => return Ok(guard),
-            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
-            Err(_) => {
-                return Err(fail(
-                    ErrorCode::LimitExceeded,
-                    format!("another quiesce is running; gave up after {QUIESCE_BOUND:?}"),
-                ))
-            }
-        }
-    }
+/// never waiting forever). Waits asynchronously: a request queued behind
+/// another client's quiesce holds no thread, so the runtime goes on serving
+/// everyone else (issue 14, item 10).
+async fn only_quiesce(daemon: &Daemon) -> Result<tokio::sync::OwnedMutexGuard<()>, Failure> {
+    tokio::time::timeout(QUIESCE_BOUND, daemon.quiesce.clone().lock_owned())
+        .await
+        .map_err(|_| {
+            fail(
+                ErrorCode::LimitExceeded,
+                format!("another quiesce is running; gave up after {QUIESCE_BOUND:?}"),
+            )
+        })
 }
 
 fn switch_failure(e: switch::SwitchError) -> Failure {

@@ -78,8 +78,10 @@ pub struct Daemon {
     pub counters: DaemonCounters,
     /// The uffd-sync fault service.
     pub faults: Arc<FaultService>,
-    /// Held by the one quiesce that may run at a time (seed 004).
-    pub quiesce: Mutex<()>,
+    /// Held by the one quiesce that may run at a time (seed 004). An
+    /// asynchronous lock: requests wait for it without holding a thread
+    /// the runtime needs for other clients.
+    pub quiesce: Arc<tokio::sync::Mutex<()>>,
     /// What every uid holds, against the per-user limits.
     pub quotas: QuotaTable,
     /// What the background upload did (`--background-upload-us`).
@@ -119,7 +121,7 @@ impl Daemon {
             mms: MmRegistry::default(),
             counters: DaemonCounters::default(),
             faults,
-            quiesce: Mutex::new(()),
+            quiesce: Arc::new(tokio::sync::Mutex::new(())),
             quotas,
             background: BackgroundCounters::default(),
             connections: Mutex::new(HashMap::new()),
