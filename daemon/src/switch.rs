@@ -83,9 +83,9 @@ fn own_pagemap(fd: &OwnedFd, pid: i32, checked: bool) -> Result<PagemapFile, Swi
     }
 }
 
-/// The process's maps file for coverage proofs, if it sent one: `None`
-/// (with a note in the log) when the kernel has no `PROCMAP_QUERY`, an
-/// error if it is another process's.
+/// The process's maps file, if it sent one: `None` (with a note in the
+/// log) when the kernel has no `PROCMAP_QUERY`, an error if it is another
+/// process's. Only checked: coverage is proven by the harvest's own walk.
 fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, SwitchError> {
     let Some(fd) = fd else {
         return Ok(None);
@@ -93,7 +93,7 @@ fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, Swit
     let maps = match ProcMapsFile::from_fd(dup(fd)?) {
         Ok(m) => m,
         Err(e) => {
-            tracing::debug!(pid, error = %e, "maps fd unusable; coverage is proven by pagemap walks");
+            tracing::debug!(pid, error = %e, "maps fd unusable (not needed: coverage is proven by pagemap walks)");
             return Ok(None);
         }
     };
@@ -126,11 +126,10 @@ impl MechanismOffer {
                     .as_ref()
                     .ok_or_else(|| SwitchError::Missing("the process offered no WP_ASYNC uffd".into()))?;
                 let uffd = Userfaultfd::from_fd(dup(uffd)?).map_err(|e| SwitchError::BadFds(format!("fd 0: {e}")))?;
-                Box::new(UffdAsyncTracker::new(
-                    uffd,
-                    own_pagemap(pagemap, pid, true)?,
-                    own_maps(self.maps.as_ref(), pid)?,
-                ))
+                // A maps fd of another process is refused; the fd itself is
+                // no longer used for coverage proofs (see UffdAsyncTracker).
+                own_maps(self.maps.as_ref(), pid)?;
+                Box::new(UffdAsyncTracker::new(uffd, own_pagemap(pagemap, pid, true)?))
             }
             Mechanism::UffdSync => {
                 // Keep the pagemap if it came along: it proves views are
