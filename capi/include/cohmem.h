@@ -186,6 +186,17 @@ int cohmem_bo_sync(const struct cohmem_bo *bo, struct cohmem_sync_result *result
 // `bo` is a live BO.
 int cohmem_bo_readback(const struct cohmem_bo *bo);
 
+// Reports `len` bytes at `offset` of the BO written. Needed under the
+// `explicit` mechanism for every write, and under the tracking mechanisms
+// for writes no mapping store reports: pinned I/O into a mapping (an
+// `O_DIRECT` `read`, io_uring, a device) once it completed, and writes
+// through the BO's fd (`pwrite`, `fallocate`, `MADV_REMOVE`) on kernels
+// that raise no inotify events on memfds (Linux 6.14 and later).
+//
+// # Safety
+// `bo` is a live BO.
+int cohmem_bo_damage(const struct cohmem_bo *bo, uint64_t offset, uint64_t len);
+
 // Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 // devices; on the software GPU a read-only memfd) that other processes and
 // APIs (EGL, Vulkan) can import. The caller owns `out->fd`.

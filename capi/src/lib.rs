@@ -341,6 +341,27 @@ pub unsafe extern "C" fn cohmem_bo_readback(bo: *const cohmem_bo) -> c_int {
     }
 }
 
+/// Reports `len` bytes at `offset` of the BO written. Needed under the
+/// `explicit` mechanism for every write, and under the tracking mechanisms
+/// for writes no mapping store reports: pinned I/O into a mapping (an
+/// `O_DIRECT` `read`, io_uring, a device) once it completed, and writes
+/// through the BO's fd (`pwrite`, `fallocate`, `MADV_REMOVE`) on kernels
+/// that raise no inotify events on memfds (Linux 6.14 and later).
+///
+/// # Safety
+/// `bo` is a live BO.
+#[no_mangle]
+pub unsafe extern "C" fn cohmem_bo_damage(bo: *const cohmem_bo, offset: u64, len: u64) -> c_int {
+    // SAFETY: `bo` is NULL or a live BO (documented).
+    let Some(bo) = (unsafe { bo.as_ref() }) else {
+        return invalid("cohmem_bo_damage: bo is NULL");
+    };
+    match bo.0.damage(offset, len) {
+        Ok(()) => COHMEM_OK,
+        Err(e) => fail(&e),
+    }
+}
+
 /// Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 /// devices; on the software GPU a read-only memfd) that other processes and
 /// APIs (EGL, Vulkan) can import. The caller owns `out->fd`.

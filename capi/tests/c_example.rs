@@ -58,6 +58,7 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
     eprintln!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
     anyhow::ensure!(run.status.success(), "the C example failed: {}", run.status);
     anyhow::ensure!(stdout.contains("synced 2 pages"), "{stdout}");
+    anyhow::ensure!(stdout.contains("damaged and synced 1 page(s)"), "{stdout}");
     anyhow::ensure!(stdout.contains("GPU copy equals the BO"), "{stdout}");
     anyhow::ensure!(stdout.trim_end().ends_with("ok"), "{stdout}");
     std::fs::remove_dir_all(&dir)?;

@@ -34,9 +34,13 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
     let artifacts = stage.join("build");
     std::fs::create_dir_all(&artifacts)?;
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cohmem-capi-test-daemon"), artifacts.join("cohmemd"))?;
+    // The newer of the two: a `cargo build` earlier may have left an older
+    // library beside the one this test run built.
     let lib = [build_dir.join("libcohmem.so"), build_dir.join("deps/libcohmem.so")]
         .into_iter()
-        .find(|p| p.is_file())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
         .ok_or_else(|| anyhow::anyhow!("libcohmem.so was not built in {}", build_dir.display()))?;
     std::os::unix::fs::symlink(lib, artifacts.join("libcohmem.so"))?;
     let build_dir = artifacts;

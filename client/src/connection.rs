@@ -925,6 +925,19 @@ impl Bo {
 
     /// Reports that `len` bytes at `offset` were written (the `explicit`
     /// mechanism; harmless, if redundant, under the others).
+    ///
+    /// Under the tracking mechanisms, call it for changes no mapping
+    /// write reports:
+    ///
+    /// - **pinned I/O**: an `O_DIRECT` read (or io_uring, RDMA, a device)
+    ///   into a mapping pins its pages and fills them through the pin, with
+    ///   no write fault; a sync that runs while the I/O is in flight can
+    ///   miss what lands after it. Damage the range once the I/O completed
+    ///   (no kernel interface reports pins);
+    /// - **writes through the BO's fd** (`pwrite`, `fallocate`,
+    ///   `MADV_REMOVE`) on kernels that raise no inotify events on memfds
+    ///   (Linux 6.14 and later; `cohmemctl caps` says "fd writes"). Where
+    ///   the kernel raises them, the daemon marks the BO dirty itself.
     pub fn damage(&self, offset: u64, len: u64) -> Result<(), ClientError> {
         self.call_ok(|bo| Request::Damage { bo, offset, len })
     }

@@ -121,6 +121,29 @@ impl Mapping {
         self.offset
     }
 
+    /// Reports `len` bytes at `offset` of this mapping written, for writes
+    /// no fault reports: call it after pinned I/O into the mapping (an
+    /// `O_DIRECT` `read`, io_uring, a device) completed. See [`crate::Bo::damage`].
+    pub fn damage(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.map.len() as u64);
+        if end.is_none() {
+            return Err(ClientError::Protocol(format!(
+                "damage {offset}+{len} is outside the mapping's {} bytes",
+                self.map.len()
+            )));
+        }
+        self.live()?;
+        self.bo.call(
+            |bo| Request::Damage {
+                bo,
+                offset: self.offset + offset,
+                len,
+            },
+            &[],
+        )?;
+        Ok(())
+    }
+
     /// Copies `data` into the mapping at `offset`.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ClientError> {
         Ok(self.live()?.write_at(offset, data)?)

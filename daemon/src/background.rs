@@ -50,7 +50,9 @@ fn run(daemon: &Weak<Daemon>, interval: Duration) {
             if bo.state().tracker.as_ref().is_some_and(|t| t.paused.is_some()) {
                 continue;
             }
-            match d.sync_engine().sync_if_idle(&bo) {
+            let engine = d.sync_engine();
+            d.bypass.note(&engine, &bo);
+            match engine.sync_if_idle(&bo) {
                 Some(Ok(report)) => {
                     d.background.syncs.fetch_add(1, Ordering::Relaxed);
                     d.background.pages.fetch_add(report.pages, Ordering::Relaxed);

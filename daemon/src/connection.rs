@@ -540,9 +540,13 @@ impl Session {
     ) -> Outcome {
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let reply = run_blocking(move || op(&daemon.sync_engine(), &bo_arc))
-            .await?
-            .map_err(sync_failure)?;
+        let reply = run_blocking(move || {
+            let engine = daemon.sync_engine();
+            daemon.bypass.note(&engine, &bo_arc);
+            op(&engine, &bo_arc)
+        })
+        .await?
+        .map_err(sync_failure)?;
         ok(reply)
     }
 
@@ -681,6 +685,7 @@ impl Session {
             .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
         let bo = Arc::new(bo);
         self.daemon.bos.insert(&bo);
+        self.daemon.bypass.add(&bo);
         let handle = self.new_handle(bo.clone())?;
         tracing::debug!(conn = self.info.id, bo = id, size, handle, "BO created");
         Ok((
@@ -735,6 +740,7 @@ impl Session {
         crate::fdstore::store(&self.daemon, &bo, self.info.uid);
         let bo = Arc::new(bo);
         self.daemon.bos.insert(&bo);
+        self.daemon.bypass.add(&bo);
         let handle = self.new_handle(bo.clone())?;
         tracing::info!(
             conn = self.info.id,
@@ -1051,9 +1057,13 @@ impl Session {
         }
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let report = run_blocking(move || daemon.sync_engine().sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0))
-            .await?
-            .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
+        let report = run_blocking(move || {
+            let engine = daemon.sync_engine();
+            daemon.bypass.note(&engine, &bo_arc);
+            engine.sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
+        })
+        .await?
+        .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
         ok(Reply::SyncDone(report))
     }
 

@@ -133,6 +133,7 @@ pub fn adopt_stored(daemon: &Daemon, passed: Vec<(std::os::fd::OwnedFd, String)>
         let bo = Arc::new(bo);
         daemon.bos.reserve_id(id);
         daemon.bos.insert(&bo);
+        daemon.bypass.add(&bo);
         tracing::info!(bo = id, uid, size, with_gpu, "BO adopted from the fd store");
         adopted.push(bo);
     }

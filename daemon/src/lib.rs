@@ -16,12 +16,14 @@
 //! | [`sync`] | scan, transfer, add/release, pre_unmap → upload | spec §3–§4, DESIGN.md §5.1 |
 //! | [`gpu`] | GPU backends | — |
 //! | [`background`] | background upload while clients write | issue 6 |
+//! | [`bypass`] | writes through a BO's fd (inotify `IN_MODIFY`) mark it dirty | DESIGN.md §5.5 |
 //! | [`fdstore`] | BOs kept across restarts in systemd's fd store | DESIGN.md §5.5 |
 //! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
 //! | [`config_file`] | `cohmemd.toml`: every option as a key | issue 7 |
 
 pub mod background;
 pub mod bo;
+pub mod bypass;
 pub mod cli;
 pub mod config;
 pub mod config_file;

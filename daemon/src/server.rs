@@ -84,6 +84,8 @@ pub struct Daemon {
     pub quiesce: Arc<tokio::sync::Mutex<()>>,
     /// What every uid holds, against the per-user limits.
     pub quotas: QuotaTable,
+    /// Writes through BO fds (inotify), where the kernel reports them.
+    pub bypass: crate::bypass::BypassWatch,
     /// What the background upload did (`--background-upload-us`).
     pub background: BackgroundCounters,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
@@ -111,6 +113,7 @@ impl Daemon {
         }
         let faults = FaultService::start()?;
         let quotas = QuotaTable::new(config.user_limits);
+        let bypass = crate::bypass::BypassWatch::new(kernel.memfd_modify_events.ok);
         Ok(Self {
             config,
             gpu,
@@ -123,6 +126,7 @@ impl Daemon {
             faults,
             quiesce: Arc::new(tokio::sync::Mutex::new(())),
             quotas,
+            bypass,
             background: BackgroundCounters::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),

@@ -63,6 +63,26 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* Pinned I/O (an O_DIRECT read, io_uring, a device) fills pages with
+     * no write fault: report the range once the I/O completed. Here a
+     * read(2) from a pipe into page 7 stands for it. */
+    int fds[2];
+    if (pipe(fds) != 0 || write(fds[1], "pinned", 6) != 6 || read(fds[0], p + 7 * PAGE, 6) != 6) {
+        perror("pipe read into the mapping");
+        return 1;
+    }
+    close(fds[0]);
+    close(fds[1]);
+    if ((rc = cohmem_bo_damage(bo, 7 * PAGE, 6)) != COHMEM_OK)
+        return fail("cohmem_bo_damage", rc);
+    if ((rc = cohmem_bo_sync(bo, &done)) != COHMEM_OK)
+        return fail("cohmem_bo_sync", rc);
+    printf("damaged and synced %llu page(s)\n", (unsigned long long)done.pages);
+    if (done.pages != 1) {
+        fprintf(stderr, "expected the 1 damaged page, got %llu\n", (unsigned long long)done.pages);
+        return 1;
+    }
+
     if ((rc = cohmem_bo_export_dmabuf(bo, &buf)) != COHMEM_OK)
         return fail("cohmem_bo_export_dmabuf", rc);
     if (buf.pitch != PAGE) {

@@ -7,6 +7,7 @@
 //! | module | interface |
 //! | --- | --- |
 //! | [`memfd`] | `memfd_create`, seals, `fstat` identity |
+//! | [`inotify`] | `IN_MODIFY` on memfds: `pwrite`, `fallocate`, `MADV_REMOVE` that no fault reports |
 //! | [`mapping`] | `mmap(MAP_SHARED)` of memory other processes write, accessed by copies only |
 //! | [`uffd`] | userfaultfd: `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_WRITEPROTECT`, fault messages |
 //! | [`pagemap`] | `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and 64-bit entries |
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fork;
 #[cfg(feature = "gbm")]
 pub mod gbm;
+pub mod inotify;
 pub mod mapping;
 pub mod memfd;
 pub mod pagemap;

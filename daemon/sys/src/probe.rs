@@ -63,6 +63,10 @@ pub struct KernelCaps {
     /// A real quiesce cycle as the soft-dirty mechanism runs it: uffd
     /// protect, clear_refs, uffd unprotect, then a write must set bit 55.
     pub soft_dirty_after_unprotect: Probe,
+    /// inotify `IN_MODIFY` on a memfd for a `pwrite` (writes that bypass
+    /// every mapping are detected: DESIGN.md §5.5). Linux 6.14 stopped
+    /// reporting events on pseudo files such as memfds.
+    pub memfd_modify_events: Probe,
 }
 
 impl KernelCaps {
@@ -117,6 +121,7 @@ pub fn probe_all() -> KernelCaps {
         uffd_async: Probe::from(probe_uffd_async()),
         uffd_sync: Probe::from(probe_uffd_sync()),
         soft_dirty: soft_dirty.clone(),
+        memfd_modify_events: Probe::from(probe_memfd_modify_events()),
         soft_dirty_after_unprotect: if soft_dirty.ok {
             Probe::from(probe_soft_dirty_after_unprotect())
         } else {
@@ -129,6 +134,23 @@ pub fn probe_all() -> KernelCaps {
 }
 
 const PAGES: u64 = 16;
+
+/// A real round: watch a memfd, `pwrite` it, read the event.
+fn probe_memfd_modify_events() -> Result<String> {
+    let watch = crate::inotify::ModifyWatch::new()?;
+    let memfd = Memfd::create_sealed("cohmem-probe-inotify", page_size())?;
+    let id = watch.watch(memfd.as_fd())?;
+    nix::sys::uio::pwrite(memfd.as_fd(), &[1], 0).map_err(|e| SysError::os("pwrite", e))?;
+    if watch.drain()?.modified.contains(&id) {
+        Ok("a pwrite into a memfd raised IN_MODIFY: writes through the fd are detected".into())
+    } else {
+        Err(SysError::Invalid(
+            "this kernel raises no inotify events on memfds (Linux 6.14 and later): writes through a BO's fd \
+             (pwrite, fallocate, MADV_REMOVE) must be reported with DAMAGE"
+                .into(),
+        ))
+    }
+}
 
 fn test_mapping() -> Result<(Memfd, SharedMapping)> {
     let ps = page_size();

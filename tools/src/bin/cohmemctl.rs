@@ -232,6 +232,11 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
         mark(&k.uffd_all_faults),
         k.uffd_all_faults.detail
     );
+    println!(
+        "fd writes     {}        {}",
+        mark(&k.memfd_modify_events),
+        k.memfd_modify_events.detail
+    );
     Ok(())
 }
 
