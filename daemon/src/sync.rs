@@ -1193,11 +1193,13 @@ impl<'a> SyncEngine<'a> {
     /// resource over the client's data. Returns the resource index.
     ///
     /// Holds the BO's sync lock throughout (no sync, transfer or readback
-    /// meanwhile). The copy is taken before the tracker counts the resource:
-    /// a write completed before the copy of its page is in the copy; one
-    /// after it is recorded by the tracker (the views keep their protection
-    /// state, and pages harvested without a tracker wait in
-    /// [`BoState::untracked`]), so the next sync uploads it.
+    /// meanwhile). The tracker counts the resource before the copy is
+    /// taken: a write completed before the copy of its page is in the copy;
+    /// a later one is recorded by the tracker (by its fault, or found by
+    /// the next harvest, which may also come during the copy), so the next
+    /// sync uploads it. Pages harvested while the BO had no tracker
+    /// ([`BoState::untracked`]) are covered by the copy and dropped, so a
+    /// new tracker starts empty, as vmwgfx's `dirty_add` does.
     pub fn add_resource(&self, bo: &Bo, gpu: &dyn GpuBackend, window: Range<u64>) -> Result<u32, SyncError> {
         let ps = bo.page_size;
         if window.start % ps != 0 || window.end % ps != 0 || window.is_empty() || window.end > bo.size {
@@ -1215,7 +1217,17 @@ impl<'a> SyncEngine<'a> {
         let gpu_resource = gpu
             .create_resource(len)
             .map_err(|e| SyncError::BadWindow(format!("creating the GPU resource: {e}")))?;
-        gpu_resource.upload(&bo.mapping, window.start, std::slice::from_ref(&(0..len)))?;
+        self.count_resource(bo);
+        if let Err(e) = gpu_resource.upload(&bo.mapping, window.start, std::slice::from_ref(&(0..len))) {
+            let mut st = bo.state();
+            if let Some(t) = st.tracker.as_mut() {
+                t.users = t.users.saturating_sub(1);
+                if t.users == 0 {
+                    st.stop_tracker();
+                }
+            }
+            return Err(e.into());
+        }
         let pages = len / ps;
         bo.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
         bo.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
@@ -1225,6 +1237,15 @@ impl<'a> SyncEngine<'a> {
             gpu: gpu_resource,
             window,
         });
+        let mut st = bo.state();
+        st.resources.push(Some(resource));
+        Ok((st.resources.len() - 1) as u32)
+    }
+
+    /// vmwgfx `dirty_add`'s count: one more user of the tracker, or a new
+    /// tracker under the BO's policy (MKWRITE write-protects the BO and
+    /// records what was written before).
+    fn count_resource(&self, bo: &Bo) {
         let mut st = bo.state();
         let views = bo.views();
         match st.tracker.as_mut() {
@@ -1242,7 +1263,9 @@ impl<'a> SyncEngine<'a> {
                     }
                 }
                 let mkwrite = t.method == Method::MkWrite && t.paused.is_none();
-                // It starts from what was harvested while there was none.
+                // The whole window is copied next: what was harvested while
+                // there was no tracker is in that copy.
+                st.untracked = None;
                 st.start_tracker(t);
                 if mkwrite {
                     // Write-protect the whole BO, then clean-and-record:
@@ -1251,8 +1274,6 @@ impl<'a> SyncEngine<'a> {
                 }
             }
         }
-        st.resources.push(Some(resource));
-        Ok((st.resources.len() - 1) as u32)
     }
 
     /// vmwgfx `dirty_release` of resource `index`.
