@@ -231,8 +231,8 @@ fn print_outcome(o: &Outcome, cfg: &StressConfig, json: bool) -> anyhow::Result<
     );
     if cfg.chaos {
         println!(
-            "chaos: daemon_restarts={} client_kills={}",
-            o.daemon_restarts, o.client_kills
+            "chaos: daemon_restarts={} client_kills={} signal_storms={} signals_handled={} forks={} switches={}",
+            o.daemon_restarts, o.client_kills, o.signal_storms, t.signals, t.forks, t.switches
         );
     }
     println!("result: {}", if o.ok() { "ok" } else { "FAILED" });

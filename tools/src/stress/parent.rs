@@ -17,6 +17,28 @@ use super::report::{Tally, WorkerLine};
 use crate::daemon::find_cohmemd;
 use crate::{DaemonProcess, SplitMix64};
 
+/// Sends SIGUSR1 to every thread of process `pid`, a round every 200 µs,
+/// for `span`, from a thread of its own (the worker handles it without
+/// `SA_RESTART`, so every blocking call it interrupts fails with `EINTR`).
+fn signal_storm(pid: u32, span: Duration) {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < span {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return;
+            };
+            for t in tasks.flatten() {
+                if let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() {
+                    // SAFETY: tgkill takes plain integers and touches no
+                    // memory of ours; a thread that exited gives ESRCH.
+                    unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, libc::SIGUSR1) };
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+}
+
 /// How a run is configured (the parent's command line).
 #[derive(Debug, Clone)]
 pub struct StressConfig {
@@ -55,6 +77,12 @@ pub struct Outcome {
     pub daemon_restarts: u64,
     /// Workers SIGKILLed by chaos.
     pub client_kills: u64,
+    /// Signal storms sent to every thread of a worker (chaos).
+    pub signal_storms: u64,
+    /// Forks asked of workers (chaos; their tallies count those done).
+    pub fork_requests: u64,
+    /// Mechanism switches asked of workers (chaos).
+    pub switch_requests: u64,
     /// Workers started (including replacements).
     pub workers_spawned: u64,
     /// Workers that finished cleanly.
@@ -365,7 +393,33 @@ impl Run<'_> {
             .enumerate()
             .filter_map(|(i, w)| w.as_ref().filter(|w| !w.finished && !w.killed_by_chaos).map(|_| i))
             .collect();
-        let kill_daemon = self.rng.below(2) == 0 || live.is_empty();
+        // Daemon restarts and client kills as before; signal storms, forks
+        // and mechanism switches as real applications make them.
+        let pick = if live.is_empty() { 0 } else { self.rng.below(8) };
+        let target = (!live.is_empty()).then(|| live[self.rng.below(live.len() as u64) as usize]);
+        match (pick, target) {
+            (4 | 5, Some(slot)) => {
+                // Only once it finished a round: its handler is installed
+                // (SIGUSR1's default action would end it).
+                if let Some(w) = self.workers[slot].as_ref().filter(|w| w.rounds_done > 0) {
+                    signal_storm(w.pid, Duration::from_millis(50));
+                    self.outcome.signal_storms += 1;
+                }
+                return Ok(());
+            }
+            (6, Some(slot)) => {
+                self.ask(slot, "fork");
+                self.outcome.fork_requests += 1;
+                return Ok(());
+            }
+            (7, Some(slot)) => {
+                self.ask(slot, "switch");
+                self.outcome.switch_requests += 1;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let kill_daemon = pick < 2 || live.is_empty();
         if kill_daemon {
             let Daemon::Restartable(d) = daemon else {
                 bail!("--chaos needs a daemon of its own");
@@ -394,6 +448,13 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Sends a command line to a worker (ignored if it is gone).
+    fn ask(&mut self, slot: usize, command: &str) {
+        if let Some(stdin) = self.workers[slot].as_mut().and_then(|w| w.stdin.as_mut()) {
+            let _ = writeln!(stdin, "{command}");
+        }
     }
 
     fn check_hangs(&mut self) {

@@ -1,7 +1,10 @@
 //! The line protocol between `cohmem-stress` and its worker processes.
 //!
 //! The parent writes to a worker's stdin: `stop` (finish the current round,
-//! report and exit); end of input means the same. A worker writes one line
+//! report and exit; end of input means the same), and in chaos mode `fork`
+//! (after the current round, fork a child that drops every inherited
+//! object and exits) and `switch` (after the current round, switch the
+//! process's tracking mechanism). A worker writes one line
 //! per event to its stdout:
 //!
 //! * `ready PID BO_IDS…` once its BOs exist and are mapped;
@@ -45,6 +48,12 @@ pub struct Tally {
     /// Times the client library re-established its session with a
     /// (restarted) daemon.
     pub reconnects: u64,
+    /// Signals the worker's handlers (installed without `SA_RESTART`) ran.
+    pub signals: u64,
+    /// Forked children that dropped every inherited object and exited.
+    pub forks: u64,
+    /// Mechanism switches of the worker's process.
+    pub switches: u64,
 }
 
 impl Tally {
@@ -63,9 +72,12 @@ impl Tally {
         self.retries += other.retries;
         self.unverified_syncs += other.unverified_syncs;
         self.reconnects += other.reconnects;
+        self.signals += other.signals;
+        self.forks += other.forks;
+        self.switches += other.switches;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 13] {
+    fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("rounds", self.rounds),
             ("syncs", self.syncs),
@@ -80,6 +92,9 @@ impl Tally {
             ("retries", self.retries),
             ("unverified_syncs", self.unverified_syncs),
             ("reconnects", self.reconnects),
+            ("signals", self.signals),
+            ("forks", self.forks),
+            ("switches", self.switches),
         ]
     }
 
@@ -104,6 +119,9 @@ impl Tally {
                 "retries" => &mut t.retries,
                 "unverified_syncs" => &mut t.unverified_syncs,
                 "reconnects" => &mut t.reconnects,
+                "signals" => &mut t.signals,
+                "forks" => &mut t.forks,
+                "switches" => &mut t.switches,
                 other => return Err(format!("unknown key {other:?}")),
             };
             *slot = value;
@@ -220,6 +238,9 @@ mod tests {
             retries: 11,
             unverified_syncs: 12,
             reconnects: 13,
+            signals: 14,
+            forks: 15,
+            switches: 16,
         };
         assert_eq!(WorkerLine::parse(&format!("done {t}")), Ok(WorkerLine::Done(t)));
         assert_eq!(

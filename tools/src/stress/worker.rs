@@ -16,11 +16,17 @@
 //! the same daemon session: when the export fails, or reconnects (the
 //! connection's [`Connection::reconnects`] count moved), the worker syncs
 //! again before comparing.
+//!
+//! In chaos mode the worker also lives like a real application (issue 14):
+//! it handles SIGUSR1 with a handler installed without `SA_RESTART` (the
+//! parent sends signal storms to every thread), and between rounds it forks
+//! children that drop every inherited object, and switches its process's
+//! tracking mechanism, when the parent asks.
 
 use std::io::{BufRead, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,25 +143,49 @@ fn die_with_parent() {
     }
 }
 
+/// Signals handled by [`count_signal`].
+static SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_signal(_: i32) {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the parent asked for between rounds.
+#[derive(Default)]
+struct Requests {
+    stop: AtomicBool,
+    fork: AtomicBool,
+    switch: AtomicBool,
+}
+
 fn run(cfg: &WorkerConfig, out: &Out) -> anyhow::Result<()> {
     die_with_parent();
     if cfg.bo_size == 0 || cfg.bos == 0 {
         bail!("need at least one BO of at least one byte");
     }
+    if cfg.retry {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let action = SigAction::new(SigHandler::Handler(count_signal), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler only increments an atomic (async-signal-safe).
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.context("installing the SIGUSR1 handler")?;
+    }
     // `stop` or end of input from the parent ends the run after the round.
-    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(Requests::default());
     {
-        let stop = stop.clone();
+        let requests = requests.clone();
         std::thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
-                match line {
-                    Ok(l) if l.trim() != "stop" => continue,
-                    _ => break,
+                match line.as_deref().map(str::trim) {
+                    Ok("fork") => requests.fork.store(true, Ordering::Relaxed),
+                    Ok("switch") => requests.switch.store(true, Ordering::Relaxed),
+                    Ok("stop") | Err(_) => break,
+                    Ok(_) => continue,
                 }
             }
-            stop.store(true, Ordering::Relaxed);
+            requests.stop.store(true, Ordering::Relaxed);
         });
     }
+    let stop = &requests.stop;
     let mut retrier = Retrier {
         enabled: cfg.retry,
         out: out.clone(),
@@ -180,8 +210,31 @@ fn run(cfg: &WorkerConfig, out: &Out) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) && (cfg.rounds == 0 || round < cfg.rounds) {
         round += 1;
         let retries_before = retrier.retries;
+        let signals_before = SIGNALS.load(Ordering::Relaxed);
         let mut tally = run_round(cfg, &conn, &mut slots, &mut rng, &mut retrier, out, ps)?;
         tally.rounds = 1;
+        if requests.fork.swap(false, Ordering::Relaxed) {
+            fork_and_drop(&conn, &mut slots)?;
+            tally.forks = 1;
+        }
+        if requests.switch.swap(false, Ordering::Relaxed) {
+            let to = if rng.below(2) == 0 {
+                cohmem_client::Mechanism::UffdAsync
+            } else {
+                cohmem_client::Mechanism::UffdSync
+            };
+            match retrier.call("set_mechanism", || match conn.set_mechanism(to) {
+                // A mechanism this kernel or process cannot offer is
+                // refused, typed, and changes nothing.
+                Err(e) if e.code() == Some(cohmem_client::ErrorCode::Unsupported) => Ok(false),
+                other => other.map(|_| true),
+            }) {
+                Ok(true) => tally.switches = 1,
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tally.signals = SIGNALS.load(Ordering::Relaxed) - signals_before;
         tally.retries = retrier.retries - retries_before;
         let reconnects_now = conn.reconnects();
         tally.reconnects = reconnects_now - reconnects_seen;
@@ -192,6 +245,42 @@ fn run(cfg: &WorkerConfig, out: &Out) -> anyhow::Result<()> {
     drop(slots);
     out.line(&format!("done {total}"))?;
     Ok(())
+}
+
+/// Forks a child that drops every object it inherited (the connection,
+/// the BOs, the mappings) and exits: none of that may touch this process's
+/// session or tracking (issue 14, item 5). Called between rounds, when this
+/// process runs no writer thread.
+fn fork_and_drop(conn: &Connection, slots: &mut Vec<Slot>) -> anyhow::Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let conn = conn.clone();
+    // SAFETY: the child only runs the client library's drops (which check
+    // the fork and touch no lock of the parent's threads) and _exit.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Child => {
+            drop(std::mem::take(slots));
+            drop(conn);
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let t0 = Instant::now();
+            loop {
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)).context("waitpid")? {
+                    WaitStatus::StillAlive if t0.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    WaitStatus::Exited(_, 0) => return Ok(()),
+                    WaitStatus::StillAlive => {
+                        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                        let _ = waitpid(child, None);
+                        bail!("a forked child dropping its inherited objects hung for 10 s");
+                    }
+                    other => bail!("a forked child dropping its inherited objects ended with {other:?}"),
+                }
+            }
+        }
+    }
 }
 
 /// Writes one pattern per BO from `cfg.threads` threads, then syncs and
