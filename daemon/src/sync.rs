@@ -1448,24 +1448,31 @@ mod tests {
     }
 
     #[test]
-    fn pages_recorded_without_a_tracker_wait_for_the_next_one() {
+    fn pages_recorded_without_a_tracker_are_in_the_next_resources_copy() {
         let ps = cohmem_sys::page_size();
         let gpu = SoftGpu::new();
         let bo = Bo::create(1, 8 * ps, &gpu, false).unwrap();
         let counters = DaemonCounters::default();
         let engine = SyncEngine::new(&counters);
+        // A client's mapping (the daemon's own is read-only).
+        let back = SharedMapping::map(std::os::fd::AsFd::as_fd(bo.memfd()), 8 * ps, 0, true).unwrap();
+        back.write_at((2 * ps) as usize, b"before any resource").unwrap();
         engine.damage(&bo, 2 * ps, ps).unwrap();
+        assert!(bo.state().untracked.is_some(), "kept while there is no tracker");
         let a = engine.add_resource(&bo, &gpu, 0..8 * ps).unwrap();
-        assert_eq!(engine.dirty_state(&bo).dirty_pages, 1, "the new tracker starts from it");
-        engine.sync(&bo, false).unwrap();
-        engine.damage(&bo, 5 * ps, ps).unwrap();
-        engine.release_resource(&bo, a).unwrap();
-        engine.damage(&bo, 6 * ps, ps).unwrap();
-        engine.add_resource(&bo, &gpu, 0..8 * ps).unwrap();
+        let st = bo.state();
+        assert!(st.untracked.is_none());
         assert_eq!(
-            engine.dirty_state(&bo).dirty_pages,
-            2,
-            "pages recorded before and after the last release are kept"
+            st.tracker.as_ref().map(|t| t.dirty.dirty_pages()),
+            Some(0),
+            "a new tracker starts empty, as vmwgfx's"
         );
+        let res = st.resources[a as usize].clone().unwrap();
+        drop(st);
+        back.fill(0, (8 * ps) as usize, 0).unwrap();
+        res.gpu.download(&back, 0, &[0..8 * ps]).unwrap();
+        let mut got = [0u8; 19];
+        back.read_at((2 * ps) as usize, &mut got).unwrap();
+        assert_eq!(&got, b"before any resource", "the add copied the window");
     }
 }
