@@ -174,6 +174,13 @@ impl Collector for DaemonCollector {
         )?;
         counter(
             e,
+            "unrecorded_writable_pages",
+            "Pages of uffd-sync views found writable without a fault (mapped again behind the library), recorded as written",
+            None,
+            get(&c.unrecorded_writable),
+        )?;
+        counter(
+            e,
             "sync_retries",
             "Sync read sections retried after a collision with a view change",
             None,

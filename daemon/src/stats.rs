@@ -26,6 +26,10 @@ pub struct DaemonCounters {
     pub sync_exclusive: AtomicU64,
     /// Times tracking of a BO paused for dense writes.
     pub dense_pauses: AtomicU64,
+    /// Pages of eager (uffd-sync) views found writable without the daemon
+    /// knowing (a mapping put back and registered again behind the
+    /// library), recorded as written.
+    pub unrecorded_writable: AtomicU64,
     /// Latency histograms (metrics).
     pub latency: crate::metrics::Latency,
 }

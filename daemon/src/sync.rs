@@ -192,11 +192,17 @@ impl<'a> SyncEngine<'a> {
         let tracker = view.mm.tracker();
         let result = if tracker.eager() {
             // Faults were resolved by the fault service: the writable set is
-            // exactly what was written. Re-protect the whole view (the fault
-            // service cannot interleave: it needs the state lock the caller
-            // holds); protecting all of it also proves it is still there.
+            // what was written, unless pages became writable behind the
+            // daemon (the tracker finds those too). Re-protect the whole view
+            // (the fault service cannot interleave: it needs the state lock
+            // the caller holds); protecting all of it also proves it is
+            // still there.
             self.writable_ranges(bo, view, &mut ranges);
-            tracker.protect_all(view.range())
+            let mut unprotected = Vec::new();
+            let result = tracker.protect_all(view.range(), &mut unprotected);
+            self.count_unrecorded(bo, view, &ranges, &unprotected);
+            ranges.extend(unprotected);
+            result
         } else {
             tracker.harvest(view.range(), &mut ranges)
         };
@@ -231,6 +237,32 @@ impl<'a> SyncEngine<'a> {
             }
         }
         marked
+    }
+
+    /// Counts and logs the pages of `found` (address ranges a tracker found
+    /// writable) outside `known` (the view's writable set, sorted): pages
+    /// that were writable without the daemon knowing, whose writes no fault
+    /// reported. They are recorded as written by the caller.
+    fn count_unrecorded(&self, bo: &Bo, view: &View, known: &[Range<u64>], found: &[Range<u64>]) {
+        let ps = bo.page_size;
+        let mut unknown = 0;
+        for r in found {
+            let mut at = r.start;
+            for k in known.iter().filter(|k| k.end > r.start && k.start < r.end) {
+                unknown += k.start.saturating_sub(at) / ps;
+                at = at.max(k.end);
+            }
+            unknown += r.end.saturating_sub(at) / ps;
+        }
+        if unknown > 0 {
+            self.counters.unrecorded_writable.fetch_add(unknown, Ordering::Relaxed);
+            tracing::warn!(
+                bo = bo.id,
+                view = view.id,
+                pages = unknown,
+                "pages of a view were writable without the daemon knowing (mapped again behind the library?); recorded as written"
+            );
+        }
     }
 
     /// Appends the address ranges of the view's writable set to `out`.
@@ -285,7 +317,15 @@ impl<'a> SyncEngine<'a> {
                 // only check that the view is still there to be faulted on.
                 let mut writable = Vec::new();
                 self.writable_ranges(bo, view, &mut writable);
-                if let Err(e) = tracker.verify(view.range(), &writable) {
+                let mut unrecorded = Vec::new();
+                let verified = tracker.verify(view.range(), &writable, &mut unrecorded);
+                // Found writable behind the daemon's back (and protected
+                // now): written as far as anyone can tell.
+                self.count_unrecorded(bo, view, &writable, &unrecorded);
+                for r in Self::bo_pages(bo, view, &unrecorded) {
+                    st.record_written(r);
+                }
+                if let Err(e) = verified {
                     self.unprovable(bo, st, view, &e);
                 }
                 continue;
@@ -580,28 +620,22 @@ impl<'a> SyncEngine<'a> {
             let vp = view.bo_pages(ps);
             let (lo, hi) = (envelope.start.max(vp.start), envelope.end.min(vp.end));
             let mut runs: Vec<Range<u64>> = Vec::new();
-            {
-                let mut writable = lock(&view.writable);
-                let mut stale = lock(&view.stale_dirty);
-                let known: Vec<u64> = writable
-                    .ones_in(lo.saturating_sub(first)..hi.saturating_sub(first))
-                    .collect();
-                for vp in known {
-                    writable.remove(vp);
-                    stale.insert(vp);
-                    let p = vp + first;
-                    match runs.last_mut() {
-                        Some(last) if last.end == p => last.end = p + 1,
-                        _ => runs.push(p..p + 1),
-                    }
+            for vp in lock(&view.writable).ones_in(lo.saturating_sub(first)..hi.saturating_sub(first)) {
+                let p = vp + first;
+                match runs.last_mut() {
+                    Some(last) if last.end == p => last.end = p + 1,
+                    _ => runs.push(p..p + 1),
                 }
             }
             for r in &runs {
                 let addr = view.addr + (r.start - first) * ps;
                 if let Err(e) = view.mm.tracker().protect(addr..addr + (r.end - r.start) * ps) {
+                    // Protect before forget: pages not protected stay known
+                    // writable (issue 14, suspicion c).
                     self.unprovable(bo, st, view, &e);
                     break;
                 }
+                Self::forget_protected(view, (r.start - first)..(r.end - first));
                 marked += r.end - r.start;
             }
         }
@@ -703,25 +737,33 @@ impl<'a> SyncEngine<'a> {
             .collect();
         for (view, clean) in views {
             let mut runs: Vec<Range<u64>> = Vec::new();
-            {
-                let mut writable = lock(&view.writable);
-                let mut stale = lock(&view.stale_dirty);
-                for vp in clean {
-                    writable.remove(vp);
-                    stale.insert(vp);
-                    let addr = view.addr + vp * ps;
-                    match runs.last_mut() {
-                        Some(last) if last.end == addr => last.end = addr + ps,
-                        _ => runs.push(addr..addr + ps),
-                    }
+            for vp in clean {
+                match runs.last_mut() {
+                    Some(last) if last.end == vp => last.end = vp + 1,
+                    _ => runs.push(vp..vp + 1),
                 }
             }
             for r in runs {
-                if let Err(e) = view.mm.tracker().protect(r) {
+                let addr = view.addr + r.start * ps;
+                if let Err(e) = view.mm.tracker().protect(addr..addr + (r.end - r.start) * ps) {
+                    // Protect before forget: pages not protected stay known
+                    // writable (issue 14, suspicion c).
                     self.unprovable(bo, st, &view, &e);
                     break;
                 }
+                Self::forget_protected(&view, r);
             }
+        }
+    }
+
+    /// After the view pages `pages` were write-protected again: they are no
+    /// longer writable, and keep their emulated dirty bit (stale).
+    fn forget_protected(view: &View, pages: Range<u64>) {
+        let mut writable = lock(&view.writable);
+        let mut stale = lock(&view.stale_dirty);
+        for vp in pages {
+            writable.remove(vp);
+            stale.insert(vp);
         }
     }
 
@@ -1470,7 +1512,7 @@ mod tests {
         let res = st.resources[a as usize].clone().unwrap();
         drop(st);
         back.fill(0, (8 * ps) as usize, 0).unwrap();
-        res.gpu.download(&back, 0, &[0..8 * ps]).unwrap();
+        res.gpu.download(&back, 0, std::slice::from_ref(&(0..8 * ps))).unwrap();
         let mut got = [0u8; 19];
         back.read_at((2 * ps) as usize, &mut got).unwrap();
         assert_eq!(&got, b"before any resource", "the add copied the window");

@@ -15,6 +15,10 @@ use std::ops::Range;
 
 use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC};
+
+/// PAGEMAP_SCAN category: the page is present (`PAGE_IS_PRESENT` in
+/// `<linux/fs.h>`; next to PAGE_IS_WRITTEN, 1 << 1).
+const PAGE_IS_PRESENT: u64 = 1 << 3;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
@@ -104,16 +108,27 @@ pub trait WriteTracker: Send + Sync {
     /// Write-protects a range again (the MKWRITE re-protect).
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError>;
     /// Write-protects a whole view, failing with [`TrackError::Moved`] if any
-    /// part of it is no longer registered where it was announced.
-    fn protect_all(&self, range: Range<u64>) -> Result<(), TrackError> {
+    /// part of it is no longer registered where it was announced. Eager
+    /// mechanisms append to `unprotected` the pages they found writable
+    /// before protecting them (the known-writable ones, and any the daemon
+    /// did not know of: see [`WriteTracker::verify`]).
+    fn protect_all(&self, range: Range<u64>, _unprotected: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
         self.protect(range)
     }
-    /// Proves, without changing any page's protection, that `range` is
-    /// still mapped and registered where it was announced; `writable` lists
-    /// the pages known to be unprotected (their protection must not change).
-    /// Used by eager mechanisms, whose writes the daemon otherwise only
-    /// learns about from faults.
-    fn verify(&self, _range: Range<u64>, _writable: &[Range<u64>]) -> Result<(), TrackError> {
+    /// Proves that `range` is still mapped and registered where it was
+    /// announced, leaving the pages of `writable` (known to be unprotected)
+    /// as they are. Used by eager mechanisms, whose writes the daemon
+    /// otherwise only learns about from faults. A page outside `writable`
+    /// found writable anyway (a mapping put back and registered again behind
+    /// the library has no protection) may have been written without a
+    /// fault: it is appended to `unrecorded`, for the caller to record as
+    /// written, and protected.
+    fn verify(
+        &self,
+        _range: Range<u64>,
+        _writable: &[Range<u64>],
+        _unrecorded: &mut Vec<Range<u64>>,
+    ) -> Result<(), TrackError> {
         Ok(())
     }
     /// Gives the mechanism its subscription (mm-wide mechanisms need the
@@ -301,18 +316,132 @@ impl UffdSyncTracker {
         }
     }
 
-    /// Holes (moved with mremap, or unmapped) show in the pagemap: every page
-    /// of a mapped range is reported, a hole is not.
-    fn check_coverage(&self, range: Range<u64>) -> Result<(), TrackError> {
+    /// Write-protects `range` except the pages of `keep` (sorted, disjoint),
+    /// and appends to `found` every page of `range` that may have been
+    /// written without the daemon seeing a fault: the pages that were
+    /// writable before the protect (the kernel's PAGE_IS_WRITTEN: present
+    /// and not write-protected), and the pages that became present during
+    /// it (a page neither present nor protected, as in a mapping registered
+    /// again behind the library, can be written between the look and the
+    /// protect). Pages of `keep` are reported too when `report_keep`.
+    /// Holes (moved with mremap, or unmapped) show in the closing walk:
+    /// every page of a mapped range is reported, a hole is not.
+    ///
+    /// Without a pagemap (the client sent none) nothing is found and holes
+    /// are not detected (see the README).
+    fn protect_observed(
+        &self,
+        range: Range<u64>,
+        keep: &[Range<u64>],
+        report_keep: bool,
+        found: &mut Vec<Range<u64>>,
+    ) -> Result<(), TrackError> {
         let Some(pagemap) = &self.pagemap else {
-            return Ok(());
+            return self.protect_gaps(range, keep);
         };
-        let all = ScanQuery {
+        let look = ScanQuery {
             flags: 0,
             category_mask: 0,
-            return_mask: 0,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
         };
-        written_and_covered(pagemap, range, all, &mut Vec::new())
+        let (mut writable, mut present) = (Vec::new(), Vec::new());
+        pagemap.scan_each(range.clone(), look, |r, categories| {
+            if categories & PAGE_IS_WRITTEN != 0 {
+                push_merged(&mut writable, r.clone());
+            }
+            if categories & PAGE_IS_PRESENT != 0 {
+                push_merged(&mut present, r);
+            }
+        })?;
+        self.protect_gaps(range.clone(), keep)?;
+        let mut covered = 0;
+        let mut appeared = Vec::new();
+        let mut before = present.iter().peekable();
+        pagemap.scan_each(range.clone(), look, |r, categories| {
+            covered += r.end - r.start;
+            if categories & PAGE_IS_PRESENT != 0 {
+                // The parts of `r` that were not present before.
+                let mut at = r.start;
+                while let Some(p) = before.peek() {
+                    if p.end <= at {
+                        before.next();
+                        continue;
+                    }
+                    if p.start >= r.end {
+                        break;
+                    }
+                    if p.start > at {
+                        push_merged(&mut appeared, at..p.start);
+                    }
+                    at = at.max(p.end);
+                    if p.end >= r.end {
+                        break;
+                    }
+                    before.next();
+                }
+                if at < r.end {
+                    push_merged(&mut appeared, at..r.end);
+                }
+            }
+        })?;
+        let len = range.end - range.start;
+        if covered < len {
+            return Err(TrackError::Moved { missing: len - covered });
+        }
+        let mut all: Vec<Range<u64>> = writable.into_iter().chain(appeared).collect();
+        all.sort_unstable_by_key(|r| r.start);
+        for r in all {
+            if report_keep {
+                push_merged(found, r);
+            } else {
+                subtract(r, keep, found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Write-protects the parts of `range` outside `keep` (sorted); ENOENT
+    /// (part of it is not a registered mapping: unmapped, moved or
+    /// replaced) becomes [`TrackError::Moved`].
+    fn protect_gaps(&self, range: Range<u64>, keep: &[Range<u64>]) -> Result<(), TrackError> {
+        let mut gaps = Vec::new();
+        subtract(range, keep, &mut gaps);
+        for g in gaps {
+            self.protect_checked(g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `r` to `out`, merged with the last range if adjacent or
+/// overlapping (`out` sorted, `r` not before its last range's start).
+fn push_merged(out: &mut Vec<Range<u64>>, r: Range<u64>) {
+    if r.start >= r.end {
+        return;
+    }
+    match out.last_mut() {
+        Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+        _ => out.push(r),
+    }
+}
+
+/// Appends the parts of `r` outside `holes` (sorted, disjoint) to `out`.
+fn subtract(r: Range<u64>, holes: &[Range<u64>], out: &mut Vec<Range<u64>>) {
+    let mut at = r.start;
+    for h in holes {
+        if h.end <= at {
+            continue;
+        }
+        if h.start >= r.end {
+            break;
+        }
+        if h.start > at {
+            push_merged(out, at..h.start);
+        }
+        at = at.max(h.end);
+    }
+    if at < r.end {
+        push_merged(out, at..r.end);
     }
 }
 
@@ -343,22 +472,22 @@ impl WriteTracker for UffdSyncTracker {
         self.protect(range)
     }
 
-    fn protect_all(&self, range: Range<u64>) -> Result<(), TrackError> {
-        self.protect_checked(range.clone())?;
-        self.check_coverage(range)
+    fn protect_all(&self, range: Range<u64>, unprotected: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        self.protect_observed(range, &[], true, unprotected)
     }
 
-    fn verify(&self, range: Range<u64>, writable: &[Range<u64>]) -> Result<(), TrackError> {
-        // Re-protect only what is protected already (no change), which
-        // fails with ENOENT where the range is no longer registered.
-        let mut at = range.start;
-        for w in writable.iter().chain(std::iter::once(&(range.end..range.end))) {
-            if w.start > at {
-                self.protect_checked(at..w.start)?;
-            }
-            at = at.max(w.end);
-        }
-        self.check_coverage(range)
+    fn verify(
+        &self,
+        range: Range<u64>,
+        writable: &[Range<u64>],
+        unrecorded: &mut Vec<Range<u64>>,
+    ) -> Result<(), TrackError> {
+        // Re-protect what should be protected already: no change, except
+        // where a page was writable unknown to the daemon (reported), and
+        // ENOENT where the range is no longer registered. Re-protecting
+        // such a page silently would hide its writes for good (issue 14,
+        // suspicion d: tests/tests/suspicion_reregistered_view.rs).
+        self.protect_observed(range, writable, false, unrecorded)
     }
 
     fn peek(&self, _range: Range<u64>, _out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
