@@ -101,8 +101,11 @@ mod tests {
     use crate::mapping::SharedMapping;
     use crate::memfd::Memfd;
 
+    /// Where the kernel raises events on memfds (up to Linux 6.13), each
+    /// way of changing the file through it is seen and a mapped store is
+    /// not; where it raises none (6.14 and later), none of them is.
     #[test]
-    fn pwrite_and_hole_punches_are_seen_and_mapped_stores_are_not() {
+    fn fd_writes_are_seen_where_the_kernel_reports_them_and_mapped_stores_never() {
         let w = ModifyWatch::new().unwrap();
         let m = Memfd::create_sealed("t", 8192).unwrap();
         let id = w.watch(m.as_fd()).unwrap();
@@ -111,7 +114,13 @@ mod tests {
         map.write_u64(0, 7).unwrap();
         assert!(w.drain().unwrap().modified.is_empty(), "a mapped store is no IN_MODIFY");
         nix::sys::uio::pwrite(m.as_fd(), b"x", 4096).unwrap();
-        assert_eq!(w.drain().unwrap().modified, vec![id]);
+        let reported = !w.drain().unwrap().modified.is_empty();
+        let expect: &[WatchId] = if reported { &[id] } else { &[] };
+        eprintln!(
+            "{}: memfd events {}",
+            crate::kernel_release(),
+            if reported { "raised" } else { "not raised" }
+        );
         nix::fcntl::fallocate(
             m.as_fd(),
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -119,7 +128,7 @@ mod tests {
             4096,
         )
         .unwrap();
-        assert_eq!(w.drain().unwrap().modified, vec![id]);
+        assert_eq!(w.drain().unwrap().modified, expect, "fallocate(PUNCH_HOLE)");
         // SAFETY: MADV_REMOVE on the test's own mapping, which it reads only
         // through copies.
         unsafe {
@@ -130,7 +139,12 @@ mod tests {
             )
         }
         .unwrap();
-        assert_eq!(w.drain().unwrap().modified, vec![id]);
+        assert_eq!(w.drain().unwrap().modified, expect, "madvise(MADV_REMOVE)");
         assert_eq!(map.read_u64(0).unwrap(), 0, "MADV_REMOVE zeroed the page");
+        assert_eq!(
+            crate::probe::probe_all().memfd_modify_events.ok,
+            reported,
+            "the probe agrees with what was seen"
+        );
     }
 }
