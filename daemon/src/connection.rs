@@ -340,7 +340,10 @@ impl Session {
             Request::Unmap { bo, view } => self.unmap(bo, view).await,
             Request::Sync { bo, flags } => self.sync(bo, flags).await,
             Request::Destroy { bo } => self.destroy(bo).await,
-            Request::Stats { flags } => ok(Reply::Stats(self.stats(flags))),
+            // STATS_BOS takes every BO's state lock in turn, which a sync or
+            // snapshot may hold for long: off the async workers, or a few
+            // STATS callers stall every client (issue 14, suspicion a).
+            Request::Stats { flags } => ok(Reply::Stats(tokio::task::block_in_place(|| self.stats(flags)))),
             Request::ExportResource { bo, index } => self.export_resource(bo, index),
             Request::AddResource { bo, offset, len } => {
                 let end = offset
