@@ -509,12 +509,7 @@ impl Session {
         let only_one = only_quiesce(&daemon).await?;
         let report = run_blocking(move || {
             let _only_one = only_one;
-            Ok::<_, Failure>(switch::switch_mechanism(
-                &daemon.counters,
-                &daemon.faults,
-                &switched,
-                tracker,
-            ))
+            switch::switch_mechanism(&daemon.counters, &daemon.faults, &switched, tracker).map_err(switch_failure)
         })
         .await??;
         tracing::info!(
@@ -1249,6 +1244,7 @@ fn switch_failure(e: switch::SwitchError) -> Failure {
         switch::SwitchError::BadFds(m) => fail(ErrorCode::BadFds, m),
         switch::SwitchError::Missing(m) => fail(ErrorCode::Unsupported, m),
         switch::SwitchError::Dup(e) => fail(ErrorCode::Kernel, format!("duplicating an offered fd: {e}")),
+        e @ switch::SwitchError::FaultService(_) => fail(ErrorCode::Kernel, e.to_string()),
     }
 }
 

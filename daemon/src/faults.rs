@@ -46,6 +46,18 @@ pub struct FaultRegistration {
     mm_id: u64,
 }
 
+impl FaultRegistration {
+    /// Starts delivering the uffd's fault messages to the fault thread
+    /// (`EPOLL_CTL_MOD` of a watched fd allocates nothing).
+    pub fn arm(&self) -> std::io::Result<()> {
+        // SAFETY: the registration is dropped before the uffd is closed
+        // (see the type's comment), so the fd is open here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let mut event = EpollEvent::new(EpollFlags::EPOLLIN, self.mm_id);
+        self.service.epoll.modify(fd, &mut event).map_err(std::io::Error::from)
+    }
+}
+
 impl Drop for FaultRegistration {
     fn drop(&mut self) {
         // SAFETY: the registration is owned by the subscription that owns the
@@ -80,18 +92,41 @@ impl FaultService {
     /// the subscription (dropped before its uffd).
     pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<FaultRegistration>> {
         let tracker = mm.tracker();
-        let Some(uffd) = tracker.fault_uffd() else {
-            return Ok(None);
-        };
+        match tracker.fault_uffd() {
+            Some(uffd) => {
+                let reg = self.register_fd(mm, uffd.as_fd())?;
+                reg.arm()?;
+                Ok(Some(reg))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Adds `uffd` of `mm` to the fault service, not armed yet: a mechanism
+    /// switch registers the new tracker's uffd before it moves any view, so
+    /// a refusal (the only step that allocates) changes nothing, and arms it
+    /// once the tracker is in place ([`FaultRegistration::arm`]). The
+    /// registration must be dropped before `uffd` is closed.
+    pub fn register_fd(
+        self: &Arc<Self>,
+        mm: &Arc<MmSubscription>,
+        uffd: BorrowedFd<'_>,
+    ) -> std::io::Result<FaultRegistration> {
+        let reg = self.watch(uffd, mm.id)?;
         lock(&self.subscriptions).insert(mm.id, Arc::downgrade(mm));
+        Ok(reg)
+    }
+
+    /// The epoll part of [`FaultService::register_fd`].
+    fn watch(self: &Arc<Self>, uffd: BorrowedFd<'_>, mm_id: u64) -> std::io::Result<FaultRegistration> {
         self.epoll
-            .add(uffd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, mm.id))
+            .add(uffd, EpollEvent::new(EpollFlags::empty(), mm_id))
             .map_err(std::io::Error::from)?;
-        Ok(Some(FaultRegistration {
+        Ok(FaultRegistration {
             service: self.clone(),
-            fd: uffd.as_fd().as_raw_fd(),
-            mm_id: mm.id,
-        }))
+            fd: uffd.as_raw_fd(),
+            mm_id,
+        })
     }
 
     /// Asks the thread to stop (it notices within 100 ms).
@@ -233,5 +268,29 @@ pub fn resolve_one(st: &mut BoState, view: &View, page: u64) {
             tracing::debug!(mm = view.mm.id, error = %e, "unprotecting a faulted page failed");
             let _ = uffd.wake(page, ps);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohmem_sys::uffd::{UffdFlavor, Userfaultfd};
+
+    /// Issue 14, suspicion (e): a registration the fault service refuses is
+    /// an error the switch sees before it moves any view (here epoll refuses
+    /// a regular file, EPERM; in a daemon it would be ENOMEM or the
+    /// `max_user_watches` limit), and an accepted one stays silent until
+    /// armed.
+    #[test]
+    fn a_refused_registration_is_an_error_and_an_accepted_one_waits_to_be_armed() {
+        let service = FaultService::start().unwrap();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let refused = service.watch(file.as_fd(), 1);
+        assert!(refused.is_err(), "epoll accepted a regular file");
+        let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, 0, 0).unwrap();
+        let reg = service.watch(uffd.as_fd(), 2).unwrap();
+        reg.arm().unwrap();
+        drop(reg);
+        service.shutdown();
     }
 }

@@ -63,23 +63,27 @@ impl MmSubscription {
     }
 
     /// Replaces the mechanism; the caller holds every lock a switch needs
-    /// (see [`crate::switch`]).
-    pub(crate) fn replace_tracker(self: &Arc<Self>, tracker: Arc<dyn WriteTracker>, faults: &Arc<FaultService>) {
-        // The old registration goes first: the fault service keys by
-        // subscription, and the old uffd stays open until the old tracker
-        // is dropped (after this function).
-        let mut registration = self.fault_registration.lock().unwrap_or_else(|p| p.into_inner());
-        *registration = None;
+    /// (see [`crate::switch`]) and registered the new tracker's fault uffd
+    /// with the fault service already (`registration`), so nothing can
+    /// fail here.
+    pub(crate) fn replace_tracker(
+        self: &Arc<Self>,
+        tracker: Arc<dyn WriteTracker>,
+        registration: Option<FaultRegistration>,
+    ) {
+        // The old registration goes first (the old uffd stays open until
+        // the old tracker is dropped, after this function).
+        let mut slot = self.fault_registration.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = None;
         let old = std::mem::replace(&mut *self.tracker.write().unwrap_or_else(|p| p.into_inner()), tracker);
-        let new = self.tracker();
-        new.bind_mm(Arc::downgrade(self));
-        match faults.register(self) {
-            Ok(reg) => *registration = reg,
-            Err(e) => {
-                tracing::error!(mm = self.id, error = %e, "registering the new uffd with the fault service failed")
+        self.tracker().bind_mm(Arc::downgrade(self));
+        if let Some(reg) = &registration {
+            if let Err(e) = reg.arm() {
+                tracing::error!(mm = self.id, error = %e, "arming the new uffd in the fault service failed");
             }
         }
-        drop(registration);
+        *slot = registration;
+        drop(slot);
         drop(old);
     }
 

@@ -60,6 +60,9 @@ pub enum SwitchError {
     /// Duplicating an fd failed.
     #[error("duplicating an offered fd: {0}")]
     Dup(std::io::Error),
+    /// The fault service could not watch the new uffd (nothing was moved).
+    #[error("the fault service cannot watch the new userfaultfd: {0}")]
+    FaultService(std::io::Error),
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, SwitchError> {
@@ -183,8 +186,19 @@ pub fn switch_mechanism(
     faults: &Arc<FaultService>,
     mm: &Arc<MmSubscription>,
     new: Box<dyn WriteTracker>,
-) -> SwitchReport {
+) -> Result<SwitchReport, SwitchError> {
     let new: Arc<dyn WriteTracker> = Arc::from(new);
+    // Before any view moves: a synchronous uffd that nobody reads would
+    // leave every writer of a protected view waiting forever, so a refusal
+    // here fails the switch with nothing changed.
+    let registration = match new.fault_uffd() {
+        Some(uffd) => Some(
+            faults
+                .register_fd(mm, std::os::fd::AsFd::as_fd(uffd))
+                .map_err(SwitchError::FaultService)?,
+        ),
+        None => None,
+    };
     let _no_new_views = mm.switching();
     let old = mm.tracker();
     let views = mm.live_views();
@@ -218,10 +232,10 @@ pub fn switch_mechanism(
         report.extra_pages += move_view(&bo, &mut held[i].state, view, old.as_ref(), new.as_ref());
         report.views += 1;
     }
-    mm.replace_tracker(new, faults);
+    mm.replace_tracker(new, registration);
     counters.extra_pages.fetch_add(report.extra_pages, Ordering::Relaxed);
     drop(held);
-    report
+    Ok(report)
 }
 
 /// Moves one view from `old` to `new`; returns the extra dirty pages.
