@@ -437,7 +437,9 @@ impl Session {
     async fn set_policy(&self, id: u64, policy: BoPolicy) -> Outcome {
         let bo = self.bo_by_id(id, "set the policy of")?;
         let daemon = self.daemon.clone();
-        let (previous, method) = run_blocking(move || daemon.sync_engine().set_policy(&bo, policy)).await?;
+        let (previous, method) = self
+            .blocking(move || daemon.sync_engine().set_policy(&bo, policy))
+            .await?;
         Ok((
             Reply::PolicySet {
                 previous,
@@ -470,11 +472,12 @@ impl Session {
         let bo = self.bo_by_id(id, "snapshot")?;
         let daemon = self.daemon.clone();
         let only_one = only_quiesce(&daemon).await?;
-        let (memfd, report) = run_blocking(move || {
-            let _only_one = only_one;
-            daemon.sync_engine().snapshot(&bo, QUIESCE_BOUND).map_err(sync_failure)
-        })
-        .await??;
+        let (memfd, report) = self
+            .blocking(move || {
+                let _only_one = only_one;
+                daemon.sync_engine().snapshot(&bo, QUIESCE_BOUND).map_err(sync_failure)
+            })
+            .await??;
         let fd = memfd
             .try_clone_fd()
             .map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
@@ -507,11 +510,12 @@ impl Session {
         let daemon = self.daemon.clone();
         let switched = mm.clone();
         let only_one = only_quiesce(&daemon).await?;
-        let report = run_blocking(move || {
-            let _only_one = only_one;
-            switch::switch_mechanism(&daemon.counters, &daemon.faults, &switched, tracker).map_err(switch_failure)
-        })
-        .await??;
+        let report = self
+            .blocking(move || {
+                let _only_one = only_one;
+                switch::switch_mechanism(&daemon.counters, &daemon.faults, &switched, tracker).map_err(switch_failure)
+            })
+            .await??;
         tracing::info!(
             conn = self.info.id,
             mm = mm.id,
@@ -538,14 +542,24 @@ impl Session {
     ) -> Outcome {
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let reply = run_blocking(move || {
-            let engine = daemon.sync_engine();
-            daemon.bypass.note(&engine, &bo_arc);
-            op(&engine, &bo_arc)
-        })
-        .await?
-        .map_err(sync_failure)?;
+        let reply = self
+            .blocking(move || {
+                let engine = daemon.sync_engine();
+                daemon.bypass.note(&engine, &bo_arc);
+                op(&engine, &bo_arc)
+            })
+            .await?
+            .map_err(sync_failure)?;
         ok(reply)
+    }
+
+    /// Runs `f` on this runtime thread (`block_in_place`) once this user
+    /// may start one more blocking section ([`crate::server::BlockingSlots`]):
+    /// the wait is asynchronous, so a user flooding blocking requests queues
+    /// behind its own bound and holds no more threads than it allows.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+        let _slot = self.daemon.blocking.acquire(self.info.uid).await;
+        Ok(tokio::task::block_in_place(f))
     }
 
     fn hello(&mut self, min: u16, max: u16, wanted: u64) -> Outcome {
@@ -988,7 +1002,7 @@ impl Session {
         // while it is added): an exclusive sync may hold the structural lock
         // for a whole upload.
         let (adder, added, attach_mm) = (bo_arc.clone(), view.clone(), mm.clone());
-        run_blocking(move || {
+        self.blocking(move || {
             let _attaching = attach_mm.attaching();
             if let Err(other) = attach_mm.insert_view(added.range(), &added) {
                 return Err(fail(
@@ -1042,7 +1056,8 @@ impl Session {
         let bo_arc = handle.bo.clone();
         self.info.views.fetch_sub(1, Ordering::Relaxed);
         let daemon = self.daemon.clone();
-        run_blocking(move || daemon.sync_engine().remove_view(&bo_arc, &v)).await?;
+        self.blocking(move || daemon.sync_engine().remove_view(&bo_arc, &v))
+            .await?;
         ok(Reply::Ok)
     }
 
@@ -1055,13 +1070,14 @@ impl Session {
         }
         let bo_arc = self.handle(bo)?.bo.clone();
         let daemon = self.daemon.clone();
-        let report = run_blocking(move || {
-            let engine = daemon.sync_engine();
-            daemon.bypass.note(&engine, &bo_arc);
-            engine.sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
-        })
-        .await?
-        .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
+        let report = self
+            .blocking(move || {
+                let engine = daemon.sync_engine();
+                daemon.bypass.note(&engine, &bo_arc);
+                engine.sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
+            })
+            .await?
+            .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
         ok(Reply::SyncDone(report))
     }
 
@@ -1075,7 +1091,7 @@ impl Session {
         self.info.bos.fetch_sub(1, Ordering::Relaxed);
         self.info.views.fetch_sub(handle.views.len() as u32, Ordering::Relaxed);
         let daemon = self.daemon.clone();
-        run_blocking(move || release(&daemon, handle)).await?;
+        self.blocking(move || release(&daemon, handle)).await?;
         ok(Reply::Ok)
     }
 
@@ -1185,7 +1201,10 @@ impl Session {
             return;
         }
         let daemon = self.daemon.clone();
-        if let Err(f) = run_blocking(move || handles.into_iter().for_each(|h| release(&daemon, h))).await {
+        if let Err(f) = self
+            .blocking(move || handles.into_iter().for_each(|h| release(&daemon, h)))
+            .await
+        {
             tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
         }
     }
@@ -1246,8 +1265,4 @@ fn switch_failure(e: switch::SwitchError) -> Failure {
         switch::SwitchError::Dup(e) => fail(ErrorCode::Kernel, format!("duplicating an offered fd: {e}")),
         e @ switch::SwitchError::FaultService(_) => fail(ErrorCode::Kernel, e.to_string()),
     }
-}
-
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
-    Ok(tokio::task::block_in_place(f))
 }

@@ -58,6 +58,64 @@ pub struct ConnectionInfo {
     pub requests: AtomicU64,
 }
 
+/// Blocking sections (requests running on a runtime thread through
+/// `block_in_place`) at once, in all: below tokio's blocking pool (8
+/// threads), so that a worker handing off its core always finds a thread
+/// and the runtime keeps serving everyone (issue 14, item 10).
+pub const BLOCKING_SECTIONS: usize = 6;
+/// Blocking sections at once per user: one user's connections cannot take
+/// every section, whatever they send.
+pub const BLOCKING_SECTIONS_PER_USER: usize = 3;
+
+/// Bounds blocking work in all and per user. Requests wait for a slot
+/// asynchronously (fair, first come first served), holding no thread.
+pub struct BlockingSlots {
+    all: Arc<tokio::sync::Semaphore>,
+    per_user: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+    per_user_limit: usize,
+}
+
+/// One blocking section's slot, released on drop.
+pub struct BlockingSlot {
+    _user: tokio::sync::OwnedSemaphorePermit,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BlockingSlots {
+    /// `total` sections at once, `per_user` of them for one uid.
+    pub fn new(total: usize, per_user: usize) -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(total)),
+            per_user: Mutex::new(HashMap::new()),
+            per_user_limit: per_user,
+        }
+    }
+
+    /// Waits for a slot for `uid` (its own bound first, then the total).
+    pub async fn acquire(&self, uid: u32) -> BlockingSlot {
+        let user = {
+            let mut map = lock(&self.per_user);
+            // Users with nothing running are forgotten (bounded by the
+            // users connected).
+            let limit = self.per_user_limit;
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < limit);
+            map.entry(uid)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
+                .clone()
+        };
+        // Neither semaphore is ever closed, so acquiring cannot fail.
+        let user = match user.acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("BlockingSlots never closes its semaphores"),
+        };
+        let all = match self.all.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("BlockingSlots never closes its semaphores"),
+        };
+        BlockingSlot { _user: user, _all: all }
+    }
+}
+
 /// State shared by all connections.
 pub struct Daemon {
     /// Configuration.
@@ -84,6 +142,8 @@ pub struct Daemon {
     pub quiesce: Arc<tokio::sync::Mutex<()>>,
     /// What every uid holds, against the per-user limits.
     pub quotas: QuotaTable,
+    /// Blocking sections at once, in all and per user.
+    pub blocking: BlockingSlots,
     /// Writes through BO fds (inotify), where the kernel reports them.
     pub bypass: crate::bypass::BypassWatch,
     /// What the background upload did (`--background-upload-us`).
@@ -127,6 +187,7 @@ impl Daemon {
             quiesce: Arc::new(tokio::sync::Mutex::new(())),
             quotas,
             bypass,
+            blocking: BlockingSlots::new(BLOCKING_SECTIONS, BLOCKING_SECTIONS_PER_USER),
             background: BackgroundCounters::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
@@ -274,5 +335,26 @@ impl Server {
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One user gets at most its share of blocking sections; another user
+    /// still gets one while the first waits.
+    #[tokio::test]
+    async fn one_user_cannot_take_every_blocking_section() {
+        let slots = BlockingSlots::new(4, 2);
+        let a1 = slots.acquire(1).await;
+        let _a2 = slots.acquire(1).await;
+        let third = tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire(1)).await;
+        assert!(third.is_err(), "a user's third section must wait");
+        let b = tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire(2)).await;
+        assert!(b.is_ok(), "another user is not held up");
+        drop(a1);
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire(1)).await;
+        assert!(again.is_ok(), "a released slot is reused");
     }
 }
