@@ -57,7 +57,14 @@ fn run(daemon: &Weak<Daemon>, interval: Duration) {
                     d.background.syncs.fetch_add(1, Ordering::Relaxed);
                     d.background.pages.fetch_add(report.pages, Ordering::Relaxed);
                 }
-                Some(Err(e)) => tracing::warn!(bo = bo.id, error = %e, "background upload failed (pages kept dirty)"),
+                Some(Err(e)) => crate::limited!(
+                    warn,
+                    "background upload failed",
+                    bo.id,
+                    bo = bo.id,
+                    error = %e,
+                    "background upload failed (pages kept dirty)"
+                ),
                 None => {}
             }
         }

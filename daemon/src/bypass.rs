@@ -72,7 +72,14 @@ impl BypassWatch {
             Ok(id) => {
                 st.by_watch.insert(id, Arc::downgrade(bo));
             }
-            Err(e) => tracing::warn!(bo = bo.id, error = %e, "cannot watch the BO's memfd: fd writes go undetected"),
+            Err(e) => crate::limited!(
+                warn,
+                "memfd not watched",
+                0,
+                bo = bo.id,
+                error = %e,
+                "cannot watch the BO's memfd: fd writes go undetected"
+            ),
         }
     }
 

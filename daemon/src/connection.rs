@@ -170,7 +170,14 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
     };
     let allowed = &daemon.config.allowed_uids;
     if !allowed.is_empty() && uid != 0 && uid != nix::unistd::geteuid().as_raw() && !allowed.contains(&uid) {
-        tracing::warn!(pid, uid, "connection refused: uid not in --allow-uid");
+        crate::limited!(
+            warn,
+            "connection refused",
+            u64::from(uid),
+            pid,
+            uid,
+            "connection refused: uid not in --allow-uid"
+        );
         let message = format!("uid {uid} is not allowed to use this daemon (--allow-uid {allowed:?})");
         refuse(&sock, ErrorCode::PermissionDenied, message).await;
         return;
@@ -178,13 +185,21 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
     let _slot = match daemon.quotas.connect(uid) {
         Ok(slot) => slot,
         Err(e) => {
-            tracing::warn!(pid, uid, error = %e, "connection refused");
+            crate::limited!(warn, "connection refused", u64::from(uid), pid, uid, error = %e, "connection refused");
             refuse(&sock, ErrorCode::LimitExceeded, e.to_string()).await;
             return;
         }
     };
     let info = daemon.add_connection(pid, uid);
-    tracing::info!(conn = info.id, pid, uid, "client connected");
+    crate::limited!(
+        info,
+        "client connected",
+        u64::from(uid),
+        conn = info.id,
+        pid,
+        uid,
+        "client connected"
+    );
     let mut session = Session {
         daemon: daemon.clone(),
         info: info.clone(),
@@ -198,7 +213,15 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
     let reason = session.run(&sock).await;
     session.close().await;
     daemon.remove_connection(info.id);
-    tracing::info!(conn = info.id, pid, reason, "client disconnected");
+    crate::limited!(
+        info,
+        "client disconnected",
+        u64::from(uid),
+        conn = info.id,
+        pid,
+        reason,
+        "client disconnected"
+    );
 }
 
 /// Answers the first request of a refused connection with `code` and
@@ -516,7 +539,10 @@ impl Session {
                 switch::switch_mechanism(&daemon.counters, &daemon.faults, &switched, tracker).map_err(switch_failure)
             })
             .await??;
-        tracing::info!(
+        crate::limited!(
+            info,
+            "tracking mechanism switched",
+            self.info.id,
             conn = self.info.id,
             mm = mm.id,
             from = %report.from,
@@ -754,7 +780,10 @@ impl Session {
         self.daemon.bos.insert(&bo);
         self.daemon.bypass.add(&bo);
         let handle = self.new_handle(bo.clone())?;
-        tracing::info!(
+        crate::limited!(
+            info,
+            "BO adopted",
+            self.info.id,
             conn = self.info.id,
             bo = id,
             size,
@@ -844,7 +873,10 @@ impl Session {
             .mms
             .get_or_insert(key, self.info.uid, tracker, offer, &self.daemon.faults)
             .map_err(|e| fail(ErrorCode::Kernel, format!("registering with the fault service: {e}")))?;
-        tracing::info!(
+        crate::limited!(
+            info,
+            "client process attached",
+            self.info.id,
             conn = self.info.id,
             mm = mm.id,
             pid = key.pid,
@@ -1205,7 +1237,7 @@ impl Session {
             .blocking(move || handles.into_iter().for_each(|h| release(&daemon, h)))
             .await
         {
-            tracing::warn!(conn = self.info.id, message = %f.message, "cleanup failed");
+            crate::limited!(warn, "cleanup failed", self.info.id, conn = self.info.id, message = %f.message, "cleanup failed");
         }
     }
 }

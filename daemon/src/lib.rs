@@ -18,6 +18,7 @@
 //! | [`background`] | background upload while clients write | issue 6 |
 //! | [`bypass`] | writes through a BO's fd (inotify `IN_MODIFY`) mark it dirty | DESIGN.md §5.5 |
 //! | [`fdstore`] | BOs kept across restarts in systemd's fd store | DESIGN.md §5.5 |
+//! | [`ratelimit`] | logs a client can trigger, rate-limited per kind and scope | issue 15 |
 //! | [`quota`] | per-user quotas, uid allow-list | DESIGN.md §5.4 |
 //! | [`config_file`] | `cohmemd.toml`: every option as a key | issue 7 |
 
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod mm;
 pub mod policy;
 pub mod quota;
+pub mod ratelimit;
 pub mod server;
 pub mod stats;
 pub mod switch;

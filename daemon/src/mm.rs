@@ -141,7 +141,14 @@ impl MmSubscription {
 
 impl Drop for MmSubscription {
     fn drop(&mut self) {
-        tracing::info!(mm = self.id, pid = self.key.pid, "mm subscription released");
+        crate::limited!(
+            info,
+            "mm subscription released",
+            self.id,
+            mm = self.id,
+            pid = self.key.pid,
+            "mm subscription released"
+        );
     }
 }
 

@@ -273,7 +273,10 @@ fn move_view(bo: &Bo, st: &mut BoState, view: &View, old: &dyn WriteTracker, new
         }
     });
     if let Err(e) = attached {
-        tracing::warn!(
+        crate::limited!(
+            warn,
+            "view cannot be moved",
+            bo.id,
             bo = bo.id,
             view = view.id,
             error = %e,

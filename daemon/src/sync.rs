@@ -149,7 +149,10 @@ impl<'a> SyncEngine<'a> {
             TrackError::Gone => view.dead.store(true, Ordering::Release),
             // Logged once; the view stays dirty whole at every scan from now on.
             _ if view.broken.swap(true, Ordering::Relaxed) => {}
-            _ => tracing::warn!(
+            _ => crate::limited!(
+                warn,
+                "view cannot be scanned",
+                bo.id,
                 bo = bo.id,
                 view = view.id,
                 error = %err,
@@ -256,7 +259,10 @@ impl<'a> SyncEngine<'a> {
         }
         if unknown > 0 {
             self.counters.unrecorded_writable.fetch_add(unknown, Ordering::Relaxed);
-            tracing::warn!(
+            crate::limited!(
+                warn,
+                "writable without the daemon knowing",
+                bo.id,
                 bo = bo.id,
                 view = view.id,
                 pages = unknown,
@@ -452,7 +458,7 @@ impl<'a> SyncEngine<'a> {
         if switched.is_some() {
             bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);
             self.counters.method_switches.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(bo = bo.id, method = %method_of(st), "tracking method switched");
+            crate::limited!(info, "tracking method switched", bo.id, bo = bo.id, method = %method_of(st), "tracking method switched");
         }
         self.scan_report(st, num_marked, switched)
     }
@@ -497,7 +503,13 @@ impl<'a> SyncEngine<'a> {
         let after_probe = t.probing;
         if t.after_dense_check(num_marked, &self.dense) != DenseDecision::Pause {
             if after_probe {
-                tracing::info!(bo = bo.id, "dense writes stopped: tracking resumed");
+                crate::limited!(
+                    info,
+                    "dense writes stopped",
+                    bo.id,
+                    bo = bo.id,
+                    "dense writes stopped: tracking resumed"
+                );
             }
             return;
         }
@@ -509,7 +521,10 @@ impl<'a> SyncEngine<'a> {
         if after_probe {
             tracing::debug!(bo = bo.id, "dense writes go on: paused again after a probe");
         } else {
-            tracing::info!(
+            crate::limited!(
+                info,
+                "dense writes paused",
+                bo.id,
                 bo = bo.id,
                 percent = self.dense.percent,
                 "dense writes: tracking paused, whole-BO uploads"
@@ -594,7 +609,7 @@ impl<'a> SyncEngine<'a> {
             bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);
             self.counters.method_switches.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::info!(bo = bo.id, from = %previous, to = %policy, method = %now, "tracking policy set");
+        crate::limited!(info, "tracking policy set", bo.id, bo = bo.id, from = %previous, to = %policy, method = %now, "tracking policy set");
         (previous, now)
     }
 
@@ -792,7 +807,7 @@ impl<'a> SyncEngine<'a> {
                     }
                 }
                 self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(bo = bo.id, error = %e, "upload failed; runs folded back");
+                crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
                 return Err(e.into());
             }
             done.extend(runs);
