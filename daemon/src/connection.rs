@@ -20,7 +20,7 @@ use cohmem_proto::{
     ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, BO_ROW_PAUSED, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS,
     STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
-use cohmem_sys::memfd::{fd_identity, Memfd};
+use cohmem_sys::memfd::{fd_access, fd_identity, FdAccess, Memfd};
 use cohmem_sys::uffd::features;
 use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::UnixSeqpacket;
@@ -145,6 +145,10 @@ fn ok(reply: Reply) -> Outcome {
 struct Handle {
     bo: Arc<Bo>,
     views: HashMap<u32, Arc<View>>,
+    /// Opened from a read-only memfd (IMPORT_BO of an `O_RDONLY` fd): may
+    /// read and upload, never change the BO's bytes or the tracking state
+    /// other holders depend on (see [`read_only_refusal`]).
+    read_only: bool,
 }
 
 struct Session {
@@ -346,6 +350,7 @@ impl Session {
             (true, _) => {}
         }
         self.check_caps(req)?;
+        self.check_access(req)?;
         match *req {
             Request::Hello {
                 min_version,
@@ -442,7 +447,20 @@ impl Session {
     /// BO `id` (daemon-wide), if this connection may `what` it: root may
     /// reach any BO; others only BOs this connection holds.
     fn bo_by_id(&self, id: u64, what: &str) -> Result<Arc<Bo>, Failure> {
-        let held = self.handles.values().any(|h| h.bo.id == id);
+        self.bo_by_id_with(id, what, false)
+    }
+
+    /// [`Session::bo_by_id`]; with `write`, a connection that holds the BO
+    /// only through read-only handles may not (not even root's: it chose to
+    /// act through a read-only import; root without any handle still may).
+    fn bo_by_id_with(&self, id: u64, what: &str, write: bool) -> Result<Arc<Bo>, Failure> {
+        let held = self.handles.values().any(|h| h.bo.id == id && !(write && h.read_only));
+        if write && !held && self.handles.values().any(|h| h.bo.id == id) {
+            return Err(fail(
+                ErrorCode::PermissionDenied,
+                format!("this connection holds BO {id} only through read-only handles: it cannot {what} it"),
+            ));
+        }
         self.daemon
             .bos
             .all()
@@ -458,7 +476,7 @@ impl Session {
 
     /// SET_POLICY: pins how BO `id` is tracked (same access rule as SNAPSHOT).
     async fn set_policy(&self, id: u64, policy: BoPolicy) -> Outcome {
-        let bo = self.bo_by_id(id, "set the policy of")?;
+        let bo = self.bo_by_id_with(id, "set the policy of", true)?;
         let daemon = self.daemon.clone();
         let (previous, method) = self
             .blocking(move || daemon.sync_engine().set_policy(&bo, policy))
@@ -667,7 +685,28 @@ impl Session {
         Ok(())
     }
 
+    /// Refuses what a read-only handle may not do.
+    fn check_access(&self, req: &Request) -> Result<(), Failure> {
+        let Some((bo, what)) = read_only_refusal(req) else {
+            return Ok(());
+        };
+        if self.handles.get(&bo).is_some_and(|h| h.read_only) {
+            return Err(fail(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "BO handle {bo} was imported from a read-only fd: it cannot {what} (import a read-write fd of the \
+                     BO to do that)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn new_handle(&mut self, bo: Arc<Bo>) -> Result<u32, Failure> {
+        self.new_handle_with(bo, false)
+    }
+
+    fn new_handle_with(&mut self, bo: Arc<Bo>, read_only: bool) -> Result<u32, Failure> {
         self.check_handle_room()?;
         let h = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).ok_or_else(|| {
@@ -681,6 +720,7 @@ impl Session {
             Handle {
                 bo,
                 views: HashMap::new(),
+                read_only,
             },
         );
         self.info.bos.fetch_add(1, Ordering::Relaxed);
@@ -745,10 +785,27 @@ impl Session {
             .into_iter()
             .next()
             .ok_or_else(|| fail(ErrorCode::BadFds, "IMPORT_BO needs the BO's memfd"))?;
+        let read_only = match fd_access(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))? {
+            FdAccess::ReadWrite => false,
+            FdAccess::ReadOnly => true,
+            FdAccess::Path => {
+                return Err(fail(
+                    ErrorCode::PermissionDenied,
+                    "IMPORT_BO of an O_PATH fd: it gives no access to the BO's bytes; pass a read-write (or \
+                     read-only) fd",
+                ))
+            }
+            FdAccess::WriteOnly => {
+                return Err(fail(
+                    ErrorCode::PermissionDenied,
+                    "IMPORT_BO of a write-only fd: pass a read-write (or read-only) fd",
+                ))
+            }
+        };
         let identity = fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
         if let Some(bo) = self.daemon.bos.find(identity) {
             let (size, id) = (bo.size, bo.id);
-            let handle = self.new_handle(bo)?;
+            let handle = self.new_handle_with(bo, read_only)?;
             return ok(Reply::Bo { bo: handle, size, id });
         }
         let memfd = Memfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
@@ -779,7 +836,7 @@ impl Session {
         let bo = Arc::new(bo);
         self.daemon.bos.insert(&bo);
         self.daemon.bypass.add(&bo);
-        let handle = self.new_handle(bo.clone())?;
+        let handle = self.new_handle_with(bo.clone(), read_only)?;
         crate::limited!(
             info,
             "BO adopted",
@@ -1249,6 +1306,28 @@ fn watch_daemon() -> Outcome {
     let pidfd = cohmem_sys::pidfd::Pidfd::open(std::process::id() as i32)
         .map_err(|e| fail(ErrorCode::Kernel, format!("a pidfd of the daemon: {e}")))?;
     Ok((Reply::DaemonProcess, vec![pidfd.into()]))
+}
+
+/// For requests a read-only handle may not make: the handle, and what the
+/// request would do. Reading (DIRTY_STATE, EXPORT_RESOURCE, SNAPSHOT) and
+/// uploading (SYNC, SCAN: they record and upload what was written, never
+/// drop it) stay allowed; everything that changes the BO's bytes or drops
+/// or invents tracking state other holders depend on is refused.
+fn read_only_refusal(req: &Request) -> Option<(u32, &'static str)> {
+    Some(match *req {
+        Request::Map { bo, .. } => (
+            bo,
+            "be mapped for tracking (map it PROT_READ without MAP: a read-only mapping writes nothing)",
+        ),
+        Request::AddResource { bo, .. } => (bo, "add a resource"),
+        Request::ReleaseResource { bo, .. } => (bo, "release a resource"),
+        Request::Transfer { bo, .. } => (bo, "transfer dirty pages without a scan"),
+        Request::ClearResource { bo, .. } => (bo, "clear a resource's dirty pages"),
+        Request::ClearAll { bo } => (bo, "clear the BO's dirty pages"),
+        Request::Damage { bo, .. } => (bo, "report damage"),
+        Request::Readback { bo, .. } => (bo, "read the GPU copy back into the BO"),
+        _ => return None,
+    })
 }
 
 fn attached(mm: &MmSubscription, joined: bool) -> Reply {

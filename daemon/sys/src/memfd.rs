@@ -130,6 +130,33 @@ pub fn fd_identity(fd: BorrowedFd<'_>) -> Result<FileIdentity> {
     })
 }
 
+/// What an open file description lets its holder do (`F_GETFL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdAccess {
+    /// Opened for reading and writing.
+    ReadWrite,
+    /// Opened for reading only.
+    ReadOnly,
+    /// Opened for writing only.
+    WriteOnly,
+    /// An `O_PATH` fd: no access to the contents at all.
+    Path,
+}
+
+/// The access mode of `fd`'s open file description.
+pub fn fd_access(fd: BorrowedFd<'_>) -> Result<FdAccess> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).op("fcntl(F_GETFL)")?);
+    if flags.contains(OFlag::O_PATH) {
+        return Ok(FdAccess::Path);
+    }
+    Ok(match flags & OFlag::O_ACCMODE {
+        OFlag::O_RDONLY => FdAccess::ReadOnly,
+        OFlag::O_WRONLY => FdAccess::WriteOnly,
+        _ => FdAccess::ReadWrite,
+    })
+}
+
 /// Size of a regular file behind an fd (`fstat`).
 pub fn fd_size(fd: BorrowedFd<'_>) -> Result<u64> {
     let st = nix::sys::stat::fstat(fd).op("fstat")?;
@@ -139,6 +166,22 @@ pub fn fd_size(fd: BorrowedFd<'_>) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_mode_of_a_reopened_memfd_is_seen() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let m = Memfd::create_sealed("t", 4096).unwrap();
+        assert_eq!(fd_access(m.as_fd()).unwrap(), FdAccess::ReadWrite);
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&m.as_fd()));
+        let ro = std::fs::File::open(&path).unwrap();
+        assert_eq!(fd_access(ro.as_fd()).unwrap(), FdAccess::ReadOnly);
+        let opath = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&path)
+            .unwrap();
+        assert_eq!(fd_access(opath.as_fd()).unwrap(), FdAccess::Path);
+    }
 
     #[test]
     fn sealed_memfd_cannot_shrink_or_grow() {
