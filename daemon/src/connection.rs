@@ -161,6 +161,9 @@ struct Session {
     handles: HashMap<u32, Handle>,
     next_handle: u32,
     next_view: u32,
+    /// The connection's socket (borrowed: `serve` owns it and outlives
+    /// the session), for [`Session::check_unread_replies`].
+    socket: std::os::fd::RawFd,
 }
 
 /// Serves one connection until the peer closes it or misbehaves.
@@ -213,6 +216,7 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
         handles: HashMap::new(),
         next_handle: 1,
         next_view: 1,
+        socket: std::os::fd::AsRawFd::as_raw_fd(&sock),
     };
     let reason = session.run(&sock).await;
     session.close().await;
@@ -416,7 +420,10 @@ impl Session {
                 self.tracker_op(bo, |e, b| Ok(Reply::DirtyState(e.dirty_state(b))))
                     .await
             }
-            Request::Snapshot { id, flags } => self.snapshot(id, flags).await,
+            Request::Snapshot { id, flags } => {
+                self.check_unread_replies("SNAPSHOT")?;
+                self.snapshot(id, flags).await
+            }
             Request::SetMechanism { mechanism } => self.set_mechanism(mechanism).await,
             Request::Readback { bo, flags } => {
                 if flags != 0 {
@@ -439,7 +446,10 @@ impl Session {
                     .await
             }
             Request::SetPolicy { id, policy } => self.set_policy(id, policy).await,
-            Request::Metrics => self.metrics().await,
+            Request::Metrics => {
+                self.check_unread_replies("METRICS")?;
+                self.metrics().await
+            }
             Request::WatchDaemon => watch_daemon(),
         }
     }
@@ -679,6 +689,30 @@ impl Session {
                     "connection already holds {} BO handles (limit max_bos_per_connection = {})",
                     self.handles.len(),
                     self.daemon.config.max_bos_per_connection
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a request whose reply holds memory (a memfd: SNAPSHOT's copy
+    /// of the BO, METRICS' text) while earlier replies lie unread: each
+    /// unread reply keeps its memfd alive in the socket, so a client that
+    /// never reads could make the daemon hold a copy per request. With this
+    /// rule a connection holds at most one such reply unread (issue 15,
+    /// item 1). A client that reads each reply before its next request
+    /// never meets it.
+    fn check_unread_replies(&self, request: &str) -> Result<(), Failure> {
+        // SAFETY: the socket outlives the session (serve drops it after
+        // the session closes), so the fd is open while a request runs.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.socket) };
+        let unread = cohmem_sys::seqpacket::unread_output(sock).map_err(|e| fail(ErrorCode::Kernel, e.to_string()))?;
+        if unread > 0 {
+            return Err(fail(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{request} refused: {unread} bytes of earlier replies on this connection are unread (a reply \
+                     carrying a memfd holds memory until read); read the replies first"
                 ),
             ));
         }

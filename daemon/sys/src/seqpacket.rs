@@ -207,6 +207,19 @@ impl AsFd for SeqpacketSocket {
     }
 }
 
+/// Bytes this end sent that the peer has not read yet (`SIOCOUTQ`): the
+/// replies a client left unread, and through them what their fds hold.
+pub fn unread_output(fd: BorrowedFd<'_>) -> Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which
+    // points at a live local of that type.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if r < 0 {
+        return Err(SysError::os("ioctl(SIOCOUTQ)", Errno::last()));
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
 /// Runs `call` again for as long as a signal interrupts it.
 fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
     loop {
