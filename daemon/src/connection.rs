@@ -232,14 +232,34 @@ pub async fn serve(daemon: Arc<Daemon>, sock: UnixSeqpacket) {
     );
 }
 
+/// Refused connections being answered at most at once: past it, a refused
+/// connection is closed without an answer, so a burst of connections costs
+/// a bounded number of fds and tasks (issue 15, item 3).
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
+/// Refused connections being answered now.
+static REFUSALS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Answers the first request of a refused connection with `code` and
 /// `message` (so the client learns why), then lets the connection close.
-/// Waits at most a second for that request.
+/// Waits at most 250 ms for that request, reads only its 8-byte header (the
+/// id: a burst of refused connections costs no receive buffers), and
+/// closes at once when [`MAX_REFUSALS_IN_FLIGHT`] are being answered.
 async fn refuse(sock: &UnixSeqpacket, code: ErrorCode, message: String) {
-    let mut buf = vec![0u8; MAX_FRAME];
-    let wait = std::time::Duration::from_secs(1);
-    let id = match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
-        Ok(Ok(info)) => peek_request_id(&buf[..info.bytes_read().min(MAX_FRAME)]),
+    struct InFlight;
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            REFUSALS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if REFUSALS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSALS_IN_FLIGHT {
+        REFUSALS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let _in_flight = InFlight;
+    let mut header = [0u8; 8];
+    let wait = std::time::Duration::from_millis(250);
+    let id = match tokio::time::timeout(wait, sock.recv(&mut header)).await {
+        Ok(Ok(info)) => peek_request_id(&header[..info.bytes_read().min(header.len())]),
         _ => 0,
     };
     let _ = sock.send(&Reply::error(code, message).encode(id)).await;

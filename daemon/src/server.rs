@@ -322,7 +322,7 @@ impl Server {
                         tokio::spawn(connection::serve(daemon, sock));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        crate::limited!(warn, "accept failed", 0, error = %e, "accept failed");
                         // EMFILE and friends: back off instead of spinning.
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
