@@ -283,7 +283,10 @@ impl Session {
                 return "closed by peer";
             }
             self.info.requests.fetch_add(1, Ordering::Relaxed);
-            let frame = &buf[..len.min(MAX_FRAME)];
+            // One byte past MAX_FRAME (the buffer's size) reaches the
+            // decoder, which reports it as too long (TooLong), not as
+            // whatever the cut frame would look like.
+            let frame = &buf[..len.min(buf.len())];
             let id = peek_request_id(frame);
             let (outcome, request) = if truncated {
                 (
@@ -395,6 +398,10 @@ impl Session {
             // STATS_BOS takes every BO's state lock in turn, which a sync or
             // snapshot may hold for long: off the async workers, or a few
             // STATS callers stall every client (issue 14, suspicion a).
+            Request::Stats { flags } if flags & !(STATS_CONNECTIONS | STATS_BOS) != 0 => Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown STATS flags {:#x}", flags & !(STATS_CONNECTIONS | STATS_BOS)),
+            )),
             Request::Stats { flags } => ok(Reply::Stats(tokio::task::block_in_place(|| self.stats(flags)))),
             Request::ExportResource { bo, index } => self.export_resource(bo, index),
             Request::AddResource { bo, offset, len } => {
