@@ -63,6 +63,17 @@ fn time_scale() -> u32 {
         .unwrap_or(1)
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn fds_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -80,6 +91,11 @@ struct Tally {
     closed_by_daemon: u64,
     unread_closes: u64,
     half_closes: u64,
+    /// Issue 15's attacks: read-only and O_PATH imports refused their
+    /// changes, unread SNAPSHOT floods, connection bursts.
+    read_only_refusals: u64,
+    snapshot_floods: u64,
+    burst_connections: u64,
 }
 
 impl Tally {
@@ -96,6 +112,9 @@ impl Tally {
         self.closed_by_daemon += other.closed_by_daemon;
         self.unread_closes += other.unread_closes;
         self.half_closes += other.half_closes;
+        self.read_only_refusals += other.read_only_refusals;
+        self.snapshot_floods += other.snapshot_floods;
+        self.burst_connections += other.burst_connections;
     }
 }
 
@@ -625,6 +644,9 @@ fn hostile_connection(
             return Ok(());
         }
     }
+    if !campaign(&mut s, socket)? {
+        return Ok(());
+    }
     match s.rng.below(4) {
         // Close with requests in flight and their replies unread.
         0 => {
@@ -655,6 +677,100 @@ fn hostile_connection(
         _ => {}
     }
     Ok(())
+}
+
+/// Issue 15's attacks, at random, each checked: a read-only (`O_RDONLY`)
+/// import of a BO this connection made may not change it, an `O_PATH` one
+/// is refused; SNAPSHOTs sent without reading a reply; a burst of
+/// connections dropped at once. False when the connection is closed.
+fn campaign(s: &mut Session<'_>, socket: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match s.rng.below(5) {
+        0 if s.negotiated && !s.memfds.is_empty() => {
+            let memfd = &s.memfds[s.rng.below(s.memfds.len() as u64) as usize];
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(memfd));
+            let opath: OwnedFd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(&path)?
+                .into();
+            let ro: OwnedFd = std::fs::File::open(&path)?.into();
+            let id = s.id();
+            match s.client.call(id, &Request::ImportBo, &[opath.as_fd()])? {
+                (
+                    Reply::Error {
+                        code: ErrorCode::PermissionDenied,
+                        ..
+                    },
+                    _,
+                ) => {}
+                other => panic!("IMPORT_BO of an O_PATH fd: {other:?} (seed {})", s.seed),
+            }
+            let id = s.id();
+            let handle = match s.client.call(id, &Request::ImportBo, &[ro.as_fd()])? {
+                (Reply::Bo { bo, .. }, _) => bo,
+                other => panic!("IMPORT_BO of an O_RDONLY fd: {other:?} (seed {})", s.seed),
+            };
+            let ps = cohmem_sys::page_size();
+            for req in [
+                Request::ClearAll { bo: handle },
+                Request::Damage {
+                    bo: handle,
+                    offset: 0,
+                    len: ps,
+                },
+                Request::Transfer {
+                    bo: handle,
+                    index: 0,
+                    flags: 0,
+                },
+                Request::Map {
+                    bo: handle,
+                    addr: 0x7f00_0000_0000,
+                    len: ps,
+                    offset: 0,
+                },
+            ] {
+                let id = s.id();
+                match s.client.call(id, &req, &[])? {
+                    (
+                        Reply::Error {
+                            code: ErrorCode::PermissionDenied,
+                            ..
+                        },
+                        _,
+                    ) => s.tally.read_only_refusals += 1,
+                    other => panic!("{} with a read-only handle: {other:?} (seed {})", req.name(), s.seed),
+                }
+            }
+            s.tally.frames += 6;
+            Ok(true)
+        }
+        1 if s.negotiated => {
+            // Root may snapshot any BO by id, the well-behaved client's
+            // too; the replies are never read (the connection ends).
+            for _ in 0..1 + s.rng.below(8) {
+                let id = s.id();
+                let frame = Request::Snapshot {
+                    id: 1 + s.rng.below(4),
+                    flags: 0,
+                }
+                .encode(id);
+                if s.client.sock.send(&frame, &[]).is_err() {
+                    return Ok(false);
+                }
+                s.tally.frames += 1;
+            }
+            s.tally.snapshot_floods += 1;
+            Ok(false)
+        }
+        2 => {
+            let burst: Vec<_> = (0..64).filter_map(|_| SeqpacketSocket::connect(socket).ok()).collect();
+            s.tally.burst_connections += burst.len() as u64;
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
 }
 
 fn hostile_thread(socket: PathBuf, seed: u64, deadline: Instant) -> anyhow::Result<Tally> {
@@ -712,6 +828,7 @@ fn hostile_clients_leave_a_well_behaved_client_and_the_daemon_intact() -> anyhow
         std::thread::sleep(Duration::from_millis(10));
     }
     let fds_before = fds_of(daemon.pid());
+    let rss_before = rss_kib(daemon.pid());
 
     let deadline = Instant::now() + HOSTILE_TIME;
     let hostile: Vec<_> = (0..HOSTILE_THREADS)
@@ -749,12 +866,19 @@ fn hostile_clients_leave_a_well_behaved_client_and_the_daemon_intact() -> anyhow
     );
     good_round(&mut rng)?;
     good_syncs += 1;
+    let rss_after = rss_kib(daemon.pid());
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "the daemon grew from {rss_before} to {rss_after} KiB (seed {seed})"
+    );
     assert!(daemon.is_running(), "the daemon died (seed {seed})");
     assert!(tally.frames > 0 && tally.connections >= HOSTILE_THREADS);
     eprintln!(
         "hostile clients: {} connections, {} frames, {} fds sent, replies {:?}, errors {:?}, \
          {} closed by the daemon, {} closed with replies unread, {} half-closed; \
-         well-behaved client: {good_syncs} syncs verified; daemon fds {fds_before} -> {fds_after}",
+         {} read-only refusals, {} unread SNAPSHOT floods, {} burst connections; \
+         well-behaved client: {good_syncs} syncs verified; daemon fds {fds_before} -> {fds_after}, RSS \
+         {rss_before} -> {rss_after} KiB",
         tally.connections,
         tally.frames,
         tally.fds_sent,
@@ -762,7 +886,10 @@ fn hostile_clients_leave_a_well_behaved_client_and_the_daemon_intact() -> anyhow
         tally.errors,
         tally.closed_by_daemon,
         tally.unread_closes,
-        tally.half_closes
+        tally.half_closes,
+        tally.read_only_refusals,
+        tally.snapshot_floods,
+        tally.burst_connections
     );
     Ok(())
 }
