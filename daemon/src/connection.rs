@@ -1163,13 +1163,16 @@ impl Session {
                     ),
                 ));
             }
-            let result = match attach_mm.tracker().attach_view(added.range()) {
-                Ok(()) => Ok(()),
-                Err(TrackError::BadView(m)) => Err(fail(ErrorCode::InvalidArgument, m)),
-                Err(TrackError::Gone) => Err(fail(ErrorCode::Kernel, "client process has exited")),
-                Err(TrackError::Sys(e)) => Err(fail(ErrorCode::Kernel, e.to_string())),
-                Err(e @ TrackError::Moved { .. }) => Err(fail(ErrorCode::InvalidArgument, e.to_string())),
-            };
+            let result = verify_view(&attach_mm, &adder, bo, added.range(), offset).and_then(|()| {
+                match attach_mm.tracker().attach_view(added.range()) {
+                    Ok(()) => Ok(()),
+                    Err(TrackError::BadView(m)) => Err(fail(ErrorCode::InvalidArgument, m)),
+                    Err(TrackError::Gone) => Err(fail(ErrorCode::Kernel, "client process has exited")),
+                    Err(TrackError::Sys(e)) => Err(fail(ErrorCode::Kernel, e.to_string())),
+                    Err(e @ TrackError::Moved { .. }) => Err(fail(ErrorCode::InvalidArgument, e.to_string())),
+                }
+                .and_then(|()| verify_registration(&attach_mm, added.range()))
+            });
             if let Err(f) = result {
                 attach_mm.remove_view(addr);
                 return Err(f);
@@ -1436,5 +1439,38 @@ fn switch_failure(e: switch::SwitchError) -> Failure {
         switch::SwitchError::Missing(m) => fail(ErrorCode::Unsupported, m),
         switch::SwitchError::Dup(e) => fail(ErrorCode::Kernel, format!("duplicating an offered fd: {e}")),
         e @ switch::SwitchError::FaultService(_) => fail(ErrorCode::Kernel, e.to_string()),
+    }
+}
+
+/// MAP's proof that the view maps what the client announced
+/// ([`crate::viewcheck::check_mapping`]): the BO's memfd at the announced
+/// offset, shared, with `MADV_DONTFORK`.
+fn verify_view(
+    mm: &MmSubscription,
+    bo: &Bo,
+    handle: u32,
+    range: std::ops::Range<u64>,
+    offset: u64,
+) -> Result<(), Failure> {
+    let identity = bo
+        .memfd()
+        .identity()
+        .map_err(|e| fail(ErrorCode::Kernel, format!("fstat of the BO's memfd: {e}")))?;
+    crate::viewcheck::check_mapping(mm.key.pid, mm.offer.maps.as_ref(), range, handle, identity, offset)
+        .map(|_| ())
+        .map_err(|m| fail(ErrorCode::InvalidArgument, m.0))
+}
+
+/// After the mechanism attached the view (which refuses a range registered
+/// with no uffd, and so must come first: registering here would hide
+/// that), proves that the range is registered with the userfaultfd of the
+/// process's mechanism, not another one
+/// ([`crate::viewcheck::check_registration`]).
+fn verify_registration(mm: &MmSubscription, range: std::ops::Range<u64>) -> Result<(), Failure> {
+    let tracker = mm.tracker();
+    match tracker.registration_uffd() {
+        Some(uffd) => crate::viewcheck::check_registration(uffd, tracker.mechanism().name(), range)
+            .map_err(|m| fail(ErrorCode::InvalidArgument, m.0)),
+        None => Ok(()),
     }
 }

@@ -43,6 +43,7 @@ pub mod stats;
 pub mod switch;
 pub mod sync;
 pub mod tracker;
+pub mod viewcheck;
 
 pub use config::DaemonConfig;
 pub use server::{Daemon, Server, ServerError};

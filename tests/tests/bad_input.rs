@@ -337,6 +337,7 @@ fn hostile_frames_and_fds_get_typed_errors_while_others_keep_working() -> anyhow
         panic!("CREATE_BO failed")
     };
     let mapping = SharedMapping::map(memfd.as_fd(), 16 * ps, 0, true)?;
+    mapping.dont_fork()?; // MAP refuses a view a fork would inherit
     let map_req = |addr: u64, len: u64, offset: u64| Request::Map {
         bo: h,
         addr,

@@ -12,6 +12,7 @@
 //! | [`uffd`] | userfaultfd: `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_WRITEPROTECT`, fault messages |
 //! | [`pagemap`] | `/proc/<pid>/pagemap`: `PAGEMAP_SCAN` and 64-bit entries |
 //! | [`procmaps`] | `/proc/<pid>/maps`: `PROCMAP_QUERY` (one VMA per call) |
+//! | [`smaps`] | `/proc/<pid>/smaps`: what a VMA maps and its `VmFlags` (MAP's view checks) |
 //! | [`softdirty`] | `/proc/<pid>/clear_refs` and pagemap bit 55 |
 //! | [`seqpacket`] | blocking `SOCK_SEQPACKET` Unix sockets with `SCM_RIGHTS` |
 //! | [`pidfd`] | process fds (`SO_PEERPIDFD`, `pidfd_open`): proof that a peer exited |
@@ -37,6 +38,7 @@ pub mod procmaps;
 pub mod sdnotify;
 pub mod seqpacket;
 pub mod signals;
+pub mod smaps;
 pub mod softdirty;
 pub mod uffd;
 

@@ -67,6 +67,12 @@ pub struct KernelCaps {
     /// every mapping are detected: DESIGN.md §5.5). Linux 6.14 stopped
     /// reporting events on pseudo files such as memfds.
     pub memfd_modify_events: Probe,
+    /// What MAP can verify of a view here: a real round that maps a memfd
+    /// with `MADV_DONTFORK` and reads it back from `/proc/self/smaps`
+    /// (identity, offset, `dc`), and whether `PROCMAP_QUERY` (Linux 6.11)
+    /// exists for the daemon to fall back on when it may not read a
+    /// client's smaps.
+    pub view_checks: Probe,
 }
 
 impl KernelCaps {
@@ -122,6 +128,7 @@ pub fn probe_all() -> KernelCaps {
         uffd_sync: Probe::from(probe_uffd_sync()),
         soft_dirty: soft_dirty.clone(),
         memfd_modify_events: Probe::from(probe_memfd_modify_events()),
+        view_checks: Probe::from(probe_view_checks()),
         soft_dirty_after_unprotect: if soft_dirty.ok {
             Probe::from(probe_soft_dirty_after_unprotect())
         } else {
@@ -134,6 +141,37 @@ pub fn probe_all() -> KernelCaps {
 }
 
 const PAGES: u64 = 16;
+
+/// A real round of MAP's view checks on a mapping of our own.
+fn probe_view_checks() -> Result<String> {
+    let ps = page_size();
+    let m = Memfd::create_sealed("cohmem-probe-view", 2 * ps)?;
+    let id = m.identity()?;
+    let map = SharedMapping::map(m.as_fd(), ps, ps, true)?;
+    map.dont_fork()?;
+    let vmas = crate::smaps::vmas_of(std::process::id() as i32, map.addr()..map.addr() + ps)?;
+    match vmas.first() {
+        Some(v) if (v.dev, v.inode, v.offset) == (id.dev, id.ino, ps) && v.shared && v.has_flag("dc") => {}
+        other => {
+            return Err(SysError::Invalid(format!(
+                "/proc/self/smaps does not show the probe mapping as mapped: {other:?}"
+            )))
+        }
+    }
+    let query = match crate::procmaps::ProcMapsFile::open_self()
+        .and_then(|f| f.try_clone_fd())
+        .and_then(crate::procmaps::ProcMapsFile::from_fd)
+    {
+        Ok(_) => "PROCMAP_QUERY present: where cohmemd may not read a client's smaps it still checks inode, \
+                  device and offset (not MADV_DONTFORK)"
+            .to_string(),
+        Err(e) => format!("no PROCMAP_QUERY ({e}): where cohmemd may not read a client's smaps, MAP checks no mapping"),
+    };
+    Ok(format!(
+        "MAP checks from /proc/<pid>/smaps: memfd inode, device and offset, MAP_SHARED, MADV_DONTFORK (VmFlags dc); \
+         the uffd by UFFDIO_REGISTER (EBUSY: another uffd); {query}"
+    ))
+}
 
 /// A real round: watch a memfd, `pwrite` it, read the event.
 fn probe_memfd_modify_events() -> Result<String> {

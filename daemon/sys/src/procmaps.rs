@@ -36,6 +36,8 @@ pub struct Vma {
     pub offset: u64,
     /// Inode of the mapped file (0 for anonymous memory).
     pub inode: u64,
+    /// Device of the mapped file, encoded like `st_dev`.
+    pub dev: u64,
     /// `PROCMAP_QUERY_VMA_*` permission bits.
     pub flags: u64,
 }
@@ -107,6 +109,7 @@ impl ProcMapsFile {
                 end: q.vma_end,
                 offset: q.vma_offset,
                 inode: q.inode,
+                dev: crate::smaps::makedev(q.dev_major.into(), q.dev_minor.into()),
                 flags: q.vma_flags,
             })),
             Err(Errno::ENOENT) => Ok(None),
@@ -132,6 +135,11 @@ impl ProcMapsFile {
             }
         }
         Ok(missing)
+    }
+
+    /// Whether `v` is a `MAP_SHARED` mapping.
+    pub fn is_shared(v: &Vma) -> bool {
+        v.flags & procmap_query_flags::PROCMAP_QUERY_VMA_SHARED as u64 != 0
     }
 
     /// Duplicates the fd (to hand it to the daemon).
@@ -177,7 +185,8 @@ mod tests {
         assert_eq!(maps.uncovered(base..base + len).unwrap(), 0);
         let v = maps.vma_at_or_after(base).unwrap().unwrap();
         assert!(v.start <= base && v.end >= base + len, "{v:?}");
-        assert_eq!(v.inode, m.identity().unwrap().ino, "the VMA maps the memfd");
+        let id = m.identity().unwrap();
+        assert_eq!((v.dev, v.inode), (id.dev, id.ino), "the VMA maps the memfd");
         // Punch a 3-page hole into the middle.
         // SAFETY: pages of our own mapping that nothing else refers to.
         unsafe {

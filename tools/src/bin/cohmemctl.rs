@@ -237,6 +237,7 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
         mark(&k.memfd_modify_events),
         k.memfd_modify_events.detail
     );
+    println!("view checks   {}        {}", mark(&k.view_checks), k.view_checks.detail);
     Ok(())
 }
 
