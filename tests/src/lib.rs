@@ -426,3 +426,25 @@ pub fn time_scale() -> u32 {
         .filter(|&s| s > 0)
         .unwrap_or(1)
 }
+
+/// Open fds of process `pid` (0 if it is gone).
+pub fn process_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`).
+pub fn process_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// The `p` quantile (0..=1) of sorted latencies.
+pub fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len().saturating_sub(1)) as f64 * p).round() as usize]
+}

@@ -37,7 +37,7 @@ use cohmem_sys::memfd::Memfd;
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::seqpacket::{SeqpacketSocket, SCM_MAX_FD};
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
-use cohmem_tests::{spawn_daemon, RawClient, RawOutcome};
+use cohmem_tests::{process_fds as fds_of, process_rss_kib, spawn_daemon, time_scale, RawClient, RawOutcome};
 use cohmem_tools::{verify_gpu_copy, SplitMix64};
 
 /// The daemon binary cargo builds with these tests.
@@ -52,32 +52,6 @@ const GOOD_PAGES: u64 = 128;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// How much slower than a real machine this one is: the VM tier runs the
-/// tests under QEMU TCG with `COHMEM_TIME_SCALE=20`.
-fn time_scale() -> u32 {
-    std::env::var("COHMEM_TIME_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// What the hostile connections saw, summed over all of them.
@@ -828,7 +802,7 @@ fn hostile_clients_leave_a_well_behaved_client_and_the_daemon_intact() -> anyhow
         std::thread::sleep(Duration::from_millis(10));
     }
     let fds_before = fds_of(daemon.pid());
-    let rss_before = rss_kib(daemon.pid());
+    let rss_before = process_rss_kib(daemon.pid())?;
 
     let deadline = Instant::now() + HOSTILE_TIME;
     let hostile: Vec<_> = (0..HOSTILE_THREADS)
@@ -866,7 +840,7 @@ fn hostile_clients_leave_a_well_behaved_client_and_the_daemon_intact() -> anyhow
     );
     good_round(&mut rng)?;
     good_syncs += 1;
-    let rss_after = rss_kib(daemon.pid());
+    let rss_after = process_rss_kib(daemon.pid())?;
     assert!(
         rss_after < rss_before + 32 * 1024,
         "the daemon grew from {rss_before} to {rss_after} KiB (seed {seed})"

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cohmem_client::{ClientError, Connection, ErrorCode};
 use cohmem_proto::{Reply, Request};
 use cohmem_sys::memfd::Memfd;
-use cohmem_tests::{bystander, spawn_daemon_with, RawClient};
+use cohmem_tests::{bystander, process_rss_kib as rss_kib, spawn_daemon_with, RawClient};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
@@ -22,15 +22,6 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String)
         Err(ClientError::Daemon { code, message, .. }) => (code, message),
         other => panic!("expected a typed refusal, got {other:?}"),
     }
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohmem_client::Connection;
-use cohmem_tests::{spawn_daemon, time_scale};
+use cohmem_tests::{quantile, spawn_daemon, time_scale};
 use cohmem_tools::verify::verify_gpu_copy;
 
 /// The daemon binary cargo builds with these tests.
@@ -45,10 +45,6 @@ fn bystander_latencies(socket: &std::path::Path, span: Duration) -> anyhow::Resu
     anyhow::ensure!(verify_gpu_copy(&bo)?.is_empty(), "the bystander's GPU copy differs");
     out.sort();
     Ok(out)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[test]
@@ -95,10 +91,10 @@ fn a_snapshot_storm_does_not_stall_a_bystanders_sync() -> anyhow::Result<()> {
         s.join().map_err(|_| anyhow::anyhow!("snapshotter panicked"))??;
     }
     let stormy = stormy?;
-    let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
+    let (q50, q99) = (quantile(&quiet, 0.5), quantile(&quiet, 0.99));
     let (s50, s99, worst) = (
-        percentile(&stormy, 0.5),
-        percentile(&stormy, 0.99),
+        quantile(&stormy, 0.5),
+        quantile(&stormy, 0.99),
         stormy[stormy.len() - 1],
     );
     eprintln!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cohmem_client::{Connection, ErrorCode};
 use cohmem_proto::{Reply, Request};
-use cohmem_tests::{spawn_daemon, time_scale, RawClient, RawOutcome};
+use cohmem_tests::{quantile, spawn_daemon, time_scale, RawClient, RawOutcome};
 
 /// The daemon binary cargo builds with these tests.
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
@@ -80,10 +80,6 @@ fn latencies(
     Ok(out)
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[test]
 fn unread_snapshot_replies_hold_at_most_one_copy_per_connection() -> anyhow::Result<()> {
     let daemon = spawn_daemon(DAEMON)?;
@@ -137,8 +133,8 @@ fn unread_snapshot_replies_hold_at_most_one_copy_per_connection() -> anyhow::Res
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("flooder panicked"))??;
     }
-    let (q50, q99) = (pct(&quiet, 0.5), pct(&quiet, 0.99));
-    let (s50, s99) = (pct(&stormy, 0.5), pct(&stormy, 0.99));
+    let (q50, q99) = (quantile(&quiet, 0.5), quantile(&quiet, 0.99));
+    let (s50, s99) = (quantile(&stormy, 0.5), quantile(&stormy, 0.99));
     eprintln!(
         "bystander SYNC: quiet median {q50:?} p99 {q99:?} ({} syncs); during 50 unread floods median {s50:?} p99 \
          {s99:?} ({} syncs)",

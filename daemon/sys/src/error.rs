@@ -48,3 +48,15 @@ impl<T> OsContext<T> for nix::Result<T> {
         self.map_err(|e| SysError::os(op, e))
     }
 }
+
+/// Runs `call` again for as long as a signal interrupts it (`EINTR`): an
+/// interrupted call says nothing about its object, and the library runs in
+/// applications whose handlers lack `SA_RESTART`.
+pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}

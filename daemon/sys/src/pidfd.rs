@@ -19,7 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt};
 
-use crate::error::{OsContext, Result, SysError};
+use crate::error::{retry_eintr, OsContext, Result, SysError};
 
 /// A pidfd of one process.
 #[derive(Debug)]
@@ -147,15 +147,6 @@ impl StopSignal {
     pub fn raise(&self) -> Result<()> {
         self.fd.write(1).op("eventfd write")?;
         Ok(())
-    }
-}
-
-fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
-    loop {
-        match call() {
-            Err(Errno::EINTR) => continue,
-            other => return other,
-        }
     }
 }
 

@@ -25,7 +25,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::error::{OsContext, Result, SysError};
+use crate::error::{retry_eintr, OsContext, Result, SysError};
 
 /// Most fds the kernel delivers with one message (`SCM_MAX_FD`).
 pub const SCM_MAX_FD: usize = 253;
@@ -218,16 +218,6 @@ pub fn unread_output(fd: BorrowedFd<'_>) -> Result<usize> {
         return Err(SysError::os("ioctl(SIOCOUTQ)", Errno::last()));
     }
     Ok(usize::try_from(queued).unwrap_or(0))
-}
-
-/// Runs `call` again for as long as a signal interrupts it.
-fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
-    loop {
-        match call() {
-            Err(Errno::EINTR) => continue,
-            other => return other,
-        }
-    }
 }
 
 /// Puts `fd` in non-blocking mode (`O_NONBLOCK`): a socket a service
