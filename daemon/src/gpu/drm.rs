@@ -4,17 +4,26 @@
 //! `MODE_MAP_DUMB`. Dirty runs are copied in one copy per run where the
 //! pitch equals the page size (every driver tried: bochs-drm, vgem), else one
 //! copy per page row. Export is a PRIME dma-buf of the dumb buffer.
+//!
+//! An image ([`GpuBackend::create_image`]) is a dumb buffer of the image's
+//! own width, height and bits per pixel (32 for XRGB8888 and ARGB8888, 16
+//! for RGB565: dumb buffers take bpp, not formats, so a driver that refuses
+//! 16 refuses RGB565); the driver's pitch is the image's, offset 0,
+//! modifier linear. Its BO has the buffer's layout byte for byte, so a
+//! dirty run is one copy, cut at the last row's last pixel.
 
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use cohmem_proto::MODIFIER_LINEAR;
 use cohmem_sys::drm::{DrmDevice, DrmInfo, DumbBuffer, GemHandle};
 use cohmem_sys::mapping::SharedMapping;
 use nix::errno::Errno;
 
-use super::{GpuBackend, GpuError, GpuResource};
+use super::soft::{clip, image_bytes_per_pixel};
+use super::{GpuBackend, GpuError, GpuResource, ImageInfo};
 
 /// Bits per pixel of every resource.
 const BPP: u32 = 32;
@@ -88,6 +97,70 @@ impl GpuBackend for DrmGpu {
         Ok(Box::new(DrmResource {
             size,
             pitch,
+            image: None,
+            mapping,
+            buffer: Buffer::Dumb(buffer),
+            driver: self.info.driver.clone(),
+            can_export: self.info.prime_export,
+        }))
+    }
+
+    fn create_image(&self, width: u32, height: u32, format: u32) -> Result<Box<dyn GpuResource>, GpuError> {
+        let cpp = image_bytes_per_pixel(width, height, format)?;
+        let bpp = cpp * 8;
+        let refused = |reason: String| GpuError::image_refused(width, height, format, reason);
+        let too_large = || {
+            refused(format!(
+                "dumb buffers are limited to 4 GiB by the DRM core ({})",
+                self.info.driver
+            ))
+        };
+        // The core's own check (u32 arithmetic), made here to say why.
+        if u64::from(width) * u64::from(cpp) * u64::from(height) >= 1 << 32 {
+            return Err(too_large());
+        }
+        let buffer =
+            self.device
+                .create_dumb(width, height, bpp)
+                .map_err(|e| match e.errno() {
+                    Some(Errno::ENOMEM | Errno::ENOSPC | Errno::EINVAL | Errno::E2BIG | Errno::EFBIG) => refused(
+                        format!("{} refused a {width}x{height}x{bpp} dumb buffer: {e}", self.info.driver),
+                    ),
+                    _ => GpuError::Sys(e),
+                })?;
+        let pitch = buffer.pitch();
+        let image = ImageInfo {
+            width,
+            height,
+            fourcc: format,
+            pitch,
+            offset: 0,
+            modifier: MODIFIER_LINEAR,
+        };
+        let size = image.end();
+        if u64::from(pitch) < u64::from(width) * u64::from(cpp) || buffer.size() < size {
+            return Err(GpuError::Unsupported(format!(
+                "{} gave a {width}x{height}x{bpp} dumb buffer with pitch {pitch} and size {}, short of {size} bytes",
+                self.info.driver,
+                buffer.size()
+            )));
+        }
+        if size >= 1 << 32 {
+            return Err(too_large());
+        }
+        let mapping = buffer.map(true)?;
+        if (mapping.len() as u64) < size {
+            return Err(GpuError::Unsupported(format!(
+                "{} mapped {} bytes of a dumb buffer of {size}",
+                self.info.driver,
+                mapping.len()
+            )));
+        }
+        Ok(Box::new(DrmResource {
+            size,
+            // Byte for byte the BO's layout: pages are contiguous.
+            pitch: cohmem_sys::page_size(),
+            image: Some(image),
             mapping,
             buffer: Buffer::Dumb(buffer),
             driver: self.info.driver.clone(),
@@ -114,6 +187,7 @@ impl GpuBackend for DrmGpu {
         Ok(Box::new(DrmResource {
             size,
             pitch,
+            image: None,
             mapping,
             buffer: Buffer::Imported(handle),
             driver: self.info.driver.clone(),
@@ -140,8 +214,11 @@ impl Buffer {
 }
 
 struct DrmResource {
+    /// For an image, the end of its last row's pixels.
     size: u64,
+    /// Bytes between page rows in the buffer (the page size for an image).
     pitch: u64,
+    image: Option<ImageInfo>,
     /// Declared before `buffer`: unmapped before the buffer is destroyed.
     mapping: SharedMapping,
     buffer: Buffer,
@@ -158,6 +235,12 @@ impl DrmResource {
         mut copy: impl FnMut(u64, u64, u64) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         let ps = cohmem_sys::page_size();
+        if self.image.is_some() {
+            for r in runs.iter().filter_map(|r| clip(r, self.size)) {
+                copy(r.start, r.start, r.end - r.start)?;
+            }
+            return Ok(());
+        }
         for r in runs {
             if self.pitch == ps {
                 copy(r.start, r.start, r.end - r.start)?;
@@ -182,6 +265,10 @@ impl GpuResource for DrmResource {
 
     fn pitch(&self) -> u64 {
         self.pitch
+    }
+
+    fn image(&self) -> Option<ImageInfo> {
+        self.image
     }
 
     fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {

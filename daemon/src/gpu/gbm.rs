@@ -2,6 +2,16 @@
 //! feature `gbm`): each resource is a linear ARGB8888 GBM buffer, one page a
 //! row, written through `gbm_bo_map` (one map per dirty run), exported as a
 //! dma-buf with `gbm_bo_get_fd`.
+//!
+//! An image ([`GpuBackend::create_image`]) is a linear GBM buffer of the
+//! image's width, height and format (`gbm_bo_create` with
+//! `GBM_BO_USE_LINEAR | GBM_BO_USE_RENDERING`; RGB565 where the driver
+//! accepts it): the image's pitch is `gbm_bo_get_stride`, its offset
+//! `gbm_bo_get_offset` of plane 0, its modifier linear (a buffer in more
+//! planes or with another modifier is refused). A dirty run, cut at the
+//! last row's last pixel, is copied through one `gbm_bo_map` of the
+//! full-width rows it touches: one copy where the map's stride is the
+//! buffer's, else one per row (skipping the bytes that are no pixel's).
 
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -11,7 +21,8 @@ use std::sync::Arc;
 use cohmem_sys::gbm::{GbmBuffer, GbmDevice};
 use cohmem_sys::mapping::SharedMapping;
 
-use super::{GpuBackend, GpuError, GpuResource};
+use super::soft::{clip, image_bytes_per_pixel};
+use super::{GpuBackend, GpuError, GpuResource, ImageInfo};
 
 /// A GBM device.
 pub struct GbmGpu {
@@ -81,12 +92,56 @@ impl GpuBackend for GbmGpu {
                 buffer.stride()
             )));
         }
-        Ok(Box::new(GbmResource { size, buffer }))
+        Ok(Box::new(GbmResource {
+            size,
+            image: None,
+            buffer,
+        }))
+    }
+
+    fn create_image(&self, width: u32, height: u32, format: u32) -> Result<Box<dyn GpuResource>, GpuError> {
+        let cpp = image_bytes_per_pixel(width, height, format)?;
+        let refused = |reason: String| GpuError::image_refused(width, height, format, reason);
+        let too_large = || refused(format!("GBM buffers on {} are limited to 4 GiB", self.driver));
+        if u64::from(width) * u64::from(cpp) * u64::from(height) >= 1 << 32 {
+            return Err(too_large());
+        }
+        let buffer = self
+            .device
+            .create_image(width, height, format)
+            .map_err(|e| refused(format!("{} refused it: {e}", self.driver)))?;
+        if buffer.bytes_per_pixel() != cpp {
+            return Err(GpuError::Unsupported(format!(
+                "GBM on {} gave a {width}x{height} buffer of {} bytes a pixel, not {cpp}",
+                self.driver,
+                buffer.bytes_per_pixel()
+            )));
+        }
+        let image = ImageInfo {
+            width,
+            height,
+            fourcc: format,
+            pitch: buffer.stride(),
+            offset: u64::from(buffer.offset()),
+            modifier: buffer.modifier(),
+        };
+        let size = image.end();
+        debug_assert_eq!(size, buffer.image_end());
+        if size >= 1 << 32 {
+            return Err(too_large());
+        }
+        Ok(Box::new(GbmResource {
+            size,
+            image: Some(image),
+            buffer,
+        }))
     }
 }
 
 struct GbmResource {
+    /// For an image, the end of its last row's pixels.
     size: u64,
+    image: Option<ImageInfo>,
     buffer: GbmBuffer,
 }
 
@@ -104,11 +159,26 @@ impl GpuResource for GbmResource {
     }
 
     fn pitch(&self) -> u64 {
-        u64::from(self.buffer.stride())
+        match self.image {
+            // Byte for byte the BO's layout: pages are contiguous.
+            Some(_) => cohmem_sys::page_size(),
+            None => u64::from(self.buffer.stride()),
+        }
+    }
+
+    fn image(&self) -> Option<ImageInfo> {
+        self.image
     }
 
     fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
         let ps = cohmem_sys::page_size();
+        if self.image.is_some() {
+            for r in runs.iter().filter_map(|r| clip(r, self.size)) {
+                let at = (src_base + r.start) as usize;
+                self.buffer.write_image_bytes(r, src, at)?;
+            }
+            return Ok(());
+        }
         for r in runs {
             let (first, rows) = rows_of(r);
             let at = src_base + u64::from(first) * ps;
@@ -119,6 +189,13 @@ impl GpuResource for GbmResource {
 
     fn download(&self, dst: &SharedMapping, dst_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
         let ps = cohmem_sys::page_size();
+        if self.image.is_some() {
+            for r in runs.iter().filter_map(|r| clip(r, self.size)) {
+                let at = (dst_base + r.start) as usize;
+                self.buffer.read_image_bytes(r, dst, at)?;
+            }
+            return Ok(());
+        }
         for r in runs {
             let (first, rows) = rows_of(r);
             let at = dst_base + u64::from(first) * ps;
