@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 24] = [
+const REQUEST_KINDS: [u16; 25] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -72,6 +72,7 @@ const REQUEST_KINDS: [u16; 24] = [
     kind::SET_POLICY,
     kind::METRICS,
     kind::WATCH_DAEMON,
+    kind::CREATE_IMAGE,
 ];
 
 const REPLY_KINDS: [u16; 18] = [
@@ -143,14 +144,63 @@ fn arb_method_wire() -> impl Strategy<Value = u16> {
     ]
 }
 
-fn arb_sync_report(max_runs: usize) -> impl Strategy<Value = SyncReport> {
+/// A fourcc: mostly one the protocol knows, sometimes anything (the decoder
+/// does not check it; the daemon does).
+fn arb_fourcc() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => prop::sample::select(vec![fourcc::XRGB8888, fourcc::ARGB8888, fourcc::RGB565]),
+        1 => any::<u32>(),
+    ]
+}
+
+fn arb_image_info() -> impl Strategy<Value = ImageInfo> {
+    (
+        (any::<u32>(), any::<u32>(), arb_fourcc(), any::<u32>()),
+        (any::<u64>(), prop_oneof![3 => Just(MODIFIER_LINEAR), 1 => any::<u64>()]),
+    )
+        .prop_map(|((width, height, fourcc, pitch), (offset, modifier))| ImageInfo {
+            width,
+            height,
+            fourcc,
+            pitch,
+            offset,
+            modifier,
+        })
+}
+
+/// An optional image description: `None` (a byte BO) as often as `Some`.
+fn arb_opt_image() -> impl Strategy<Value = Option<ImageInfo>> {
+    prop::option::of(arb_image_info())
+}
+
+fn arb_rect() -> impl Strategy<Value = Rect> {
+    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(x, y, w, h)| Rect { x, y, w, h })
+}
+
+/// Damage with 0..=`max_rects` rectangles (mostly few, sometimes exactly
+/// `max_rects`), merged or not.
+fn arb_damage(max_rects: usize) -> impl Strategy<Value = ImageDamage> {
+    (
+        len_up_to(max_rects).prop_flat_map(|n| vec(arb_rect(), n..=n)),
+        any::<bool>(),
+    )
+        .prop_map(|(rects, merged)| ImageDamage { rects, merged })
+}
+
+fn arb_sync_report_with(max_runs: usize, max_rects: usize) -> impl Strategy<Value = SyncReport> {
     (
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()),
         (arb_method_wire(), any::<bool>(), any::<u64>(), any::<u32>()),
         len_up_to(max_runs).prop_flat_map(|n| vec(arb_run(), n..=n)),
+        prop::option::of(arb_damage(max_rects)),
     )
         .prop_map(
-            |((pages, bytes, run_count, mechanism), (method, runs_truncated, duration_ns, views_scanned), runs)| {
+            |(
+                (pages, bytes, run_count, mechanism),
+                (method, runs_truncated, duration_ns, views_scanned),
+                runs,
+                damage,
+            )| {
                 SyncReport {
                     pages,
                     bytes,
@@ -161,6 +211,7 @@ fn arb_sync_report(max_runs: usize) -> impl Strategy<Value = SyncReport> {
                     duration_ns,
                     views_scanned,
                     runs,
+                    damage,
                 }
             },
         )
@@ -353,6 +404,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u64>(), arb_policy()).prop_map(|(id, policy)| Request::SetPolicy { id, policy }),
         Just(Request::Metrics),
         Just(Request::WatchDaemon),
+        (any::<u32>(), any::<u32>(), arb_fourcc(), any::<u32>()).prop_map(|(width, height, fourcc, flags)| {
+            Request::CreateImage {
+                width,
+                height,
+                fourcc,
+                flags,
+            }
+        }),
     ]
 }
 
@@ -372,7 +431,12 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
                 }
             }
         ),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(bo, size, id)| Reply::Bo { bo, size, id }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), arb_opt_image()).prop_map(|(bo, size, id, image)| Reply::Bo {
+            bo,
+            size,
+            id,
+            image
+        }),
         (arb_mechanism(), any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(mechanism, exact, joined, mm_id)| {
             Reply::MmAttached {
                 mechanism,
@@ -383,12 +447,15 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         }),
         any::<u32>().prop_map(|view| Reply::Mapped { view }),
         Just(Reply::Ok),
-        arb_sync_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::SyncDone),
+        arb_sync_report_with(extra(MAX_REPORTED_RUNS), extra(MAX_DAMAGE_RECTS)).prop_map(Reply::SyncDone),
         arb_stats_report(extra(MAX_NAME), extra(MAX_STATS_CONNECTIONS), extra(MAX_STATS_BOS)).prop_map(Reply::Stats),
-        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(size, offset, pitch)| Reply::Resource {
-            size,
-            offset,
-            pitch
+        (any::<u64>(), any::<u64>(), any::<u32>(), arb_opt_image()).prop_map(|(size, offset, pitch, image)| {
+            Reply::Resource {
+                size,
+                offset,
+                pitch,
+                image,
+            }
         }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(synced_pages, bytes, duration_ns)| Reply::ReadbackDone {
             synced_pages,
@@ -398,15 +465,24 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         any::<u32>().prop_map(|index| Reply::ResourceAdded { index }),
         arb_scan_report().prop_map(Reply::Scanned),
         arb_dirty_state_report(extra(MAX_REPORTED_RUNS)).prop_map(Reply::DirtyState),
-        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-            |(size, exact, attempts, blocked_views, unblocked_views)| Reply::Snapshot(SnapshotReport {
-                size,
-                exact,
-                attempts,
-                blocked_views,
-                unblocked_views
-            })
-        ),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            arb_opt_image()
+        )
+            .prop_map(|(size, exact, attempts, blocked_views, unblocked_views, image)| {
+                Reply::Snapshot(SnapshotReport {
+                    size,
+                    exact,
+                    attempts,
+                    blocked_views,
+                    unblocked_views,
+                    image,
+                })
+            }),
         (
             arb_mechanism(),
             arb_mechanism(),
@@ -674,6 +750,20 @@ proptest! {
                 prop_assert_eq!(b.runs_truncated, a.runs_truncated || n < a.runs.len());
                 prop_assert_eq!(b.run_count, a.run_count);
                 prop_assert_eq!(b.method, a.method);
+                match (&a.damage, &b.damage) {
+                    (None, None) => {}
+                    (Some(da), Some(db)) if da.rects.len() <= MAX_DAMAGE_RECTS => prop_assert_eq!(da, db),
+                    // Over the cap the encoder keeps MAX_DAMAGE_RECTS
+                    // rectangles; at least the first 255 are the given ones
+                    // (the last may be the given one or a union covering
+                    // the rest), and `merged` is never cleared.
+                    (Some(da), Some(db)) => {
+                        prop_assert_eq!(db.rects.len(), MAX_DAMAGE_RECTS);
+                        prop_assert_eq!(&db.rects[..MAX_DAMAGE_RECTS - 1], &da.rects[..MAX_DAMAGE_RECTS - 1]);
+                        prop_assert!(db.merged || !da.merged);
+                    }
+                    (da, db) => prop_assert!(false, "damage {:?} came back as {:?}", da, db),
+                }
             }
             (Reply::DirtyState(a), Reply::DirtyState(b)) => {
                 let n = a.runs.len().min(MAX_REPORTED_RUNS);
@@ -750,6 +840,50 @@ proptest! {
         }
     }
 
+    /// (e) A damage rectangle count over MAX_DAMAGE_RECTS is OverLimit,
+    /// whatever follows.
+    #[test]
+    fn damage_count_over_limit(n in (MAX_DAMAGE_RECTS + 1)..=(u16::MAX as usize),
+                               present in 0..=(MAX_DAMAGE_RECTS + 1), merged in any::<u8>()) {
+        let f = damage_frame(n as u16, present, merged);
+        prop_assert!(f.len() <= MAX_FRAME);
+        prop_assert_eq!(Reply::decode(&f), Err(over("damage.count", n, MAX_DAMAGE_RECTS)));
+    }
+
+    /// (e) Rectangle lists within the cap decode, with the count of
+    /// rectangles the frame carries; a nonzero `merged` byte reads as true.
+    #[test]
+    fn damage_counts_within_limit(n in 0..=MAX_DAMAGE_RECTS, merged in any::<u8>()) {
+        let f = damage_frame(n as u16, n, merged);
+        match Reply::decode(&f) {
+            Ok((1, Reply::SyncDone(SyncReport { damage: Some(d), .. }))) => {
+                prop_assert_eq!(d.rects.len(), n);
+                prop_assert_eq!(d.merged, merged != 0);
+                if n > 0 {
+                    prop_assert_eq!(d.rects[n - 1], Rect { x: n as u32 - 1, y: 2, w: 3, h: 4 });
+                }
+            }
+            other => prop_assert!(false, "decoded {:?}", other),
+        }
+    }
+
+    /// (e) The presence byte of an image description or of damage is 0 or
+    /// 1; anything else is BadValue.
+    #[test]
+    fn presence_bytes_other_than_0_or_1_are_bad_values(p in 2..=u8::MAX) {
+        for (frame, field) in [
+            (image_frame(kind::R_BO, p), "image.present"),
+            (image_frame(kind::R_RESOURCE, p), "image.present"),
+            (image_frame(kind::R_SNAPSHOT, p), "image.present"),
+            (damage_presence_frame(p), "damage.present"),
+        ] {
+            prop_assert_eq!(
+                Reply::decode(&frame),
+                Err(DecodeError::BadValue { field, value: u64::from(p) })
+            );
+        }
+    }
+
     /// (e) An ERROR message length over MAX_ERROR_MESSAGE is OverLimit.
     #[test]
     fn error_length_over_limit(len in (MAX_ERROR_MESSAGE + 1)..=(u16::MAX as usize),
@@ -806,6 +940,51 @@ fn sync_done_frame(count: u16, present: usize) -> Vec<u8> {
         put32(&mut f, i as u32);
         put32(&mut f, 1);
     }
+    f.push(0); // damage: absent (a byte BO)
+    f
+}
+
+/// R_SYNC_DONE of an image BO without runs whose damage says `count`
+/// rectangles and actually carries `present` (rect i = (i, 2, 3, 4)).
+fn damage_frame(count: u16, present: usize, merged: u8) -> Vec<u8> {
+    let mut f = sync_done_frame(0, 0);
+    f.pop(); // the absent-damage byte
+    f.push(1); // damage: present
+    f.push(merged);
+    put16(&mut f, count);
+    for i in 0..present {
+        put32(&mut f, i as u32);
+        put32(&mut f, 2);
+        put32(&mut f, 3);
+        put32(&mut f, 4);
+    }
+    f
+}
+
+/// R_SYNC_DONE without runs whose damage presence byte is `present`,
+/// followed by an empty damage (merged 0, count 0).
+fn damage_presence_frame(present: u8) -> Vec<u8> {
+    let mut f = damage_frame(0, 0, 0);
+    let at = f.len() - 4;
+    f[at] = present;
+    f
+}
+
+/// R_BO, R_RESOURCE or R_SNAPSHOT whose image presence byte is `present`,
+/// followed by a 32-byte image description.
+fn image_frame(kind: u16, present: u8) -> Vec<u8> {
+    let mut f = header(kind, 4);
+    // The fixed part before the presence byte: R_BO <IQQ> and R_RESOURCE
+    // <QQI> 20 bytes, R_SNAPSHOT <QBIII> 21.
+    let fixed = if kind == kind::R_SNAPSHOT { 21 } else { 20 };
+    f.resize(HEADER_LEN + fixed, 0);
+    f.push(present);
+    put32(&mut f, 640); // width
+    put32(&mut f, 480); // height
+    put32(&mut f, fourcc::XRGB8888);
+    put32(&mut f, 2560); // pitch
+    put64(&mut f, 0); // offset
+    put64(&mut f, MODIFIER_LINEAR);
     f
 }
 
@@ -920,8 +1099,10 @@ fn stats_rows_over_the_limit_are_over_limit() {
 fn counts_that_do_not_fit_the_frame_are_rejected_before_allocation() {
     // Within the limit but the runs are missing: rejected (as OverLimit
     // against the remaining bytes), not read element by element.
+    // 81 bytes remain: the 10 runs and the damage presence byte that
+    // R_SYNC_DONE gained with image BOs (was 80).
     let f = sync_done_frame(100, 10);
-    assert_eq!(Reply::decode(&f), Err(over("reported runs", 800, 80)));
+    assert_eq!(Reply::decode(&f), Err(over("reported runs", 800, 81)));
     let f = dirty_state_frame(100, 10);
     assert_eq!(Reply::decode(&f), Err(over("dirty runs", 800, 80)));
     let f = stats_frame(0, 3, 2, 0, 0);
@@ -970,8 +1151,10 @@ fn maximal_replies_fit_max_frame() {
         ..SyncReport::default()
     });
     let f = sync.encode(u32::MAX);
-    assert_eq!(f.len(), HEADER_LEN + 40 + 8 * MAX_REPORTED_RUNS);
-    assert_eq!(f.len(), 32816);
+    // + 1: the damage presence byte (absent) that R_SYNC_DONE gained with
+    // image BOs (was 40 + 8·4096 = 32816 bytes).
+    assert_eq!(f.len(), HEADER_LEN + 41 + 8 * MAX_REPORTED_RUNS);
+    assert_eq!(f.len(), 32817);
     assert!(f.len() <= MAX_FRAME);
     match Reply::decode(&f) {
         Ok((_, Reply::SyncDone(s))) => {
@@ -981,7 +1164,48 @@ fn maximal_replies_fit_max_frame() {
         other => panic!("unexpected {other:?}"),
     }
 
-    // The largest reply of version 1 (README §1).
+    // The largest reply of version 1 (README §1): every run and every
+    // damage rectangle of an image BO.
+    let rect = Rect {
+        x: u32::MAX,
+        y: u32::MAX,
+        w: u32::MAX,
+        h: u32::MAX,
+    };
+    let image_sync = Reply::SyncDone(SyncReport {
+        run_count: u32::MAX,
+        runs: vec![
+            Run {
+                first_page: u32::MAX,
+                pages: u32::MAX
+            };
+            MAX_REPORTED_RUNS
+        ],
+        damage: Some(ImageDamage {
+            rects: vec![rect; MAX_DAMAGE_RECTS],
+            merged: true,
+        }),
+        ..SyncReport::default()
+    });
+    let f = image_sync.encode(u32::MAX);
+    assert_eq!(
+        f.len(),
+        HEADER_LEN + 41 + 8 * MAX_REPORTED_RUNS + 3 + 16 * MAX_DAMAGE_RECTS
+    );
+    assert_eq!(f.len(), 36916);
+    assert!(f.len() <= MAX_FRAME);
+    match Reply::decode(&f) {
+        Ok((_, Reply::SyncDone(s))) => {
+            assert!(!s.runs_truncated);
+            assert_eq!(s.runs.len(), MAX_REPORTED_RUNS);
+            let d = s.damage.expect("damage");
+            assert_eq!(d.rects.len(), MAX_DAMAGE_RECTS);
+            assert!(d.merged);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The largest reply of version 1 without an image BO.
     let dirty = Reply::DirtyState(DirtyStateReport {
         runs: vec![
             Run {
@@ -1117,6 +1341,15 @@ fn documented_body_sizes() {
     );
     assert_eq!(req(Request::Metrics), 0);
     assert_eq!(req(Request::WatchDaemon), 0);
+    assert_eq!(
+        req(Request::CreateImage {
+            width: 0,
+            height: 0,
+            fourcc: 0,
+            flags: 0
+        }),
+        16
+    );
 
     let rep = |r: Reply| r.encode(0).len() - HEADER_LEN;
     assert_eq!(
@@ -1129,7 +1362,33 @@ fn documented_body_sizes() {
         }),
         28
     );
-    assert_eq!(rep(Reply::Bo { bo: 0, size: 0, id: 0 }), 20);
+    // 21 = the old 20 + the image presence byte; + 32 with an image.
+    let image = Some(ImageInfo {
+        width: 0,
+        height: 0,
+        fourcc: 0,
+        pitch: 0,
+        offset: 0,
+        modifier: 0,
+    });
+    assert_eq!(
+        rep(Reply::Bo {
+            bo: 0,
+            size: 0,
+            id: 0,
+            image: None
+        }),
+        21
+    );
+    assert_eq!(
+        rep(Reply::Bo {
+            bo: 0,
+            size: 0,
+            id: 0,
+            image
+        }),
+        21 + 32
+    );
     assert_eq!(
         rep(Reply::MmAttached {
             mechanism: Mechanism::UffdAsync,
@@ -1141,7 +1400,8 @@ fn documented_body_sizes() {
     );
     assert_eq!(rep(Reply::Mapped { view: 0 }), 4);
     assert_eq!(rep(Reply::Ok), 0);
-    assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 40);
+    // 41 = the old 40 + the damage presence byte.
+    assert_eq!(rep(Reply::SyncDone(SyncReport::default())), 41);
     assert_eq!(rep(Reply::Stats(StatsReport::default())), 110);
     assert_eq!(
         rep(Reply::Stats(StatsReport {
@@ -1155,13 +1415,24 @@ fn documented_body_sizes() {
         })),
         110 + 2 + 32 * 3 + 74 * 5
     );
+    // 21 = the old 20 + the image presence byte; + 32 with an image.
     assert_eq!(
         rep(Reply::Resource {
             size: 0,
             offset: 0,
-            pitch: 0
+            pitch: 0,
+            image: None
         }),
-        20
+        21
+    );
+    assert_eq!(
+        rep(Reply::Resource {
+            size: 0,
+            offset: 0,
+            pitch: 0,
+            image
+        }),
+        21 + 32
     );
     assert_eq!(
         rep(Reply::ReadbackDone {
@@ -1175,7 +1446,15 @@ fn documented_body_sizes() {
     assert_eq!(rep(Reply::ResourceAdded { index: 0 }), 4);
     assert_eq!(rep(Reply::Scanned(ScanReport::default())), 16);
     assert_eq!(rep(Reply::DirtyState(DirtyStateReport::default())), 45);
-    assert_eq!(rep(Reply::Snapshot(SnapshotReport::default())), 21);
+    // 22 = the old 21 + the image presence byte; + 32 with an image.
+    assert_eq!(rep(Reply::Snapshot(SnapshotReport::default())), 22);
+    assert_eq!(
+        rep(Reply::Snapshot(SnapshotReport {
+            image,
+            ..SnapshotReport::default()
+        })),
+        22 + 32
+    );
     assert_eq!(
         rep(Reply::MechanismSet {
             from: Mechanism::UffdAsync,
@@ -1210,8 +1489,28 @@ fn documented_body_sizes() {
             ],
             ..SyncReport::default()
         })),
-        40 + 8 * 3
+        41 + 8 * 3
     );
+    // Damage: presence byte, u8 merged, u16 count, then 16 bytes a rectangle.
+    for n in [0, 1, 5, MAX_DAMAGE_RECTS] {
+        assert_eq!(
+            rep(Reply::SyncDone(SyncReport {
+                runs: vec![
+                    Run {
+                        first_page: 0,
+                        pages: 1
+                    };
+                    3
+                ],
+                damage: Some(ImageDamage {
+                    rects: vec![Rect::default(); n],
+                    merged: false
+                }),
+                ..SyncReport::default()
+            })),
+            41 + 8 * 3 + 3 + 16 * n
+        );
+    }
     assert_eq!(
         rep(Reply::PolicySet {
             previous: BoPolicy::Auto,
@@ -1290,8 +1589,64 @@ fn documented_field_offsets() {
     assert_eq!(le_u32(&f, B + 16), 5);
     assert_eq!(le_u64(&f, B + 20), 6);
 
-    let f = Reply::Bo { bo: 1, size: 2, id: 3 }.encode(0);
+    let f = Reply::Bo {
+        bo: 1,
+        size: 2,
+        id: 3,
+        image: None,
+    }
+    .encode(0);
     assert_eq!((le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)), (1, 2, 3));
+    assert_eq!(f[B + 20], 0, "image absent");
+    assert_eq!(f.len(), B + 21);
+
+    // An image BO: the presence byte 1, then <IIIIQQ>.
+    let image = ImageInfo {
+        width: 640,
+        height: 480,
+        fourcc: fourcc::XRGB8888,
+        pitch: 2816,
+        offset: 0x40,
+        modifier: 0x0100_0000_0000_0001,
+    };
+    let f = Reply::Bo {
+        bo: 1,
+        size: 0x14_a000,
+        id: 3,
+        image: Some(image),
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x8002);
+    assert_eq!(
+        (le_u32(&f, B), le_u64(&f, B + 4), le_u64(&f, B + 12)),
+        (1, 0x14_a000, 3)
+    );
+    assert_eq!(f[B + 20], 1, "image present");
+    assert_eq!(le_u32(&f, B + 21), 640);
+    assert_eq!(le_u32(&f, B + 25), 480);
+    assert_eq!(le_u32(&f, B + 29), 0x3432_5258);
+    assert_eq!(&f[B + 29..B + 33], b"XR24");
+    assert_eq!(le_u32(&f, B + 33), 2816);
+    assert_eq!(le_u64(&f, B + 37), 0x40);
+    assert_eq!(le_u64(&f, B + 45), 0x0100_0000_0000_0001);
+    assert_eq!(f.len(), B + 53);
+
+    let f = Request::CreateImage {
+        width: 1920,
+        height: 1080,
+        fourcc: fourcc::ARGB8888,
+        flags: 0x8000_0001,
+    }
+    .encode(0x0102_0304);
+    assert_eq!(le_u16(&f, 0), 0x0019);
+    assert_eq!(le_u16(&f, 2), 0);
+    assert_eq!(le_u32(&f, 4), 0x0102_0304);
+    assert_eq!(le_u32(&f, B), 1920);
+    assert_eq!(le_u32(&f, B + 4), 1080);
+    assert_eq!(le_u32(&f, B + 8), 0x3432_5241);
+    assert_eq!(&f[B + 8..B + 12], b"AR24");
+    assert_eq!(le_u32(&f, B + 12), 0x8000_0001);
+    assert_eq!(f.len(), 8 + 16);
 
     let f = Reply::MmAttached {
         mechanism: Mechanism::SoftDirty,
@@ -1315,6 +1670,7 @@ fn documented_field_offsets() {
             first_page: 7,
             pages: 8,
         }],
+        damage: None,
     })
     .encode(0);
     assert_eq!(le_u64(&f, B), 1);
@@ -1327,7 +1683,33 @@ fn documented_field_offsets() {
     assert_eq!(le_u32(&f, B + 34), 6);
     assert_eq!(le_u16(&f, B + 38), 1);
     assert_eq!((le_u32(&f, B + 40), le_u32(&f, B + 44)), (7, 8));
-    assert_eq!(f.len(), B + 48);
+    // The damage presence byte (absent) after the runs: one byte more than
+    // before image BOs (B + 48).
+    assert_eq!(f[B + 48], 0);
+    assert_eq!(f.len(), B + 49);
+
+    let f = Reply::SyncDone(SyncReport {
+        runs: vec![Run {
+            first_page: 7,
+            pages: 8,
+        }],
+        damage: Some(ImageDamage {
+            rects: vec![Rect { x: 1, y: 2, w: 3, h: 4 }, Rect { x: 5, y: 6, w: 7, h: 8 }],
+            merged: true,
+        }),
+        ..SyncReport::default()
+    })
+    .encode(0);
+    assert_eq!(le_u16(&f, B + 38), 1);
+    assert_eq!((le_u32(&f, B + 40), le_u32(&f, B + 44)), (7, 8));
+    assert_eq!(f[B + 48], 1, "damage present");
+    assert_eq!(f[B + 49], 1, "merged");
+    assert_eq!(le_u16(&f, B + 50), 2);
+    assert_eq!(
+        [B + 52, B + 56, B + 60, B + 64, B + 68, B + 72, B + 76, B + 80].map(|at| le_u32(&f, at)),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+    assert_eq!(f.len(), B + 84);
 
     let f = Reply::Stats(StatsReport {
         daemon: DaemonStats {
@@ -1442,10 +1824,43 @@ fn documented_field_offsets() {
         size: 1,
         offset: 2,
         pitch: 4096,
+        image: None,
     }
     .encode(0);
     assert_eq!((le_u64(&f, B), le_u64(&f, B + 8)), (1, 2));
     assert_eq!(u32::from_le_bytes(f[B + 16..B + 20].try_into().unwrap()), 4096);
+    assert_eq!(f[B + 20], 0, "image absent");
+    assert_eq!(f.len(), B + 21);
+
+    let f = Reply::Resource {
+        size: 0x14_a000,
+        offset: 0,
+        pitch: 2816,
+        image: Some(ImageInfo {
+            width: 700,
+            height: 480,
+            fourcc: fourcc::RGB565,
+            pitch: 2816,
+            offset: 0,
+            modifier: MODIFIER_LINEAR,
+        }),
+    }
+    .encode(0);
+    assert_eq!(le_u16(&f, 0), 0x8008);
+    assert_eq!(le_u32(&f, B + 16), 2816);
+    assert_eq!(f[B + 20], 1, "image present");
+    assert_eq!(
+        (
+            le_u32(&f, B + 21),
+            le_u32(&f, B + 25),
+            le_u32(&f, B + 29),
+            le_u32(&f, B + 33)
+        ),
+        (700, 480, 0x3631_4752, 2816)
+    );
+    assert_eq!(&f[B + 29..B + 33], b"RG16");
+    assert_eq!((le_u64(&f, B + 37), le_u64(&f, B + 45)), (0, 0));
+    assert_eq!(f.len(), B + 53);
 
     let f = Request::CreateBo {
         size: 0x1_0000_0000,
@@ -1557,9 +1972,10 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24],
-        "request kinds are 0x0001..=0x0018"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25],
+        "request kinds are 0x0001..=0x0019"
     );
+    assert_eq!(kind::CREATE_IMAGE, 0x0019);
     assert_eq!(
         REPLY_KINDS,
         [
@@ -1588,10 +2004,26 @@ fn documented_constants() {
             caps::SOFT_DIRTY,
             caps::EXPORT_RESOURCE,
             caps::SYNC_RUNS,
+            caps::IMAGES,
             caps::ALL
         ],
-        [1, 2, 4, 8, 16, 31]
+        [1, 2, 4, 8, 16, 32, 63]
     );
+    // Image formats (drm_fourcc.h), as the README's table gives them.
+    assert_eq!(
+        [fourcc::XRGB8888, fourcc::ARGB8888, fourcc::RGB565],
+        [0x3432_5258, 0x3432_5241, 0x3631_4752]
+    );
+    assert_eq!(
+        [fourcc::XRGB8888, fourcc::ARGB8888, fourcc::RGB565].map(fourcc::name),
+        ["XR24", "AR24", "RG16"]
+    );
+    assert_eq!(
+        [fourcc::XRGB8888, fourcc::ARGB8888, fourcc::RGB565, 0].map(fourcc::bytes_per_pixel),
+        [Some(4), Some(4), Some(2), None]
+    );
+    assert_eq!(fourcc::name(0x0000_0001), "0x00000001");
+    assert_eq!((MODIFIER_LINEAR, MAX_DAMAGE_RECTS), (0, 256));
     for (v, m) in [
         Mechanism::None,
         Mechanism::UffdAsync,
@@ -1746,6 +2178,7 @@ fn documented_fd_counts() {
         bo: 1,
         size: 4096,
         id: 1,
+        image: None,
     };
     assert_eq!(bo.fd_count(&create), 1);
     assert_eq!(bo.fd_count(&Request::ImportBo), 0);
@@ -1753,13 +2186,57 @@ fn documented_fd_counts() {
         size: 1,
         offset: 0,
         pitch: 4096,
+        image: None,
     };
     assert_eq!(res.fd_count(&Request::ExportResource { bo: 1, index: 0 }), 1);
+
+    // CREATE_IMAGE carries no fd; its R_BO carries the memfd, as CREATE_BO's.
+    let create_image = Request::CreateImage {
+        width: 64,
+        height: 64,
+        fourcc: fourcc::XRGB8888,
+        flags: 0,
+    };
+    assert_eq!(create_image.fd_count(), (0, 0));
+    let image = ImageInfo {
+        width: 64,
+        height: 64,
+        fourcc: fourcc::XRGB8888,
+        pitch: 256,
+        offset: 0,
+        modifier: MODIFIER_LINEAR,
+    };
+    let image_bo = Reply::Bo {
+        bo: 2,
+        size: 16384,
+        id: 2,
+        image: Some(image),
+    };
+    assert_eq!(image_bo.fd_count(&create_image), 1);
+    assert_eq!(bo.fd_count(&create_image), 1);
+    // An image BO imported by its memfd: the fd came with the request.
+    assert_eq!(image_bo.fd_count(&Request::ImportBo), 0);
+    let image_res = Reply::Resource {
+        size: 16384,
+        offset: 0,
+        pitch: 256,
+        image: Some(image),
+    };
+    assert_eq!(image_res.fd_count(&Request::ExportResource { bo: 2, index: 0 }), 1);
+    assert_eq!(
+        Reply::error(ErrorCode::Unsupported, "fourcc").fd_count(&create_image),
+        0
+    );
+    let damaged = Reply::SyncDone(SyncReport {
+        damage: Some(ImageDamage::default()),
+        ..SyncReport::default()
+    });
+    assert_eq!(damaged.fd_count(&Request::Sync { bo: 2, flags: 0 }), 0);
     assert_eq!(Reply::Ok.fd_count(&Request::Destroy { bo: 1 }), 0);
     assert_eq!(Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo), 0);
 }
 
-/// The hex example in the README.
+/// The hex example in the README (caps `ALL`, 0x3f since `IMAGES`).
 #[test]
 fn readme_hello_example() {
     let f = Request::Hello {
@@ -1768,5 +2245,341 @@ fn readme_hello_example() {
         caps: caps::ALL,
     }
     .encode(1);
-    assert_eq!(f, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x1f, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(f, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x3f, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+// ------------------------------------------------------------- image BOs
+
+/// Exact frame sizes of the messages image BOs added or grew.
+#[test]
+fn image_message_sizes() {
+    let create = Request::CreateImage {
+        width: 1,
+        height: 1,
+        fourcc: fourcc::XRGB8888,
+        flags: 0,
+    };
+    assert_eq!(create.encode(1).len(), 8 + 16);
+    let info = ImageInfo {
+        width: 1,
+        height: 1,
+        fourcc: fourcc::XRGB8888,
+        pitch: 64,
+        offset: 0,
+        modifier: MODIFIER_LINEAR,
+    };
+    // Before image BOs: R_BO 8 + 20, R_RESOURCE 8 + 20, R_SYNC_DONE 8 + 40.
+    let bo = |image| Reply::Bo {
+        bo: 1,
+        size: 4096,
+        id: 1,
+        image,
+    };
+    assert_eq!(bo(None).encode(1).len(), 8 + 20 + 1);
+    assert_eq!(bo(Some(info)).encode(1).len(), 8 + 20 + 1 + 32);
+    let res = |image| Reply::Resource {
+        size: 4096,
+        offset: 0,
+        pitch: 64,
+        image,
+    };
+    assert_eq!(res(None).encode(1).len(), 8 + 20 + 1);
+    assert_eq!(res(Some(info)).encode(1).len(), 8 + 20 + 1 + 32);
+    // R_SNAPSHOT was 8 + 21.
+    let snap = |image| {
+        Reply::Snapshot(SnapshotReport {
+            image,
+            ..SnapshotReport::default()
+        })
+    };
+    assert_eq!(snap(None).encode(1).len(), 8 + 21 + 1);
+    assert_eq!(snap(Some(info)).encode(1).len(), 8 + 21 + 1 + 32);
+    let f = snap(Some(info)).encode(1);
+    assert_eq!(le_u16(&f, 0), 0x800c);
+    assert_eq!(f[HEADER_LEN + 21], 1, "image present");
+    assert_eq!(le_u32(&f, HEADER_LEN + 22), 1);
+    assert_eq!(le_u32(&f, HEADER_LEN + 30), fourcc::XRGB8888);
+    assert_eq!(le_u32(&f, HEADER_LEN + 34), 64);
+    let sync = |damage| {
+        Reply::SyncDone(SyncReport {
+            damage,
+            ..SyncReport::default()
+        })
+    };
+    assert_eq!(sync(None).encode(1).len(), 8 + 40 + 1);
+    assert_eq!(sync(Some(ImageDamage::default())).encode(1).len(), 8 + 40 + 1 + 3);
+    let full = ImageDamage {
+        rects: vec![Rect::default(); MAX_DAMAGE_RECTS],
+        merged: true,
+    };
+    assert_eq!(sync(Some(full)).encode(1).len(), 8 + 40 + 1 + 3 + 16 * 256);
+}
+
+/// Every new message and optional field round-trips, present and absent.
+#[test]
+fn image_messages_round_trip() {
+    let info = ImageInfo {
+        width: 1024,
+        height: 768,
+        fourcc: fourcc::ARGB8888,
+        pitch: 4096,
+        offset: 0x100,
+        modifier: MODIFIER_LINEAR,
+    };
+    let create = Request::CreateImage {
+        width: 1024,
+        height: 768,
+        fourcc: fourcc::ARGB8888,
+        flags: 0,
+    };
+    assert_eq!(Request::decode(&create.encode(9)), Ok((9, create.clone())));
+    let damage = |n: usize, merged| ImageDamage {
+        rects: (0..n as u32)
+            .map(|i| Rect {
+                x: i,
+                y: 2 * i,
+                w: 1 + i,
+                h: 1,
+            })
+            .collect(),
+        merged,
+    };
+    let replies = [
+        Reply::Bo {
+            bo: 1,
+            size: 0x30_1000,
+            id: 1,
+            image: Some(info),
+        },
+        Reply::Bo {
+            bo: 1,
+            size: 4096,
+            id: 1,
+            image: None,
+        },
+        Reply::Resource {
+            size: 0x30_1000,
+            offset: 0,
+            pitch: 4096,
+            image: Some(info),
+        },
+        Reply::Resource {
+            size: 4096,
+            offset: 0,
+            pitch: 4096,
+            image: None,
+        },
+        Reply::Snapshot(SnapshotReport {
+            size: 0x30_1000,
+            exact: true,
+            attempts: 1,
+            blocked_views: 0,
+            unblocked_views: 1,
+            image: Some(info),
+        }),
+        Reply::Snapshot(SnapshotReport::default()),
+        Reply::SyncDone(SyncReport::default()),
+        Reply::SyncDone(SyncReport {
+            damage: Some(damage(0, false)),
+            ..SyncReport::default()
+        }),
+        Reply::SyncDone(SyncReport {
+            pages: 3,
+            run_count: 1,
+            runs: vec![Run {
+                first_page: 1,
+                pages: 3,
+            }],
+            damage: Some(damage(1, false)),
+            ..SyncReport::default()
+        }),
+        Reply::SyncDone(SyncReport {
+            damage: Some(damage(MAX_DAMAGE_RECTS, true)),
+            ..SyncReport::default()
+        }),
+    ];
+    for rep in replies {
+        let f = rep.encode(7);
+        assert_eq!(Reply::decode(&f), Ok((7, rep.clone())), "{rep:?}");
+        // Every strict prefix is rejected.
+        for n in 0..f.len() {
+            assert!(Reply::decode(&f[..n]).is_err(), "prefix {n} of {rep:?}");
+        }
+    }
+}
+
+/// 256 rectangles decode; 257 are OverLimit before any is read.
+#[test]
+fn damage_count_257_is_over_limit() {
+    let f = damage_frame(257, 257, 0);
+    assert_eq!(Reply::decode(&f), Err(over("damage.count", 257, MAX_DAMAGE_RECTS)));
+    // The count alone decides: no rectangles follow.
+    let f = damage_frame(257, 0, 1);
+    assert_eq!(Reply::decode(&f), Err(over("damage.count", 257, MAX_DAMAGE_RECTS)));
+    let f = damage_frame(u16::MAX, 0, 1);
+    assert_eq!(
+        Reply::decode(&f),
+        Err(over("damage.count", u16::MAX as usize, MAX_DAMAGE_RECTS))
+    );
+    let f = damage_frame(256, 256, 1);
+    match Reply::decode(&f) {
+        Ok((1, Reply::SyncDone(s))) => {
+            let d = s.damage.expect("damage");
+            assert_eq!(d.rects.len(), 256);
+            assert!(d.merged);
+            assert_eq!(
+                d.rects[255],
+                Rect {
+                    x: 255,
+                    y: 2,
+                    w: 3,
+                    h: 4
+                }
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A presence byte of 2 is BadValue, in R_BO, R_RESOURCE, R_SNAPSHOT and
+/// R_SYNC_DONE.
+#[test]
+fn presence_byte_2_is_bad_value() {
+    let bad = |field| Err(DecodeError::BadValue { field, value: 2 });
+    assert_eq!(Reply::decode(&image_frame(kind::R_BO, 2)), bad("image.present"));
+    assert_eq!(Reply::decode(&image_frame(kind::R_RESOURCE, 2)), bad("image.present"));
+    assert_eq!(Reply::decode(&image_frame(kind::R_SNAPSHOT, 2)), bad("image.present"));
+    assert!(matches!(
+        Reply::decode(&image_frame(kind::R_SNAPSHOT, 1)),
+        Ok((4, Reply::Snapshot(SnapshotReport { image: Some(_), .. })))
+    ));
+    assert_eq!(Reply::decode(&damage_presence_frame(2)), bad("damage.present"));
+    // The same frames with 1 decode.
+    match Reply::decode(&image_frame(kind::R_BO, 1)) {
+        Ok((4, Reply::Bo { image: Some(i), .. })) => {
+            assert_eq!(
+                (i.width, i.height, i.fourcc, i.pitch),
+                (640, 480, fourcc::XRGB8888, 2560)
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        Reply::decode(&image_frame(kind::R_RESOURCE, 1)),
+        Ok((4, Reply::Resource { image: Some(_), .. }))
+    ));
+    assert!(matches!(
+        Reply::decode(&damage_presence_frame(1)),
+        Ok((1, Reply::SyncDone(SyncReport { damage: Some(_), .. })))
+    ));
+    // Absent (0) with the 32 bytes still there: trailing bytes.
+    assert_eq!(
+        Reply::decode(&image_frame(kind::R_BO, 0)),
+        Err(DecodeError::Trailing(32))
+    );
+    // The reply of a byte BO from before image BOs (no presence byte) is
+    // now a truncated frame.
+    let mut old = image_frame(kind::R_BO, 0);
+    old.truncate(HEADER_LEN + 20);
+    assert_eq!(Reply::decode(&old), Err(DecodeError::Truncated("image.present")));
+    let mut old = sync_done_frame(1, 1);
+    old.pop();
+    assert_eq!(Reply::decode(&old), Err(DecodeError::Truncated("damage.present")));
+}
+
+/// A rectangle list cut short is rejected: a count whose rectangles do not
+/// fit the remaining bytes is OverLimit before anything is allocated (README
+/// §6 rule 5, as for runs); a frame cut inside the damage header or a
+/// rectangle's fixed fields is Truncated.
+#[test]
+fn truncated_rect_list_is_rejected() {
+    // 3 rectangles announced, 2 present: 48 bytes needed, 32 remain.
+    let f = damage_frame(3, 2, 0);
+    assert_eq!(Reply::decode(&f), Err(over("damage.count", 48, 32)));
+    // One byte short of the last rectangle.
+    let mut f = damage_frame(3, 3, 0);
+    f.pop();
+    assert_eq!(Reply::decode(&f), Err(over("damage.count", 48, 47)));
+    // Cut inside the damage header.
+    let f = damage_frame(3, 3, 0);
+    let rects_at = f.len() - 48;
+    assert_eq!(
+        Reply::decode(&f[..rects_at - 1]),
+        Err(DecodeError::Truncated("damage.count"))
+    );
+    assert_eq!(
+        Reply::decode(&f[..rects_at - 2]),
+        Err(DecodeError::Truncated("damage.count"))
+    );
+    assert_eq!(
+        Reply::decode(&f[..rects_at - 3]),
+        Err(DecodeError::Truncated("damage.merged"))
+    );
+    assert_eq!(
+        Reply::decode(&f[..rects_at - 4]),
+        Err(DecodeError::Truncated("damage.present"))
+    );
+    // Every prefix of the frame is rejected, none decodes.
+    for n in 0..f.len() {
+        assert!(Reply::decode(&f[..n]).is_err(), "prefix {n}");
+    }
+    // Cut inside an image description: the field it ends in is named.
+    let f = image_frame(kind::R_BO, 1);
+    for (cut, field) in [
+        (HEADER_LEN + 21, "image.width"),
+        (HEADER_LEN + 24, "image.width"),
+        (HEADER_LEN + 25, "image.height"),
+        (HEADER_LEN + 29, "image.fourcc"),
+        (HEADER_LEN + 33, "image.pitch"),
+        (HEADER_LEN + 37, "image.offset"),
+        (HEADER_LEN + 45, "image.modifier"),
+        (HEADER_LEN + 52, "image.modifier"),
+    ] {
+        assert_eq!(
+            Reply::decode(&f[..cut]),
+            Err(DecodeError::Truncated(field)),
+            "cut at {cut}"
+        );
+    }
+    // Trailing bytes after a complete rectangle list.
+    let mut f = damage_frame(2, 2, 0);
+    f.push(0);
+    assert_eq!(Reply::decode(&f), Err(DecodeError::Trailing(1)));
+}
+
+/// The image layout helpers follow the README: pixel (x, y) at
+/// offset + y·pitch + x·cpp.
+#[test]
+fn image_layout_follows_the_readme() {
+    let i = ImageInfo {
+        width: 100,
+        height: 10,
+        fourcc: fourcc::XRGB8888,
+        pitch: 512,
+        offset: 64,
+        modifier: MODIFIER_LINEAR,
+    };
+    assert_eq!(i.bytes_per_pixel(), 4);
+    assert_eq!(i.pixel_offset(0, 0), 64);
+    assert_eq!(i.pixel_offset(3, 2), 64 + 2 * 512 + 3 * 4);
+    assert_eq!(i.end(), 64 + 9 * 512 + 100 * 4);
+    let rgb565 = ImageInfo {
+        fourcc: fourcc::RGB565,
+        pitch: 256,
+        ..i
+    };
+    assert_eq!(rgb565.pixel_offset(5, 1), 64 + 256 + 10);
+    let r = Rect { x: 2, y: 3, w: 4, h: 5 };
+    assert!(r.contains(2, 3) && r.contains(5, 7));
+    assert!(!r.contains(6, 3) && !r.contains(2, 8) && !r.contains(1, 3));
+    assert_eq!(r.area(), 20);
+    assert_eq!(
+        r.union(&Rect {
+            x: 10,
+            y: 0,
+            w: 1,
+            h: 1
+        }),
+        Rect { x: 2, y: 0, w: 9, h: 8 }
+    );
 }
