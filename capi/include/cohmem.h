@@ -7,6 +7,22 @@
  * can fail returns 0 or a negative COHMEM_E_* code; cohmem_last_error()
  * gives the calling thread's last error message.
  *
+ * Image BOs (cohmem_image_create) are laid out as the GPU device's linear
+ * image (cohmem_bo_image_info); cohmem_bo_sync_rects() also reports the
+ * rectangles of pixels a sync changed, and cohmem_bo_export_dmabuf()
+ * describes the image to importers (EGL, Vulkan, KMS).
+ *
+ * Threads: connections, BOs and mappings may be used from any thread, also
+ * from several at once. The calls on one connection (and on the BOs and
+ * mappings made through it) take turns on its socket, each holding it until
+ * its reply arrives, so one thread's slow sync delays the other threads'
+ * calls on that connection; separate connections do not wait for each
+ * other. Storing to mapped memory needs no call and no lock. An object must
+ * not be freed (cohmem_disconnect, cohmem_bo_free, cohmem_unmap) while
+ * another thread still uses it or a pointer into it. The error message and
+ * daemon code are kept per thread. Objects made before fork() fail in the
+ * child with COHMEM_E_FORKED: connect again there.
+ *
  * Link with: pkg-config --cflags --libs cohmem
  */
 
@@ -43,6 +59,22 @@
 // in the child.
 #define COHMEM_E_FORKED -7
 
+// DRM_FORMAT_XRGB8888 ('XR24'): 32 bits a pixel, x:R:G:B little endian.
+#define COHMEM_FORMAT_XRGB8888 ((((uint32_t)'X' | ((uint32_t)'R' << 8)) | ((uint32_t)'2' << 16)) | ((uint32_t)'4' << 24))
+
+// DRM_FORMAT_ARGB8888 ('AR24'): 32 bits a pixel, A:R:G:B little endian.
+#define COHMEM_FORMAT_ARGB8888 ((((uint32_t)'A' | ((uint32_t)'R' << 8)) | ((uint32_t)'2' << 16)) | ((uint32_t)'4' << 24))
+
+// DRM_FORMAT_RGB565 ('RG16'): 16 bits a pixel, R:G:B 5:6:5 little endian.
+#define COHMEM_FORMAT_RGB565 ((((uint32_t)'R' | ((uint32_t)'G' << 8)) | ((uint32_t)'1' << 16)) | ((uint32_t)'6' << 24))
+
+// DRM_FORMAT_MOD_LINEAR: rows one after the other, `pitch` bytes apart.
+#define COHMEM_MODIFIER_LINEAR 0
+
+// Most rectangles one sync of an image BO reports (DIRTYFB takes at most
+// 256 clips); an array of this many always receives them all.
+#define COHMEM_MAX_DAMAGE_RECTS 256
+
 // A buffer object: a sealed memfd tracked by cohmemd, with a GPU resource.
 typedef struct cohmem_bo cohmem_bo;
 
@@ -51,6 +83,26 @@ typedef struct cohmem_connection cohmem_connection;
 
 // A tracked mapping of a BO in this process.
 typedef struct cohmem_mapping cohmem_mapping;
+
+// The layout of an image BO (`cohmem_image_create`): pixel (x, y) is the
+// `cohmem_format_bytes_per_pixel(fourcc)` bytes at
+// `offset + y * pitch + x * bytes_per_pixel` of the BO, and of its exported
+// buffer. Rows may be padded (`pitch` > `width` × bytes per pixel).
+typedef struct cohmem_image_info {
+  // Width in pixels.
+  uint32_t width;
+  // Height in pixels (rows).
+  uint32_t height;
+  // DRM fourcc (`COHMEM_FORMAT_*`).
+  uint32_t fourcc;
+  // Bytes from the start of one row to the start of the next, as the
+  // daemon's GPU device chose it.
+  uint32_t pitch;
+  // Byte offset of the first row.
+  uint64_t offset;
+  // DRM format modifier (`COHMEM_MODIFIER_LINEAR`).
+  uint64_t modifier;
+} cohmem_image_info;
 
 // What one sync uploaded.
 typedef struct cohmem_sync_result {
@@ -67,15 +119,40 @@ typedef struct cohmem_sync_result {
   uint32_t mechanism;
 } cohmem_sync_result;
 
+// A rectangle of pixels: columns `x` to `x + w - 1`, rows `y` to
+// `y + h - 1`.
+typedef struct cohmem_rect {
+  // First column.
+  uint32_t x;
+  // First row.
+  uint32_t y;
+  // Width in pixels (at least 1).
+  uint32_t w;
+  // Height in rows (at least 1).
+  uint32_t h;
+} cohmem_rect;
+
 // A BO's GPU resource exported as a file descriptor (a dma-buf on DRM
 // devices); the caller owns `fd` and closes it.
+//
+// ABI: `image` was added after `pitch` with the image BOs, before
+// libcohmem's first release: code compiled against the older, smaller
+// struct must be rebuilt.
 typedef struct cohmem_dmabuf {
   // The file descriptor.
   int fd;
   // Size in bytes.
   uint64_t size;
-  // Bytes between the starts of two consecutive pages in the buffer.
+  // Bytes between the starts of two consecutive pages of the BO in the
+  // buffer (the page size where they are contiguous, as for every image
+  // BO). Not an image's row pitch: that is `image.pitch`.
   uint64_t pitch;
+  // For an image BO, the image as an importer needs it
+  // (EGL_EXT_image_dma_buf_import's WIDTH, HEIGHT, LINUX_DRM_FOURCC,
+  // PLANE0_PITCH, PLANE0_OFFSET and PLANE0_MODIFIER; a KMS framebuffer's
+  // width, height, format, pitches[0], offsets[0] and modifier[0]); all 0
+  // for a byte BO.
+  struct cohmem_image_info image;
 } cohmem_dmabuf;
 
 // Daemon-wide counters.
@@ -126,6 +203,39 @@ void cohmem_disconnect(struct cohmem_connection *conn);
 // # Safety
 // `conn` came from `cohmem_connect`; `out` is valid for writes.
 int cohmem_bo_create(const struct cohmem_connection *conn, uint64_t size, struct cohmem_bo **out);
+
+// Creates an image BO: the daemon's GPU device allocates a linear `width`
+// × `height` image in DRM format `fourcc` (`COHMEM_FORMAT_XRGB8888`,
+// `COHMEM_FORMAT_ARGB8888` or `COHMEM_FORMAT_RGB565`) with its own pitch,
+// and the BO's bytes take exactly that layout (`cohmem_bo_image_info`).
+// Map it and write pixels like any BO; `cohmem_bo_sync_rects` then also
+// says which rectangles changed. `*out` is freed with `cohmem_bo_free`.
+//
+// Errors: `COHMEM_E_DAEMON` with `cohmem_last_daemon_code()` 13
+// (Unsupported) for a format or size the device refuses (the message names
+// the format), 9 (TooLarge) over the daemon's `max_bo_size`, 8
+// (InvalidArgument) for a width or height of 0.
+//
+// # Safety
+// `conn` is NULL or a live connection; `out` is NULL or valid for writes.
+int cohmem_image_create(const struct cohmem_connection *conn,
+                        uint32_t width,
+                        uint32_t height,
+                        uint32_t fourcc,
+                        struct cohmem_bo **out);
+
+// Bytes per pixel of a `COHMEM_FORMAT_*` fourcc (4, 4, 2), 0 for a format
+// libcohmem does not know.
+uint32_t cohmem_format_bytes_per_pixel(uint32_t fourcc);
+
+// Writes the layout of an image BO (`cohmem_image_create`, or an import
+// of one) to `*out`. A byte BO (`cohmem_bo_create`) has none: the call
+// returns `COHMEM_E_INVALID`, `cohmem_last_error()` says "not an image BO"
+// and `*out` is zeroed.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_image_info(const struct cohmem_bo *bo, struct cohmem_image_info *out);
 
 // Frees a BO handle (the daemon frees the BO when no handle and no mapping
 // is left).
@@ -180,6 +290,39 @@ int cohmem_unmap(struct cohmem_mapping *map);
 // `bo` is a live BO; `result` is NULL or valid for writes.
 int cohmem_bo_sync(const struct cohmem_bo *bo, struct cohmem_sync_result *result);
 
+// `cohmem_bo_sync`, and for an image BO the rectangles of pixels the sync
+// changed on the GPU copy (with any background upload since the BO's
+// previous sync): every pixel of every uploaded page lies in one of them.
+// Tracking is by page, so a rectangle covers every pixel whose bytes share
+// a page with a written byte, not only the pixels written.
+//
+// - `result`: NULL, or receives what `cohmem_bo_sync` gives.
+// - `rects`, `capacity`: an array of `capacity` rectangles; the first
+//   `min(*count, capacity)` are written, sorted by (y, x). `rects` may be
+//   NULL only when `capacity` is 0.
+// - `count` (required): the number of rectangles the daemon reported, at
+//   most `COHMEM_MAX_DAMAGE_RECTS`. It may exceed `capacity`: then only
+//   `capacity` rectangles were written, the rest are lost (the sync is
+//   done) and the call still returns `COHMEM_OK`. A `capacity` of
+//   `COHMEM_MAX_DAMAGE_RECTS` always receives them all.
+// - `merged`: NULL, or receives 1 when rectangles were merged to stay
+//   under `COHMEM_MAX_DAMAGE_RECTS` (they then cover pixels no uploaded
+//   page holds), else 0.
+//
+// A byte BO has no rectangles: `*count` and `*merged` are 0. A call
+// refused for a NULL argument (`COHMEM_E_INVALID`) does not sync.
+//
+// # Safety
+// `bo` is NULL or a live BO; `result`, `count` and `merged` are NULL or
+// valid for writes; `rects` is NULL or valid for writing `capacity`
+// rectangles.
+int cohmem_bo_sync_rects(const struct cohmem_bo *bo,
+                         struct cohmem_sync_result *result,
+                         struct cohmem_rect *rects,
+                         size_t capacity,
+                         size_t *count,
+                         int *merged);
+
 // Syncs, then copies the GPU resource back into the BO (GPU → CPU).
 //
 // # Safety
@@ -199,7 +342,9 @@ int cohmem_bo_damage(const struct cohmem_bo *bo, uint64_t offset, uint64_t len);
 
 // Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 // devices; on the software GPU a read-only memfd) that other processes and
-// APIs (EGL, Vulkan) can import. The caller owns `out->fd`.
+// APIs (EGL, Vulkan) can import. The caller owns `out->fd`. For an image
+// BO, `out->image` describes the image in the buffer (width, height,
+// fourcc, pitch, offset, modifier); for a byte BO it is all 0.
 //
 // # Safety
 // `bo` is a live BO; `out` is valid for writes.

@@ -4,8 +4,15 @@
 
 use std::path::Path;
 
+mod common;
+
+/// Held while a test writes (COHMEM_BLESS) or reads the header: the tests of
+/// this file run in parallel.
+static HEADER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_committed_header_is_current() -> anyhow::Result<()> {
+    let _header = HEADER.lock().unwrap_or_else(|p| p.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut generated = Vec::new();
@@ -25,5 +32,97 @@ fn the_committed_header_is_current() -> anyhow::Result<()> {
         "{} is out of date: regenerate it with COHMEM_BLESS=1 cargo test -p cohmem-capi --test header",
         path.display()
     );
+    Ok(())
+}
+
+/// What C sees through `cohmem.h` is what the library was built with: a C
+/// program compiled with the header prints each struct's size and field
+/// offsets and each constant, and they must equal Rust's (catches a header
+/// edited by hand, a cbindgen that renders a constant expression wrongly,
+/// and `#[repr(C)]` structs whose layout C reads differently).
+#[test]
+fn c_sees_the_librarys_struct_layouts_and_constants() -> anyhow::Result<()> {
+    use std::mem::{offset_of, size_of};
+
+    use cohmem::*;
+
+    if !common::have("cc") {
+        eprintln!("skipping: cc is not installed");
+        return Ok(());
+    }
+    macro_rules! layout {
+        ($($ty:ident { $($field:ident),* })*) => {{
+            let mut c = String::new();
+            let mut rust = Vec::new();
+            $(
+                c += &format!("    P(\"sizeof {0}\", sizeof(struct {0}));\n", stringify!($ty));
+                rust.push(format!("sizeof {} {}", stringify!($ty), size_of::<$ty>()));
+                $(
+                    c += &format!(
+                        "    P(\"offsetof {0}.{1}\", offsetof(struct {0}, {1}));\n",
+                        stringify!($ty),
+                        stringify!($field)
+                    );
+                    rust.push(format!(
+                        "offsetof {}.{} {}",
+                        stringify!($ty),
+                        stringify!($field),
+                        offset_of!($ty, $field)
+                    ));
+                )*
+            )*
+            (c, rust)
+        }};
+    }
+    let (mut c, mut want) = layout! {
+        cohmem_sync_result { pages, bytes, duration_ns, run_count, mechanism }
+        cohmem_stats { uptime_ms, connections, bos, syncs, pages_uploaded, bytes_uploaded, faults, method_switches, errors }
+        cohmem_image_info { width, height, fourcc, pitch, offset, modifier }
+        cohmem_rect { x, y, w, h }
+        cohmem_dmabuf { fd, size, pitch, image }
+    };
+    for (name, value) in [
+        ("COHMEM_FORMAT_XRGB8888", u64::from(COHMEM_FORMAT_XRGB8888)),
+        ("COHMEM_FORMAT_ARGB8888", u64::from(COHMEM_FORMAT_ARGB8888)),
+        ("COHMEM_FORMAT_RGB565", u64::from(COHMEM_FORMAT_RGB565)),
+        ("COHMEM_MODIFIER_LINEAR", COHMEM_MODIFIER_LINEAR),
+        ("COHMEM_MAX_DAMAGE_RECTS", COHMEM_MAX_DAMAGE_RECTS as u64),
+    ] {
+        c += &format!("    P(\"{name}\", {name});\n");
+        want.push(format!("{name} {value}"));
+    }
+    // The fourccs are drm_fourcc.h's values, usable as case labels.
+    c += "    switch ((uint32_t)0x34325258u) { case COHMEM_FORMAT_XRGB8888: break; default: return 1; }\n";
+    let program = format!(
+        "#include <cohmem.h>\n#include <stddef.h>\n#include <stdio.h>\n\
+         #define P(name, v) printf(\"%s %llu\\n\", name, (unsigned long long)(v))\n\
+         _Static_assert(COHMEM_FORMAT_ARGB8888 == 0x34325241u, \"AR24\");\n\
+         _Static_assert(COHMEM_FORMAT_RGB565 == 0x36314752u, \"RG16\");\n\
+         int main(void)\n{{\n{c}    return 0;\n}}\n"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("cohmem-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("layout.c"), &program)?;
+    let exe = dir.join("layout");
+    let header = HEADER.lock().unwrap_or_else(|p| p.into_inner());
+    let cc = std::process::Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(dir.join("layout.c"))
+        .output()?;
+    drop(header);
+    anyhow::ensure!(
+        cc.status.success(),
+        "cc: {}\n{program}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let run = std::process::Command::new(&exe).output()?;
+    anyhow::ensure!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+    let got: Vec<String> = String::from_utf8(run.stdout)?.lines().map(str::to_owned).collect();
+    anyhow::ensure!(got == want, "C sees:\n{got:#?}\nRust has:\n{want:#?}");
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

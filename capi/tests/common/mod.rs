@@ -1,6 +1,9 @@
 //! Shared by the C API tests: the tools they need, and building the C
 //! example with the flags pkg-config gives for a `cohmem.pc`.
 
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::Command;
 
