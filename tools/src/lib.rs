@@ -1,9 +1,13 @@
 //! Helpers shared by cohmem's tools and tests: a private daemon on a
-//! temporary socket, GPU-copy verification, and a small deterministic RNG.
+//! temporary socket, GPU-copy verification (byte and image BOs), image BOs as
+//! PNG and the image demo, and a small deterministic RNG.
 
 pub mod bench;
 pub mod daemon;
+pub mod demo;
 pub mod gpu_check;
+pub mod image;
+pub mod image_demo;
 pub mod rng;
 pub mod stress;
 pub mod verify;

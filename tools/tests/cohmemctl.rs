@@ -2,14 +2,16 @@
 //! `curl` scrapes `--metrics-listen`, Debian's Prometheus client library
 //! parses the text (OpenMetrics parser, strict), and the values must agree
 //! with what the test's client did; every cohmemctl command runs as a real
-//! process and its `--json` output is parsed.
+//! process and its `--json` output is parsed. Image BOs (issue 16): the
+//! demo's animation, `snapshot ID FILE.png` decoded pixel by pixel, and
+//! `cohmemctl image`.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use cohmem_client::Connection;
-use cohmem_tools::{verify_gpu_copy, DaemonProcess};
+use cohmem_client::{fourcc, Connection, ImageInfo};
+use cohmem_tools::{verify_gpu_copy, DaemonProcess, SplitMix64};
 use serde_json::Value;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-tools-test-daemon");
@@ -353,10 +355,22 @@ fn cohmemctl_commands_answer_in_json_and_set_policy_changes_tracking() -> anyhow
     let bytes = std::fs::read(&file)?;
     assert_eq!(u64::from_ne_bytes(bytes[5 * ps as usize..][..8].try_into()?), 5);
 
-    // demo --json against this daemon: JSON lines only, every round exact.
+    // demo --json against this daemon: JSON lines only, every round exact
+    // (the image part is checked by its own test).
     let out = ctl(
         socket,
-        &["demo", "--rounds", "3", "--size-mib", "1", "--seed", "7", "--json"],
+        &[
+            "demo",
+            "--rounds",
+            "3",
+            "--size-mib",
+            "1",
+            "--seed",
+            "7",
+            "--frames",
+            "0",
+            "--json",
+        ],
     )?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rounds: Vec<Value> = std::str::from_utf8(&out.stdout)?
@@ -367,6 +381,238 @@ fn cohmemctl_commands_answer_in_json_and_set_policy_changes_tracking() -> anyhow
     for r in &rounds[..3] {
         assert_eq!(r["written_pages"], r["synced_pages"], "{r}");
         assert_eq!(r["gpu_copy_mismatched_pages"], 0, "{r}");
+    }
+    Ok(())
+}
+
+/// The demo's stdout, which must have succeeded.
+fn demo_stdout(socket: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = ctl(socket, &[&["demo", "--size-mib", "1", "--seed", "11"], args].concat())?;
+    let stdout = String::from_utf8(out.stdout)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "demo {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// Decodes a PNG file: (width, height, colour type, 8-bit samples).
+fn decode_png(path: &Path) -> anyhow::Result<(u32, u32, png::ColorType, Vec<u8>)> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut reader = png::Decoder::new(file).read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let frame = reader.next_frame(&mut buf)?;
+    anyhow::ensure!(frame.bit_depth == png::BitDepth::Eight, "{:?}", frame.bit_depth);
+    buf.truncate(frame.buffer_size());
+    Ok((frame.width, frame.height, frame.color_type, buf))
+}
+
+#[test]
+fn the_demo_animates_an_image_bo_with_each_syncs_rects_and_an_identical_gpu_copy() -> anyhow::Result<()> {
+    let daemon = DaemonProcess::spawn_bin(DAEMON.as_ref(), &["--gpu", "soft"])?;
+    let dir = tempfile::tempdir()?;
+    const FRAMES: u32 = 8;
+    let frames = FRAMES.to_string();
+    let png_dir = dir.path().join("png");
+    let text = demo_stdout(
+        daemon.socket(),
+        &[
+            "--rounds",
+            "1",
+            "--frames",
+            &frames,
+            "--png",
+            png_dir.to_str().unwrap_or_default(),
+        ],
+    )?;
+    eprintln!("{text}");
+    // One line per frame (0 is the first full draw), each with its
+    // rectangles and a GPU copy equal to the BO; the demo itself fails when
+    // a frame's copy differs or a changed pixel lies outside every rect.
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("frame ")).collect();
+    for f in 0..=FRAMES {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("frame {f:>2}")))
+            .ok_or_else(|| anyhow::anyhow!("no line for frame {f}:\n{text}"))?;
+        assert!(line.contains(" rect"), "{line}");
+        assert!(line.contains("px changed"), "{line}");
+        assert!(line.ends_with("GPU copy identical"), "{line}");
+    }
+    assert!(
+        text.contains("\nimage: 8 frames, covered/changed pixels median "),
+        "{text}"
+    );
+    assert!(text.contains("GPU copy identical after every frame"), "{text}");
+    // The last frame, saved through SNAPSHOT.
+    let (w, h, color, _) = decode_png(&png_dir.join("cohmem-demo-frame-8.png"))?;
+    assert_eq!((w, h, color), (640, 360, png::ColorType::Rgb));
+
+    // --json: the same frames as objects, with the rectangles themselves.
+    let json = demo_stdout(daemon.socket(), &["--rounds", "0", "--frames", "5", "--json"])?;
+    let objects: Vec<Value> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let frames: Vec<&Value> = objects.iter().filter(|o| o.get("image_frame").is_some()).collect();
+    assert_eq!(frames.len(), 6, "{json}");
+    for f in &frames {
+        assert_eq!(f["gpu_copy"], "identical", "{f}");
+        assert_eq!(f["changed_pixels_outside_rects"], 0, "{f}");
+        let rects = f["rects"].as_array().map_or(0, Vec::len);
+        assert!(rects > 0, "{f}");
+        assert!(f["covered_pixels"].as_u64() >= f["changed_pixels"].as_u64(), "{f}");
+        assert!(f["changed_pixels"].as_u64() > Some(0), "{f}");
+    }
+    let summary = objects
+        .iter()
+        .find(|o| o.get("image_frames").is_some())
+        .ok_or_else(|| anyhow::anyhow!("no image summary in {json}"))?;
+    assert_eq!(summary["gpu_copy_unchecked_frames"], 0, "{summary}");
+    assert!(summary["worst_covered_per_changed"].as_f64() >= Some(1.0), "{summary}");
+    Ok(())
+}
+
+/// What `pixel` (the format's bytes, little endian) is in an 8-bit PNG,
+/// computed here independently of cohmemctl's conversion.
+fn expected_png_pixel(format: u32, pixel: &[u8]) -> Vec<u8> {
+    match format {
+        fourcc::XRGB8888 => vec![pixel[2], pixel[1], pixel[0]],
+        fourcc::ARGB8888 => vec![pixel[2], pixel[1], pixel[0], pixel[3]],
+        _ => {
+            // RGB565 expands each channel by repeating its high bits at the
+            // bottom (as pixman does: 0x1f → 0xff, 0x10 → 0x84).
+            let v = u16::from_le_bytes([pixel[0], pixel[1]]);
+            let scale = |c: u16, bits: u32| ((c << (8 - bits)) | (c >> (2 * bits - 8))) as u8;
+            vec![scale(v >> 11, 5), scale((v >> 5) & 0x3f, 6), scale(v & 0x1f, 5)]
+        }
+    }
+}
+
+/// Draws random rectangles (and single pixels) of random colours into an
+/// image BO; returns the image's pixels as the format's bytes, row by row.
+fn draw_random(map: &cohmem_client::Mapping, info: &ImageInfo, rng: &mut SplitMix64) -> anyhow::Result<Vec<u8>> {
+    let cpp = info.bytes_per_pixel() as usize;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut pixels = vec![0u8; w * h * cpp];
+    let mut color = vec![0u8; cpp];
+    for i in 0..40 {
+        rng.fill(&mut color);
+        let (x0, y0) = (rng.below(w as u64) as usize, rng.below(h as u64) as usize);
+        let (rw, rh) = if i % 4 == 0 {
+            (1, 1)
+        } else {
+            (
+                1 + rng.below((w - x0) as u64) as usize,
+                1 + rng.below((h - y0) as u64) as usize,
+            )
+        };
+        for y in y0..y0 + rh {
+            let row = &mut pixels[(y * w + x0) * cpp..(y * w + x0 + rw) * cpp];
+            row.chunks_exact_mut(cpp).for_each(|p| p.copy_from_slice(&color));
+            map.write(info.pixel_offset(x0 as u32, y as u32) as usize, row)?;
+        }
+    }
+    Ok(pixels)
+}
+
+#[test]
+fn snapshot_of_an_image_bo_to_png_decodes_to_exactly_the_drawn_pixels() -> anyhow::Result<()> {
+    let daemon = DaemonProcess::spawn_bin(DAEMON.as_ref(), &["--gpu", "soft"])?;
+    let socket = daemon.socket();
+    let conn = Connection::connect(socket)?;
+    let dir = tempfile::tempdir()?;
+    let mut rng = SplitMix64::new(16);
+    // A padded pitch (1000 * 4 → 4032), an odd width, and 16 bpp.
+    for (format, w, h, color) in [
+        (fourcc::XRGB8888, 1000, 10, png::ColorType::Rgb),
+        (fourcc::ARGB8888, 77, 33, png::ColorType::Rgba),
+        (fourcc::RGB565, 131, 21, png::ColorType::Rgb),
+    ] {
+        let name = fourcc::name(format);
+        let bo = conn.create_image(w, h, format)?;
+        let info = bo.image().ok_or_else(|| anyhow::anyhow!("no image layout"))?;
+        let map = bo.map()?;
+        let drawn = draw_random(&map, &info, &mut rng)?;
+        bo.sync()?;
+        let file = dir.path().join(format!("{name}.png"));
+        let snap = ctl_json(
+            socket,
+            &["snapshot", &bo.id().to_string(), file.to_str().unwrap_or_default()],
+        )?;
+        assert_eq!(snap["png"], true, "{snap}");
+        assert_eq!(snap["image"]["pitch"].as_u64(), Some(u64::from(info.pitch)), "{snap}");
+        let (pw, ph, pcolor, samples) = decode_png(&file)?;
+        assert_eq!((pw, ph, pcolor), (w, h, color), "{name}");
+        let cpp = info.bytes_per_pixel() as usize;
+        let out_cpp = samples.len() / (w * h) as usize;
+        let mut wrong = 0;
+        for (i, (want, got)) in drawn.chunks_exact(cpp).zip(samples.chunks_exact(out_cpp)).enumerate() {
+            let want = expected_png_pixel(format, want);
+            if want != got {
+                if wrong == 0 {
+                    eprintln!(
+                        "{name}: pixel ({}, {}) is {got:?}, drew {want:?}",
+                        i % w as usize,
+                        i / w as usize
+                    );
+                }
+                wrong += 1;
+            }
+        }
+        assert_eq!(samples.len(), (w * h) as usize * out_cpp);
+        assert_eq!(wrong, 0, "{name}: {wrong} pixels of {w}x{h} differ");
+        eprintln!("{name} {w}x{h} pitch {}: every pixel of the PNG as drawn", info.pitch);
+    }
+
+    // A byte BO has no pixels: a clear error, and no file.
+    let bo = conn.create_bo(4 * cohmem_sys::page_size())?;
+    let file = dir.path().join("bytes.png");
+    let out = ctl(
+        socket,
+        &["snapshot", &bo.id().to_string(), file.to_str().unwrap_or_default()],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a byte BO was written as PNG");
+    assert!(
+        err.contains(&format!(
+            "BO {} is not an image BO; snapshot to a raw file instead",
+            bo.id()
+        )),
+        "{err}"
+    );
+    assert!(!file.exists());
+    Ok(())
+}
+
+#[test]
+fn cohmemctl_image_shows_the_backends_pitch_and_keeps_nothing() -> anyhow::Result<()> {
+    let daemon = DaemonProcess::spawn_bin(DAEMON.as_ref(), &["--gpu", "soft"])?;
+    let socket = daemon.socket();
+    // The soft backend pads a row to 64 bytes: 1000 * 4 = 4000 → 4032.
+    let out = ctl(socket, &["image", "1000x10"])?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(text.contains("1000x10 XRGB8888"), "{text}");
+    assert!(text.contains("pitch     4032 bytes"), "{text}");
+    assert!(text.contains("Nothing is kept"), "{text}");
+    let json = ctl_json(socket, &["image", "1000x10", "--format", "RG16"])?;
+    assert_eq!(
+        (json["image"]["pitch"].as_u64(), json["image"]["fourcc"].as_str()),
+        (Some(2048), Some("RG16")),
+        "{json}"
+    );
+    let out = ctl(socket, &["image", "10x10", "--format", "NV12"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown format \"NV12\""));
+    // The BOs died with cohmemctl's connections.
+    let t0 = std::time::Instant::now();
+    loop {
+        let bos = ctl_json(socket, &["status"])?["daemon"]["bos"].as_u64();
+        if bos == Some(0) {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "cohmemctl image left {bos:?} BOs");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
 }

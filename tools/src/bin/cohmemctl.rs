@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use cohmem_client::Connection;
 use cohmem_proto::{BoPolicy, BoRow, DaemonStats, StatsReport, BO_ROW_PAUSED, STATS_BOS, STATS_CONNECTIONS};
 use cohmem_sys::probe::{probe_all, KernelCaps, Probe};
-use cohmem_tools::{verify_gpu_copy, DaemonProcess, SplitMix64};
+use cohmem_tools::demo::Demo;
+use cohmem_tools::image_demo::ImageDemo;
+use cohmem_tools::DaemonProcess;
 use serde_json::json;
 
 /// Administer cohmem.
@@ -90,12 +92,30 @@ enum Cmd {
         json: bool,
     },
     /// Write an exact copy of BO ID (from `status`) to FILE, taken with the
-    /// BO's writers quiesced.
+    /// BO's writers quiesced: its bytes, or for an image BO and a FILE
+    /// ending in .png, its pixels as a PNG.
     Snapshot {
         /// Daemon-wide BO id.
         id: u64,
-        /// Output file.
+        /// Output file (raw bytes; a PNG if it ends in .png).
         file: PathBuf,
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a WIDTHxHEIGHT image BO and print the layout the daemon's GPU
+    /// backend gave it (pitch, offset, size, fourcc, modifier). Nothing is
+    /// kept: the BO dies with this command's connection.
+    Image {
+        /// WIDTHxHEIGHT in pixels, e.g. 1920x1080.
+        #[arg(value_parser = cohmem_tools::image::parse_size)]
+        size: (u32, u32),
+        /// XR24 (XRGB8888), AR24 (ARGB8888) or RG16 (RGB565).
+        #[arg(long, default_value = "XR24", value_parser = cohmem_tools::image::parse_format)]
+        format: u32,
         /// Daemon socket.
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -122,8 +142,9 @@ enum Cmd {
         /// SOCKET MEMFD_FD OFFSET LEN.
         args: Vec<String>,
     },
-    /// Start a private daemon (`--gpu auto`), write into a BO, and
-    /// show each sync uploading exactly the written pages.
+    /// Start a private daemon (`--gpu auto`), write into a BO, and show
+    /// each sync uploading exactly the written pages; then animate an image
+    /// BO and show each sync's rectangles.
     Demo {
         /// Use this running daemon instead of starting one.
         #[arg(long)]
@@ -131,9 +152,18 @@ enum Cmd {
         /// BO size in MiB.
         #[arg(long, default_value_t = 16)]
         size_mib: u64,
-        /// Write/sync rounds.
-        #[arg(long, default_value_t = 5)]
+        /// Write/sync rounds of the byte BO.
+        #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Animation frames of the image BO (0: none).
+        #[arg(long, default_value_t = 10)]
+        frames: u32,
+        /// Size of the image BO.
+        #[arg(long, default_value = "640x360", value_parser = cohmem_tools::image::parse_size)]
+        image_size: (u32, u32),
+        /// Save the image's last frame as a PNG in this directory.
+        #[arg(long)]
+        png: Option<PathBuf>,
         /// RNG seed (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
@@ -170,9 +200,32 @@ fn main() -> anyhow::Result<()> {
             socket,
             size_mib,
             rounds,
+            frames,
+            image_size: (width, height),
+            png: png_dir,
             seed,
             json,
-        } => demo(socket, size_mib, rounds, seed, json),
+        } => Demo {
+            socket,
+            size_mib,
+            rounds,
+            seed,
+            image: ImageDemo {
+                width,
+                height,
+                frames,
+                png_dir,
+                json,
+            },
+            json,
+        }
+        .run(print_status, stats_json),
+        Cmd::Image {
+            size: (w, h),
+            format,
+            socket,
+            json,
+        } => cohmem_tools::image::describe_new_image(&connect(socket)?, w, h, format, json),
         Cmd::Replay { file, socket, json } => replay_trace(&file, socket, json),
         Cmd::Snapshot { id, file, socket, json } => snapshot(id, &file, socket, json),
         Cmd::WriterChild { args } => cohmem_tools::writer::child_main(&args),
@@ -519,119 +572,6 @@ fn status(socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short_list(pages: &[u64]) -> String {
-    const SHOW: usize = 12;
-    let head: Vec<String> = pages.iter().take(SHOW).map(u64::to_string).collect();
-    if pages.len() > SHOW {
-        format!("[{} … +{}]", head.join(","), pages.len() - SHOW)
-    } else {
-        format!("[{}]", head.join(","))
-    }
-}
-
-fn demo(socket: Option<PathBuf>, size_mib: u64, rounds: u32, seed: Option<u64>, as_json: bool) -> anyhow::Result<()> {
-    // Text goes to stdout, or nowhere with --json (stdout is then JSON only).
-    let say = |line: String| {
-        if !as_json {
-            println!("{line}");
-        }
-    };
-    let mut daemon = None;
-    let socket = match socket {
-        Some(s) => s,
-        None => {
-            say(
-                "starting a private cohmemd (--gpu auto: a DRM device with dumb buffers, else the software GPU) …"
-                    .into(),
-            );
-            let d = DaemonProcess::spawn(&["--gpu", "auto"]).context("starting cohmemd")?;
-            let s = d.socket().to_owned();
-            say(format!("cohmemd pid {} listening on {}", d.pid(), s.display()));
-            daemon = Some(d);
-            s
-        }
-    };
-    let seed = seed.unwrap_or_else(SplitMix64::seed_from_time);
-    let mut rng = SplitMix64::new(seed);
-    let conn = Connection::connect(&socket)?;
-    let backend = conn.stats(0)?.daemon.backend;
-    say(format!("GPU backend: {backend}"));
-    let bo = conn.create_bo(size_mib << 20)?;
-    let map = bo.map()?;
-    let ps = cohmem_sys::page_size();
-    let pages = bo.size() / ps;
-    say(format!(
-        "\nBO {}: {} MiB = {} pages, mapped at {:p} and write-protected (seed {seed})",
-        bo.id(),
-        size_mib,
-        pages,
-        map.as_ptr()
-    ));
-    let mut page_buf = vec![0u8; ps as usize];
-    for round in 1..=rounds {
-        let count = 1 + rng.below(8) as usize;
-        let written = rng.distinct(pages, count);
-        for &p in &written {
-            rng.fill(&mut page_buf);
-            map.write((p * ps) as usize, &page_buf)?;
-        }
-        let done = bo.sync_with_runs()?;
-        let synced = done.pages_list();
-        let mismatches = verify_gpu_copy(&bo)?;
-        if as_json {
-            println!(
-                "{}",
-                json!({
-                    "round": round, "bo": bo.id(), "seed": seed, "backend": backend,
-                    "written_pages": written, "synced_pages": synced,
-                    "mechanism": done.mechanism.name(), "duration_us": done.duration.as_micros() as u64,
-                    "gpu_copy_mismatched_pages": mismatches.len(),
-                })
-            );
-        } else {
-            println!(
-                "round {round}: wrote pages {} → sync uploaded {} pages {} by {} in {} µs; GPU copy {}",
-                short_list(&written),
-                done.pages,
-                short_list(&synced),
-                done.mechanism,
-                done.duration.as_micros(),
-                if mismatches.is_empty() {
-                    "identical to the BO".to_string()
-                } else {
-                    format!("DIFFERS on {} pages", mismatches.len())
-                }
-            );
-        }
-        if synced != written || !mismatches.is_empty() {
-            bail!("round {round}: tracking or upload was wrong (seed {seed})");
-        }
-    }
-    let done = bo.sync()?;
-    let status = conn.stats(STATS_CONNECTIONS | STATS_BOS)?;
-    if as_json {
-        println!(
-            "{}",
-            json!({ "rounds": rounds, "quiet_sync_pages": done.pages, "status": stats_json(&status) })
-        );
-    } else {
-        println!("sync with no writes uploaded {} pages", done.pages);
-        println!();
-        print_status(&status);
-    }
-    drop(map);
-    drop(bo);
-    drop(conn);
-    if let Some(mut d) = daemon {
-        let clean = d.stop()?;
-        say(format!(
-            "\ncohmemd stopped ({})",
-            if clean { "clean exit" } else { "killed" }
-        ));
-    }
-    Ok(())
-}
-
 fn replay_trace(file: &std::path::Path, socket: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     use cohmem_tools::vmwgfx::replay::{replay, WriterCommand};
     use cohmem_tools::vmwgfx::trace::parse_trace;
@@ -680,18 +620,35 @@ fn snapshot(id: u64, file: &std::path::Path, socket: Option<PathBuf>, as_json: b
     let conn = connect(socket)?;
     let (fd, report) = conn.snapshot(id)?;
     let mut src = std::fs::File::from(fd);
-    let mut dst = std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?;
-    let copied = std::io::copy(&mut src, &mut dst).context("writing the snapshot")?;
+    let png = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let (copied, what) = if png {
+        let Some(info) = report.image else {
+            bail!("BO {id} is not an image BO; snapshot to a raw file instead");
+        };
+        cohmem_tools::image::snapshot_to_png(&src, &info, file)?;
+        let what = format!(
+            "{}x{} {} as PNG",
+            info.width,
+            info.height,
+            cohmem_tools::image::format_name(info.fourcc)
+        );
+        (std::fs::metadata(file)?.len(), what)
+    } else {
+        let mut dst = std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?;
+        let copied = std::io::copy(&mut src, &mut dst).context("writing the snapshot")?;
+        (copied, format!("{copied} bytes"))
+    };
     if as_json {
         let out = json!({
             "bo": id, "file": file.display().to_string(), "bytes": copied, "exact": report.exact,
             "attempts": report.attempts, "blocked_views": report.blocked_views,
-            "unblocked_views": report.unblocked_views,
+            "unblocked_views": report.unblocked_views, "png": png,
+            "image": report.image.as_ref().map(cohmem_tools::image::info_json),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "BO {id}: {copied} bytes to {} ({}; {} attempt(s), {} view(s) blocked, {} checked only)",
+            "BO {id}: {what} to {} ({}; {} attempt(s), {} view(s) blocked, {} checked only)",
             file.display(),
             if report.exact {
                 "exact"
