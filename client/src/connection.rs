@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    caps, BoPolicy, DirtyStateReport, ErrorCode, Mechanism, Method, Reply, Request, Run, ScanReport, SnapshotReport,
-    StatsReport, ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
+    caps, BoPolicy, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Reply, Request, Run, ScanReport,
+    SnapshotReport, StatsReport, ATTACH_MECHANISM_SHIFT, CREATE_NO_RESOURCE, PROTOCOL_VERSION, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::Memfd;
 use cohmem_sys::seqpacket::SeqpacketSocket;
@@ -39,6 +39,15 @@ pub struct SyncResult {
     pub runs_truncated: bool,
     /// Views scanned.
     pub views_scanned: u32,
+    /// For an image BO ([`Connection::create_image`]): the rectangles of
+    /// pixels this sync (and any background upload since the previous
+    /// sync) changed on the GPU copy, at most
+    /// [`MAX_DAMAGE_RECTS`](cohmem_proto::MAX_DAMAGE_RECTS). Every pixel
+    /// of every uploaded page lies in one; empty for a byte BO.
+    pub rects: Vec<Rect>,
+    /// True when rectangles were merged to stay under the cap, so they may
+    /// cover pixels no dirty page touched.
+    pub rects_merged: bool,
 }
 
 impl SyncResult {
@@ -77,8 +86,13 @@ pub struct ExportedResource {
     /// Offset of the resource's window in the BO.
     pub offset: u64,
     /// Bytes between the starts of two consecutive pages in the exported
-    /// buffer (the page size where they are contiguous).
+    /// buffer (the page size where they are contiguous, as for every image
+    /// BO: an image's row pitch is `image.pitch`).
     pub pitch: u64,
+    /// What an importer needs to use an image BO's buffer as the image
+    /// (width, height, fourcc, pitch, offset, modifier); `None` for a byte
+    /// resource.
+    pub image: Option<ImageInfo>,
 }
 
 /// What [`Bo::readback`] did.
@@ -615,23 +629,53 @@ impl Connection {
     }
 
     fn create_bo_flags(&self, size: u64, flags: u32) -> Result<Bo, ClientError> {
-        let req = Request::CreateBo { size, flags };
-        match self.inner.call(&req, &[])? {
-            (Reply::Bo { bo, size, id }, mut fds) => {
+        self.create_with(&Request::CreateBo { size, flags })
+    }
+
+    /// Creates an image BO: the daemon's GPU backend allocates a linear
+    /// `width` × `height` image in DRM format `fourcc`
+    /// ([`fourcc::XRGB8888`](cohmem_proto::fourcc::XRGB8888),
+    /// [`ARGB8888`](cohmem_proto::fourcc::ARGB8888),
+    /// [`RGB565`](cohmem_proto::fourcc::RGB565)) with the device's own
+    /// pitch, and the BO's bytes take exactly that layout ([`Bo::image`]:
+    /// pixel (x, y) is at `offset + y * pitch + x * bytes_per_pixel`). Every
+    /// [`Bo::sync`] then reports the changed rectangles, and
+    /// [`Bo::export_resource`] describes the image to importers.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::Unsupported`](cohmem_proto::ErrorCode::Unsupported) for
+    /// a format or size the device refuses (the message names it),
+    /// [`ErrorCode::TooLarge`](cohmem_proto::ErrorCode::TooLarge) over the
+    /// daemon's `max_bo_size`, and the errors of any request.
+    pub fn create_image(&self, width: u32, height: u32, fourcc: u32) -> Result<Bo, ClientError> {
+        self.create_with(&Request::CreateImage {
+            width,
+            height,
+            fourcc,
+            flags: 0,
+        })
+    }
+
+    fn create_with(&self, req: &Request) -> Result<Bo, ClientError> {
+        match self.inner.call(req, &[])? {
+            (Reply::Bo { bo, size, id, image }, mut fds) => {
                 let fd = fds
                     .pop()
-                    .ok_or_else(|| ClientError::Protocol("CREATE_BO reply without memfd".into()))?;
+                    .ok_or_else(|| ClientError::Protocol(format!("{} reply without memfd", req.name())))?;
                 let memfd = Memfd::from_fd(fd)?;
-                Ok(Bo::new(self.inner.clone(), bo, size, id, memfd))
+                Ok(Bo::new(self.inner.clone(), bo, size, id, memfd, image))
             }
-            (other, _) => Err(unexpected("CREATE_BO", &other)),
+            (other, _) => Err(unexpected(req.name(), &other)),
         }
     }
 
     /// Opens a handle to a BO another process shared by passing its memfd.
     pub fn import_bo(&self, memfd: OwnedFd) -> Result<Bo, ClientError> {
         match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
-            (Reply::Bo { bo, size, id }, _) => Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?)),
+            (Reply::Bo { bo, size, id, image }, _) => {
+                Ok(Bo::new(self.inner.clone(), bo, size, id, Memfd::from_fd(memfd)?, image))
+            }
             (other, _) => Err(unexpected("IMPORT_BO", &other)),
         }
     }
@@ -705,6 +749,8 @@ pub(crate) struct BoInner {
     /// The daemon-wide id on the current session.
     id: AtomicU64,
     pub memfd: Memfd,
+    /// The layout of an image BO.
+    pub image: Option<ImageInfo>,
     /// The live mappings of this BO through this connection.
     views: Mutex<Vec<Weak<ViewSlot>>>,
 }
@@ -790,13 +836,14 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Bo {
-    fn new(conn: Arc<ConnInner>, handle: u32, size: u64, id: u64, memfd: Memfd) -> Self {
+    fn new(conn: Arc<ConnInner>, handle: u32, size: u64, id: u64, memfd: Memfd, image: Option<ImageInfo>) -> Self {
         let inner = Arc::new(BoInner {
             conn,
             handle: AtomicU32::new(handle),
             size,
             id: AtomicU64::new(id),
             memfd,
+            image,
             views: Mutex::new(Vec::new()),
         });
         inner.conn.register_bo(&inner);
@@ -806,6 +853,12 @@ impl Bo {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.inner.size
+    }
+
+    /// The image layout of an image BO ([`Connection::create_image`], or
+    /// an import of one), `None` for a byte BO.
+    pub fn image(&self) -> Option<ImageInfo> {
+        self.inner.image
     }
 
     /// The daemon-wide id (for display; a daemon restart renumbers it).
@@ -866,6 +919,8 @@ impl Bo {
                 runs_truncated: s.runs_truncated || flags & SYNC_REPORT_RUNS == 0,
                 runs: s.runs,
                 views_scanned: s.views_scanned,
+                rects_merged: s.damage.as_ref().is_some_and(|d| d.merged),
+                rects: s.damage.map(|d| d.rects).unwrap_or_default(),
             }),
             (other, _) => Err(unexpected(build(0).name(), &other)),
         }
@@ -953,13 +1008,22 @@ impl Bo {
     /// Exports GPU resource `index` of the BO.
     pub fn export_resource(&self, index: u32) -> Result<ExportedResource, ClientError> {
         match self.inner.call(|bo| Request::ExportResource { bo, index }, &[])? {
-            (Reply::Resource { size, offset, pitch }, mut fds) => Ok(ExportedResource {
+            (
+                Reply::Resource {
+                    size,
+                    offset,
+                    pitch,
+                    image,
+                },
+                mut fds,
+            ) => Ok(ExportedResource {
                 fd: fds
                     .pop()
                     .ok_or_else(|| ClientError::Protocol("RESOURCE reply without fd".into()))?,
                 size,
                 offset,
                 pitch: u64::from(pitch),
+                image,
             }),
             (other, _) => Err(unexpected("EXPORT_RESOURCE", &other)),
         }

@@ -23,7 +23,10 @@ mod error;
 mod mapping;
 mod tracking;
 
-pub use cohmem_proto::{BoPolicy, DirtyStateReport, ErrorCode, Mechanism, Method, Run, ScanReport, SnapshotReport};
+pub use cohmem_proto::{
+    fourcc, BoPolicy, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Run, ScanReport, SnapshotReport,
+    MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
+};
 pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, SyncResult};
 pub use error::ClientError;
 pub use mapping::Mapping;

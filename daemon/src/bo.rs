@@ -40,13 +40,7 @@ pub enum AdoptError {
     Sys(#[from] cohmem_sys::SysError),
 }
 
-/// A GPU resource bound to a byte window of a BO.
-pub struct Resource {
-    /// Window in the BO, bytes, page aligned.
-    pub window: Range<u64>,
-    /// The device buffer.
-    pub gpu: Box<dyn GpuResource>,
-}
+pub use crate::resource::Resource;
 
 /// Per-BO counters.
 #[derive(Debug, Default)]
@@ -139,6 +133,9 @@ pub struct Bo {
     identity: FileIdentity,
     /// The daemon's own mapping: the source of every upload.
     pub mapping: SharedMapping,
+    /// The layout of an image BO (its whole-BO resource is the image);
+    /// `None` for a byte BO.
+    pub image: Option<cohmem_proto::ImageInfo>,
     state: Mutex<BoState>,
     views: RwLock<Vec<Arc<View>>>,
     /// Serialises syncs and transfers of this BO from start to end of upload,
@@ -240,6 +237,33 @@ impl Bo {
         Self::from_memfd(id, memfd, default_resource.then_some(make))
     }
 
+    /// Creates an image BO (DESIGN.md §8): the backend allocates the
+    /// linear `width` × `height` image in `fourcc` first; the BO is a sealed
+    /// memfd of its size rounded up to pages, whose bytes take the image's
+    /// layout (pitch, offset), bound to it as the whole-BO resource. Fails
+    /// with [`GpuError::TooLarge`] when the image needs more than
+    /// `max_size` bytes (nothing is kept then).
+    pub fn create_image(
+        id: u64,
+        width: u32,
+        height: u32,
+        fourcc: u32,
+        max_size: u64,
+        gpu: &dyn GpuBackend,
+    ) -> Result<Self, GpuError> {
+        let ps = cohmem_sys::page_size();
+        let image = gpu.create_image(width, height, fourcc)?;
+        let size = image.size().div_ceil(ps) * ps;
+        if size > max_size {
+            return Err(GpuError::TooLarge {
+                size,
+                reason: format!("a {width}x{height} image needs {size} bytes; the limit is max_bo_size = {max_size}"),
+            });
+        }
+        let memfd = Memfd::create_sealed(&format!("cohmem-image-{id}"), size)?;
+        Self::from_memfd(id, memfd, Some(move |_size| Ok(image)))
+    }
+
     /// Adopts a BO memfd this daemon does not know — one a client kept
     /// across a daemon restart, or one from the service manager's fd store
     /// (DESIGN.md §5.5) — as BO `id` with a GPU resource covering it: the
@@ -300,11 +324,11 @@ impl Bo {
             untracked: None,
             pages: size / page_size,
         };
+        let mut image = None;
         if let Some(make) = default_resource {
-            state.resources.push(Some(Arc::new(Resource {
-                window: 0..size,
-                gpu: make(size)?,
-            })));
+            let resource = Resource::new(0..size, make(size)?);
+            image = resource.image();
+            state.resources.push(Some(Arc::new(resource)));
             state.start_tracker(DirtyTracker::new(size / page_size));
         }
         Ok(Self {
@@ -314,6 +338,7 @@ impl Bo {
             memfd,
             identity,
             mapping,
+            image,
             state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
             sync_lock: Mutex::new(()),

@@ -385,6 +385,12 @@ impl Session {
                 caps,
             } => self.hello(min_version, max_version, caps),
             Request::CreateBo { size, flags } => self.create_bo(size, flags).await,
+            Request::CreateImage {
+                width,
+                height,
+                fourcc,
+                flags,
+            } => self.create_image(width, height, fourcc, flags).await,
             Request::ImportBo => self.import_bo(fds).await,
             Request::AttachMm {
                 token,
@@ -665,6 +671,7 @@ impl Session {
     fn check_caps(&self, req: &Request) -> Result<(), Failure> {
         let needs = match *req {
             Request::ExportResource { .. } => caps::EXPORT_RESOURCE,
+            Request::CreateImage { .. } => caps::IMAGES,
             Request::Sync { flags, .. } | Request::Transfer { flags, .. } if flags & SYNC_REPORT_RUNS != 0 => {
                 caps::SYNC_RUNS
             }
@@ -816,6 +823,63 @@ impl Session {
             .await
             .map_err(|e| fail(ErrorCode::Internal, format!("BO creation task failed: {e}")))?
             .map_err(|e| fail(ErrorCode::Gpu, format!("creating a {size}-byte BO: {e}")))?;
+        self.publish_new_bo(bo, charge)
+    }
+
+    /// CREATE_IMAGE: the backend allocates the image first, the BO takes its
+    /// layout (DESIGN.md §8). The quota is charged for the BO's real size
+    /// (known once the device has chosen its pitch); a refusal frees the
+    /// image again.
+    async fn create_image(&mut self, width: u32, height: u32, fourcc: u32, flags: u32) -> Outcome {
+        if flags != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown CREATE_IMAGE flags {flags:#x}"),
+            ));
+        }
+        let Some(cpp) = cohmem_proto::fourcc::bytes_per_pixel(fourcc) else {
+            return Err(fail(
+                ErrorCode::Unsupported,
+                format!(
+                    "format {} is not one cohmem knows (XR24, AR24, RG16)",
+                    cohmem_proto::fourcc::name(fourcc)
+                ),
+            ));
+        };
+        if width == 0 || height == 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("image size {width}x{height} must be at least 1x1"),
+            ));
+        }
+        let max = self.daemon.config.max_bo_size;
+        let least = u64::from(width) * u64::from(height) * u64::from(cpp);
+        if least > max {
+            return Err(fail(
+                ErrorCode::TooLarge,
+                format!("a {width}x{height} image needs at least {least} bytes; the limit is max_bo_size = {max}"),
+            ));
+        }
+        self.check_handle_room()?;
+        let daemon = self.daemon.clone();
+        let id = daemon.bos.next_id();
+        let bo =
+            tokio::task::spawn_blocking(move || Bo::create_image(id, width, height, fourcc, max, daemon.gpu.as_ref()))
+                .await
+                .map_err(|e| fail(ErrorCode::Internal, format!("image creation task failed: {e}")))?
+                .map_err(|e| match e {
+                    crate::gpu::GpuError::TooLarge { .. } => fail(ErrorCode::TooLarge, e.to_string()),
+                    crate::gpu::GpuError::ImageRefused { .. } => fail(ErrorCode::Unsupported, e.to_string()),
+                    e => fail(ErrorCode::Gpu, format!("creating a {width}x{height} image: {e}")),
+                })?;
+        let charge = self.charge_bo(bo.size)?;
+        self.publish_new_bo(bo, charge)
+    }
+
+    /// Makes a new BO known (quota, fd store, BO table, bypass watch) and
+    /// opens a handle to it: the reply of CREATE_BO and CREATE_IMAGE.
+    fn publish_new_bo(&mut self, bo: Bo, charge: BoCharge) -> Outcome {
+        let (id, size) = (bo.id, bo.size);
         bo.hold_charge(charge);
         crate::fdstore::store(&self.daemon, &bo, self.info.uid);
         let memfd = bo
@@ -826,12 +890,20 @@ impl Session {
         self.daemon.bos.insert(&bo);
         self.daemon.bypass.add(&bo);
         let handle = self.new_handle(bo.clone())?;
-        tracing::debug!(conn = self.info.id, bo = id, size, handle, "BO created");
+        tracing::debug!(
+            conn = self.info.id,
+            bo = id,
+            size,
+            handle,
+            image = bo.image.is_some(),
+            "BO created"
+        );
         Ok((
             Reply::Bo {
                 bo: handle,
                 size,
                 id: bo.id,
+                image: bo.image,
             },
             vec![memfd],
         ))
@@ -865,9 +937,14 @@ impl Session {
         };
         let identity = fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
         if let Some(bo) = self.daemon.bos.find(identity) {
-            let (size, id) = (bo.size, bo.id);
+            let (size, id, image) = (bo.size, bo.id, bo.image);
             let handle = self.new_handle_with(bo, read_only)?;
-            return ok(Reply::Bo { bo: handle, size, id });
+            return ok(Reply::Bo {
+                bo: handle,
+                size,
+                id,
+                image,
+            });
         }
         let memfd = Memfd::from_fd(fd).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
         let size = memfd.size();
@@ -908,7 +985,12 @@ impl Session {
             handle,
             "BO adopted from a client's memfd"
         );
-        ok(Reply::Bo { bo: handle, size, id })
+        ok(Reply::Bo {
+            bo: handle,
+            size,
+            id,
+            image: None,
+        })
     }
 
     fn attach_mm(&mut self, token: u64, uffd_features: u64, flags: u32, fds: Vec<OwnedFd>) -> Outcome {
@@ -1261,6 +1343,7 @@ impl Session {
                 size: res.gpu.size(),
                 offset: res.window.start,
                 pitch: u32::try_from(res.gpu.pitch()).unwrap_or(u32::MAX),
+                image: res.image(),
             },
             vec![fd],
         ))

@@ -164,7 +164,7 @@ impl Daemon {
         let kernel = cohmem_sys::probe::probe_all();
         let (gpu, gpu_reason) = open_backend(&config.gpu)
             .map_err(|e| std::io::Error::other(format!("GPU backend {:?}: {e}", config.gpu)))?;
-        let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS;
+        let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS | caps::IMAGES;
         if kernel.uffd_async.ok {
             offered |= caps::UFFD_ASYNC;
         }

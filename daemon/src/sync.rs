@@ -798,7 +798,7 @@ impl<'a> SyncEngine<'a> {
                 .iter()
                 .map(|r| (r.start - first) * ps..(r.end - first) * ps)
                 .collect();
-            if let Err(e) = res.gpu.upload(&bo.mapping, res.window.start, &byte_runs) {
+            if let Err(e) = res.upload(&bo.mapping, &byte_runs) {
                 let mut st = bo.state();
                 if let Some(t) = st.tracker.as_mut() {
                     t.dirty.fold_back(&runs);
@@ -813,6 +813,12 @@ impl<'a> SyncEngine<'a> {
             done.extend(runs);
         }
         Ok(done)
+    }
+
+    /// The rectangles the BO's image resource received since the last
+    /// report (DESIGN.md §8); `None` for a byte BO.
+    fn take_damage(st: &BoState) -> Option<cohmem_proto::ImageDamage> {
+        st.resources.iter().flatten().find_map(|r| r.take_damage())
     }
 
     fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
@@ -851,6 +857,7 @@ impl<'a> SyncEngine<'a> {
             duration_ns: t0.elapsed().as_nanos() as u64,
             views_scanned: views.iter().filter(|v| !v.dead.load(Ordering::Relaxed)).count() as u32,
             runs: listed,
+            damage: None,
         }
     }
 
@@ -864,9 +871,14 @@ impl<'a> SyncEngine<'a> {
     /// it recorded; after [`MAX_SYNC_COLLISIONS`] collisions or
     /// [`SYNC_RETRY_BOUND`] the sync blocks structural changes and runs once
     /// more exclusively, so it can never live-lock.
+    ///
+    /// For an image BO the report carries the rectangles uploaded since the
+    /// previous SYNC or TRANSFER reply (background uploads included).
     pub fn sync(&self, bo: &Bo, with_runs: bool) -> Result<SyncReport, SyncError> {
         let _serial = lock(&bo.sync_lock);
-        self.sync_serialised(bo, with_runs)
+        let mut report = self.sync_serialised(bo, with_runs)?;
+        report.damage = Self::take_damage(&bo.state());
+        Ok(report)
     }
 
     /// [`SyncEngine::sync`] unless another sync of the BO is running
@@ -1063,6 +1075,7 @@ impl<'a> SyncEngine<'a> {
         let deadline = Instant::now() + bound;
         let mut report = SnapshotReport {
             size: bo.size,
+            image: bo.image,
             ..SnapshotReport::default()
         };
         /// Releases the parked writers however the attempt ends (even by a
@@ -1171,7 +1184,9 @@ impl<'a> SyncEngine<'a> {
         };
         let runs = self.upload(bo, work)?;
         let st = bo.state();
-        Ok(self.report(bo, &st, &bo.views(), &runs, t0, with_runs))
+        let mut report = self.report(bo, &st, &bo.views(), &runs, t0, with_runs);
+        report.damage = Self::take_damage(&st);
+        Ok(report)
     }
 
     /// vmwgfx `clear_res`.
@@ -1290,10 +1305,7 @@ impl<'a> SyncEngine<'a> {
         bo.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
         self.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
         self.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-        let resource = Arc::new(Resource {
-            gpu: gpu_resource,
-            window,
-        });
+        let resource = Arc::new(Resource::new(window, gpu_resource));
         let mut st = bo.state();
         st.resources.push(Some(resource));
         Ok((st.resources.len() - 1) as u32)
@@ -1427,11 +1439,20 @@ mod tests {
                 self.0.clone(),
             )))
         }
+        fn create_image(&self, width: u32, height: u32, fourcc: u32) -> Result<Box<dyn GpuResource>, GpuError> {
+            Ok(Box::new(FlakyResource(
+                SoftGpu::new().create_image(width, height, fourcc)?,
+                self.0.clone(),
+            )))
+        }
     }
 
     impl GpuResource for FlakyResource {
         fn size(&self) -> u64 {
             self.0.size()
+        }
+        fn image(&self) -> Option<cohmem_proto::ImageInfo> {
+            self.0.image()
         }
         fn upload(&self, src: &SharedMapping, base: u64, runs: &[Range<u64>]) -> Result<(), GpuError> {
             if self.1.load(Ordering::Relaxed) {

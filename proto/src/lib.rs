@@ -12,9 +12,11 @@
 //! [`Reply::fd_count`]).
 
 mod codec;
+mod image;
 mod messages;
 
 pub use codec::{DecodeError, Reader, Writer};
+pub use image::*;
 pub use messages::*;
 
 /// Protocol version spoken by this crate. HELLO negotiates the highest version
@@ -60,6 +62,9 @@ pub mod caps {
     pub const EXPORT_RESOURCE: u64 = 1 << 3;
     /// SYNC_DONE may list the dirty runs it uploaded.
     pub const SYNC_RUNS: u64 = 1 << 4;
+    /// CREATE_IMAGE: BOs laid out as the GPU backend's image, with damage
+    /// rectangles in every SYNC reply.
+    pub const IMAGES: u64 = 1 << 5;
     /// Every capability this version of the crate knows.
-    pub const ALL: u64 = UFFD_ASYNC | UFFD_SYNC | SOFT_DIRTY | EXPORT_RESOURCE | SYNC_RUNS;
+    pub const ALL: u64 = UFFD_ASYNC | UFFD_SYNC | SOFT_DIRTY | EXPORT_RESOURCE | SYNC_RUNS | IMAGES;
 }

@@ -1,6 +1,7 @@
 //! Requests, replies and their byte layout (see `proto/README.md`).
 
 use crate::codec::{check_limit, truncate_utf8, DecodeError, Reader, Writer};
+use crate::image::{ImageDamage, ImageInfo};
 use crate::limits::*;
 use crate::HEADER_LEN;
 
@@ -308,6 +309,9 @@ pub struct SyncReport {
     pub views_scanned: u32,
     /// The uploaded runs, ascending, at most [`MAX_REPORTED_RUNS`].
     pub runs: Vec<Run>,
+    /// For an image BO: the rectangles of pixels that changed on its GPU
+    /// copy; `None` for a byte BO.
+    pub damage: Option<ImageDamage>,
 }
 
 /// Daemon-wide counters in a STATS reply.
@@ -448,6 +452,9 @@ pub struct SnapshotReport {
     /// Views whose writers could not be blocked, only checked (uffd-async),
     /// or not even checked (full, explicit: then `exact` is false).
     pub unblocked_views: u32,
+    /// The layout of an image BO (so a snapshot can be saved as a picture),
+    /// `None` for a byte BO.
+    pub image: Option<ImageInfo>,
 }
 
 /// Reply to SCAN.
@@ -484,6 +491,20 @@ pub enum Request {
     },
     /// Open a handle to an existing BO given its memfd (1 fd). Reply: [`Reply::Bo`].
     ImportBo,
+    /// Create an image BO: the GPU backend allocates a linear `width` ×
+    /// `height` image in `fourcc` first, and the BO's bytes take exactly its
+    /// layout (pitch and offset). Reply: [`Reply::Bo`] with its
+    /// [`ImageInfo`] + memfd.
+    CreateImage {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// DRM fourcc ([`crate::fourcc`]).
+        fourcc: u32,
+        /// Reserved, 0.
+        flags: u32,
+    },
     /// Attach this process's write tracking: 0 to 6 fds, [WP_ASYNC uffd,
     /// pagemap] with [`ATTACH_WITH_FDS`], then [sync uffd] with
     /// [`ATTACH_WITH_SYNC_UFFD`], [pagemap, clear_refs] with
@@ -672,6 +693,8 @@ pub enum Reply {
         size: u64,
         /// Daemon-wide id (for status displays, not a capability).
         id: u64,
+        /// The image layout of an image BO, `None` for a byte BO.
+        image: Option<ImageInfo>,
     },
     /// The process's subscription is attached to this connection.
     MmAttached {
@@ -704,7 +727,12 @@ pub enum Reply {
         /// Bytes between the starts of two consecutive pages of the window
         /// in the exported buffer (the page size where they are contiguous;
         /// a DRM dumb buffer lays one page out per row of the driver's pitch).
+        /// An image resource's pages are contiguous (the page size); its
+        /// row pitch is `image.pitch`.
         pitch: u32,
+        /// The exported buffer's image description (an image BO's resource),
+        /// `None` for a byte resource.
+        image: Option<ImageInfo>,
     },
     /// A resource was bound.
     ResourceAdded {
@@ -790,6 +818,7 @@ pub mod kind {
     pub const SET_POLICY: u16 = 0x0016;
     pub const METRICS: u16 = 0x0017;
     pub const WATCH_DAEMON: u16 = 0x0018;
+    pub const CREATE_IMAGE: u16 = 0x0019;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -847,6 +876,7 @@ impl Request {
         match self {
             Self::Hello { .. } => kind::HELLO,
             Self::CreateBo { .. } => kind::CREATE_BO,
+            Self::CreateImage { .. } => kind::CREATE_IMAGE,
             Self::ImportBo => kind::IMPORT_BO,
             Self::AttachMm { .. } => kind::ATTACH_MM,
             Self::Map { .. } => kind::MAP,
@@ -877,6 +907,7 @@ impl Request {
         match self {
             Self::Hello { .. } => "HELLO",
             Self::CreateBo { .. } => "CREATE_BO",
+            Self::CreateImage { .. } => "CREATE_IMAGE",
             Self::ImportBo => "IMPORT_BO",
             Self::AttachMm { .. } => "ATTACH_MM",
             Self::Map { .. } => "MAP",
@@ -937,6 +968,17 @@ impl Request {
                 w.u32(flags);
             }
             Self::ImportBo => {}
+            Self::CreateImage {
+                width,
+                height,
+                fourcc,
+                flags,
+            } => {
+                w.u32(width);
+                w.u32(height);
+                w.u32(fourcc);
+                w.u32(flags);
+            }
             Self::AttachMm {
                 token,
                 uffd_features,
@@ -1011,6 +1053,12 @@ impl Request {
                 flags: r.u32("flags")?,
             },
             kind::IMPORT_BO => Self::ImportBo,
+            kind::CREATE_IMAGE => Self::CreateImage {
+                width: r.u32("width")?,
+                height: r.u32("height")?,
+                fourcc: r.u32("fourcc")?,
+                flags: r.u32("flags")?,
+            },
             kind::ATTACH_MM => Self::AttachMm {
                 token: r.u64("token")?,
                 uffd_features: r.u64("uffd_features")?,
@@ -1156,10 +1204,11 @@ impl Reply {
                 w.u32(*page_size);
                 w.u64(*max_bo_size);
             }
-            Self::Bo { bo, size, id } => {
+            Self::Bo { bo, size, id, image } => {
                 w.u32(*bo);
                 w.u64(*size);
                 w.u64(*id);
+                ImageInfo::write_optional(image, &mut w);
             }
             Self::MmAttached {
                 mechanism,
@@ -1189,6 +1238,7 @@ impl Reply {
                     w.u32(run.first_page);
                     w.u32(run.pages);
                 }
+                ImageDamage::write_optional(&s.damage, &mut w);
             }
             Self::Stats(s) => {
                 let d = &s.daemon;
@@ -1239,10 +1289,16 @@ impl Reply {
                     w.u16(b.flags);
                 }
             }
-            Self::Resource { size, offset, pitch } => {
+            Self::Resource {
+                size,
+                offset,
+                pitch,
+                image,
+            } => {
                 w.u64(*size);
                 w.u64(*offset);
                 w.u32(*pitch);
+                ImageInfo::write_optional(image, &mut w);
             }
             Self::ReadbackDone {
                 synced_pages,
@@ -1266,6 +1322,7 @@ impl Reply {
                 w.u32(r.attempts);
                 w.u32(r.blocked_views);
                 w.u32(r.unblocked_views);
+                ImageInfo::write_optional(&r.image, &mut w);
             }
             Self::MechanismSet {
                 from,
@@ -1316,7 +1373,7 @@ impl Reply {
     /// Number of fds this reply carries when answering `request`.
     pub fn fd_count(&self, request: &Request) -> usize {
         match (self, request) {
-            (Self::Bo { .. }, Request::CreateBo { .. }) => 1,
+            (Self::Bo { .. }, Request::CreateBo { .. } | Request::CreateImage { .. }) => 1,
             (Self::Resource { .. }, _) => 1,
             (Self::Snapshot(_), _) => 1,
             (Self::Metrics { .. }, _) => 1,
@@ -1344,6 +1401,7 @@ impl Reply {
                 bo: r.u32("bo")?,
                 size: r.u64("size")?,
                 id: r.u64("id")?,
+                image: ImageInfo::read_optional(&mut r)?,
             },
             kind::R_MM_ATTACHED => {
                 let mechanism = Mechanism::from_wire(r.u16("mechanism")?)?;
@@ -1385,6 +1443,7 @@ impl Reply {
                     duration_ns,
                     views_scanned,
                     runs,
+                    damage: ImageDamage::read_optional(&mut r)?,
                 })
             }
             kind::R_STATS => {
@@ -1453,6 +1512,7 @@ impl Reply {
                 size: r.u64("size")?,
                 offset: r.u64("offset")?,
                 pitch: r.u32("pitch")?,
+                image: ImageInfo::read_optional(&mut r)?,
             },
             kind::R_READBACK_DONE => Self::ReadbackDone {
                 synced_pages: r.u64("synced_pages")?,
@@ -1465,6 +1525,7 @@ impl Reply {
                 attempts: r.u32("attempts")?,
                 blocked_views: r.u32("blocked_views")?,
                 unblocked_views: r.u32("unblocked_views")?,
+                image: ImageInfo::read_optional(&mut r)?,
             }),
             kind::R_MECHANISM_SET => Self::MechanismSet {
                 from: Mechanism::from_wire(r.u16("from")?)?,

@@ -186,7 +186,10 @@ fn answers(req: &Request, reply: &Reply) -> bool {
     matches!(
         (req, reply),
         (Request::Hello { .. }, Reply::Hello { .. })
-            | (Request::CreateBo { .. } | Request::ImportBo, Reply::Bo { .. })
+            | (
+                Request::CreateBo { .. } | Request::CreateImage { .. } | Request::ImportBo,
+                Reply::Bo { .. }
+            )
             | (Request::AttachMm { .. }, Reply::MmAttached { .. })
             | (Request::Map { .. }, Reply::Mapped { .. })
             | (Request::Sync { .. } | Request::Transfer { .. }, Reply::SyncDone(_))
@@ -275,7 +278,7 @@ impl Session<'_> {
     /// A request of a random kind with random arguments.
     fn random_request(&mut self) -> Request {
         let bo = self.handle();
-        match self.rng.below(23) {
+        match self.rng.below(24) {
             0 => Request::Hello {
                 min_version: self.rng.below(3) as u16,
                 max_version: self.rng.below(3) as u16,
@@ -358,6 +361,17 @@ impl Session<'_> {
                 id: 1000 + self.rng.below(24),
                 policy: BoPolicy::ALL[self.rng.below(4) as usize],
             },
+            // Sizes from 1x1 up to past every limit, known and unknown formats.
+            22 => Request::CreateImage {
+                width: [1, 640, 1 + self.rng.below(5000) as u32, u32::MAX][self.rng.below(4) as usize],
+                height: [1, 480, 1 + self.rng.below(5000) as u32, u32::MAX][self.rng.below(4) as usize],
+                fourcc: [
+                    cohmem_proto::fourcc::XRGB8888,
+                    cohmem_proto::fourcc::RGB565,
+                    self.rng.next_u64() as u32,
+                ][self.rng.below(3) as usize],
+                flags: self.rng.below(2) as u32,
+            },
             _ => Request::Metrics,
         }
     }
@@ -411,7 +425,7 @@ impl Session<'_> {
             // A valid header (known request kind) with a garbage body.
             2 | 3 => {
                 let mut f = Vec::new();
-                f.extend_from_slice(&(1 + self.rng.below(u64::from(kind::READBACK)) as u16).to_le_bytes());
+                f.extend_from_slice(&(1 + self.rng.below(u64::from(kind::CREATE_IMAGE)) as u16).to_le_bytes());
                 f.extend_from_slice(&0u16.to_le_bytes());
                 f.extend_from_slice(&id.to_le_bytes());
                 let mut body = vec![0u8; self.rng.below(40) as usize];
@@ -992,6 +1006,12 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             size: 1 << 20,
             flags: 0,
         },
+        Request::CreateImage {
+            width: 1920,
+            height: 1080,
+            fourcc: cohmem_proto::fourcc::XRGB8888,
+            flags: 0,
+        },
         Request::ImportBo,
         Request::AttachMm {
             token: 0x5eed,
@@ -1058,6 +1078,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             bo: 1,
             size: 1 << 20,
             id: 3,
+            image: None,
         },
         Reply::MmAttached {
             mechanism: Mechanism::UffdAsync,
@@ -1077,6 +1098,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             duration_ns: 12345,
             views_scanned: 1,
             runs: runs.clone(),
+            damage: None,
         }),
         Reply::Stats(StatsReport {
             daemon: DaemonStats {
@@ -1107,6 +1129,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             size: 1 << 20,
             offset: 0,
             pitch: 4096,
+            image: None,
         },
         Reply::ResourceAdded { index: 1 },
         Reply::Scanned(ScanReport {
@@ -1132,6 +1155,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             attempts: 1,
             blocked_views: 1,
             unblocked_views: 0,
+            image: None,
         }),
         Reply::MechanismSet {
             from: Mechanism::UffdAsync,

@@ -6,6 +6,14 @@
 //! daemon-private buffer; the DRM backend ([`drm`]) uses dumb buffers of a
 //! real DRM device; the GBM backend (`gbm`, cargo feature `gbm`) uses linear
 //! buffers of Mesa's libgbm.
+//!
+//! A resource is either a byte resource (the window's pages, laid out one
+//! page per row on devices that need rows) or an image resource
+//! ([`GpuBackend::create_image`], DESIGN.md §8): the device allocates a
+//! linear image with its own pitch rules first, and the BO takes exactly
+//! that layout ([`ImageInfo`]), so a byte of the BO and the same byte of
+//! the device buffer are the same pixel and every dirty run is one straight
+//! copy.
 
 pub mod drm;
 #[cfg(feature = "gbm")]
@@ -15,6 +23,7 @@ pub mod soft;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 
+pub use cohmem_proto::ImageInfo;
 use cohmem_sys::mapping::SharedMapping;
 use thiserror::Error;
 
@@ -35,6 +44,30 @@ pub enum GpuError {
     /// The backend cannot do this.
     #[error("{0}")]
     Unsupported(String),
+    /// The device refuses an image of this size or format.
+    #[error("{width}x{height} {format} image refused: {reason}")]
+    ImageRefused {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// The fourcc as text (`XR24`).
+        format: String,
+        /// Why (the device's limit or the unsupported format).
+        reason: String,
+    },
+}
+
+impl GpuError {
+    /// An [`GpuError::ImageRefused`] for `width` × `height` in `fourcc`.
+    pub fn image_refused(width: u32, height: u32, fourcc: u32, reason: impl Into<String>) -> Self {
+        Self::ImageRefused {
+            width,
+            height,
+            format: cohmem_proto::fourcc::name(fourcc),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A device that holds GPU resources.
@@ -43,6 +76,11 @@ pub trait GpuBackend: Send + Sync {
     fn name(&self) -> String;
     /// Allocates a resource of `size` bytes (a page multiple).
     fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError>;
+    /// Allocates a linear `width` × `height` image in DRM format `fourcc`
+    /// with the device's own pitch and offset rules; the resource's
+    /// [`GpuResource::image`] states them. A size or format the device
+    /// refuses is [`GpuError::ImageRefused`].
+    fn create_image(&self, width: u32, height: u32, fourcc: u32) -> Result<Box<dyn GpuResource>, GpuError>;
     /// Takes back a resource of `size` bytes laid out at `pitch` that an
     /// earlier daemon handed to the fd store ([`GpuResource::keep_fd`]).
     fn adopt_resource(&self, fd: OwnedFd, size: u64, pitch: u64) -> Result<Box<dyn GpuResource>, GpuError> {
@@ -56,8 +94,17 @@ pub trait GpuBackend: Send + Sync {
 
 /// One GPU buffer bound to a window of a BO.
 pub trait GpuResource: Send + Sync {
-    /// Size in bytes.
+    /// Size in bytes. For an image resource, the bytes from the start of
+    /// the buffer to the end of its last row (the BO is this rounded up to
+    /// pages; bytes past it belong to no pixel and are never copied).
     fn size(&self) -> u64;
+    /// The image layout of an image resource ([`GpuBackend::create_image`]),
+    /// `None` for a byte resource. An image resource's `upload` and
+    /// `download` take byte ranges in that layout (BO offset = buffer
+    /// offset), clipped to [`GpuResource::size`].
+    fn image(&self) -> Option<ImageInfo> {
+        None
+    }
     /// Copies the byte ranges `runs` (relative to the resource) from `src`
     /// starting at `src_base` (the window's offset in the BO mapping).
     fn upload(&self, src: &SharedMapping, src_base: u64, runs: &[Range<u64>]) -> Result<(), GpuError>;
