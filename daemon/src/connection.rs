@@ -853,7 +853,7 @@ impl Session {
             ));
         }
         let max = self.daemon.config.max_bo_size;
-        let least = u64::from(width) * u64::from(height) * u64::from(cpp);
+        let least = (u64::from(width) * u64::from(height)).saturating_mul(u64::from(cpp));
         if least > max {
             return Err(fail(
                 ErrorCode::TooLarge,

@@ -116,7 +116,7 @@ impl GpuBackend for DrmGpu {
             ))
         };
         // The core's own check (u32 arithmetic), made here to say why.
-        if u64::from(width) * u64::from(cpp) * u64::from(height) >= 1 << 32 {
+        if (u64::from(width) * u64::from(cpp)).saturating_mul(u64::from(height)) >= 1 << 32 {
             return Err(too_large());
         }
         let buffer =

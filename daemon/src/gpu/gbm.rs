@@ -103,7 +103,7 @@ impl GpuBackend for GbmGpu {
         let cpp = image_bytes_per_pixel(width, height, format)?;
         let refused = |reason: String| GpuError::image_refused(width, height, format, reason);
         let too_large = || refused(format!("GBM buffers on {} are limited to 4 GiB", self.driver));
-        if u64::from(width) * u64::from(cpp) * u64::from(height) >= 1 << 32 {
+        if (u64::from(width) * u64::from(cpp)).saturating_mul(u64::from(height)) >= 1 << 32 {
             return Err(too_large());
         }
         let buffer = self
