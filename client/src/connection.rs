@@ -341,10 +341,23 @@ impl ConnInner {
         }
         held.extend(lock(&self.bos).iter().filter_map(Weak::upgrade));
         for bo in held.iter() {
-            let handle = match self
-                .exchange(&mut fresh, &Request::ImportBo, &[bo.memfd.as_fd()])
-                .map_err(Exchange::into_inner)?
-            {
+            // An image BO is re-imported as the image it was created as, so
+            // the new daemon's GPU copy keeps its layout and its syncs keep
+            // reporting rectangles. A daemon whose backend lays the image
+            // out differently refuses; the BO then goes on as a byte BO
+            // (every write still reaches the GPU copy, without rectangles).
+            let as_image = bo.image.and_then(|image| {
+                match self.exchange(&mut fresh, &Request::ImportImage { image }, &[bo.memfd.as_fd()]) {
+                    Ok(reply) => Some(Ok(reply)),
+                    Err(Exchange::Failed(ClientError::Daemon { .. })) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            });
+            let reply = match as_image {
+                Some(r) => r,
+                None => self.exchange(&mut fresh, &Request::ImportBo, &[bo.memfd.as_fd()]),
+            };
+            let handle = match reply.map_err(Exchange::into_inner)? {
                 (Reply::Bo { bo: h, id, .. }, _) => {
                     bo.id.store(id, Ordering::Release);
                     h

@@ -38,6 +38,9 @@ pub enum AdoptError {
     /// Reading its seals failed.
     #[error(transparent)]
     Sys(#[from] cohmem_sys::SysError),
+    /// An image BO this daemon's backend would lay out differently.
+    #[error("{0}")]
+    Layout(String),
 }
 
 pub use crate::resource::Resource;
@@ -297,6 +300,53 @@ impl Bo {
             None => gpu.create_resource(size),
         };
         let bo = Self::from_memfd(id, memfd, Some(make))?;
+        if let Some(t) = bo.state().tracker.as_mut() {
+            t.dirty.record(0..bo.pages());
+        }
+        bo.counters.extra_pages.fetch_add(bo.pages(), Ordering::Relaxed);
+        Ok(bo)
+    }
+
+    /// Adopts the memfd of an image BO created with layout `image` (by an
+    /// earlier daemon): the backend allocates the same image, which must
+    /// come out with the same pitch and offset and the memfd's size, else
+    /// [`AdoptError::Layout`] says what differs. Every page starts dirty,
+    /// as in [`Bo::adopt`].
+    pub fn adopt_image(
+        id: u64,
+        memfd: Memfd,
+        gpu: &dyn GpuBackend,
+        image: cohmem_proto::ImageInfo,
+    ) -> Result<Self, AdoptError> {
+        let page_size = cohmem_sys::page_size();
+        let size = memfd.size();
+        let seals = memfd.seals()?;
+        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals & needed != needed {
+            return Err(AdoptError::NotSealed(seals));
+        }
+        let resource = gpu.create_image(image.width, image.height, image.fourcc)?;
+        let made = resource.image();
+        let made_size = resource.size().div_ceil(page_size) * page_size;
+        match made {
+            Some(m) if m.pitch == image.pitch && m.offset == image.offset && made_size == size => {}
+            _ => {
+                return Err(AdoptError::Layout(format!(
+                    "{} lays a {}x{} {} image out as {}; the BO has pitch {}, offset {} and {size} bytes",
+                    gpu.name(),
+                    image.width,
+                    image.height,
+                    cohmem_proto::fourcc::name(image.fourcc),
+                    made.map_or("a byte buffer".to_string(), |m| format!(
+                        "pitch {}, offset {} and {made_size} bytes",
+                        m.pitch, m.offset
+                    )),
+                    image.pitch,
+                    image.offset
+                )))
+            }
+        }
+        let bo = Self::from_memfd(id, memfd, Some(move |_size| Ok(resource)))?;
         if let Some(t) = bo.state().tracker.as_mut() {
             t.dirty.record(0..bo.pages());
         }

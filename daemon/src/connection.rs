@@ -391,7 +391,8 @@ impl Session {
                 fourcc,
                 flags,
             } => self.create_image(width, height, fourcc, flags).await,
-            Request::ImportBo => self.import_bo(fds).await,
+            Request::ImportBo => self.import_bo(fds, None).await,
+            Request::ImportImage { image } => self.import_bo(fds, Some(image)).await,
             Request::AttachMm {
                 token,
                 uffd_features,
@@ -671,7 +672,7 @@ impl Session {
     fn check_caps(&self, req: &Request) -> Result<(), Failure> {
         let needs = match *req {
             Request::ExportResource { .. } => caps::EXPORT_RESOURCE,
-            Request::CreateImage { .. } => caps::IMAGES,
+            Request::CreateImage { .. } | Request::ImportImage { .. } => caps::IMAGES,
             Request::Sync { flags, .. } | Request::Transfer { flags, .. } if flags & SYNC_REPORT_RUNS != 0 => {
                 caps::SYNC_RUNS
             }
@@ -913,7 +914,11 @@ impl Session {
     /// sealed memfd this daemon does not know — a client's BO from before a
     /// daemon restart — is adopted as a new BO, charged to this uid, with a
     /// fresh resource and every page dirty.
-    async fn import_bo(&mut self, fds: Vec<OwnedFd>) -> Outcome {
+    ///
+    /// IMPORT_IMAGE (`image` given): the BO must have that image layout; an
+    /// unknown memfd is adopted as an image BO of that layout if this
+    /// daemon's backend lays it out the same way.
+    async fn import_bo(&mut self, fds: Vec<OwnedFd>, image: Option<cohmem_proto::ImageInfo>) -> Outcome {
         let fd = fds
             .into_iter()
             .next()
@@ -937,6 +942,23 @@ impl Session {
         };
         let identity = fd_identity(fd.as_fd()).map_err(|e| fail(ErrorCode::BadFds, e.to_string()))?;
         if let Some(bo) = self.daemon.bos.find(identity) {
+            if image.is_some() && image != bo.image {
+                return Err(fail(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "IMPORT_IMAGE: BO {} is {}, not the image described",
+                        bo.id,
+                        bo.image.map_or("a byte BO".to_string(), |i| format!(
+                            "a {}x{} {} image with pitch {} at offset {}",
+                            i.width,
+                            i.height,
+                            cohmem_proto::fourcc::name(i.fourcc),
+                            i.pitch,
+                            i.offset
+                        ))
+                    ),
+                ));
+            }
             let (size, id, image) = (bo.size, bo.id, bo.image);
             let handle = self.new_handle_with(bo, read_only)?;
             return ok(Reply::Bo {
@@ -959,16 +981,24 @@ impl Session {
         let charge = self.charge_bo(size)?;
         let daemon = self.daemon.clone();
         let id = daemon.bos.next_id();
-        let bo = tokio::task::spawn_blocking(move || Bo::adopt(id, memfd, daemon.gpu.as_ref(), None))
-            .await
-            .map_err(|e| fail(ErrorCode::Internal, format!("BO adoption task failed: {e}")))?
-            .map_err(|e| match e {
-                AdoptError::Gpu(g) => fail(ErrorCode::Gpu, format!("adopting a {size}-byte BO: {g}")),
-                other => fail(
-                    ErrorCode::BadFds,
-                    format!("the passed fd is not the memfd of a live cohmem BO, nor adoptable as one: {other}"),
-                ),
-            })?;
+        let bo = tokio::task::spawn_blocking(move || match image {
+            Some(image) => Bo::adopt_image(id, memfd, daemon.gpu.as_ref(), image),
+            None => Bo::adopt(id, memfd, daemon.gpu.as_ref(), None),
+        })
+        .await
+        .map_err(|e| fail(ErrorCode::Internal, format!("BO adoption task failed: {e}")))?
+        .map_err(|e| match e {
+            AdoptError::Gpu(g @ crate::gpu::GpuError::ImageRefused { .. })
+            | AdoptError::Gpu(g @ crate::gpu::GpuError::TooLarge { .. }) => {
+                fail(ErrorCode::Unsupported, format!("adopting a {size}-byte image BO: {g}"))
+            }
+            AdoptError::Layout(why) => fail(ErrorCode::Unsupported, format!("IMPORT_IMAGE: {why}")),
+            AdoptError::Gpu(g) => fail(ErrorCode::Gpu, format!("adopting a {size}-byte BO: {g}")),
+            other => fail(
+                ErrorCode::BadFds,
+                format!("the passed fd is not the memfd of a live cohmem BO, nor adoptable as one: {other}"),
+            ),
+        })?;
         bo.hold_charge(charge);
         crate::fdstore::store(&self.daemon, &bo, self.info.uid);
         let bo = Arc::new(bo);
@@ -989,7 +1019,7 @@ impl Session {
             bo: handle,
             size,
             id,
-            image: None,
+            image,
         })
     }
 

@@ -505,6 +505,16 @@ pub enum Request {
         /// Reserved, 0.
         flags: u32,
     },
+    /// Open a handle to an image BO given its memfd (1 fd) and the layout
+    /// its creator was given: the client library's re-import after a
+    /// daemon restart. A BO this daemon knows must have exactly this
+    /// layout; a memfd it does not know is adopted as an image BO if this
+    /// daemon's backend lays the image out the same way (same pitch and
+    /// offset), with every page dirty. Reply: [`Reply::Bo`].
+    ImportImage {
+        /// The layout the BO was created with.
+        image: ImageInfo,
+    },
     /// Attach this process's write tracking: 0 to 6 fds, [WP_ASYNC uffd,
     /// pagemap] with [`ATTACH_WITH_FDS`], then [sync uffd] with
     /// [`ATTACH_WITH_SYNC_UFFD`], [pagemap, clear_refs] with
@@ -819,6 +829,7 @@ pub mod kind {
     pub const METRICS: u16 = 0x0017;
     pub const WATCH_DAEMON: u16 = 0x0018;
     pub const CREATE_IMAGE: u16 = 0x0019;
+    pub const IMPORT_IMAGE: u16 = 0x001a;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -877,6 +888,7 @@ impl Request {
             Self::Hello { .. } => kind::HELLO,
             Self::CreateBo { .. } => kind::CREATE_BO,
             Self::CreateImage { .. } => kind::CREATE_IMAGE,
+            Self::ImportImage { .. } => kind::IMPORT_IMAGE,
             Self::ImportBo => kind::IMPORT_BO,
             Self::AttachMm { .. } => kind::ATTACH_MM,
             Self::Map { .. } => kind::MAP,
@@ -908,6 +920,7 @@ impl Request {
             Self::Hello { .. } => "HELLO",
             Self::CreateBo { .. } => "CREATE_BO",
             Self::CreateImage { .. } => "CREATE_IMAGE",
+            Self::ImportImage { .. } => "IMPORT_IMAGE",
             Self::ImportBo => "IMPORT_BO",
             Self::AttachMm { .. } => "ATTACH_MM",
             Self::Map { .. } => "MAP",
@@ -936,7 +949,7 @@ impl Request {
     /// The numbers of fds this request may carry (inclusive range).
     pub fn fd_count(&self) -> (usize, usize) {
         match self {
-            Self::ImportBo => (1, 1),
+            Self::ImportBo | Self::ImportImage { .. } => (1, 1),
             Self::AttachMm { flags, .. } => {
                 let n = 2 * usize::from(flags & ATTACH_WITH_FDS != 0)
                     + usize::from(flags & ATTACH_WITH_SYNC_UFFD != 0)
@@ -968,6 +981,7 @@ impl Request {
                 w.u32(flags);
             }
             Self::ImportBo => {}
+            Self::ImportImage { ref image } => image.write(&mut w),
             Self::CreateImage {
                 width,
                 height,
@@ -1053,6 +1067,9 @@ impl Request {
                 flags: r.u32("flags")?,
             },
             kind::IMPORT_BO => Self::ImportBo,
+            kind::IMPORT_IMAGE => Self::ImportImage {
+                image: ImageInfo::read(&mut r)?,
+            },
             kind::CREATE_IMAGE => Self::CreateImage {
                 width: r.u32("width")?,
                 height: r.u32("height")?,

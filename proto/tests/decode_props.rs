@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 25] = [
+const REQUEST_KINDS: [u16; 26] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -73,6 +73,7 @@ const REQUEST_KINDS: [u16; 25] = [
     kind::METRICS,
     kind::WATCH_DAEMON,
     kind::CREATE_IMAGE,
+    kind::IMPORT_IMAGE,
 ];
 
 const REPLY_KINDS: [u16; 18] = [
@@ -412,6 +413,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 flags,
             }
         }),
+        arb_image_info().prop_map(|image| Request::ImportImage { image }),
     ]
 }
 
@@ -1972,10 +1974,11 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25],
-        "request kinds are 0x0001..=0x0019"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26],
+        "request kinds are 0x0001..=0x001a"
     );
     assert_eq!(kind::CREATE_IMAGE, 0x0019);
+    assert_eq!(kind::IMPORT_IMAGE, 0x001a);
     assert_eq!(
         REPLY_KINDS,
         [
@@ -2581,5 +2584,28 @@ fn image_layout_follows_the_readme() {
             h: 1
         }),
         Rect { x: 2, y: 0, w: 9, h: 8 }
+    );
+}
+
+#[test]
+fn import_image_carries_the_memfd_and_the_32_byte_description() {
+    let image = ImageInfo {
+        width: 1000,
+        height: 10,
+        fourcc: fourcc::XRGB8888,
+        pitch: 4032,
+        offset: 0,
+        modifier: MODIFIER_LINEAR,
+    };
+    let req = Request::ImportImage { image };
+    assert_eq!(req.fd_count(), (1, 1), "IMPORT_IMAGE carries the BO's memfd");
+    let f = req.encode(9);
+    assert_eq!(f.len(), 8 + 32, "header + <IIIIQQ");
+    assert_eq!(&f[..2], &kind::IMPORT_IMAGE.to_le_bytes());
+    assert_eq!(&f[8 + 12..8 + 16], &4032u32.to_le_bytes(), "pitch at body offset 12");
+    assert_eq!(Request::decode(&f).unwrap(), (9, req));
+    assert!(
+        Request::decode(&f[..f.len() - 1]).is_err(),
+        "a cut description is refused"
     );
 }

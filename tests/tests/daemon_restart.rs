@@ -239,3 +239,107 @@ fn a_shared_bo_survives_a_restart_whoever_reconnects_first() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// An image BO is re-imported as the same image (IMPORT_IMAGE): the new
+/// daemon's resource has the layout the BO was created with, the first
+/// sync reports the whole image (nobody tracked the outage), and rects are
+/// exact again afterwards.
+#[test]
+fn an_image_bo_survives_a_restart_as_the_same_image() -> anyhow::Result<()> {
+    use cohmem_client::{fourcc, Rect};
+    let mut daemon = spawn_daemon_for(DAEMON, Mechanism::UffdSync)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let bo = conn.create_image(1000, 40, fourcc::XRGB8888)?;
+    let image = bo.image().expect("an image BO");
+    let map = bo.map()?;
+    let px = |x: u32, y: u32| image.pixel_offset(x, y) as usize;
+    map.write(px(10, 2), &[0x11; 4])?;
+    bo.sync()?;
+    daemon.kill9()?;
+    map.write(px(500, 20), &[0x22; 4])?;
+    daemon.restart()?;
+    let first = bo.sync()?;
+    assert_eq!(conn.reconnects(), 1, "one reconnect");
+    assert_eq!(
+        first.pages,
+        bo.size() / cohmem_sys::page_size(),
+        "the whole BO after a restart"
+    );
+    assert_eq!(
+        first.rects,
+        vec![Rect {
+            x: 0,
+            y: 0,
+            w: image.width,
+            h: image.height
+        }],
+        "the whole image is damaged after a restart"
+    );
+    let export = bo.export_resource(0)?;
+    assert_eq!(
+        export.image,
+        Some(image),
+        "the new daemon's resource has the BO's layout"
+    );
+    assert_eq!(verify_gpu_copy(&bo)?, vec![], "after the restart");
+
+    // Exact again: one pixel alone on its row's page gives that row's pixels of the page.
+    map.write(px(999, 39), &[0x33; 4])?;
+    let after = bo.sync()?;
+    assert!(!after.rects.is_empty() && !after.rects_merged);
+    assert!(
+        after.rects.iter().all(|r| r.y >= 38) && after.rects.iter().any(|r| r.contains(999, 39)),
+        "only the last page's pixels: {:?}",
+        after.rects
+    );
+    assert_eq!(verify_gpu_copy(&bo)?, vec![]);
+    Ok(())
+}
+
+/// IMPORT_IMAGE refuses what does not match: a known BO described with
+/// another layout (or a byte BO described as an image), and an unknown
+/// memfd whose layout this daemon's backend would not give the image; the
+/// refusals name what differs. A matching import opens the same BO.
+#[test]
+fn import_image_refuses_a_layout_that_does_not_match() -> anyhow::Result<()> {
+    use cohmem_client::{fourcc, ErrorCode};
+    use cohmem_proto::{Reply, Request};
+    use cohmem_tests::RawClient;
+    use std::os::fd::AsFd;
+    let daemon = cohmem_tests::spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let image_bo = conn.create_image(1000, 10, fourcc::XRGB8888)?;
+    let image = image_bo.image().expect("an image BO");
+    let byte_bo = conn.create_bo(1 << 16)?;
+    let raw = RawClient::connect_hello(daemon.socket())?;
+    let import = |id, image, fd: std::os::fd::BorrowedFd<'_>| raw.call(id, &Request::ImportImage { image }, &[fd]);
+    let refused = |r: Reply, code: ErrorCode, needle: &str| match r {
+        Reply::Error { code: c, message } if c == code && message.contains(needle) => eprintln!("refused: {message}"),
+        other => panic!("expected {code:?} naming {needle:?}, got {other:?}"),
+    };
+    let (r, _) = import(2, image, image_bo.memfd())?;
+    assert!(
+        matches!(r, Reply::Bo { id, image: Some(i), .. } if id == image_bo.id() && i == image),
+        "{r:?}"
+    );
+    let wrong_pitch = cohmem_client::ImageInfo { pitch: 4000, ..image };
+    refused(
+        import(3, wrong_pitch, image_bo.memfd())?.0,
+        ErrorCode::InvalidArgument,
+        "pitch 4032",
+    );
+    refused(
+        import(4, image, byte_bo.memfd())?.0,
+        ErrorCode::InvalidArgument,
+        "a byte BO",
+    );
+    // A memfd this daemon does not know, described with a pitch the soft
+    // backend would not choose.
+    let foreign = cohmem_sys::memfd::Memfd::create_sealed("foreign", 40960)?;
+    let odd = cohmem_client::ImageInfo { pitch: 4096, ..image };
+    refused(import(5, odd, foreign.as_fd())?.0, ErrorCode::Unsupported, "pitch 4032");
+    // Described as the soft backend lays it out, it is adopted as that image.
+    let (r, _) = import(6, image, foreign.as_fd())?;
+    assert!(matches!(r, Reply::Bo { image: Some(i), .. } if i == image), "{r:?}");
+    Ok(())
+}
