@@ -14,6 +14,11 @@
 //! re-imports its memfd then finds the same BO — same id, shared with every
 //! other process that imported it — instead of a new one. Adopted BOs that
 //! no client re-imports within the grace period are released.
+//!
+//! An image BO's memfd is stored as
+//! `cohmem-img.<id>.<uid>.<width>.<height>.<fourcc>.<pitch>.<offset>` and
+//! adopted as that image (a new device image, which must come out with the
+//! same layout; else the BO is adopted as a byte BO and the refusal logged).
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use crate::server::Daemon;
 
 const PREFIX: &str = "cohmem-bo";
 const GPU_PREFIX: &str = "cohmem-gpu";
+const IMAGE_PREFIX: &str = "cohmem-img";
 
 /// A BO's entries in the fd store; removed from the store on drop.
 #[derive(Debug)]
@@ -53,7 +59,10 @@ pub fn store(daemon: &Daemon, bo: &Bo, uid: u32) {
     if !daemon.config.fdstore || !sdnotify::available() {
         return;
     }
-    let name = name(bo.id, uid);
+    let name = match bo.image {
+        Some(i) => image_name(bo.id, uid, &i),
+        None => name(bo.id, uid),
+    };
     if let Err(e) = sdnotify::store_fds(&name, &[bo.memfd().as_fd()]) {
         tracing::warn!(bo = bo.id, error = %e, "could not store a BO in the fd store");
         return;
@@ -70,6 +79,31 @@ pub fn store(daemon: &Daemon, bo: &Bo, uid: u32) {
         }
     }
     bo.hold_stored(StoredBo { names });
+}
+
+fn image_name(id: u64, uid: u32, i: &cohmem_proto::ImageInfo) -> String {
+    format!(
+        "{IMAGE_PREFIX}.{id}.{uid}.{}.{}.{}.{}.{}",
+        i.width, i.height, i.fourcc, i.pitch, i.offset
+    )
+}
+
+/// Parses what [`image_name`] wrote.
+fn parse_image(name: &str) -> Option<(u64, u32, cohmem_proto::ImageInfo)> {
+    let rest = name.strip_prefix(IMAGE_PREFIX)?.strip_prefix('.')?;
+    let f: Vec<&str> = rest.split('.').collect();
+    let [id, uid, width, height, fourcc, pitch, offset] = f.as_slice() else {
+        return None;
+    };
+    let image = cohmem_proto::ImageInfo {
+        width: width.parse().ok()?,
+        height: height.parse().ok()?,
+        fourcc: fourcc.parse().ok()?,
+        pitch: pitch.parse().ok()?,
+        offset: offset.parse().ok()?,
+        modifier: cohmem_proto::MODIFIER_LINEAR,
+    };
+    Some((id.parse().ok()?, uid.parse().ok()?, image))
 }
 
 /// Parses `PREFIX.<id>.<n>`.
@@ -95,13 +129,15 @@ pub fn adopt_stored(daemon: &Daemon, passed: Vec<(std::os::fd::OwnedFd, String)>
         if let Some((id, pitch)) = parse_with(GPU_PREFIX, &fd_name) {
             gpus.insert(id, (fd, pitch, fd_name));
         } else if let Some((id, uid)) = parse(&fd_name) {
-            bos.push((id, uid, fd, fd_name));
+            bos.push((id, uid, fd, fd_name, None));
+        } else if let Some((id, uid, image)) = parse_image(&fd_name) {
+            bos.push((id, uid, fd, fd_name, Some(image)));
         } else {
             tracing::warn!(name = %fd_name, "closing a passed fd that is no stored BO");
         }
     }
     let mut adopted = Vec::new();
-    for (id, uid, fd, fd_name) in bos {
+    for (id, uid, fd, fd_name, image) in bos {
         let memfd = match Memfd::from_fd(fd) {
             Ok(m) => m,
             Err(e) => {
@@ -117,7 +153,25 @@ pub fn adopt_stored(daemon: &Daemon, passed: Vec<(std::os::fd::OwnedFd, String)>
             (fd, pitch)
         });
         let with_gpu = stored.is_some();
-        let bo = match Bo::adopt(id, memfd, daemon.gpu.as_ref(), stored) {
+        let adopted_bo = match image {
+            // A new device image of the same layout: the stored buffer (a
+            // dumb buffer's dma-buf) is dropped, so its importers keep the
+            // last picture; the new one gets the whole BO at the first sync.
+            Some(image) => match memfd
+                .try_clone_fd()
+                .and_then(Memfd::from_fd)
+                .map_err(crate::bo::AdoptError::from)
+                .and_then(|copy| Bo::adopt_image(id, copy, daemon.gpu.as_ref(), image))
+            {
+                Ok(bo) => Ok(bo),
+                Err(e) => {
+                    tracing::warn!(bo = id, error = %e, "stored image BO adopted as a byte BO");
+                    Bo::adopt(id, memfd, daemon.gpu.as_ref(), stored)
+                }
+            },
+            None => Bo::adopt(id, memfd, daemon.gpu.as_ref(), stored),
+        };
+        let bo = match adopted_bo {
             Ok(bo) => bo,
             Err(e) => {
                 tracing::warn!(bo = id, error = %e, "could not adopt a stored BO");
@@ -157,5 +211,20 @@ mod tests {
         assert_eq!(parse("other-bo.1.2"), None);
         assert_eq!(parse_with(GPU_PREFIX, "cohmem-gpu.7.4096"), Some((7, 4096)));
         assert_eq!(parse("cohmem-gpu.7.4096"), None);
+        let image = cohmem_proto::ImageInfo {
+            width: 1000,
+            height: 10,
+            fourcc: cohmem_proto::fourcc::XRGB8888,
+            pitch: 4032,
+            offset: 0,
+            modifier: 0,
+        };
+        assert_eq!(parse_image(&image_name(3, 1000, &image)), Some((3, 1000, image)));
+        assert_eq!(parse(&image_name(3, 1000, &image)), None);
+        assert_eq!(
+            parse_image("cohmem-img.3.1000.1000.10.875713112.4032"),
+            None,
+            "a field missing"
+        );
     }
 }

@@ -202,3 +202,56 @@ fn crash_and_adopt(gpu: &str, gpu_kept: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// An image BO is stored under a name that carries its layout and adopted
+/// as the same image after a crash: the client's re-import (IMPORT_IMAGE)
+/// finds it, its export describes the image, and its first sync reports the
+/// whole image.
+#[test]
+fn image_bos_kept_in_the_fd_store_are_adopted_as_images() -> anyhow::Result<()> {
+    use cohmem_client::{fourcc, Rect};
+    let dir = std::env::temp_dir().join(format!("cohmem-fdstore-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("cohmem.sock");
+    let manager = ServiceManager::bind(&dir)?;
+    let mut daemon = start_daemon(&socket, &manager.path, "soft", &[])?;
+    manager.expect("READY=1")?;
+    std::env::set_var("COHMEM_MECHANISM", Mechanism::UffdSync.name());
+    let conn = Connection::connect(&socket)?;
+    let bo = conn.create_image(1000, 30, fourcc::ARGB8888)?;
+    let image = bo.image().expect("an image BO");
+    let name = format!(
+        "cohmem-img.{}.0.1000.30.{}.{}.{}",
+        bo.id(),
+        fourcc::ARGB8888,
+        image.pitch,
+        image.offset
+    );
+    let (text, fds) = manager.expect("FDSTORE=1")?;
+    assert!(text.contains(&format!("FDNAME={name}")), "{text}");
+    let store: Vec<(OwnedFd, String)> = fds.into_iter().map(|f| (f, name.clone())).collect();
+    let map = bo.map()?;
+    map.write(image.pixel_offset(3, 4) as usize, &[0xab; 4])?;
+    bo.sync()?;
+    daemon.crash()?;
+    map.write(image.pixel_offset(900, 29) as usize, &[0xcd; 4])?;
+
+    let _daemon = start_daemon(&socket, &manager.path, "soft", &store)?;
+    manager.expect("READY=1")?;
+    let old_id = bo.id();
+    let first = bo.sync()?;
+    assert_eq!(bo.id(), old_id, "the client found the same BO again");
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: 1000,
+        h: 30,
+    };
+    assert_eq!(first.rects, vec![whole], "the whole image after adoption");
+    assert_eq!(bo.export_resource(0)?.image, Some(image), "adopted as the same image");
+    assert_eq!(verify_gpu_copy(&bo)?, vec![]);
+    drop(map);
+    drop(bo);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
