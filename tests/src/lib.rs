@@ -4,6 +4,8 @@
 
 pub use cohmem_tools::writer::{page_pattern, WriterChild};
 
+pub mod image;
+
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
