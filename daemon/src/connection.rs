@@ -850,7 +850,7 @@ impl Session {
         if width == 0 || height == 0 {
             return Err(fail(
                 ErrorCode::InvalidArgument,
-                format!("image size {width}x{height} must be at least 1x1"),
+                format!("an image needs at least one pixel; width {width} and height {height} were asked for"),
             ));
         }
         let max = self.daemon.config.max_bo_size;
