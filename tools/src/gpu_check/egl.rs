@@ -1,8 +1,8 @@
 //! EGL + GLES 3.1 behind a safe wrapper, for reading a BO's resource through
 //! the GPU (issue 8): a headless context on Mesa's GBM platform (a DRM card
 //! node: Mesa's `kms_swrast` counts) or its surfaceless platform, the import
-//! of a dma-buf as a texture (`EGL_EXT_image_dma_buf_import`), and the
-//! checksum compute shader of `shaders/page_checksum.comp`.
+//! of a dma-buf as a texture (`EGL_EXT_image_dma_buf_import`); the compute
+//! passes are in `compute.rs` and `image_gl.rs`.
 //!
 //! libEGL and libgbm are opened at run time (khronos-egl's `dynamic`
 //! feature, libloading), so the tools build and run where they are missing
@@ -20,10 +20,10 @@ type Egl = egl::DynamicInstance<egl::EGL1_5>;
 const EGL_PLATFORM_GBM_KHR: egl::Enum = 0x31D7;
 const EGL_PLATFORM_SURFACELESS_MESA: egl::Enum = 0x31DD;
 const EGL_LINUX_DMA_BUF_EXT: egl::Enum = 0x3270;
-const EGL_LINUX_DRM_FOURCC_EXT: egl::Attrib = 0x3271;
-const EGL_DMA_BUF_PLANE0_FD_EXT: egl::Attrib = 0x3272;
-const EGL_DMA_BUF_PLANE0_OFFSET_EXT: egl::Attrib = 0x3273;
-const EGL_DMA_BUF_PLANE0_PITCH_EXT: egl::Attrib = 0x3274;
+pub(super) const EGL_LINUX_DRM_FOURCC_EXT: egl::Attrib = 0x3271;
+pub(super) const EGL_DMA_BUF_PLANE0_FD_EXT: egl::Attrib = 0x3272;
+pub(super) const EGL_DMA_BUF_PLANE0_OFFSET_EXT: egl::Attrib = 0x3273;
+pub(super) const EGL_DMA_BUF_PLANE0_PITCH_EXT: egl::Attrib = 0x3274;
 /// `DRM_FORMAT_ARGB8888`: 4 bytes a texel, all four kept (XRGB would make
 /// the fourth byte read as 0xff).
 pub const DRM_FORMAT_ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
@@ -51,7 +51,7 @@ pub enum GlesError {
     Missing(&'static str),
 }
 
-fn step(step: &'static str, detail: impl ToString) -> GlesError {
+pub(super) fn step(step: &'static str, detail: impl ToString) -> GlesError {
     GlesError::Step {
         step,
         detail: detail.to_string(),
@@ -134,11 +134,11 @@ impl Drop for GbmDevice {
 
 /// A current GLES 3.1 context without a surface.
 pub struct Gles {
-    egl: Egl,
-    display: egl::Display,
+    pub(super) egl: Egl,
+    pub(super) display: egl::Display,
     context: egl::Context,
-    gl: glow::Context,
-    display_extensions: String,
+    pub(super) gl: glow::Context,
+    pub(super) display_extensions: String,
     /// `GL_RENDERER`, `GL_VERSION`.
     pub renderer: String,
     /// Where the display came from.
@@ -254,7 +254,7 @@ impl Gles {
 
     /// Makes this context current on the calling thread (a checker may hold
     /// two: GL calls must reach the one whose objects they name).
-    fn current(&self) -> Result<(), GlesError> {
+    pub(super) fn current(&self) -> Result<(), GlesError> {
         self.egl
             .make_current(self.display, None, None, Some(self.context))
             .map_err(|e| step("eglMakeCurrent", e))
@@ -302,33 +302,7 @@ impl Gles {
             pitch as egl::Attrib,
             egl::ATTRIB_NONE,
         ];
-        // SAFETY: EGL_NO_CONTEXT and a null client buffer are what
-        // EGL_LINUX_DMA_BUF_EXT requires; the fd is only read during the call.
-        let image = unsafe {
-            self.egl.create_image(
-                self.display,
-                egl::Context::from_ptr(egl::NO_CONTEXT),
-                EGL_LINUX_DMA_BUF_EXT,
-                egl::ClientBuffer::from_ptr(std::ptr::null_mut()),
-                &attrs,
-            )
-        }
-        .map_err(|e| step("eglCreateImage (EGL_LINUX_DMA_BUF_EXT, ARGB8888)", e))?;
-        trace("eglCreateImage done");
-        let storage: ImageTargetTexStorage = self.proc("glEGLImageTargetTexStorageEXT")?;
-        // SAFETY: a current context; `image` is a live EGLImage; the texture
-        // keeps the buffer referenced after the image is destroyed.
-        let imported = unsafe {
-            let tex = self.gl.create_texture().map_err(|e| step("glGenTextures", e));
-            if let Ok(tex) = tex {
-                self.gl.bind_texture(glow::TEXTURE_2D, Some(tex));
-                storage(glow::TEXTURE_2D, image.as_ptr(), std::ptr::null());
-            }
-            tex.and_then(|t| self.gl_ok("glEGLImageTargetTexStorageEXT").map(|()| t))
-        };
-        let _ = self.egl.destroy_image(self.display, image);
-        trace("glEGLImageTargetTexStorageEXT done");
-        let imported = imported?;
+        let imported = self.texture_from_dmabuf(&attrs, "eglCreateImage (EGL_LINUX_DMA_BUF_EXT, ARGB8888)")?;
         // The shader reads a copy the GPU makes of the imported texture
         // (glCopyImageSubData): Mesa 22.3's kms_swrast keeps an imported
         // buffer as a display target, and binding that as a compute image
@@ -362,6 +336,46 @@ impl Gles {
             trace("glCopyImageSubData done");
             self.gl_ok("glCopyImageSubData (imported → texture)").map(|()| copy)
         }
+    }
+
+    /// Creates an EGLImage of a dma-buf from `attrs` (EGL_LINUX_DMA_BUF_EXT
+    /// attributes, `EGL_NONE`-terminated) and makes it the storage of a new
+    /// immutable texture (`glEGLImageTargetTexStorageEXT`); the image itself
+    /// is destroyed again (the texture keeps the buffer). `what` names the
+    /// eglCreateImage call in errors.
+    pub(super) fn texture_from_dmabuf(
+        &self,
+        attrs: &[egl::Attrib],
+        what: &'static str,
+    ) -> Result<glow::Texture, GlesError> {
+        self.current()?;
+        let storage: ImageTargetTexStorage = self.proc("glEGLImageTargetTexStorageEXT")?;
+        // SAFETY: EGL_NO_CONTEXT and a null client buffer are what
+        // EGL_LINUX_DMA_BUF_EXT requires; the fd is only read during the call.
+        let image = unsafe {
+            self.egl.create_image(
+                self.display,
+                egl::Context::from_ptr(egl::NO_CONTEXT),
+                EGL_LINUX_DMA_BUF_EXT,
+                egl::ClientBuffer::from_ptr(std::ptr::null_mut()),
+                attrs,
+            )
+        }
+        .map_err(|e| step(what, e))?;
+        trace("eglCreateImage done");
+        // SAFETY: a current context; `image` is a live EGLImage; the texture
+        // keeps the buffer referenced after the image is destroyed.
+        let imported = unsafe {
+            let tex = self.gl.create_texture().map_err(|e| step("glGenTextures", e));
+            if let Ok(tex) = tex {
+                self.gl.bind_texture(glow::TEXTURE_2D, Some(tex));
+                storage(glow::TEXTURE_2D, image.as_ptr(), std::ptr::null());
+            }
+            tex.and_then(|t| self.gl_ok("glEGLImageTargetTexStorageEXT").map(|()| t))
+        };
+        let _ = self.egl.destroy_image(self.display, image);
+        trace("glEGLImageTargetTexStorageEXT done");
+        imported
     }
 
     /// Uploads `bytes` (`rows` rows of `pitch` bytes, `width` texels used
@@ -399,64 +413,6 @@ impl Gles {
         }
     }
 
-    /// Runs the page checksum shader over the first `rows` rows of `tex`
-    /// (`words` texels each): one FNV-1a sum per row.
-    pub fn page_checksums(&self, tex: glow::Texture, rows: u32, words: u32) -> Result<Vec<u32>, GlesError> {
-        self.current()?;
-        let gl = &self.gl;
-        let bytes = rows as i32 * 4;
-        // SAFETY: a current context; every object is created and bound here;
-        // the mapped range is `rows` u32s, copied out before it is unmapped.
-        unsafe {
-            let shader = gl
-                .create_shader(glow::COMPUTE_SHADER)
-                .map_err(|e| step("glCreateShader(COMPUTE)", e))?;
-            gl.shader_source(shader, super::PAGE_CHECKSUM_SHADER);
-            gl.compile_shader(shader);
-            if !gl.get_shader_compile_status(shader) {
-                return Err(step("compiling page_checksum.comp", gl.get_shader_info_log(shader)));
-            }
-            let program = gl.create_program().map_err(|e| step("glCreateProgram", e))?;
-            gl.attach_shader(program, shader);
-            gl.link_program(program);
-            if !gl.get_program_link_status(program) {
-                return Err(step("linking page_checksum.comp", gl.get_program_info_log(program)));
-            }
-            gl.use_program(Some(program));
-            let params = gl.create_buffer().map_err(|e| step("glGenBuffers", e))?;
-            gl.bind_buffer(glow::UNIFORM_BUFFER, Some(params));
-            let p: Vec<u8> = [rows, words, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-            gl.buffer_data_u8_slice(glow::UNIFORM_BUFFER, &p, glow::STATIC_DRAW);
-            gl.bind_buffer_base(glow::UNIFORM_BUFFER, 2, Some(params));
-            let sums = gl.create_buffer().map_err(|e| step("glGenBuffers", e))?;
-            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(sums));
-            gl.buffer_data_size(glow::SHADER_STORAGE_BUFFER, bytes, glow::DYNAMIC_READ);
-            gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, 1, Some(sums));
-            gl.bind_image_texture(0, Some(tex), 0, false, 0, glow::READ_ONLY, glow::RGBA8UI);
-            self.gl_ok("binding the checksum inputs")?;
-            trace("dispatching page_checksum.comp");
-            gl.dispatch_compute(rows.div_ceil(64), 1, 1);
-            gl.memory_barrier(glow::BUFFER_UPDATE_BARRIER_BIT | glow::SHADER_STORAGE_BARRIER_BIT);
-            trace("dispatch done");
-            // GLES has no glGetBufferSubData: map the buffer.
-            let ptr = gl.map_buffer_range(glow::SHADER_STORAGE_BUFFER, 0, bytes, glow::MAP_READ_BIT);
-            if ptr.is_null() {
-                return Err(step("glMapBufferRange", format!("GL error {:#x}", gl.get_error())));
-            }
-            // The mapping need not be 4-byte aligned: read bytes.
-            let out: Vec<u32> = std::slice::from_raw_parts(ptr as *const u8, rows as usize * 4)
-                .chunks_exact(4)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            gl.unmap_buffer(glow::SHADER_STORAGE_BUFFER);
-            gl.delete_buffer(sums);
-            gl.delete_buffer(params);
-            gl.delete_program(program);
-            gl.delete_shader(shader);
-            self.gl_ok("running page_checksum.comp").map(|()| out)
-        }
-    }
-
     /// Deletes a texture made by [`Gles::import_dmabuf`] or [`Gles::upload`].
     pub fn delete_texture(&self, tex: glow::Texture) {
         if self.current().is_ok() {
@@ -474,7 +430,7 @@ impl Gles {
         unsafe { self.gl.get_parameter_i32(glow::MAX_TEXTURE_SIZE) }.max(0) as u32
     }
 
-    fn gl_ok(&self, what: &'static str) -> Result<(), GlesError> {
+    pub(super) fn gl_ok(&self, what: &'static str) -> Result<(), GlesError> {
         // SAFETY: a current context; a plain query.
         match unsafe { self.gl.get_error() } {
             glow::NO_ERROR => Ok(()),
@@ -502,12 +458,12 @@ impl Drop for Gles {
 
 /// Progress of the GPU steps on stderr with `COHMEM_VERIFY_TRACE` set (a
 /// driver that crashes takes the process with it; this shows where).
-fn trace(what: &str) {
+pub(super) fn trace(what: &str) {
     if std::env::var_os("COHMEM_VERIFY_TRACE").is_some() {
         eprintln!("cohmem-verify: {what}");
     }
 }
 
-fn has(list: &str, name: &str) -> bool {
+pub(super) fn has(list: &str, name: &str) -> bool {
     list.split_ascii_whitespace().any(|e| e == name)
 }

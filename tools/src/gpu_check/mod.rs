@@ -4,16 +4,30 @@
 //! folds each page into one FNV-1a checksum on the GPU, and the same
 //! checksums are computed from the BO's bytes on the CPU. A page whose sums
 //! differ is a page the GPU does not see as the client wrote it.
+//!
+//! An image BO (issue 16) is checked as the image itself ([`image`]): its
+//! dma-buf imported with its own width, height, fourcc, pitch, offset and
+//! modifier, compared pixel by pixel on the GPU; [`draw`] is what
+//! `cohmem-verify --image` draws, [`behind`] how it corrupts the buffer
+//! behind the daemon's back.
 
+pub mod behind;
+mod compute;
+pub mod draw;
 pub mod egl;
+pub mod image;
+mod image_gl;
+mod pixels;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cohmem_client::{Bo, ClientError};
 use cohmem_sys::mapping::SharedMapping;
 
 pub use egl::{Gles, GlesError, Platform};
+pub use image::{ImageCheck, TexelOrder};
+pub use image_gl::{Segment, IMAGE_COMPARE_SHADER, SEGMENT};
 
 /// The checksum shader (GLSL ES 3.10 compute), as shipped in `shaders/`.
 pub const PAGE_CHECKSUM_SHADER: &str = include_str!("../../../shaders/page_checksum.comp");
@@ -88,6 +102,16 @@ pub enum GpuCheckError {
     /// No EGL/GLES path works here; every attempt and why.
     #[error("no GPU path: {}", .0.join("; "))]
     NoGpu(Vec<String>),
+    /// The image is larger than one texture can be.
+    #[error("a {width}x{height} image does not fit one texture (GL_MAX_TEXTURE_SIZE {max})")]
+    ImageTooLarge {
+        /// Width of the image.
+        width: u32,
+        /// Height of the image.
+        height: u32,
+        /// The limit.
+        max: u32,
+    },
     /// The resource is larger than one texture can be.
     #[error("{pages} pages do not fit one texture (GL_MAX_TEXTURE_SIZE {max} rows)")]
     TooLarge {
@@ -157,6 +181,28 @@ impl GpuChecker {
         }
     }
 
+    /// Opens the EGL context on the GBM platform of `card` unless it was
+    /// opened (or failed) before.
+    fn open_import(&mut self, card: &Path) {
+        if self.import.is_none() {
+            self.say(&format!("opening EGL on GBM {}", card.display()));
+            let t0 = std::time::Instant::now();
+            self.import = Some(Gles::open(Platform::Gbm(card.to_owned())).map_err(|e| e.to_string()));
+            self.say(&format!("EGL ready after {:.1?}", t0.elapsed()));
+        }
+    }
+
+    /// Opens the surfaceless EGL context for uploads unless it was opened
+    /// (or failed) before.
+    fn open_upload(&mut self) {
+        if self.upload.is_none() {
+            self.say("opening EGL (surfaceless)");
+            let t0 = std::time::Instant::now();
+            self.upload = Some(Gles::open(Platform::Surfaceless).map_err(|e| e.to_string()));
+            self.say(&format!("EGL ready after {:.1?}", t0.elapsed()));
+        }
+    }
+
     fn say(&self, what: &str) {
         if self.verbose {
             eprintln!("cohmem-verify: {what}");
@@ -185,12 +231,7 @@ impl GpuChecker {
         match (dmabuf, self.card.clone()) {
             (true, None) => notes.push("no DRM card node known for the daemon's device (--device)".to_string()),
             (true, Some(card)) => {
-                if self.import.is_none() {
-                    self.say(&format!("opening EGL on GBM {}", card.display()));
-                    let t0 = std::time::Instant::now();
-                    self.import = Some(Gles::open(Platform::Gbm(card.clone())).map_err(|e| e.to_string()));
-                    self.say(&format!("EGL ready after {:.1?}", t0.elapsed()));
-                }
+                self.open_import(&card);
                 match self.import.as_ref() {
                     Some(Ok(gles)) => match gles.dmabuf_import_unavailable() {
                         Some(why) => notes.push(why),
@@ -212,12 +253,7 @@ impl GpuChecker {
             (false, _) => {}
         }
         // 2. An upload on whatever GPU EGL offers.
-        if self.upload.is_none() {
-            self.say("opening EGL (surfaceless)");
-            let t0 = std::time::Instant::now();
-            self.upload = Some(Gles::open(Platform::Surfaceless).map_err(|e| e.to_string()));
-            self.say(&format!("EGL ready after {:.1?}", t0.elapsed()));
-        }
+        self.open_upload();
         match self.upload.as_ref() {
             Some(Ok(gles)) => {
                 self.say("uploading the resource's bytes and running page_checksum.comp");
