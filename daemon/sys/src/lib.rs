@@ -19,6 +19,7 @@
 //! | [`fork`] | `pthread_atfork`: is this a forked child of an object's maker? |
 //! | [`signals`] | threads spawned with every signal blocked |
 //! | [`drm`] | DRM nodes (drm-rs): driver and caps, dumb buffers, PRIME |
+//! | [`kms`] | modesetting (drm-rs): DRM master, outputs, framebuffers, atomic or legacy scanout, damage (`FB_DAMAGE_CLIPS`, DIRTYFB) |
 //! | `gbm` | libgbm (feature `gbm`): linear buffers, `gbm_bo_map`, dma-buf export |
 //! | [`probe`] | real probes of what this kernel offers |
 //! | [`sdnotify`] | the service manager's notify socket, fd store and passed fds |
@@ -29,6 +30,7 @@ pub mod fork;
 #[cfg(feature = "gbm")]
 pub mod gbm;
 pub mod inotify;
+pub mod kms;
 pub mod mapping;
 pub mod memfd;
 pub mod pagemap;
