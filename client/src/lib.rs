@@ -25,9 +25,9 @@ mod tracking;
 
 pub use cohmem_proto::{
     fourcc, BoPolicy, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Run, ScanReport, SnapshotReport,
-    MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
+    DAMAGE_PATH_ATOMIC, DAMAGE_PATH_DIRTYFB, DAMAGE_PATH_NONE, MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
 };
-pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, SyncResult};
+pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, Shown, SyncResult};
 pub use error::ClientError;
 pub use mapping::Mapping;
 

@@ -99,6 +99,17 @@ struct Args {
     /// `cohmemctl metrics` reads the same text over the daemon's socket.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Show image BOs on this KMS connector of the DRM backend's device
+    /// (`Virtual-1`, `VGA-1`, or `auto`: the first connected one); clients
+    /// put a BO on it with SHOW (`cohmemctl show ID`). Needs --gpu drm: and
+    /// DRM master (no compositor on the device).
+    #[arg(long, value_name = "CONNECTOR|auto")]
+    display: Option<String>,
+    /// Least time between two damage commits to the display, in
+    /// microseconds: the rectangles of syncs in between are coalesced and
+    /// sent when it elapses, on unmap and on close (0: after every sync).
+    #[arg(long, default_value_t = 0)]
+    display_interval_us: u64,
     /// Log output: `text` (stderr), `json` (one JSON object a line on
     /// stderr), `journald` (native journal fields), or `auto` (journald when
     /// started by systemd with its stderr connected to the journal, else
@@ -274,6 +285,11 @@ pub fn main() -> anyhow::Result<()> {
             },
         },
         metrics_listen: args.metrics_listen,
+        display: args.display.map(|d| crate::display::DisplayConfig {
+            connector: (d != "auto").then_some(d),
+            interval: (args.display_interval_us > 0)
+                .then(|| std::time::Duration::from_micros(args.display_interval_us)),
+        }),
         ..DaemonConfig::default()
     };
     if let Some(s) = args.socket {

@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     /// Serve Prometheus metrics over HTTP here (`None`: only through the
     /// METRICS request).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The display output (`--display`), `None`: no display.
+    pub display: Option<crate::display::DisplayConfig>,
 }
 
 impl Default for DaemonConfig {
@@ -62,6 +64,7 @@ impl Default for DaemonConfig {
             background_upload: None,
             tracking: crate::policy::TrackingPolicy::default(),
             metrics_listen: None,
+            display: None,
         }
     }
 }

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
     caps, peek_request_id, BoPolicy, BoRow, ConnectionRow, DaemonStats, DecodeError, ErrorCode, Mechanism, Reply,
-    Request, StatsReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS,
-    ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, BO_ROW_PAUSED, CREATE_NO_RESOURCE, PROTOCOL_VERSION, STATS_BOS,
-    STATS_CONNECTIONS, SYNC_REPORT_RUNS,
+    Request, StatsReport, SyncReport, ATTACH_MECHANISM_SHIFT, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS,
+    ATTACH_WITH_FDS, ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD, BO_ROW_PAUSED, CREATE_NO_RESOURCE, PROTOCOL_VERSION,
+    SHOW_HIDE, STATS_BOS, STATS_CONNECTIONS, SYNC_REPORT_RUNS,
 };
 use cohmem_sys::memfd::{fd_access, fd_identity, FdAccess, Memfd};
 use cohmem_sys::uffd::features;
@@ -393,6 +393,7 @@ impl Session {
             } => self.create_image(width, height, fourcc, flags).await,
             Request::ImportBo => self.import_bo(fds, None).await,
             Request::ImportImage { image } => self.import_bo(fds, Some(image)).await,
+            Request::Show { id, flags } => self.show(id, flags).await,
             Request::AttachMm {
                 token,
                 uffd_features,
@@ -434,8 +435,11 @@ impl Session {
                         format!("unknown TRANSFER flags {flags:#x}"),
                     ));
                 }
+                let daemon = self.daemon.clone();
                 self.tracker_op(bo, move |e, b| {
-                    e.transfer(b, index, flags & SYNC_REPORT_RUNS != 0).map(Reply::SyncDone)
+                    let report = e.transfer(b, index, flags & SYNC_REPORT_RUNS != 0)?;
+                    damage_display(&daemon, b, &report);
+                    Ok(Reply::SyncDone(report))
                 })
                 .await
             }
@@ -529,6 +533,51 @@ impl Session {
             Reply::PolicySet {
                 previous,
                 method: method as u16,
+            },
+            vec![],
+        ))
+    }
+
+    /// SHOW: puts image BO `id` on the display output, or takes it off
+    /// ([`SHOW_HIDE`]). Root, or a connection holding the BO, may do this.
+    async fn show(&self, id: u64, flags: u32) -> Outcome {
+        if flags & !SHOW_HIDE != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown SHOW flags {flags:#x}"),
+            ));
+        }
+        let bo = self.bo_by_id_with(id, "show", true)?;
+        let display = self.daemon.display.clone().ok_or_else(|| {
+            fail(
+                ErrorCode::Unsupported,
+                crate::display::DisplayError::NotConfigured.to_string(),
+            )
+        })?;
+        let info = if flags & SHOW_HIDE != 0 {
+            let id = bo.id;
+            let shown = self.blocking(move || display.hide(id)).await?;
+            if !shown {
+                return Err(fail(ErrorCode::InvalidArgument, format!("BO {id} is not shown")));
+            }
+            crate::display::hidden_info()
+        } else {
+            let d = display.clone();
+            self.blocking(move || d.show(bo)).await?.map_err(|e| {
+                let code = match e {
+                    crate::display::DisplayError::NotShowable(_) => ErrorCode::InvalidArgument,
+                    crate::display::DisplayError::NotMaster(_) => ErrorCode::PermissionDenied,
+                    _ => ErrorCode::Gpu,
+                };
+                fail(code, format!("SHOW: {e} (connectors: {})", display.connectors()))
+            })?
+        };
+        Ok((
+            Reply::Shown {
+                connector: info.connector,
+                mode_width: info.mode.0,
+                mode_height: info.mode.1,
+                damage_path: info.damage_path,
             },
             vec![],
         ))
@@ -1321,8 +1370,11 @@ impl Session {
         let bo_arc = handle.bo.clone();
         self.info.views.fetch_sub(1, Ordering::Relaxed);
         let daemon = self.daemon.clone();
-        self.blocking(move || daemon.sync_engine().remove_view(&bo_arc, &v))
-            .await?;
+        self.blocking(move || {
+            daemon.sync_engine().remove_view(&bo_arc, &v);
+            finish_shown(&daemon, &bo_arc);
+        })
+        .await?;
         ok(Reply::Ok)
     }
 
@@ -1339,7 +1391,9 @@ impl Session {
             .blocking(move || {
                 let engine = daemon.sync_engine();
                 daemon.bypass.note(&engine, &bo_arc);
-                engine.sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
+                let report = engine.sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)?;
+                damage_display(&daemon, &bo_arc, &report);
+                Ok::<_, SyncError>(report)
             })
             .await?
             .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
@@ -1521,6 +1575,33 @@ fn release(daemon: &Daemon, handle: Handle) {
     for view in handle.views.values() {
         engine.remove_view(&handle.bo, view);
     }
+    finish_shown(daemon, &handle.bo);
+}
+
+/// Sends a sync's rectangles to the display output if `bo` is shown.
+fn damage_display(daemon: &Daemon, bo: &Bo, report: &SyncReport) {
+    if let (Some(display), Some(damage)) = (&daemon.display, &report.damage) {
+        display.damaged(bo, &damage.rects);
+    }
+}
+
+/// An unmap or a close of the BO on screen: everything written through
+/// the view that goes is synced and committed now, whatever the pacing
+/// interval, so no frame written before a close is lost.
+fn finish_shown(daemon: &Daemon, bo: &Bo) {
+    let Some(display) = &daemon.display else {
+        return;
+    };
+    if !display.is_shown(bo.id) {
+        return;
+    }
+    match daemon.sync_engine().sync(bo, false) {
+        Ok(report) => damage_display(daemon, bo, &report),
+        Err(e) => {
+            crate::limited!(warn, "final display sync failed", bo.id, bo = bo.id, error = %e, "final sync of the shown BO failed")
+        }
+    }
+    display.flush(bo.id);
 }
 
 fn sync_failure(e: SyncError) -> Failure {

@@ -31,6 +31,7 @@ pub mod config_file;
 pub mod connection;
 pub mod damage;
 pub mod dirty;
+pub mod display;
 pub mod faults;
 pub mod fdstore;
 pub mod gpu;

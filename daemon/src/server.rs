@@ -148,6 +148,8 @@ pub struct Daemon {
     pub bypass: crate::bypass::BypassWatch,
     /// What the background upload did (`--background-upload-us`).
     pub background: BackgroundCounters,
+    /// The display output (`--display`).
+    pub display: Option<Arc<crate::display::Display>>,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
@@ -174,6 +176,15 @@ impl Daemon {
         let faults = FaultService::start()?;
         let quotas = QuotaTable::new(config.user_limits);
         let bypass = crate::bypass::BypassWatch::new(kernel.memfd_modify_events.ok);
+        // A display that cannot work at all (no KMS device) stops the start;
+        // one whose device has another master only refuses SHOW.
+        let display = match &config.display {
+            Some(c) => Some(
+                crate::display::Display::open(gpu.as_ref(), c.clone())
+                    .map_err(|e| std::io::Error::other(format!("--display: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             gpu,
@@ -189,6 +200,7 @@ impl Daemon {
             bypass,
             blocking: BlockingSlots::new(BLOCKING_SECTIONS, BLOCKING_SECTIONS_PER_USER),
             background: BackgroundCounters::default(),
+            display,
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),

@@ -275,6 +275,15 @@ pub const ATTACH_WITH_MAPS: u32 = 32;
 /// ATTACH_MM flags bits 8..16: the [`Mechanism`] the client asks for (0 =
 /// the daemon's choice).
 pub const ATTACH_MECHANISM_SHIFT: u32 = 8;
+/// Flag of SHOW: take the BO off the display (the output goes dark or
+/// keeps its last picture, as the device does).
+pub const SHOW_HIDE: u32 = 1;
+/// [`Reply::Shown`] `damage_path`: nothing shown.
+pub const DAMAGE_PATH_NONE: u16 = 0;
+/// [`Reply::Shown`] `damage_path`: atomic commits with FB_DAMAGE_CLIPS.
+pub const DAMAGE_PATH_ATOMIC: u16 = 1;
+/// [`Reply::Shown`] `damage_path`: DIRTYFB with clips (legacy modesetting).
+pub const DAMAGE_PATH_DIRTYFB: u16 = 2;
 /// Flag of CREATE_BO: create the BO without its default whole-BO resource
 /// (so without a tracker until ADD_RESOURCE).
 pub const CREATE_NO_RESOURCE: u32 = 1;
@@ -514,6 +523,18 @@ pub enum Request {
     ImportImage {
         /// The layout the BO was created with.
         image: ImageInfo,
+    },
+    /// Put image BO `id` on the daemon's display output (`cohmemd
+    /// --display`), or take it off with [`SHOW_HIDE`]: its GPU image becomes
+    /// the scanout framebuffer, and after every sync that changes it the
+    /// sync's rectangles reach the device as damage (FB_DAMAGE_CLIPS or
+    /// DIRTYFB). Root, or a connection holding the BO, may do this. Reply:
+    /// [`Reply::Shown`].
+    Show {
+        /// Daemon-wide BO id (as in STATS and [`Reply::Bo`]).
+        id: u64,
+        /// [`SHOW_HIDE`] or 0.
+        flags: u32,
     },
     /// Attach this process's write tracking: 0 to 6 fds, [WP_ASYNC uffd,
     /// pagemap] with [`ATTACH_WITH_FDS`], then [sync uffd] with
@@ -792,6 +813,18 @@ pub enum Reply {
     },
     /// WATCH_DAEMON result; the daemon's pidfd is attached.
     DaemonProcess,
+    /// SHOW result.
+    Shown {
+        /// The connector shown on (`Virtual-1`, `VGA-1`); empty when hidden.
+        connector: String,
+        /// Width of the mode set on it.
+        mode_width: u32,
+        /// Height of the mode set on it.
+        mode_height: u32,
+        /// How damage reaches the device ([`DAMAGE_PATH_ATOMIC`],
+        /// [`DAMAGE_PATH_DIRTYFB`], [`DAMAGE_PATH_NONE`]).
+        damage_path: u16,
+    },
     /// A typed error.
     Error {
         /// What went wrong.
@@ -830,6 +863,7 @@ pub mod kind {
     pub const WATCH_DAEMON: u16 = 0x0018;
     pub const CREATE_IMAGE: u16 = 0x0019;
     pub const IMPORT_IMAGE: u16 = 0x001a;
+    pub const SHOW: u16 = 0x001b;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_BO: u16 = 0x8002;
@@ -848,6 +882,7 @@ pub mod kind {
     pub const R_POLICY_SET: u16 = 0x800f;
     pub const R_METRICS: u16 = 0x8010;
     pub const R_DAEMON_PROCESS: u16 = 0x8011;
+    pub const R_SHOWN: u16 = 0x8012;
     pub const R_ERROR: u16 = 0x80ff;
 }
 
@@ -889,6 +924,7 @@ impl Request {
             Self::CreateBo { .. } => kind::CREATE_BO,
             Self::CreateImage { .. } => kind::CREATE_IMAGE,
             Self::ImportImage { .. } => kind::IMPORT_IMAGE,
+            Self::Show { .. } => kind::SHOW,
             Self::ImportBo => kind::IMPORT_BO,
             Self::AttachMm { .. } => kind::ATTACH_MM,
             Self::Map { .. } => kind::MAP,
@@ -921,6 +957,7 @@ impl Request {
             Self::CreateBo { .. } => "CREATE_BO",
             Self::CreateImage { .. } => "CREATE_IMAGE",
             Self::ImportImage { .. } => "IMPORT_IMAGE",
+            Self::Show { .. } => "SHOW",
             Self::ImportBo => "IMPORT_BO",
             Self::AttachMm { .. } => "ATTACH_MM",
             Self::Map { .. } => "MAP",
@@ -1030,7 +1067,7 @@ impl Request {
                 w.u64(len);
             }
             Self::Scan { bo } | Self::ClearAll { bo } | Self::DirtyState { bo } => w.u32(bo),
-            Self::Snapshot { id, flags } => {
+            Self::Snapshot { id, flags } | Self::Show { id, flags } => {
                 w.u64(id);
                 w.u32(flags);
             }
@@ -1067,6 +1104,10 @@ impl Request {
                 flags: r.u32("flags")?,
             },
             kind::IMPORT_BO => Self::ImportBo,
+            kind::SHOW => Self::Show {
+                id: r.u64("id")?,
+                flags: r.u32("flags")?,
+            },
             kind::IMPORT_IMAGE => Self::ImportImage {
                 image: ImageInfo::read(&mut r)?,
             },
@@ -1187,6 +1228,7 @@ impl Reply {
             Self::ReadbackDone { .. } => kind::R_READBACK_DONE,
             Self::PolicySet { .. } => kind::R_POLICY_SET,
             Self::Metrics { .. } => kind::R_METRICS,
+            Self::Shown { .. } => kind::R_SHOWN,
             Self::DaemonProcess => kind::R_DAEMON_PROCESS,
             Self::Error { .. } => kind::R_ERROR,
         }
@@ -1332,6 +1374,19 @@ impl Reply {
                 w.u16(*method);
             }
             Self::Metrics { len } => w.u64(*len),
+            Self::Shown {
+                connector,
+                mode_width,
+                mode_height,
+                damage_path,
+            } => {
+                w.u32(*mode_width);
+                w.u32(*mode_height);
+                w.u16(*damage_path);
+                let name = truncate_utf8(connector, MAX_NAME);
+                w.u8(name.len() as u8);
+                w.bytes(name.as_bytes());
+            }
             Self::DaemonProcess => {}
             Self::Snapshot(r) => {
                 w.u64(r.size);
@@ -1557,6 +1612,19 @@ impl Reply {
                 method: r.u16("method")?,
             },
             kind::R_METRICS => Self::Metrics { len: r.u64("len")? },
+            kind::R_SHOWN => {
+                let mode_width = r.u32("mode_width")?;
+                let mode_height = r.u32("mode_height")?;
+                let damage_path = r.u16("damage_path")?;
+                let len = r.u8("connector length")? as usize;
+                check_limit("connector length", len, MAX_NAME)?;
+                Self::Shown {
+                    connector: r.str(len, "connector")?,
+                    mode_width,
+                    mode_height,
+                    damage_path,
+                }
+            }
             kind::R_DAEMON_PROCESS => Self::DaemonProcess,
             kind::R_SCANNED => Self::Scanned(ScanReport {
                 method: r.u16("method")?,

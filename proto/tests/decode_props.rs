@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 26] = [
+const REQUEST_KINDS: [u16; 27] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -74,9 +74,10 @@ const REQUEST_KINDS: [u16; 26] = [
     kind::WATCH_DAEMON,
     kind::CREATE_IMAGE,
     kind::IMPORT_IMAGE,
+    kind::SHOW,
 ];
 
-const REPLY_KINDS: [u16; 18] = [
+const REPLY_KINDS: [u16; 19] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -94,6 +95,7 @@ const REPLY_KINDS: [u16; 18] = [
     kind::R_POLICY_SET,
     kind::R_METRICS,
     kind::R_DAEMON_PROCESS,
+    kind::R_SHOWN,
     kind::R_ERROR,
 ];
 
@@ -414,6 +416,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             }
         }),
         arb_image_info().prop_map(|image| Request::ImportImage { image }),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Show { id, flags }),
     ]
 }
 
@@ -502,6 +505,14 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         (arb_policy(), any::<u16>()).prop_map(|(previous, method)| Reply::PolicySet { previous, method }),
         any::<u64>().prop_map(|len| Reply::Metrics { len }),
         Just(Reply::DaemonProcess),
+        (unicode_up_to(extra(MAX_NAME)), any::<u32>(), any::<u32>(), any::<u16>()).prop_map(
+            |(connector, mode_width, mode_height, damage_path)| Reply::Shown {
+                connector,
+                mode_width,
+                mode_height,
+                damage_path
+            }
+        ),
         // Codes go through from_wire so that they are canonical
         // (ErrorCode::Other(1) would legitimately come back as BadFrame).
         (any::<u16>(), unicode_up_to(extra(MAX_ERROR_MESSAGE))).prop_map(|(code, message)| {
@@ -793,6 +804,14 @@ proptest! {
             (Reply::Error { code: ca, message: ma }, Reply::Error { code: cb, message: mb }) => {
                 prop_assert_eq!(ca, cb);
                 prop_assert_eq!(mb, &cut(ma.clone(), MAX_ERROR_MESSAGE));
+            }
+            (Reply::Shown { connector: ca, .. }, Reply::Shown { connector: cb, .. }) => {
+                prop_assert_eq!(cb, &cut(ca.clone(), MAX_NAME));
+                let strip = |r: &Reply| match r {
+                    Reply::Shown { mode_width, mode_height, damage_path, .. } => (*mode_width, *mode_height, *damage_path),
+                    _ => (0, 0, 0),
+                };
+                prop_assert_eq!(strip(&rep), strip(&got));
             }
             (a, b) => prop_assert_eq!(a, b),
         }
@@ -1974,16 +1993,18 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26],
-        "request kinds are 0x0001..=0x001a"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27],
+        "request kinds are 0x0001..=0x001b"
     );
     assert_eq!(kind::CREATE_IMAGE, 0x0019);
     assert_eq!(kind::IMPORT_IMAGE, 0x001a);
+    assert_eq!(kind::SHOW, 0x001b);
+    assert_eq!(kind::R_SHOWN, 0x8012);
     assert_eq!(
         REPLY_KINDS,
         [
             0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
-            0x800e, 0x800f, 0x8010, 0x8011, 0x80ff
+            0x800e, 0x800f, 0x8010, 0x8011, 0x8012, 0x80ff
         ]
     );
     assert_eq!(

@@ -187,9 +187,13 @@ fn answers(req: &Request, reply: &Reply) -> bool {
         (req, reply),
         (Request::Hello { .. }, Reply::Hello { .. })
             | (
-                Request::CreateBo { .. } | Request::CreateImage { .. } | Request::ImportBo,
+                Request::CreateBo { .. }
+                    | Request::CreateImage { .. }
+                    | Request::ImportBo
+                    | Request::ImportImage { .. },
                 Reply::Bo { .. }
             )
+            | (Request::Show { .. }, Reply::Shown { .. })
             | (Request::AttachMm { .. }, Reply::MmAttached { .. })
             | (Request::Map { .. }, Reply::Mapped { .. })
             | (Request::Sync { .. } | Request::Transfer { .. }, Reply::SyncDone(_))
@@ -278,7 +282,7 @@ impl Session<'_> {
     /// A request of a random kind with random arguments.
     fn random_request(&mut self) -> Request {
         let bo = self.handle();
-        match self.rng.below(24) {
+        match self.rng.below(25) {
             0 => Request::Hello {
                 min_version: self.rng.below(3) as u16,
                 max_version: self.rng.below(3) as u16,
@@ -371,6 +375,10 @@ impl Session<'_> {
                     self.rng.next_u64() as u32,
                 ][self.rng.below(3) as usize],
                 flags: self.rng.below(2) as u32,
+            },
+            23 => Request::Show {
+                id: self.rng.below(24),
+                flags: self.rng.below(3) as u32,
             },
             _ => Request::Metrics,
         }
@@ -975,6 +983,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::PolicySet { .. } => "R_POLICY_SET",
         Reply::Metrics { .. } => "R_METRICS",
         Reply::DaemonProcess => "R_DAEMON_PROCESS",
+        Reply::Shown { .. } => "R_SHOWN",
         Reply::Error { .. } => "R_ERROR",
     }
 }

@@ -65,6 +65,10 @@ impl GpuBackend for DrmGpu {
         format!("drm:{} ({})", self.device.path().display(), self.info.driver)
     }
 
+    fn kms_device(&self) -> Option<Arc<DrmDevice>> {
+        Some(self.device.clone())
+    }
+
     fn create_resource(&self, size: u64) -> Result<Box<dyn GpuResource>, GpuError> {
         let ps = cohmem_sys::page_size();
         let width = (ps * 8 / u64::from(BPP)) as u32;
@@ -261,6 +265,13 @@ impl DrmResource {
 impl GpuResource for DrmResource {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn gem_handle(&self) -> Option<u32> {
+        Some(match &self.buffer {
+            Buffer::Dumb(b) => b.handle(),
+            Buffer::Imported(h) => h.handle(),
+        })
     }
 
     fn pitch(&self) -> u64 {

@@ -81,6 +81,12 @@ pub trait GpuBackend: Send + Sync {
     /// [`GpuResource::image`] states them. A size or format the device
     /// refuses is [`GpuError::ImageRefused`].
     fn create_image(&self, width: u32, height: u32, fourcc: u32) -> Result<Box<dyn GpuResource>, GpuError>;
+    /// The DRM device whose GEM handles the resources are
+    /// ([`GpuResource::gem_handle`]), for a display output on it; `None`
+    /// where the backend has no KMS device (soft, GBM).
+    fn kms_device(&self) -> Option<std::sync::Arc<cohmem_sys::drm::DrmDevice>> {
+        None
+    }
     /// Takes back a resource of `size` bytes laid out at `pitch` that an
     /// earlier daemon handed to the fd store ([`GpuResource::keep_fd`]).
     fn adopt_resource(&self, fd: OwnedFd, size: u64, pitch: u64) -> Result<Box<dyn GpuResource>, GpuError> {
@@ -103,6 +109,11 @@ pub trait GpuResource: Send + Sync {
     /// `download` take byte ranges in that layout (BO offset = buffer
     /// offset), clipped to [`GpuResource::size`].
     fn image(&self) -> Option<ImageInfo> {
+        None
+    }
+    /// The GEM handle of the device buffer on [`GpuBackend::kms_device`]
+    /// (a KMS framebuffer is made of it), `None` where there is none.
+    fn gem_handle(&self) -> Option<u32> {
         None
     }
     /// Copies the byte ranges `runs` (relative to the resource) from `src`
