@@ -221,6 +221,37 @@ impl Collector for DaemonCollector {
             None,
             get(&d.background.pages),
         )?;
+        if let Some(display) = &d.display {
+            let dc = &display.counters;
+            counter(
+                e,
+                "display_commits",
+                "Damage commits sent to the display device",
+                None,
+                get(&dc.commits),
+            )?;
+            counter(
+                e,
+                "display_clips",
+                "Clip rectangles in display damage commits",
+                None,
+                get(&dc.clips),
+            )?;
+            counter(
+                e,
+                "display_commit_failures",
+                "Display damage commits that failed (their rectangles are kept)",
+                None,
+                get(&dc.failures),
+            )?;
+            counter(
+                e,
+                "display_commit_nanoseconds",
+                "Time spent in display damage commits, nanoseconds",
+                None,
+                get(&dc.commit_ns),
+            )?;
+        }
 
         let bos = d.bos.all();
         let (mut dirty, mut bytes, mut paused) = (0u64, 0u64, 0i64);
