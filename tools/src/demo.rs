@@ -1,7 +1,8 @@
 //! `cohmemctl demo`, the README's first command: a private daemon (or a
 //! running one), a byte BO whose syncs upload exactly the written pages,
 //! then an image BO animation whose syncs report rectangles
-//! ([`crate::image_demo`]), then the daemon's status.
+//! ([`crate::image_demo`]), shown on the daemon's display output with
+//! `image.display`, then the daemon's status.
 
 use std::path::PathBuf;
 
@@ -55,15 +56,35 @@ impl Demo {
                 println!("{line}");
             }
         };
+        if image.display && image.frames == 0 {
+            bail!("--display shows the image animation: give it frames (--frames N, N > 0)");
+        }
         let mut daemon = None;
         let socket = match self.socket.clone() {
             Some(s) => s,
             None => {
-                say(
-                    "starting a private cohmemd (--gpu auto: a DRM device with dumb buffers, else the software GPU) …"
-                        .into(),
-                );
-                let d = DaemonProcess::spawn(&["--gpu", "auto"]).context("starting cohmemd")?;
+                let (args, what): (&[&str], _) = if image.display {
+                    (
+                        &["--gpu", "auto", "--display", "auto"],
+                        "--gpu auto --display auto: a DRM device with dumb buffers, its first connected connector",
+                    )
+                } else {
+                    (
+                        &["--gpu", "auto"],
+                        "--gpu auto: a DRM device with dumb buffers, else the software GPU",
+                    )
+                };
+                say(format!("starting a private cohmemd ({what}) …"));
+                // Without a KMS device a daemon with --display refuses to
+                // start and says why on stderr (ours), just before this error.
+                let d = DaemonProcess::spawn(args).with_context(|| {
+                    if image.display {
+                        "starting cohmemd --gpu auto --display auto (--display needs a DRM device with KMS; \
+                         cohmemd's own message is above)"
+                    } else {
+                        "starting cohmemd"
+                    }
+                })?;
                 let s = d.socket().to_owned();
                 say(format!("cohmemd pid {} listening on {}", d.pid(), s.display()));
                 daemon = Some(d);
@@ -75,6 +96,13 @@ impl Demo {
         let conn = Connection::connect(&socket)?;
         let backend = conn.stats(0)?.daemon.backend;
         say(format!("GPU backend: {backend}"));
+        // With --display the image BO is shown first: a daemon without a
+        // display output fails the demo here, with its message.
+        let shown_image = if image.display {
+            Some(image.prepare(&conn)?)
+        } else {
+            None
+        };
         let bo = conn.create_bo(size_mib << 20)?;
         let map = bo.map()?;
         let ps = cohmem_sys::page_size();
@@ -128,7 +156,9 @@ impl Demo {
         }
         let done = bo.sync()?;
         say(format!("sync with no writes uploaded {} pages", done.pages));
-        if image.frames > 0 {
+        if let Some(prepared) = shown_image {
+            image.animate(&conn, prepared)?;
+        } else if image.frames > 0 {
             image.run(&conn)?;
         }
         let status = conn.stats(STATS_CONNECTIONS | STATS_BOS)?;

@@ -2,14 +2,18 @@
 //! XRGB8888 image BO through a tracked mapping (a sprite moving, a ticker
 //! strip scrolling), one sync per frame, and for each frame the pixels that
 //! changed, the rectangles the sync reported, the pixels they cover, and
-//! whether the GPU copy equals the BO byte for byte.
+//! whether the GPU copy equals the BO byte for byte. With `display` the
+//! image BO is put on the daemon's display output (SHOW) before the first
+//! frame, so every sync's rectangles also reach the screen.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cohmem_client::{fourcc, Connection, ImageInfo, Mapping, Rect};
+use cohmem_client::{fourcc, Bo, Connection, ImageInfo, Mapping, Rect, Shown};
 use serde_json::json;
 
+use crate::display::{describe, mode_note, shown_json};
 use crate::image::{check_image_gpu_copy, info_json, snapshot_to_png, GpuCheck};
 
 /// Side of the moving sprite, in pixels.
@@ -32,6 +36,21 @@ pub struct ImageDemo {
     pub png_dir: Option<PathBuf>,
     /// One JSON object per frame (and a summary) instead of text.
     pub json: bool,
+    /// Show the image BO on the daemon's display output (`cohmemd
+    /// --display`) before the first frame; a daemon without one fails
+    /// [`ImageDemo::prepare`].
+    pub display: bool,
+    /// Least time from one frame's start to the next (`None`: as fast as
+    /// it goes), so that an animation on a display can be watched.
+    pub frame_interval: Option<Duration>,
+}
+
+/// The animation's image BO, created and mapped, and where it is shown.
+pub struct Prepared {
+    bo: Bo,
+    info: ImageInfo,
+    map: Mapping,
+    shown: Option<Shown>,
 }
 
 /// What a run found.
@@ -194,11 +213,15 @@ impl ImageDemo {
     /// end); fails when a changed pixel lies outside every reported
     /// rectangle or the GPU copy differs from the BO.
     pub fn run(&self, conn: &Connection) -> anyhow::Result<Summary> {
-        let say = |line: String| {
-            if !self.json {
-                println!("{line}");
-            }
-        };
+        let prepared = self.prepare(conn)?;
+        self.animate(conn, prepared)
+    }
+
+    /// Creates and maps the image BO, and with `display` puts it on the
+    /// daemon's display output: a daemon without one (or whose device has
+    /// another DRM master) fails here, with the daemon's message, before
+    /// anything is drawn.
+    pub fn prepare(&self, conn: &Connection) -> anyhow::Result<Prepared> {
         let bo = conn
             .create_image(self.width, self.height, fourcc::XRGB8888)
             .with_context(|| format!("creating a {}x{} XRGB8888 image BO", self.width, self.height))?;
@@ -206,6 +229,24 @@ impl ImageDemo {
             .image()
             .context("the daemon answered CREATE_IMAGE without an image layout")?;
         let map = bo.map()?;
+        let what = || format!("--display: showing image BO {} on the daemon's display output", bo.id());
+        let shown = if self.display {
+            Some(bo.show().with_context(what)?)
+        } else {
+            None
+        };
+        Ok(Prepared { bo, info, map, shown })
+    }
+
+    /// Runs the animation on a [`ImageDemo::prepare`]d image BO (released
+    /// at the end, which takes it off the display).
+    pub fn animate(&self, conn: &Connection, prepared: Prepared) -> anyhow::Result<Summary> {
+        let say = |line: String| {
+            if !self.json {
+                println!("{line}");
+            }
+        };
+        let Prepared { bo, info, map, shown } = prepared;
         let ps = cohmem_sys::page_size();
         say(format!(
             "\nimage BO {}: {}x{} XRGB8888, pitch {} bytes, first row at byte {}, {} bytes = {} pages, mapped at {:p}",
@@ -232,12 +273,28 @@ impl ImageDemo {
             TICKER_H.min(info.height),
             s = SPRITE.min(info.width).min(info.height)
         ));
+        if let Some(shown) = &shown {
+            if self.json {
+                println!("{}", json!({ "display": shown_json(bo.id(), shown) }));
+            }
+            say(format!(
+                "on display {}: each sync's rectangles go to the device{}",
+                describe(shown),
+                self.frame_interval
+                    .map(|t| format!(", a frame every {} ms", t.as_millis()))
+                    .unwrap_or_default()
+            ));
+            if let Some(note) = mode_note(shown, (info.width, info.height)) {
+                say(format!("  ({note})"));
+            }
+        }
         let scene = Scene::new(info.width, info.height);
         let pixels = info.width as usize * info.height as usize;
         // A new BO is zero-filled.
         let (mut prev, mut next) = (vec![0u32; pixels], vec![0u32; pixels]);
         let (mut ratios, mut unchecked) = (Vec::new(), 0u32);
         for frame in 0..=self.frames {
+            let started = Instant::now();
             scene.render(frame, &mut next);
             let changed = draw_changes(&map, &info, &prev, &next)?;
             let done = bo.sync()?;
@@ -263,6 +320,7 @@ impl ImageDemo {
                         "rects": rects, "rects_merged": done.rects_merged, "covered_pixels": covered,
                         "changed_pixels_outside_rects": missed,
                         "gpu_copy": gpu.word(), "gpu_copy_detail": gpu.detail(),
+                        "display": shown.as_ref().map(|s| s.connector.clone()),
                     })
                 );
             } else {
@@ -289,6 +347,9 @@ impl ImageDemo {
                 bail!("frame {frame}: the GPU copy differs from the BO: {d}");
             }
             std::mem::swap(&mut prev, &mut next);
+            if let Some(t) = self.frame_interval.filter(|_| frame < self.frames) {
+                std::thread::sleep(t.saturating_sub(started.elapsed()));
+            }
         }
         let png = match &self.png_dir {
             Some(dir) => {

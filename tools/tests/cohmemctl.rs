@@ -4,7 +4,9 @@
 //! with what the test's client did; every cohmemctl command runs as a real
 //! process and its `--json` output is parsed. Image BOs (issue 16): the
 //! demo's animation, `snapshot ID FILE.png` decoded pixel by pixel, and
-//! `cohmemctl image`.
+//! `cohmemctl image`. The display output (issue 17): `cohmemctl show` and
+//! `demo --display` refused as the daemon says where there is none (no DRM
+//! on this host; the VM tier shows BOs on real devices).
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -614,5 +616,132 @@ fn cohmemctl_image_shows_the_backends_pitch_and_keeps_nothing() -> anyhow::Resul
         assert!(t0.elapsed().as_secs() < 10, "cohmemctl image left {bos:?} BOs");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// Runs `cmd` with its output in files, killed after `limit`: (exit status,
+/// stdout, stderr, whether it finished in time).
+fn run_within(
+    mut cmd: Command,
+    limit: std::time::Duration,
+) -> anyhow::Result<(std::process::ExitStatus, String, String, bool)> {
+    let dir = tempfile::tempdir()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(&err)?)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + limit;
+    let (status, in_time) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (status, true);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            break (child.wait()?, false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Ok((
+        status,
+        std::fs::read_to_string(out)?,
+        std::fs::read_to_string(err)?,
+        in_time,
+    ))
+}
+
+/// `cohmemctl show ID` against a daemon without `--display`: the daemon's
+/// refusal (which names --display), a non-zero exit status, and with
+/// `--json` nothing on stdout (errors go to stderr, as for every command);
+/// the BO goes on syncing.
+#[test]
+fn cohmemctl_show_without_a_display_output_says_what_the_daemon_says() -> anyhow::Result<()> {
+    const NO_DISPLAY: &str =
+        "this daemon has no display output (start cohmemd with --display CONNECTOR|auto on a DRM device)";
+    let daemon = DaemonProcess::spawn_bin(DAEMON.as_ref(), &["--gpu", "soft"])?;
+    let socket = daemon.socket();
+    let conn = Connection::connect(socket)?;
+    let bo = conn.create_image(64, 32, fourcc::XRGB8888)?;
+    let id = bo.id().to_string();
+    for args in [
+        vec!["show", &id],
+        vec!["show", &id, "--json"],
+        vec!["show", &id, "--hide"],
+    ] {
+        let out = ctl(socket, &args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("cohmemctl {args:?}: {err}");
+        assert!(!out.status.success(), "cohmemctl {args:?} succeeded");
+        assert!(err.contains(NO_DISPLAY), "{err}");
+        assert!(err.contains(&format!("BO {id}")), "{err}");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    // An id no BO has: the daemon's NoSuchBo.
+    let out = ctl(socket, &["show", "987654"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no BO 987654 that this connection may show"), "{err}");
+    // Syncing goes on.
+    let map = bo.map()?;
+    map.write(0, &[1, 2, 3, 4])?;
+    assert_eq!(bo.sync()?.rects.len(), 1);
+    Ok(())
+}
+
+/// `demo --display` fails before drawing anything where no display output
+/// can be had: against a running daemon without one (its message), with a
+/// private daemon on this host without DRM (cohmemd refuses to start, and
+/// both its message and the demo's say why), and with no frames to show;
+/// never a hang or a panic.
+#[test]
+fn demo_display_fails_early_and_clearly_without_a_display_output() -> anyhow::Result<()> {
+    let limit = std::time::Duration::from_secs(90);
+    let daemon = DaemonProcess::spawn_bin(DAEMON.as_ref(), &["--gpu", "soft"])?;
+    let mut cmd = Command::new(CTL);
+    cmd.args(["demo", "--display", "--size-mib", "1", "--socket"])
+        .arg(daemon.socket());
+    let (status, stdout, stderr, in_time) = run_within(cmd, limit)?;
+    eprintln!("demo --display --socket:\n{stdout}\n{stderr}");
+    assert!(in_time && !status.success(), "{status}\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("--display: showing image BO") && stderr.contains("this daemon has no display output"),
+        "{stderr}"
+    );
+    // Early: before the byte BO's rounds.
+    assert!(!stdout.contains("round 1:"), "{stdout}");
+
+    // A private daemon (cohmemd --gpu auto --display auto; this host has no
+    // KMS device, so the daemon refuses to start).
+    if std::path::Path::new("/dev/dri").exists() {
+        eprintln!("skipping the private-daemon case: this host has /dev/dri");
+    } else {
+        let mut cmd = Command::new(CTL);
+        cmd.args(["demo", "--display", "--size-mib", "1"])
+            .env("COHMEMD_BIN", DAEMON)
+            .env("RUST_BACKTRACE", "0");
+        let (status, stdout, stderr, in_time) = run_within(cmd, limit)?;
+        eprintln!("demo --display:\n{stdout}\n{stderr}");
+        assert!(in_time && !status.success(), "{status}\n{stdout}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stdout.contains("--gpu auto --display auto"), "{stdout}");
+        assert!(
+            stderr.contains("starting cohmemd --gpu auto --display auto (--display needs a DRM device with KMS"),
+            "{stderr}"
+        );
+        // The daemon's own reason.
+        assert!(
+            stderr.contains("--display: the display output needs the DRM backend"),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("round 1:"), "{stdout}");
+    }
+
+    // Nothing to show.
+    let out = ctl(daemon.socket(), &["demo", "--display", "--frames", "0"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--display shows the image animation"), "{err}");
     Ok(())
 }

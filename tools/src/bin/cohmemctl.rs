@@ -123,6 +123,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Put image BO ID on the daemon's display output (`cohmemd --display`)
+    /// and print the connector, mode and damage path; every sync of the BO
+    /// then sends its rectangles to the device. Root, or a holder of the BO.
+    Show {
+        /// Daemon-wide BO id (from `list`).
+        id: u64,
+        /// Take the BO off the display instead (after committing what is
+        /// pending).
+        #[arg(long)]
+        hide: bool,
+        /// Daemon socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay a vmwgfx trace (tools/TRACE_FORMAT.md) against the daemon with
     /// real client processes and against the reference model, step by step;
     /// print the first disagreement (exit status 1) or the number of steps.
@@ -144,7 +161,7 @@ enum Cmd {
     },
     /// Start a private daemon (`--gpu auto`), write into a BO, and show
     /// each sync uploading exactly the written pages; then animate an image
-    /// BO and show each sync's rectangles.
+    /// BO and show each sync's rectangles (with --display, on a screen too).
     Demo {
         /// Use this running daemon instead of starting one.
         #[arg(long)]
@@ -158,9 +175,20 @@ enum Cmd {
         /// Animation frames of the image BO (0: none).
         #[arg(long, default_value_t = 10)]
         frames: u32,
-        /// Size of the image BO.
-        #[arg(long, default_value = "640x360", value_parser = cohmem_tools::image::parse_size)]
-        image_size: (u32, u32),
+        /// Size of the image BO (default 640x360; with --display 1024x768,
+        /// a mode nearly every connector has: give the mode's size for
+        /// another).
+        #[arg(long, value_parser = cohmem_tools::image::parse_size)]
+        image_size: Option<(u32, u32)>,
+        /// Show the image BO on the daemon's display output: the private
+        /// daemon gets `--display auto` (a DRM device with KMS needed); a
+        /// daemon without a display output fails the demo at once.
+        #[arg(long)]
+        display: bool,
+        /// Least milliseconds per animation frame (default 0; 40 with
+        /// --display, so that it can be watched).
+        #[arg(long)]
+        frame_ms: Option<u64>,
         /// Save the image's last frame as a PNG in this directory.
         #[arg(long)]
         png: Option<PathBuf>,
@@ -201,31 +229,44 @@ fn main() -> anyhow::Result<()> {
             size_mib,
             rounds,
             frames,
-            image_size: (width, height),
+            image_size,
+            display,
+            frame_ms,
             png: png_dir,
             seed,
             json,
-        } => Demo {
-            socket,
-            size_mib,
-            rounds,
-            seed,
-            image: ImageDemo {
-                width,
-                height,
-                frames,
-                png_dir,
+        } => {
+            let (width, height) = image_size.unwrap_or(if display {
+                cohmem_tools::display::DEFAULT_DISPLAY_SIZE
+            } else {
+                (640, 360)
+            });
+            let frame_ms = frame_ms.unwrap_or(if display { 40 } else { 0 });
+            Demo {
+                socket,
+                size_mib,
+                rounds,
+                seed,
+                image: ImageDemo {
+                    width,
+                    height,
+                    frames,
+                    png_dir,
+                    json,
+                    display,
+                    frame_interval: (frame_ms > 0).then(|| std::time::Duration::from_millis(frame_ms)),
+                },
                 json,
-            },
-            json,
+            }
+            .run(print_status, stats_json)
         }
-        .run(print_status, stats_json),
         Cmd::Image {
             size: (w, h),
             format,
             socket,
             json,
         } => cohmem_tools::image::describe_new_image(&connect(socket)?, w, h, format, json),
+        Cmd::Show { id, hide, socket, json } => cohmem_tools::display::show_command(&connect(socket)?, id, hide, json),
         Cmd::Replay { file, socket, json } => replay_trace(&file, socket, json),
         Cmd::Snapshot { id, file, socket, json } => snapshot(id, &file, socket, json),
         Cmd::WriterChild { args } => cohmem_tools::writer::child_main(&args),
