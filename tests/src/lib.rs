@@ -5,6 +5,7 @@
 pub use cohmem_tools::writer::{page_pattern, WriterChild};
 
 pub mod image;
+pub mod screendump;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
