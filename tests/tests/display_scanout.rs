@@ -20,6 +20,10 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 /// Syncs of random drawing compared with the screendump per device.
 const FRAMES: usize = 50;
 
+/// One test at a time: a card has one DRM master, and each test's daemon
+/// must be it.
+static ONE_MASTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The display devices present: (card node, driver, QEMU device id).
 fn displays() -> Option<Vec<(std::path::PathBuf, String, String)>> {
     if let Some(why) = screendump::unavailable_reason() {
@@ -138,6 +142,7 @@ fn metric(conn: &Connection, name: &str) -> anyhow::Result<u64> {
 
 #[test]
 fn the_display_shows_every_synced_frame() -> anyhow::Result<()> {
+    let _one = ONE_MASTER.lock().unwrap_or_else(|p| p.into_inner());
     let Some(found) = displays() else {
         return Ok(());
     };
@@ -194,6 +199,7 @@ fn the_display_shows_every_synced_frame() -> anyhow::Result<()> {
 /// With pacing at 16 ms, commits per second stay at or under about 62.
 #[test]
 fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
+    let _one = ONE_MASTER.lock().unwrap_or_else(|p| p.into_inner());
     let Some(found) = displays() else {
         return Ok(());
     };
@@ -208,7 +214,8 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
     )?;
     let mut s = show(daemon.socket())?;
     let mut rng = SplitMix64::new(0x5_7a1e);
-    s.bo.sync()?; // the first commit (the show's own picture) is allowed at once
+    // SHOW's modeset put the whole image on screen and starts the interval:
+    // the damage of this sync waits for it.
     draw(&s, &mut rng, 40)?;
     let r = s.bo.sync()?;
     assert!(!r.rects.is_empty());
@@ -260,5 +267,36 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
     assert!(commits >= 1, "no commit at all");
     let (c, _, _) = settle(&s, &device, Duration::from_secs(2))?;
     assert_eq!(c.differing, 0, "the last paced frame reached the device: {c}");
+    Ok(())
+}
+
+/// Where another process is DRM master (as a compositor would be), SHOW is
+/// refused with a message that says so, and syncing goes on.
+#[test]
+fn another_drm_master_is_named_and_syncing_goes_on() -> anyhow::Result<()> {
+    let _one = ONE_MASTER.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(found) = displays() else {
+        return Ok(());
+    };
+    for (card, driver, _) in found {
+        // The first opener of a card node with no master becomes its master.
+        let compositor = cohmem_sys::drm::DrmDevice::open(&card)?;
+        let kms = cohmem_sys::kms::Kms::new(compositor.clone())?;
+        kms.acquire_master()?;
+        let gpu = format!("drm:{}", card.display());
+        let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu, "--display", "auto"])?;
+        let conn = Connection::connect(daemon.socket())?;
+        let bo = conn.create_image(1024, 768, fourcc::XRGB8888)?;
+        let e = bo.show().expect_err("SHOW while another process is master");
+        eprintln!("-- {driver}: {e}");
+        assert_eq!(e.code(), Some(cohmem_client::ErrorCode::PermissionDenied), "{e}");
+        assert!(e.to_string().contains("master"), "{e}");
+        let map = bo.map()?;
+        map.write(0, &[9; 64])?;
+        let r = bo.sync()?;
+        assert_eq!(r.pages, 1, "syncing goes on");
+        assert_eq!(cohmem_tools::verify_gpu_copy(&bo)?, vec![], "the GPU copy is exact");
+        drop((map, bo, conn, daemon, kms, compositor));
+    }
     Ok(())
 }

@@ -216,7 +216,10 @@ impl Display {
             mode: output.mode_size(),
             damage_path: path,
         };
+        // The modeset showed the whole image: what was pending for the
+        // previous BO is moot, and the pacing interval starts now.
         let _ = st.pacer.flush();
+        st.pacer.committed(Instant::now());
         tracing::info!(bo = bo.id, connector = %info.connector, mode = ?info.mode, path, "BO shown");
         st.shown = Some(Shown {
             bo,
