@@ -147,7 +147,7 @@ fn the_display_shows_every_synced_frame() -> anyhow::Result<()> {
         return Ok(());
     };
     for (card, driver, device) in found {
-        eprintln!("-- {driver} ({}), QEMU device {device}", card.display());
+        eprintln!("   {driver} ({}), QEMU device {device}:", card.display());
         let gpu = format!("drm:{}", card.display());
         let daemon = spawn_daemon_with(DAEMON, &["--gpu", &gpu, "--display", "auto"])?;
         let s = show(daemon.socket())?;
@@ -220,7 +220,7 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
     let r = s.bo.sync()?;
     assert!(!r.rects.is_empty());
     let stale = compare(&s, &screendump::request(&device)?)?;
-    eprintln!("-- control: synced but not committed: {stale}");
+    eprintln!("   control (virtio-gpu): synced but not committed: {stale}");
     assert!(stale.differing > 0, "the screendump changed without a damage commit");
     // An unmap of the shown BO commits what is pending.
     let Shown {
@@ -240,7 +240,7 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
         path,
     };
     let (c, took, _) = settle(&s, &device, Duration::from_secs(2))?;
-    eprintln!("-- control: after the unmap's commit: {c} (after {took:?})");
+    eprintln!("   control (virtio-gpu): after the unmap's commit: {c} (after {took:?})");
     assert_eq!(c.differing, 0, "{c}");
     drop(s);
     drop(daemon);
@@ -262,7 +262,7 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let commits = metric(&s.conn, "cohmem_display_commits_total")? - before;
     let rate = commits as f64 / secs;
-    eprintln!("-- pacing 16 ms: {syncs} syncs, {commits} commits in {secs:.2} s = {rate:.1} commits/s");
+    eprintln!("   pacing 16 ms (virtio-gpu): {syncs} syncs, {commits} commits in {secs:.2} s = {rate:.1} commits/s");
     assert!(rate <= 70.0, "{rate:.1} commits/s with a 16 ms interval");
     assert!(commits >= 1, "no commit at all");
     let (c, _, _) = settle(&s, &device, Duration::from_secs(2))?;
@@ -288,7 +288,7 @@ fn another_drm_master_is_named_and_syncing_goes_on() -> anyhow::Result<()> {
         let conn = Connection::connect(daemon.socket())?;
         let bo = conn.create_image(1024, 768, fourcc::XRGB8888)?;
         let e = bo.show().expect_err("SHOW while another process is master");
-        eprintln!("-- {driver}: {e}");
+        eprintln!("   {driver} with another DRM master: {e}");
         assert_eq!(e.code(), Some(cohmem_client::ErrorCode::PermissionDenied), "{e}");
         assert!(e.to_string().contains("master"), "{e}");
         let map = bo.map()?;
