@@ -16,6 +16,13 @@ use cohmem_sys::mapping::SharedMapping;
 use crate::damage::DamageAccumulator;
 use crate::gpu::{GpuError, GpuResource};
 
+/// Locks a mutex, recovering from poisoning (a panicked holder left valid
+/// data). Here rather than `crate::bo::lock`: the BO layer sits above the
+/// resources and this module never names it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A GPU resource bound to a byte window of a BO.
 pub struct Resource {
     /// Window in the BO, bytes, page aligned.
@@ -46,7 +53,7 @@ impl Resource {
     pub fn upload(&self, src: &SharedMapping, runs: &[Range<u64>]) -> Result<(), GpuError> {
         self.gpu.upload(src, self.window.start, runs)?;
         if let Some(d) = &self.damage {
-            crate::bo::lock(d).add_runs(runs);
+            lock(d).add_runs(runs);
         }
         Ok(())
     }
@@ -54,6 +61,6 @@ impl Resource {
     /// The rectangles uploaded since the last call (`None` for a byte
     /// resource), leaving none.
     pub fn take_damage(&self) -> Option<ImageDamage> {
-        self.damage.as_ref().map(|d| crate::bo::lock(d).take())
+        self.damage.as_ref().map(|d| lock(d).take())
     }
 }
