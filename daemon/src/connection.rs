@@ -555,18 +555,23 @@ impl Session {
             )
         })?;
         let info = if flags & SHOW_HIDE != 0 {
-            let id = bo.id;
-            let shown = self.blocking(move || display.hide(id)).await?;
+            let (id, uid) = (bo.id, self.info.uid);
+            let shown = self
+                .blocking(move || display.hide(id, uid))
+                .await?
+                .map_err(|e| fail(ErrorCode::PermissionDenied, format!("SHOW: {e}")))?;
             if !shown {
                 return Err(fail(ErrorCode::InvalidArgument, format!("BO {id} is not shown")));
             }
             crate::display::hidden_info()
         } else {
-            let d = display.clone();
-            self.blocking(move || d.show(bo)).await?.map_err(|e| {
+            let (d, uid) = (display.clone(), self.info.uid);
+            self.blocking(move || d.show(bo, uid)).await?.map_err(|e| {
                 let code = match e {
                     crate::display::DisplayError::NotShowable(_) => ErrorCode::InvalidArgument,
-                    crate::display::DisplayError::NotMaster(_) => ErrorCode::PermissionDenied,
+                    crate::display::DisplayError::NotMaster(_) | crate::display::DisplayError::Taken(_) => {
+                        ErrorCode::PermissionDenied
+                    }
                     _ => ErrorCode::Gpu,
                 };
                 fail(code, format!("SHOW: {e} (connectors: {})", display.connectors()))

@@ -53,9 +53,19 @@ pub enum DisplayError {
     /// The BO is no image BO (or its resource is not on the KMS device).
     #[error("{0}")]
     NotShowable(String),
+    /// Another user's BO is on the display.
+    #[error("{0}")]
+    Taken(String),
     /// A KMS call failed.
     #[error("{0}")]
     Kms(#[from] cohmem_sys::SysError),
+}
+
+/// Whether `uid` may replace or hide what `shown_by` put on the display:
+/// the same user, or root; an empty display is anyone's. The display is one
+/// for all clients, and a client must not take it from another user's.
+pub fn may_take_over(shown_by: Option<u32>, uid: u32) -> bool {
+    uid == 0 || shown_by.is_none_or(|owner| owner == uid)
 }
 
 /// What SHOW did.
@@ -93,6 +103,8 @@ struct Shown {
     /// Dropped before `_resource` (RMFB before the dumb buffer goes).
     fb: Framebuffer,
     path: u16,
+    /// The user whose request put it there.
+    uid: u32,
 }
 
 struct State {
@@ -176,8 +188,9 @@ impl Display {
 
     /// Puts image BO `bo` on the output (replacing what was shown): a
     /// framebuffer of its GPU image, a modeset, and everything pending
-    /// for the previous BO dropped (it is no longer visible).
-    pub fn show(&self, bo: Arc<Bo>) -> Result<ShownInfo, DisplayError> {
+    /// for the previous BO dropped (it is no longer visible). `uid` (the
+    /// requester) may replace only its own BO, unless it is root.
+    pub fn show(&self, bo: Arc<Bo>, uid: u32) -> Result<ShownInfo, DisplayError> {
         if let Some(why) = &self.master_error {
             return Err(DisplayError::NotMaster(why.clone()));
         }
@@ -205,6 +218,7 @@ impl Display {
             .kms
             .add_framebuffer(handle, image.width, image.height, format, image.pitch, offset)?;
         let mut st = lock(&self.state);
+        self.check_owner(&st, uid)?;
         self.kms.show(&output, &fb)?;
         let path = if output.has_damage_clips() {
             DAMAGE_PATH_ATOMIC
@@ -227,21 +241,36 @@ impl Display {
             output,
             fb,
             path,
+            uid,
         });
         Ok(info)
     }
 
+    fn check_owner(&self, st: &State, uid: u32) -> Result<(), DisplayError> {
+        let shown_by = st.shown.as_ref().map(|s| s.uid);
+        if may_take_over(shown_by, uid) {
+            return Ok(());
+        }
+        let id = st.shown.as_ref().map_or(0, |s| s.bo.id);
+        Err(DisplayError::Taken(format!(
+            "the display shows BO {id} of another user (uid {}); only that user or root may replace or hide it",
+            shown_by.unwrap_or(0)
+        )))
+    }
+
     /// Takes BO `id` off the output after committing what is pending;
-    /// `false` if it was not shown.
-    pub fn hide(&self, id: u64) -> bool {
+    /// `false` if it was not shown. As [`Display::show`], only the user
+    /// who showed it, or root, may.
+    pub fn hide(&self, id: u64, uid: u32) -> Result<bool, DisplayError> {
         let mut st = lock(&self.state);
         if st.shown.as_ref().is_none_or(|s| s.bo.id != id) {
-            return false;
+            return Ok(false);
         }
+        self.check_owner(&st, uid)?;
         self.commit_pending(&mut st);
         // Dropping the framebuffer turns the plane off.
         st.shown = None;
-        true
+        Ok(true)
     }
 
     /// Whether BO `id` is the one shown.
@@ -359,5 +388,19 @@ pub fn hidden_info() -> ShownInfo {
         connector: String::new(),
         mode: (0, 0),
         damage_path: DAMAGE_PATH_NONE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_take_over;
+
+    #[test]
+    fn only_the_same_user_or_root_takes_the_display_over() {
+        assert!(may_take_over(None, 1000), "an empty display is anyone's");
+        assert!(may_take_over(Some(1000), 1000), "the same user");
+        assert!(may_take_over(Some(1000), 0), "root");
+        assert!(!may_take_over(Some(1000), 1001), "another user");
+        assert!(!may_take_over(Some(0), 1001), "root's BO is root's");
     }
 }
