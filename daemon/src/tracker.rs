@@ -640,6 +640,11 @@ impl SoftDirtyTracker {
         self.parking.store(true, Ordering::SeqCst);
         let mut result = Ok(());
         let mut protected = Vec::new();
+        // clear_refs below clears the bits of every view of the process, read
+        // or not: another view that cannot be protected or read counts as
+        // wholly written (its own harvest could no longer see its writes).
+        let whole = |r: &Range<u64>| (r.start, (0..(r.end - r.start) / ps).collect::<Vec<u64>>());
+        let mut read = Vec::new();
         for r in &ranges {
             match self.uffd.write_protect(r.start, r.end - r.start, true) {
                 Ok(()) => protected.push(r.clone()),
@@ -651,16 +656,15 @@ impl SoftDirtyTracker {
                         _ => e.into(),
                     })
                 }
-                Err(_) => {} // another view's problem: its own harvest sees it
+                Err(_) => read.push(whole(r)),
             }
         }
         // Writers of every protected view now wait; read, then clear.
-        let mut read = Vec::new();
         for r in &protected {
             match self.pagemap.soft_dirty_pages(r.clone(), ps) {
                 Ok(pages) => read.push((r.start, pages)),
                 Err(e) if *r == range => result = Err(e.into()),
-                Err(_) => {}
+                Err(_) => read.push(whole(r)),
             }
         }
         let cleared = Self::lock(&self.clear_refs).clear_soft_dirty();
@@ -676,13 +680,15 @@ impl SoftDirtyTracker {
                 let _ = self.uffd.wake(addr, ps);
             }
         }
-        result?;
-        cleared?;
+        // What was read is kept before any error returns: clear_refs may have
+        // cleared those bits already.
         let mut pending = Self::lock(&self.pending);
         for (start, pages) in read {
             let set = pending.entry(start).or_default();
             set.extend(pages);
         }
+        result?;
+        cleared?;
         let mut mine = pending.remove(&range.start).unwrap_or_default();
         mine.sort_unstable();
         mine.dedup();

@@ -40,7 +40,7 @@ macro_rules! test_each_mechanism {
             /// that the daemon refuses it and says why.
             #[test]
             fn uffd_async() -> anyhow::Result<()> {
-                if !cohmem_sys::probe::probe_all().uffd_async.ok {
+                if !$crate::caps().uffd_async.ok {
                     return $crate::expect_uffd_async_refused(super::DAEMON);
                 }
                 super::$body(cohmem_client::Mechanism::UffdAsync)
@@ -64,6 +64,18 @@ macro_rules! test_each_mechanism {
     };
 }
 
+/// The kernel's capabilities, probed once per test process. The probe
+/// writes `/proc/self/clear_refs` (it proves that soft-dirty works), which
+/// clears the soft-dirty bits of the whole process: run while a daemon
+/// tracks this process with soft-dirty, it would erase writes that daemon
+/// had not read yet (a lost write seen once in the 6.12 guest). Every test
+/// asks here, and the soft-dirty tests ask before their daemon tracks
+/// anything, so the one probe comes before any soft-dirty tracking.
+pub fn caps() -> &'static cohmem_sys::probe::KernelCaps {
+    static CAPS: std::sync::OnceLock<cohmem_sys::probe::KernelCaps> = std::sync::OnceLock::new();
+    CAPS.get_or_init(cohmem_sys::probe::probe_all)
+}
+
 static SOFT_DIRTY_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Serialises soft-dirty tests of one test process: `clear_refs` clears the
@@ -77,7 +89,7 @@ pub fn soft_dirty_serial() -> std::sync::MutexGuard<'static, ()> {
 /// Whether the daemon offers soft-dirty here: the kernel sets soft-dirty
 /// bits (a real probe) and can write-protect unpopulated pages (the quiesce).
 pub fn soft_dirty_available() -> bool {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = caps();
     caps.soft_dirty.ok && caps.uffd_features & cohmem_sys::uffd::features::WP_UNPOPULATED != 0
 }
 

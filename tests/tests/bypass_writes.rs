@@ -99,7 +99,7 @@ fn bypass_under(mechanism: Mechanism, how: Bypass, detected: bool) -> anyhow::Re
 
 #[test]
 fn writes_through_the_memfd_reach_the_gpu_copy() -> anyhow::Result<()> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     let detected = caps.memfd_modify_events.ok;
     eprintln!("fd writes: {} ({})", detected, caps.memfd_modify_events.detail);
     if !detected {

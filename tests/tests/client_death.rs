@@ -88,7 +88,7 @@ fn ten_thousand_client_deaths_leak_nothing() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let mut mechanisms = vec![Mechanism::UffdSync];
-    if cohmem_sys::probe::probe_all().uffd_async.ok {
+    if cohmem_tests::caps().uffd_async.ok {
         mechanisms.push(Mechanism::UffdAsync);
     }
     let daemon = spawn_daemon(DAEMON)?;

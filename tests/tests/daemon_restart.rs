@@ -67,7 +67,7 @@ fn survives_a_restart(mechanism: Mechanism) -> anyhow::Result<()> {
 
 #[test]
 fn uffd_async_survives_a_daemon_restart() -> anyhow::Result<()> {
-    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+    if !cohmem_tests::caps().uffd_async.ok {
         eprintln!("uffd-async unavailable on this kernel");
         return Ok(());
     }
@@ -225,7 +225,7 @@ fn shared_bo_restart(mechanism: Mechanism, this_process_first: bool) -> anyhow::
 
 #[test]
 fn a_shared_bo_survives_a_restart_whoever_reconnects_first() -> anyhow::Result<()> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     for (mechanism, ok) in [
         (Mechanism::UffdAsync, caps.uffd_async.ok),
         (Mechanism::UffdSync, caps.uffd_sync.ok),

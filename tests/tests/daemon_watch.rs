@@ -39,7 +39,7 @@ fn wait_connections(conn: &Connection, n: u32) -> anyhow::Result<()> {
 
 #[test]
 fn tracking_goes_on_at_the_connection_limit() -> anyhow::Result<()> {
-    if !cohmem_sys::probe::probe_all().uffd_sync.ok {
+    if !cohmem_tests::caps().uffd_sync.ok {
         eprintln!("uffd-sync unavailable on this kernel");
         return Ok(());
     }
@@ -142,7 +142,7 @@ impl Writers {
 
 #[test]
 fn the_daemon_killed_during_a_switch_to_uffd_sync_blocks_no_writer() -> anyhow::Result<()> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     if !(caps.uffd_sync.ok && caps.uffd_async.ok) {
         eprintln!("this kernel lacks uffd-async or uffd-sync");
         return Ok(());

@@ -108,7 +108,7 @@ fn fork_under(mechanism: Mechanism) -> anyhow::Result<()> {
 
 #[test]
 fn forked_children_dropping_everything_leave_the_parent_tracked() -> anyhow::Result<()> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     let mut ran = 0;
     for (mechanism, ok) in [
         (Mechanism::UffdAsync, caps.uffd_async.ok),

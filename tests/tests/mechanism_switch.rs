@@ -21,7 +21,7 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 /// The tracking mechanisms this kernel has, in the order the tests cycle
 /// through them.
 fn tracking_mechanisms() -> Vec<Mechanism> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     let mut m = Vec::new();
     if caps.uffd_async.ok {
         m.push(Mechanism::UffdAsync);

@@ -37,7 +37,7 @@ fn every_completed_write_is_in_the_gpu_copy_when_sync_returns_with(mechanism: Me
 /// so writers run across every pause, probe and resume.
 #[test]
 fn every_completed_write_is_in_the_gpu_copy_across_dense_pauses() -> anyhow::Result<()> {
-    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+    if !cohmem_tests::caps().uffd_async.ok {
         eprintln!("uffd-async unavailable on this kernel");
         return Ok(());
     }
@@ -196,7 +196,7 @@ fn background_upload_loses_nothing(mechanism: Mechanism) -> anyhow::Result<()> {
 
 #[test]
 fn background_upload_loses_nothing_uffd_async() -> anyhow::Result<()> {
-    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+    if !cohmem_tests::caps().uffd_async.ok {
         eprintln!("uffd-async unavailable on this kernel");
         return Ok(());
     }
@@ -217,7 +217,7 @@ fn background_upload_loses_nothing_uffd_sync() -> anyhow::Result<()> {
 /// sync throughout, including the syncs where tracking pauses and resumes.
 #[test]
 fn dense_writes_pause_tracking_and_sparse_writes_resume_it() -> anyhow::Result<()> {
-    if !cohmem_sys::probe::probe_all().uffd_async.ok {
+    if !cohmem_tests::caps().uffd_async.ok {
         eprintln!("uffd-async unavailable on this kernel");
         return Ok(());
     }

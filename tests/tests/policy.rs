@@ -178,7 +178,7 @@ fn unknown_bos_are_refused() -> anyhow::Result<()> {
 fn changing_policies_under_concurrent_writers_loses_no_write() -> anyhow::Result<()> {
     const THREADS: u64 = 4;
     let mut mechanisms = vec![Mechanism::UffdSync];
-    if cohmem_sys::probe::probe_all().uffd_async.ok {
+    if cohmem_tests::caps().uffd_async.ok {
         mechanisms.insert(0, Mechanism::UffdAsync);
     }
     for mechanism in mechanisms {

@@ -180,7 +180,7 @@ fn writers_final(map: &cohmem_client::Mapping, pages: u64) -> anyhow::Result<Vec
 #[test]
 fn signal_storms_on_every_thread_cost_no_write_and_no_call() -> anyhow::Result<()> {
     install_interrupting_handlers()?;
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     let mut ran = 0;
     for (mechanism, ok) in [
         (Mechanism::UffdAsync, caps.uffd_async.ok),

@@ -38,7 +38,7 @@ fn vmwgfx_daemon(mechanism: Option<Mechanism>) -> anyhow::Result<cohmem_tools::D
 
 /// The mechanisms this host offers; every trace runs under each.
 fn mechanisms() -> Vec<Mechanism> {
-    let caps = cohmem_sys::probe::probe_all();
+    let caps = cohmem_tests::caps();
     [
         (Mechanism::UffdAsync, caps.uffd_async.ok),
         (Mechanism::UffdSync, caps.uffd_sync.ok),
