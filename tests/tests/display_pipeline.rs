@@ -168,6 +168,13 @@ fn what_is_written_to_each_display_is_what_qemus_screendump_of_it_shows() -> any
             fb.height,
             fb.stride
         );
+        // A console idle for its blank timeout (10 minutes by default: a long
+        // VM run gets there) has blanked the output, and virtio-gpu then
+        // shows QEMU's empty 640x480 surface: unblank it (FB_BLANK_UNBLANK).
+        let blank = fb.node.to_string_lossy().replace("/dev/", "/sys/class/graphics/") + "/blank";
+        if let Err(e) = std::fs::write(&blank, "0") {
+            eprintln!("   unblanking through {blank}: {e}");
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
