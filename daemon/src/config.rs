@@ -43,7 +43,7 @@ pub struct DaemonConfig {
     /// METRICS request).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The display output (`--display`), `None`: no display.
-    pub display: Option<crate::display::DisplayConfig>,
+    pub display: Option<DisplayConfig>,
 }
 
 impl Default for DaemonConfig {
@@ -75,4 +75,15 @@ pub fn default_socket_path() -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("cohmem.sock"),
         _ => PathBuf::from("/run/cohmem/cohmem.sock"),
     }
+}
+
+/// `--display` and `--display-interval-us` (the display output,
+/// the display module).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DisplayConfig {
+    /// The connector to show on (`Virtual-1`, `VGA-1`); `None`: the first
+    /// connected one.
+    pub connector: Option<String>,
+    /// Least time between two damage commits (`None`: after every sync).
+    pub interval: Option<std::time::Duration>,
 }

@@ -17,7 +17,7 @@ use crate::damage::DamageAccumulator;
 use crate::gpu::{GpuError, GpuResource};
 
 /// Locks a mutex, recovering from poisoning (a panicked holder left valid
-/// data). Here rather than `crate::bo::lock`: the BO layer sits above the
+/// data). Its own, not the BO module's: the BO layer sits above the
 /// resources and this module never names it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -28,15 +28,7 @@ use crate::gpu::GpuBackend;
 use crate::resource::Resource;
 use pacing::{Decision, Pacer};
 
-/// `--display` and `--display-interval-us`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DisplayConfig {
-    /// The connector to show on (`Virtual-1`, `VGA-1`); `None`: the first
-    /// connected one.
-    pub connector: Option<String>,
-    /// Least time between two damage commits (`None`: after every sync).
-    pub interval: Option<Duration>,
-}
+pub use crate::config::DisplayConfig;
 
 /// Why a display request failed.
 #[derive(Debug, Error)]

@@ -298,12 +298,13 @@ impl GbmBuffer {
                 let mem_ptr = mem
                     .as_ptr()
                     .wrapping_add(mem_offset + (bytes.start - range.start) as usize);
-                // SAFETY: gbm_bo_map gave `count` rows of `width` pixels
-                // every `map_stride` bytes, and a piece lies within them
+                // gbm_bo_map gave `count` rows of `width` pixels every
+                // `map_stride` bytes, and a piece lies within them
                 // (RowLayout::pieces: with the buffer's own stride the bytes
                 // between rows are its row padding, else a piece is one
-                // row's pixels). The mapping side lies in the range that
-                // check_mem bounds-checked; the two are distinct mappings.
+                // row's pixels).
+                // SAFETY: both ranges are in bounds (above; check_mem) and
+                // lie in distinct mappings.
                 unsafe {
                     let buf_ptr = base.add(at as usize);
                     match dir {
@@ -364,9 +365,9 @@ impl GbmBuffer {
         self.with_map(first_row, rows, row_bytes / 4, dir, |base, stride| {
             for r in 0..rows as usize {
                 let mem_ptr = mem.as_ptr().wrapping_add(offset + r * row_bytes as usize);
-                // SAFETY: gbm_bo_map returned a mapping of `rows` rows of
-                // at least `row_bytes` bytes every `stride` bytes; the
-                // mapping range was bounds-checked above; the two are
+                // gbm_bo_map returned `rows` rows of at least `row_bytes`
+                // bytes every `stride` bytes.
+                // SAFETY: both ranges are in bounds (above) and lie in
                 // distinct mappings.
                 unsafe {
                     let buf_ptr = base.add(r * stride as usize);
