@@ -60,6 +60,18 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
+    /// A linear image whose first row starts at byte 0.
+    pub fn linear(width: u32, height: u32, fourcc: u32, pitch: u32) -> Self {
+        Self {
+            width,
+            height,
+            fourcc,
+            pitch,
+            offset: 0,
+            modifier: MODIFIER_LINEAR,
+        }
+    }
+
     /// Bytes per pixel of the format (0 if the protocol does not know it).
     pub fn bytes_per_pixel(&self) -> u32 {
         fourcc::bytes_per_pixel(self.fourcc).unwrap_or(0)

@@ -17,7 +17,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use cohmem_proto::MODIFIER_LINEAR;
 use cohmem_sys::drm::{DrmDevice, DrmInfo, DumbBuffer, GemHandle};
 use cohmem_sys::mapping::SharedMapping;
 use nix::errno::Errno;
@@ -133,14 +132,7 @@ impl GpuBackend for DrmGpu {
                     _ => GpuError::Sys(e),
                 })?;
         let pitch = buffer.pitch();
-        let image = ImageInfo {
-            width,
-            height,
-            fourcc: format,
-            pitch,
-            offset: 0,
-            modifier: MODIFIER_LINEAR,
-        };
+        let image = ImageInfo::linear(width, height, format, pitch);
         let size = image.end();
         if u64::from(pitch) < u64::from(width) * u64::from(cpp) || buffer.size() < size {
             return Err(GpuError::Unsupported(format!(

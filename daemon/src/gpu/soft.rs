@@ -21,7 +21,7 @@
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 
-use cohmem_proto::{fourcc, ImageInfo, MODIFIER_LINEAR};
+use cohmem_proto::{fourcc, ImageInfo};
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::Memfd;
 
@@ -95,14 +95,7 @@ impl GpuBackend for SoftGpu {
         }
         // At most 16384 × 4 bytes, rounded to 64: fits in u32.
         let pitch = (u64::from(width) * u64::from(cpp)).next_multiple_of(PITCH_ALIGN) as u32;
-        let image = ImageInfo {
-            width,
-            height,
-            fourcc: format,
-            pitch,
-            offset: 0,
-            modifier: MODIFIER_LINEAR,
-        };
+        let image = ImageInfo::linear(width, height, format, pitch);
         SoftResource::allocate(image.end(), Some(image))
     }
 }
