@@ -226,7 +226,7 @@ mod tests {
                 fourcc: fourcc::XRGB8888,
                 pitch: 4032,
                 offset: 0,
-                modifier: MODIFIER_LINEAR,
+                modifier: cohmem_proto::MODIFIER_LINEAR,
             }
         );
         assert_eq!(res.size(), 2 * 4032 + 4000);
