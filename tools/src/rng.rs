@@ -11,8 +11,12 @@ impl SplitMix64 {
         Self(seed)
     }
 
-    /// A seed from the clock and pid, for runs that print it.
+    /// A seed from the clock and pid, for runs that print it; `COHMEM_SEED`
+    /// (a decimal number) replaces it, to replay a failing run's seed.
     pub fn seed_from_time() -> u64 {
+        if let Some(seed) = std::env::var("COHMEM_SEED").ok().and_then(|s| s.trim().parse().ok()) {
+            return seed;
+        }
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
