@@ -84,6 +84,28 @@ typedef struct cohmem_connection cohmem_connection;
 // A tracked mapping of a BO in this process.
 typedef struct cohmem_mapping cohmem_mapping;
 
+// Daemon-wide counters.
+typedef struct cohmem_stats {
+  // Milliseconds since the daemon started.
+  uint64_t uptime_ms;
+  // Open connections.
+  uint32_t connections;
+  // Live BOs.
+  uint32_t bos;
+  // Completed syncs.
+  uint64_t syncs;
+  // Pages uploaded by all syncs.
+  uint64_t pages_uploaded;
+  // Bytes uploaded by all syncs.
+  uint64_t bytes_uploaded;
+  // Write-protect faults resolved by the daemon (uffd-sync).
+  uint64_t faults;
+  // vmwgfx method switches.
+  uint64_t method_switches;
+  // Requests answered with an error.
+  uint64_t errors;
+} cohmem_stats;
+
 // The layout of an image BO (`cohmem_image_create`): pixel (x, y) is the
 // `cohmem_format_bytes_per_pixel(fourcc)` bytes at
 // `offset + y * pitch + x * bytes_per_pixel` of the BO, and of its exported
@@ -155,31 +177,20 @@ typedef struct cohmem_dmabuf {
   struct cohmem_image_info image;
 } cohmem_dmabuf;
 
-// Daemon-wide counters.
-typedef struct cohmem_stats {
-  // Milliseconds since the daemon started.
-  uint64_t uptime_ms;
-  // Open connections.
-  uint32_t connections;
-  // Live BOs.
-  uint32_t bos;
-  // Completed syncs.
-  uint64_t syncs;
-  // Pages uploaded by all syncs.
-  uint64_t pages_uploaded;
-  // Bytes uploaded by all syncs.
-  uint64_t bytes_uploaded;
-  // Write-protect faults resolved by the daemon (uffd-sync).
-  uint64_t faults;
-  // vmwgfx method switches.
-  uint64_t method_switches;
-  // Requests answered with an error.
-  uint64_t errors;
-} cohmem_stats;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// The calling thread's last error message ("" when none). Valid until the
+// thread's next failing call.
+const char *cohmem_last_error(void);
+
+// The daemon's error code (its wire value, e.g. 9 TooLarge, 10
+// LimitExceeded) of the calling thread's last `COHMEM_E_DAEMON`, else 0.
+int cohmem_last_daemon_code(void);
+
+// A static description of a `COHMEM_E_*` code.
+const char *cohmem_strerror(int code);
 
 // Connects to cohmemd at `socket_path`, or at the default path when it is
 // NULL (`$COHMEM_SOCKET`, else `$XDG_RUNTIME_DIR/cohmem.sock`, else
@@ -197,12 +208,37 @@ int cohmem_connect(const char *socket_path, struct cohmem_connection **out);
 // `conn` is NULL or came from `cohmem_connect` and is not used again.
 void cohmem_disconnect(struct cohmem_connection *conn);
 
+// Reads the daemon's counters.
+//
+// # Safety
+// `conn` is a live connection; `out` is valid for writes.
+int cohmem_stats_get(const struct cohmem_connection *conn, struct cohmem_stats *out);
+
 // Creates a BO of `size` bytes (rounded up to whole pages) with a GPU
 // resource; `*out` is freed with `cohmem_bo_free`.
 //
 // # Safety
 // `conn` came from `cohmem_connect`; `out` is valid for writes.
 int cohmem_bo_create(const struct cohmem_connection *conn, uint64_t size, struct cohmem_bo **out);
+
+// Frees a BO handle (the daemon frees the BO when no handle and no mapping
+// is left).
+//
+// # Safety
+// `bo` is NULL or came from `cohmem_bo_create` and is not used again.
+void cohmem_bo_free(struct cohmem_bo *bo);
+
+// The BO's size in bytes (0 for NULL).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+uint64_t cohmem_bo_size(const struct cohmem_bo *bo);
+
+// The BO's daemon-wide id (0 for NULL).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+uint64_t cohmem_bo_id(const struct cohmem_bo *bo);
 
 // Creates an image BO: the daemon's GPU device allocates a linear `width`
 // × `height` image in DRM format `fourcc` (`COHMEM_FORMAT_XRGB8888`,
@@ -236,25 +272,6 @@ uint32_t cohmem_format_bytes_per_pixel(uint32_t fourcc);
 // # Safety
 // `bo` is NULL or a live BO; `out` is NULL or valid for writes.
 int cohmem_bo_image_info(const struct cohmem_bo *bo, struct cohmem_image_info *out);
-
-// Frees a BO handle (the daemon frees the BO when no handle and no mapping
-// is left).
-//
-// # Safety
-// `bo` is NULL or came from `cohmem_bo_create` and is not used again.
-void cohmem_bo_free(struct cohmem_bo *bo);
-
-// The BO's size in bytes (0 for NULL).
-//
-// # Safety
-// `bo` is NULL or a live BO.
-uint64_t cohmem_bo_size(const struct cohmem_bo *bo);
-
-// The BO's daemon-wide id (0 for NULL).
-//
-// # Safety
-// `bo` is NULL or a live BO.
-uint64_t cohmem_bo_id(const struct cohmem_bo *bo);
 
 // Maps the whole BO, tracked: writes through `cohmem_mapping_ptr` are seen
 // by the next `cohmem_bo_sync`. `*out` is freed with `cohmem_unmap`.
@@ -349,23 +366,6 @@ int cohmem_bo_damage(const struct cohmem_bo *bo, uint64_t offset, uint64_t len);
 // # Safety
 // `bo` is a live BO; `out` is valid for writes.
 int cohmem_bo_export_dmabuf(const struct cohmem_bo *bo, struct cohmem_dmabuf *out);
-
-// Reads the daemon's counters.
-//
-// # Safety
-// `conn` is a live connection; `out` is valid for writes.
-int cohmem_stats_get(const struct cohmem_connection *conn, struct cohmem_stats *out);
-
-// The calling thread's last error message ("" when none). Valid until the
-// thread's next failing call.
-const char *cohmem_last_error(void);
-
-// The daemon's error code (its wire value, e.g. 9 TooLarge, 10
-// LimitExceeded) of the calling thread's last `COHMEM_E_DAEMON`, else 0.
-int cohmem_last_daemon_code(void);
-
-// A static description of a `COHMEM_E_*` code.
-const char *cohmem_strerror(int code);
 
 #ifdef __cplusplus
 }  // extern "C"

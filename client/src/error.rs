@@ -1,8 +1,9 @@
-//! The client's error type.
+//! The client's error type, and the error for a reply that does not fit
+//! its request.
 
 use std::path::PathBuf;
 
-use cohmem_proto::ErrorCode;
+use cohmem_proto::{ErrorCode, Reply};
 use cohmem_sys::SysError;
 use thiserror::Error;
 
@@ -62,4 +63,9 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// The error for a reply that is not one `request` can have.
+pub(crate) fn unexpected(request: &str, reply: &Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply to {request}: {reply:?}"))
 }

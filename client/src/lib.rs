@@ -18,27 +18,36 @@
 //! [`Mapping`] never exposes it as a Rust slice: access is by copy
 //! ([`Mapping::write`], [`Mapping::read`]) or through the raw pointer.
 
+// The modules, each using only those listed before it (bottom first):
+// error; sync_guard (unprotecting the mappings when a uffd-sync daemon
+// dies); tracking (the process's write tracking); link (one session's
+// socket); attach (handing the tracking to a session); session (the
+// connection state, its calls and reconnect); handle (a BO's shared state,
+// reopened by a reconnect); mapping; results; bo; connection; display and
+// mechanism (the display output and mechanism switching, on `Bo` and
+// `Connection`).
+mod attach;
+mod bo;
 mod connection;
+mod display;
 mod error;
+mod handle;
+mod link;
 mod mapping;
+mod mechanism;
+mod results;
+mod session;
+mod sync_guard;
 mod tracking;
 
+pub use bo::Bo;
 pub use cohmem_proto::{
     fourcc, BoPolicy, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Run, ScanReport, SnapshotReport,
     DAMAGE_PATH_ATOMIC, DAMAGE_PATH_DIRTYFB, DAMAGE_PATH_NONE, MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
 };
-pub use connection::{Bo, Connection, ExportedResource, MechanismSwitch, Readback, Shown, SyncResult};
+pub use connection::{default_socket_path, Connection};
+pub use display::Shown;
 pub use error::ClientError;
 pub use mapping::Mapping;
-
-/// Default socket path: `$XDG_RUNTIME_DIR/cohmem.sock`, else
-/// `/run/cohmem/cohmem.sock` (the daemon's default too).
-pub fn default_socket_path() -> std::path::PathBuf {
-    match std::env::var_os("COHMEM_SOCKET") {
-        Some(p) if !p.is_empty() => p.into(),
-        _ => match std::env::var_os("XDG_RUNTIME_DIR") {
-            Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir).join("cohmem.sock"),
-            _ => "/run/cohmem/cohmem.sock".into(),
-        },
-    }
-}
+pub use mechanism::MechanismSwitch;
+pub use results::{ExportedResource, Readback, SyncResult};

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use cohmem_proto::{Reply, Request};
 use cohmem_sys::mapping::SharedMapping;
 
-use crate::connection::{unexpected, BoInner, ViewSlot};
+use crate::error::{unexpected, ClientError};
+use crate::handle::{BoInner, ViewSlot};
 use crate::tracking::ProcessTracking;
-use crate::ClientError;
 
 /// A `MAP_SHARED` mapping of (part of) a BO, registered for write-protect
 /// tracking and announced to the daemon. Writes through it are tracked;

@@ -5,7 +5,9 @@
 //! userfaultfd with its pagemap fd (uffd-async), and a synchronous
 //! userfaultfd (uffd-sync), created to handle kernel-mode faults where
 //! permitted. The daemon picks one mechanism per process; every mapping of the
-//! process is then registered with the matching uffd.
+//! process is then registered with the matching uffd. The guard that keeps
+//! a uffd-sync client from hanging when its daemon dies is in
+//! `sync_guard.rs`.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -13,229 +15,25 @@ use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
 
-use cohmem_proto::limits::MAX_FRAME;
 use cohmem_proto::{
-    Mechanism, Reply, Request, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_MAPS,
-    ATTACH_WITH_SYNC_UFFD, PROTOCOL_VERSION,
+    Mechanism, ATTACH_SYNC_ALL_FAULTS, ATTACH_WITH_CLEAR_REFS, ATTACH_WITH_FDS, ATTACH_WITH_MAPS, ATTACH_WITH_SYNC_UFFD,
 };
 use cohmem_sys::pagemap::PagemapFile;
-use cohmem_sys::pidfd::{Pidfd, StopSignal, WaitOutcome};
 use cohmem_sys::procmaps::ProcMapsFile;
-use cohmem_sys::seqpacket::SeqpacketSocket;
-use cohmem_sys::signals::spawn_with_signals_blocked;
 use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::{features, UffdFlavor, Userfaultfd};
 
-use crate::ClientError;
+use crate::error::ClientError;
+use crate::sync_guard::{lock_ranges, MappedRanges, SyncGuard};
 
 /// The uffd-async pair.
 pub(crate) struct AsyncTracking {
     pub uffd: Userfaultfd,
     pub pagemap: PagemapFile,
     pub features: u64,
-}
-
-/// The address ranges of this process's mappings for one daemon.
-pub(crate) type MappedRanges = Arc<Mutex<Vec<Range<u64>>>>;
-
-fn lock_ranges(ranges: &MappedRanges) -> MutexGuard<'_, Vec<Range<u64>>> {
-    ranges.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How a [`SyncGuard`] learns that its daemon died.
-enum DaemonWatch {
-    /// The daemon's pidfd (WATCH_DAEMON): readable exactly when the daemon
-    /// process has exited, so nothing else (a signal, a refused or dropped
-    /// connection, a daemon closing one session) is taken for death.
-    Process { pidfd: Pidfd, stop: StopSignal },
-    /// Where the daemon cannot give a pidfd: an idle connection whose
-    /// end-of-file is taken as death. Accepted by a HELLO first, so a
-    /// daemon that refuses it (connection quota) fails the caller loudly.
-    Lifeline(SeqpacketSocket),
-}
-
-/// Keeps a uffd-sync client from hanging when its daemon dies (DESIGN.md
-/// §5.6): a watcher thread, started before any mapping is handed to the
-/// synchronous uffd, waits for the daemon's exit; then it unprotects every
-/// mapping of the process through the synchronous uffd (ranges not
-/// registered with it are skipped by the kernel), which wakes every thread
-/// waiting in a write-protect fault. The mappings then carry on untracked
-/// until a reconnect re-announces them as damaged.
-///
-/// The watcher starts with every signal blocked, and nothing but the
-/// daemon's exit (or [`SyncGuard::retire`]) ends its wait.
-pub(crate) struct SyncGuard {
-    ranges: MappedRanges,
-    gone: AtomicBool,
-    closing: AtomicBool,
-    watch: DaemonWatch,
-    /// The daemon process (its `SO_PEERCRED` pid; for the lifeline only).
-    daemon_pid: i32,
-    uffd: Userfaultfd,
-    /// The process that started the guard (a forked child must not stop
-    /// its parent's watcher through the shared fds).
-    owner: u32,
-    watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl SyncGuard {
-    /// Starts watching the daemon: through `pidfd` (from WATCH_DAEMON) when
-    /// there is one, else through a lifeline connection to `daemon`.
-    fn start(
-        daemon: &Path,
-        pidfd: Option<OwnedFd>,
-        uffd: &Userfaultfd,
-        ranges: MappedRanges,
-    ) -> Result<Arc<Self>, ClientError> {
-        let (watch, daemon_pid) = match pidfd {
-            Some(fd) => (
-                DaemonWatch::Process {
-                    pidfd: Pidfd::from(fd),
-                    stop: StopSignal::new()?,
-                },
-                0,
-            ),
-            None => {
-                let lifeline = lifeline(daemon)?;
-                let pid = lifeline.peer_cred().map(|c| c.pid).unwrap_or(0);
-                (DaemonWatch::Lifeline(lifeline), pid)
-            }
-        };
-        let guard = Arc::new(Self {
-            ranges,
-            gone: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            watch,
-            daemon_pid,
-            uffd: Userfaultfd::from_fd(uffd.try_clone_fd()?)?,
-            owner: std::process::id(),
-            watcher: Mutex::new(None),
-        });
-        let watcher = guard.clone();
-        let handle = spawn_with_signals_blocked("cohmem-lifeline", move || watcher.watch())
-            .map_err(|e| ClientError::Protocol(format!("cannot start the lifeline thread: {e}")))?;
-        *guard.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Ok(guard)
-    }
-
-    /// Ends the watcher's wait without taking it for the daemon's death.
-    fn stop_watching(&self) {
-        if std::process::id() != self.owner {
-            // The fds are shared with the parent: touching them would end
-            // the parent's watch.
-            return;
-        }
-        self.closing.store(true, Ordering::Release);
-        let _ = match &self.watch {
-            DaemonWatch::Process { stop, .. } => stop.raise(),
-            DaemonWatch::Lifeline(sock) => sock.shutdown(),
-        };
-    }
-
-    /// Retires the guard because the process moves to another daemon:
-    /// stops the watcher (waiting for an unprotect it may be doing), then
-    /// unprotects every mapping itself, so no protection of the old daemon
-    /// outlives it, and no late unprotect undoes the new daemon's.
-    fn retire(&self) {
-        self.stop_watching();
-        let handle = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-        self.gone.store(true, Ordering::Release);
-        self.unprotect_all();
-    }
-
-    fn unprotect_all(&self) {
-        let ranges = lock_ranges(&self.ranges).clone();
-        for r in ranges {
-            // Unprotect and wake: nobody will resolve these faults any more.
-            let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
-        }
-    }
-
-    /// Blocks until the daemon has exited (or the guard is retired).
-    fn watch(&self) {
-        match &self.watch {
-            DaemonWatch::Process { pidfd, stop } => {
-                if !matches!(pidfd.wait_exit(stop), Ok(WaitOutcome::Exited)) {
-                    return;
-                }
-            }
-            DaemonWatch::Lifeline(sock) => {
-                let mut buf = [0u8; 64];
-                // The daemon never sends on it; recv restarts after signals.
-                while matches!(sock.recv(&mut buf), Ok(r) if r.len > 0 || !r.fds.is_empty()) {}
-            }
-        }
-        if self.closing.load(Ordering::Acquire) {
-            return;
-        }
-        self.gone.store(true, Ordering::Release);
-        self.unprotect_all();
-    }
-
-    /// True once the daemon is known to be gone.
-    pub fn daemon_gone(&self) -> bool {
-        if self.gone.load(Ordering::Acquire) {
-            return true;
-        }
-        match &self.watch {
-            DaemonWatch::Process { pidfd, .. } => pidfd.exited().unwrap_or(false),
-            DaemonWatch::Lifeline(_) => false,
-        }
-    }
-
-    /// Waits up to `bound` for the daemon to be known gone.
-    fn gone_within(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        loop {
-            if self.daemon_gone() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-/// A lifeline connection to the daemon at `path`, accepted (HELLO answered):
-/// a daemon that refuses it fails the caller with the daemon's reason
-/// instead of being taken for dead a second later.
-fn lifeline(path: &Path) -> Result<SeqpacketSocket, ClientError> {
-    let sock = SeqpacketSocket::connect(path).map_err(|source| ClientError::Connect {
-        path: path.to_owned(),
-        source,
-    })?;
-    let hello = Request::Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        caps: 0,
-    };
-    sock.send(&hello.encode(0), &[])?;
-    let mut buf = vec![0u8; MAX_FRAME];
-    let got = sock.recv(&mut buf)?;
-    match Reply::decode(&buf[..got.len.min(buf.len())]) {
-        Ok((_, Reply::Hello { .. })) => Ok(sock),
-        Ok((_, Reply::Error { code, message })) => Err(ClientError::Daemon {
-            request: "HELLO (lifeline connection)",
-            code,
-            message,
-        }),
-        Ok((_, other)) => Err(ClientError::Protocol(format!(
-            "unexpected reply to the lifeline's HELLO: {other:?}"
-        ))),
-        Err(_) if got.len == 0 => Err(ClientError::Disconnected),
-        Err(e) => Err(ClientError::Protocol(format!(
-            "undecodable reply to the lifeline's HELLO: {e}"
-        ))),
-    }
 }
 
 /// How long a reconnect waits for the daemon of a broken session to be
@@ -343,10 +141,9 @@ impl ProcessTracking {
     pub fn settle_daemon(&self, daemon_pid: i32) {
         let old = {
             let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
-            let retire = slot.as_ref().is_some_and(|g| {
-                matches!(g.watch, DaemonWatch::Lifeline(_)) && g.daemon_pid != daemon_pid
-                    || g.gone_within(DAEMON_EXIT_BOUND)
-            });
+            let retire = slot
+                .as_ref()
+                .is_some_and(|g| g.watches_another_than(daemon_pid) || g.gone_within(DAEMON_EXIT_BOUND));
             if retire {
                 slot.take()
             } else {
