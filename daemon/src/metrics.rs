@@ -7,54 +7,28 @@
 //! histograms are observed where the work is done (requests, syncs, fault
 //! batches). Nothing here is per page or per fault: a fault batch costs one
 //! histogram observation.
+//!
+//! The HTTP side, [`serve`] in the `http` submodule, is hyper, which replaced
+//! a hand-written HTTP/1.x answerer (issue 18 item 4), behind a connection
+//! cap and a deadline.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cohmem_proto::{BoPolicy, Method};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use crate::latency::Label;
 use crate::server::Daemon;
 
-/// One label (`mechanism`, `request`).
-pub type Label = [(&'static str, &'static str); 1];
-/// A latency histogram per label value.
-pub type LabeledHistogram = Family<Label, Histogram, fn() -> Histogram>;
+mod http;
 
-/// Buckets from 4 µs to 4 s, doubling: a clean sync is tens of
-/// microseconds, a full copy of a 4 GiB BO is seconds.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(4e-6, 2.0, 21))
-}
-
-/// The daemon's latency histograms.
-#[derive(Debug)]
-pub struct Latency {
-    /// Sync duration as the daemon measured it (scan, transfer, upload), by
-    /// the mechanism of the BO's views.
-    pub sync: LabeledHistogram,
-    /// Request handling time, receive to reply, by request kind.
-    pub request: LabeledHistogram,
-}
-
-impl Default for Latency {
-    fn default() -> Self {
-        Self {
-            sync: Family::new_with_constructor(latency_histogram),
-            request: Family::new_with_constructor(latency_histogram),
-        }
-    }
-}
+pub use http::serve;
 
 /// The text a scrape returns: every metric of `daemon`, OpenMetrics text
 /// ending in `# EOF`.
@@ -318,100 +292,4 @@ impl Collector for DaemonCollector {
         )?;
         Ok(())
     }
-}
-
-/// Most scrapes served at once; a connection beyond them is closed at once.
-const MAX_SCRAPES: usize = 4;
-/// A scrape that is not over within this (request read, reply written:
-/// a client that stops reading included) is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head read.
-const MAX_REQUEST: usize = 8192;
-
-/// Serves `GET /metrics` (and `/`) over HTTP/1.x on `listener` until the
-/// runtime stops. Anything else gets a 404 or 405; a slow, stuck or garbage
-/// client costs one task and at most [`MAX_REQUEST`] bytes for
-/// [`REQUEST_TIMEOUT`], and never keeps the listener from accepting.
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics: {MAX_SCRAPES} scrapes in progress; connection closed");
-            continue;
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &daemon)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
-                Err(_) => tracing::debug!(%peer, "metrics scrape not over in time; dropped"),
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Reads one request head and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, daemon: &Arc<Daemon>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_REQUEST {
-            return Err(std::io::Error::other("request head too long or cut short"));
-        }
-        // Only the new bytes (and the 3 before them) can complete the head.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        let tail = &head[from..];
-        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            // The collector takes every BO's state lock in turn: off the
-            // async workers.
-            tokio::task::block_in_place(|| render(daemon)),
-        ),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "cohmemd: metrics at /metrics\n".to_string(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            format!("no {path}; try /metrics\n"),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".to_string(),
-        ),
-    };
-    let mut reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        reply.push_str(&body);
-    }
-    stream.write_all(reply.as_bytes()).await?;
-    stream.shutdown().await
 }
