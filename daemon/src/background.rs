@@ -9,20 +9,11 @@
 //! still guarantees that everything written before it was sent is in the
 //! GPU copy when it returns; it reports only the pages it uploaded itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::server::Daemon;
-
-/// Background syncs done, and the pages they uploaded.
-#[derive(Debug, Default)]
-pub struct BackgroundCounters {
-    /// Syncs run by the background thread.
-    pub syncs: AtomicU64,
-    /// Pages they uploaded.
-    pub pages: AtomicU64,
-}
 
 /// Starts the background thread; it stops when the daemon is dropped.
 pub fn start(daemon: &Arc<Daemon>, interval: Duration) -> std::io::Result<()> {

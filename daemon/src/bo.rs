@@ -17,9 +17,8 @@ use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
 
 use crate::dirty::{DirtyState, PageSet};
-use crate::fdstore::StoredBo;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
-use crate::mm::MmSubscription;
+use crate::mm::{MappedView, Registry, Subscription};
 use crate::policy::DirtyTracker;
 use crate::quota::BoCharge;
 
@@ -154,9 +153,17 @@ pub struct Bo {
     /// The quota charge of the uid that created or adopted the BO,
     /// released when the BO dies.
     charge: OnceLock<BoCharge>,
-    /// The BO's entry in the service manager's fd store, if any.
-    stored: OnceLock<StoredBo>,
+    /// What the server layer keeps for exactly as long as the BO lives: its
+    /// entries in the service manager's fd store ([`crate::fdstore`]),
+    /// removed when this is dropped. Opaque here: the BO store sits below
+    /// the systemd glue and never names its types.
+    stored: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
+
+/// One client process's subscription, over this store's views (seed 003).
+pub type MmSubscription = Subscription<View>;
+/// Every live subscription, over this store's views.
+pub type MmRegistry = Registry<View>;
 
 /// One mapping of a BO in one client process.
 pub struct View {
@@ -225,10 +232,13 @@ impl View {
     }
 }
 
-/// Locks a mutex, recovering from poisoning (a panicked holder left valid data).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl MappedView for View {
+    fn range(&self) -> Range<u64> {
+        View::range(self)
+    }
 }
+
+pub use crate::locking::lock;
 
 impl Bo {
     /// Creates a sealed memfd of `size` bytes (a page multiple) and maps it;
@@ -405,8 +415,9 @@ impl Bo {
         let _ = self.charge.set(charge);
     }
 
-    /// Attaches the BO's fd store entry (once), removed when the BO dies.
-    pub fn hold_stored(&self, entry: StoredBo) {
+    /// Attaches the BO's fd store entry (once), removed when the BO dies
+    /// (the entry's own `Drop` removes it from the store).
+    pub fn hold_stored(&self, entry: Box<dyn std::any::Any + Send + Sync>) {
         let _ = self.stored.set(entry);
     }
 

@@ -25,11 +25,12 @@ use cohmem_sys::uffd::features;
 use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::UnixSeqpacket;
 
+use crate::bo::MmSubscription;
 use crate::bo::{AdoptError, Bo, View};
-use crate::mm::{MmKey, MmSubscription};
+use crate::mm::{MechanismOffer, MmKey};
 use crate::quota::BoCharge;
 use crate::server::{ConnectionInfo, Daemon};
-use crate::switch::{self, MechanismOffer};
+use crate::switch;
 use crate::sync::{SyncEngine, SyncError};
 use crate::tracker::TrackError;
 
@@ -1155,7 +1156,7 @@ impl Session {
         let (mm, joined) = self
             .daemon
             .mms
-            .get_or_insert(key, self.info.uid, tracker, offer, &self.daemon.faults)
+            .get_or_insert(key, self.info.uid, tracker, offer, |mm| self.daemon.faults.register(mm))
             .map_err(|e| fail(ErrorCode::Kernel, format!("registering with the fault service: {e}")))?;
         crate::limited!(
             info,

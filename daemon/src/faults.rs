@@ -19,8 +19,8 @@ use cohmem_proto::Method;
 use cohmem_sys::uffd::WpFault;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use crate::bo::{lock, Bo, BoState, View};
-use crate::mm::MmSubscription;
+use crate::bo::{lock, Bo, BoState, MmSubscription, View};
+use crate::mm::FaultHook;
 use crate::tracker::WriteTracker;
 
 /// Faults read per uffd per wake-up, at most.
@@ -46,10 +46,10 @@ pub struct FaultRegistration {
     mm_id: u64,
 }
 
-impl FaultRegistration {
+impl FaultHook for FaultRegistration {
     /// Starts delivering the uffd's fault messages to the fault thread
     /// (`EPOLL_CTL_MOD` of a watched fd allocates nothing).
-    pub fn arm(&self) -> std::io::Result<()> {
+    fn arm(&self) -> std::io::Result<()> {
         // SAFETY: the registration is dropped before the uffd is closed
         // (see the type's comment), so the fd is open here.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
@@ -79,7 +79,7 @@ impl FaultService {
             subscriptions: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             faults: AtomicU64::new(0),
-            batch_seconds: crate::metrics::latency_histogram(),
+            batch_seconds: crate::latency::latency_histogram(),
         });
         let worker = Arc::downgrade(&service);
         std::thread::Builder::new()
@@ -90,13 +90,13 @@ impl FaultService {
 
     /// Watches `mm`'s synchronous uffd. The registration must be stored in
     /// the subscription (dropped before its uffd).
-    pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<FaultRegistration>> {
+    pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<Box<dyn FaultHook>>> {
         let tracker = mm.tracker();
         match tracker.fault_uffd() {
             Some(uffd) => {
                 let reg = self.register_fd(mm, uffd.as_fd())?;
                 reg.arm()?;
-                Ok(Some(reg))
+                Ok(Some(Box::new(reg)))
             }
             None => Ok(None),
         }

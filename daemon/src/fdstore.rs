@@ -78,7 +78,7 @@ pub fn store(daemon: &Daemon, bo: &Bo, uid: u32) {
             }
         }
     }
-    bo.hold_stored(StoredBo { names });
+    bo.hold_stored(Box::new(StoredBo { names }));
 }
 
 fn image_name(id: u64, uid: u32, i: &cohmem_proto::ImageInfo) -> String {
@@ -183,7 +183,7 @@ pub fn adopt_stored(daemon: &Daemon, passed: Vec<(std::os::fd::OwnedFd, String)>
             Err(e) => tracing::warn!(bo = id, error = %e, "adopted BO is over its user's quota"),
         }
         // Still in the store under the same names: only the guard is new.
-        bo.hold_stored(StoredBo { names });
+        bo.hold_stored(Box::new(StoredBo { names }));
         let bo = Arc::new(bo);
         daemon.bos.reserve_id(id);
         daemon.bos.insert(&bo);

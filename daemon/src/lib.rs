@@ -35,6 +35,9 @@ pub mod display;
 pub mod faults;
 pub mod fdstore;
 pub mod gpu;
+pub mod latency;
+pub mod listener;
+pub mod locking;
 pub mod metrics;
 pub mod mm;
 pub mod policy;
@@ -49,4 +52,5 @@ pub mod tracker;
 pub mod viewcheck;
 
 pub use config::DaemonConfig;
-pub use server::{Daemon, Server, ServerError};
+pub use listener::{Server, ServerError};
+pub use server::Daemon;

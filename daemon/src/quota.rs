@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use crate::bo::lock;
+use crate::locking::lock;
 
 /// The per-user limits (configurable: `--max-*-per-user`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,12 +16,7 @@ use cohmem_sys::mapping::SharedMapping;
 use crate::damage::DamageAccumulator;
 use crate::gpu::{GpuError, GpuResource};
 
-/// Locks a mutex, recovering from poisoning (a panicked holder left valid
-/// data). Its own, not the BO module's: the BO layer sits above the
-/// resources and this module never names it.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::locking::lock;
 
 /// A GPU resource bound to a byte window of a BO.
 pub struct Resource {

@@ -1,4 +1,5 @@
-//! Daemon-wide counters reported by STATS and `cohmemctl status`.
+//! Daemon-wide counters reported by STATS, `cohmemctl status` and the
+//! metrics endpoint (plain atomics: every layer may count into them).
 
 use std::sync::atomic::AtomicU64;
 
@@ -31,5 +32,14 @@ pub struct DaemonCounters {
     /// library), recorded as written.
     pub unrecorded_writable: AtomicU64,
     /// Latency histograms (metrics).
-    pub latency: crate::metrics::Latency,
+    pub latency: crate::latency::Latency,
+}
+
+/// Background syncs done, and the pages they uploaded.
+#[derive(Debug, Default)]
+pub struct BackgroundCounters {
+    /// Syncs run by the background thread.
+    pub syncs: AtomicU64,
+    /// Pages they uploaded.
+    pub pages: AtomicU64,
 }

@@ -24,29 +24,11 @@ use cohmem_sys::softdirty::ClearRefs;
 use cohmem_sys::uffd::Userfaultfd;
 use thiserror::Error;
 
-use crate::bo::{lock, Bo, BoState, View};
+use crate::bo::{lock, Bo, BoState, MmSubscription, View};
 use crate::faults::FaultService;
-use crate::mm::MmSubscription;
+pub use crate::mm::MechanismOffer;
 use crate::stats::DaemonCounters;
 use crate::tracker::{ExplicitTracker, FullTracker, SoftDirtyTracker, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
-
-/// The fds a client process offered in ATTACH_MM, kept for the life of its
-/// subscription: each mechanism is built from duplicates of them.
-#[derive(Debug, Default)]
-pub struct MechanismOffer {
-    /// WP_ASYNC userfaultfd and the process's pagemap.
-    pub asynchronous: Option<(OwnedFd, OwnedFd)>,
-    /// Synchronous userfaultfd.
-    pub synchronous: Option<OwnedFd>,
-    /// Pagemap and clear_refs, for soft-dirty.
-    pub soft_dirty: Option<(OwnedFd, OwnedFd)>,
-    /// The process's `/proc/self/maps`, for `PROCMAP_QUERY` coverage proofs.
-    pub maps: Option<OwnedFd>,
-    /// ATTACH_MM flags (what the fds are and what they can do).
-    pub flags: u32,
-    /// Features of the WP_ASYNC userfaultfd.
-    pub uffd_features: u64,
-}
 
 /// Why a mechanism could not be built or switched to.
 #[derive(Debug, Error)]
@@ -232,7 +214,7 @@ pub fn switch_mechanism(
         report.extra_pages += move_view(&bo, &mut held[i].state, view, old.as_ref(), new.as_ref());
         report.views += 1;
     }
-    mm.replace_tracker(new, registration);
+    mm.replace_tracker(new, registration.map(|r| Box::new(r) as Box<dyn crate::mm::FaultHook>));
     counters.extra_pages.fetch_add(report.extra_pages, Ordering::Relaxed);
     drop(held);
     Ok(report)

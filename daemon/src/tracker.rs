@@ -55,6 +55,18 @@ impl From<SysError> for TrackError {
     }
 }
 
+/// Where the tracked process's views are, as a mechanism may ask: soft-dirty
+/// clears the bits of the whole process, so each of its cycles reads every
+/// view. Implemented by the mm subscription ([`crate::mm`]), which sits
+/// above the mechanisms and hands itself over with
+/// [`WriteTracker::bind_mm`].
+pub trait ProcessViews: Send + Sync {
+    /// Address ranges of the process's live views.
+    fn view_ranges(&self) -> Vec<Range<u64>>;
+    /// The address range of the live view containing `addr`, if any.
+    fn view_range_at(&self, addr: u64) -> Option<Range<u64>>;
+}
+
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
 /// the range's VMAs is reported: appends the written ranges to `out`, and
 /// fails with [`TrackError::Moved`] if part of the range has no VMA (it was
@@ -133,7 +145,7 @@ pub trait WriteTracker: Send + Sync {
     }
     /// Gives the mechanism its subscription (mm-wide mechanisms need the
     /// process's other views).
-    fn bind_mm(&self, _mm: std::sync::Weak<crate::mm::MmSubscription>) {}
+    fn bind_mm(&self, _mm: std::sync::Weak<dyn ProcessViews>) {}
     /// Called by the fault service for each fault; true when the mechanism
     /// parks it (it wakes the writer itself later).
     fn park(&self, _addr: u64) -> bool {
@@ -593,7 +605,7 @@ pub struct SoftDirtyTracker {
     uffd: Userfaultfd,
     pagemap: PagemapFile,
     clear_refs: std::sync::Mutex<ClearRefs>,
-    mm: std::sync::OnceLock<std::sync::Weak<crate::mm::MmSubscription>>,
+    mm: std::sync::OnceLock<std::sync::Weak<dyn ProcessViews>>,
     /// Held for a whole cycle; faults arriving meanwhile are parked.
     cycle: std::sync::Mutex<()>,
     parking: std::sync::atomic::AtomicBool,
@@ -749,10 +761,10 @@ impl WriteTracker for SoftDirtyTracker {
             .mm
             .get()
             .and_then(std::sync::Weak::upgrade)
-            .and_then(|mm| mm.view_at(range.start));
-        let view_start = base.as_ref().map_or(range.start, |v| v.addr);
+            .and_then(|mm| mm.view_range_at(range.start));
+        let view_start = base.as_ref().map_or(range.start, |v| v.start);
         let ps = cohmem_sys::page_size();
-        let mut pages = self.cycle(base.as_ref().map_or(range.clone(), |v| v.range()))?;
+        let mut pages = self.cycle(base.clone().unwrap_or_else(|| range.clone()))?;
         pages.retain(|p| {
             let addr = view_start + p * ps;
             !(range.start..range.end).contains(&addr)
@@ -763,7 +775,7 @@ impl WriteTracker for SoftDirtyTracker {
         Ok(())
     }
 
-    fn bind_mm(&self, mm: std::sync::Weak<crate::mm::MmSubscription>) {
+    fn bind_mm(&self, mm: std::sync::Weak<dyn ProcessViews>) {
         let _ = self.mm.set(mm);
     }
 
