@@ -1,4 +1,4 @@
-//! Daemon configuration (command line now; the TOML file comes later).
+//! Daemon configuration: what the command line and `cohmemd.toml` ([`crate::config_file`]) set, for every layer.
 
 use std::path::PathBuf;
 
