@@ -32,12 +32,28 @@ const LAYERS: &[(&str, &[&str])] = &[
     // glue, metrics, background upload, the command line.
     (
         "server",
-        &["server", "connection", "listener", "background", "fdstore", "metrics", "cli"],
+        &[
+            "server",
+            "connection",
+            "listener",
+            "background",
+            "fdstore",
+            "metrics",
+            "cli",
+        ],
     ),
 ];
 
 /// Paths whose use makes a module more than pure state.
-const SYSTEM_INTERFACES: &[&str] = &["cohmem_sys", "nix::", "libc::", "std::fs", "std::os", "std::thread", "std::process"];
+const SYSTEM_INTERFACES: &[&str] = &[
+    "cohmem_sys",
+    "nix::",
+    "libc::",
+    "std::fs",
+    "std::os",
+    "std::thread",
+    "std::process",
+];
 
 fn src_dir(krate: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(krate).join("src")
@@ -175,7 +191,10 @@ fn graph(krate: &str, key: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, 
             continue;
         }
         let Some(from) = key(&module) else {
-            panic!("{krate}: module `{module}` ({}) has no layer in tests/tests/layering.rs", f.display());
+            panic!(
+                "{krate}: module `{module}` ({}) has no layer in tests/tests/layering.rs",
+                f.display()
+            );
         };
         let text = std::fs::read_to_string(&f).expect("readable source");
         let entry = g.entry(from.clone()).or_default();
@@ -254,23 +273,31 @@ fn no_daemon_module_names_a_module_of_a_higher_layer() {
             edges += 1;
             let (lf, lt) = (known[from], known[to]);
             if lt > lf {
-                upward.push(format!(
-                    "{from} ({}) names {to} ({})",
-                    LAYERS[lf].0, LAYERS[lt].0
-                ));
+                upward.push(format!("{from} ({}) names {to} ({})", LAYERS[lf].0, LAYERS[lt].0));
             }
         }
     }
     eprintln!("daemon: {} modules, {edges} edges between them", g.len());
-    assert!(upward.is_empty(), "imports against the layering:\n  {}", upward.join("\n  "));
-    assert!(edges > 30, "the scan found too few imports ({edges}): is it still reading the sources?");
+    assert!(
+        upward.is_empty(),
+        "imports against the layering:\n  {}",
+        upward.join("\n  ")
+    );
+    assert!(
+        edges > 30,
+        "the scan found too few imports ({edges}): is it still reading the sources?"
+    );
 }
 
 #[test]
 fn the_daemon_module_graph_has_no_cycle() {
     let known = daemon_layers();
     let g = graph("daemon", &|m| layered_module(m, &known));
-    assert_eq!(find_cycle(&g), None, "the daemon's modules import each other in a cycle");
+    assert_eq!(
+        find_cycle(&g),
+        None,
+        "the daemon's modules import each other in a cycle"
+    );
 }
 
 #[test]
@@ -315,7 +342,10 @@ fn the_check_finds_an_upward_import_and_a_cycle() {
         names.contains("bo") && names.contains("server::Daemon") && names.contains("sync::SyncEngine::new"),
         "{names:?}"
     );
-    assert!(!names.iter().any(|n| n.starts_with("cli")), "a comment counted: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("cli")),
+        "a comment counted: {names:?}"
+    );
     let mut g = BTreeMap::new();
     g.insert("a".to_string(), BTreeSet::from(["b".to_string()]));
     g.insert("b".to_string(), BTreeSet::from(["a".to_string()]));
