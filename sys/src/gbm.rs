@@ -5,14 +5,41 @@
 //!
 //! libgbm objects are not thread-safe, so a [`GbmDevice`] serialises every
 //! call on it and its buffers behind one mutex. Mapped buffer memory is only
-//! ever reached through raw pointers (an importer of the dma-buf may access
-//! it at the same time), never as a Rust slice.
+//! ever reached as a [`VolatileSlice`] (an importer of the dma-buf, or the
+//! GPU, may access it at the same time), never as a Rust slice.
+//!
+//! Smithay's `gbm` crate (0.18, without its default features: no drm 0.14
+//! beside our drm 0.15, no wayland) owns the device and the buffers: it
+//! creates them (`Device::new` on our `Arc<DrmDevice>`, any `AsFd`;
+//! `create_buffer_object` with `LINEAR | RENDERING` and a typed fourcc),
+//! destroys them (each buffer keeps the device alive), answers the stride,
+//! offset, bpp, modifier and plane queries and exports the dma-buf (`fd`).
+//! Two things stay ours. First, the mutex: the crate declares its objects
+//! `Send + Sync` on the assumption that libgbm is thread-safe; we do not
+//! rely on it. Second, `gbm_bo_map`, called through gbm-sys on the crate's
+//! raw pointer: the crate's `BufferObject::map`/`map_mut` hand the closure
+//! a `MappedBufferObject` whose `buffer()`/`buffer_mut()` are a `&[u8]`/
+//! `&mut [u8]` built with `slice::from_raw_parts_mut` (even for the read
+//! map taken through `&self`) over `height × stride` bytes: a reference
+//! into memory that the GPU and every importer of the exported dma-buf may
+//! write meanwhile (DESIGN.md §4 forbids exactly that), and a length that
+//! runs past the last row's pixels, which is all `gbm_bo_map` promises
+//! (the product is also a `u32` that overflows for buffers near 4 GiB).
+//! `map_mut` also takes `&mut BufferObject`, where our uploads run through
+//! `&self`. The crate's `import_buffer_object_from_dma_buf` is there if an
+//! import is ever needed; none is today. One more caveat, harmless here:
+//! its `Device<T>` drops `T` (the DRM fd) when the `Device` drops even if
+//! buffers still hold the `gbm_device`; our buffers hold an `Arc` of the
+//! whole [`GbmDevice`], so the fd outlives them.
 
-use std::ffi::CStr;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use gbm::{AsRaw, BufferObject, BufferObjectFlags, Format};
+use vm_memory::VolatileSlice;
 
 use crate::drm::DrmDevice;
 use crate::mapping::SharedMapping;
@@ -22,7 +49,7 @@ mod layout;
 use layout::RowLayout;
 
 /// `GBM_FORMAT_ARGB8888` (fourcc `AR24`).
-const FORMAT_ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
+const FORMAT_ARGB8888: u32 = Format::Argb8888 as u32;
 
 /// `DRM_FORMAT_MOD_LINEAR`.
 pub const MODIFIER_LINEAR: u64 = 0;
@@ -32,15 +59,13 @@ pub const MODIFIER_LINEAR: u64 = 0;
 /// one (with `GBM_BO_USE_LINEAR`, the layout is linear all the same).
 const MODIFIER_INVALID: u64 = 0x00ff_ffff_ffff_ffff;
 
-struct RawDevice(*mut gbm_sys::gbm_device);
-
-// SAFETY: the pointer is only used with the device mutex held, so libgbm
-// never sees two threads at once.
-unsafe impl Send for RawDevice {}
+/// The gbm crate's device on our DRM node.
+type Device = gbm::Device<Arc<DrmDevice>>;
 
 /// A GBM device on an open DRM node.
 pub struct GbmDevice {
-    raw: Mutex<RawDevice>,
+    /// Held for every libgbm call on the device or its buffers.
+    device: Mutex<Device>,
     backend: String,
     /// Kept open for as long as the GBM device uses its fd.
     drm: Arc<DrmDevice>,
@@ -59,27 +84,17 @@ impl GbmDevice {
     /// Creates a GBM device on the DRM node at `path`.
     pub fn open(path: &Path) -> Result<Arc<Self>> {
         let drm = DrmDevice::open(path)?;
-        // SAFETY: the fd is a valid open DRM node that `drm` keeps open for
-        // the device's whole life (the field is dropped after `raw` is
-        // destroyed in Drop).
-        let raw = unsafe { gbm_sys::gbm_create_device(drm.as_fd().as_raw_fd()) };
-        if raw.is_null() {
-            return Err(SysError::Invalid(format!(
+        // The device keeps its own Arc of the node: the fd stays open for
+        // as long as libgbm uses it.
+        let device = Device::new(drm.clone()).map_err(|_| {
+            SysError::Invalid(format!(
                 "gbm_create_device failed on {} (Mesa found no DRI driver for it)",
                 path.display()
-            )));
-        }
-        // SAFETY: `raw` is a live device; the returned string is static in
-        // libgbm (or null).
-        let name = unsafe { gbm_sys::gbm_device_get_backend_name(raw) };
-        let backend = if name.is_null() {
-            "unknown".to_string()
-        } else {
-            // SAFETY: non-null, NUL-terminated, static.
-            unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
-        };
+            ))
+        })?;
+        let backend = device.backend_name().to_string();
         Ok(Arc::new(Self {
-            raw: Mutex::new(RawDevice(raw)),
+            device: Mutex::new(device),
             backend,
             drm,
         }))
@@ -95,8 +110,8 @@ impl GbmDevice {
         &self.drm
     }
 
-    fn lock(&self) -> MutexGuard<'_, RawDevice> {
-        self.raw.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Device> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates a linear ARGB8888 buffer of `width` × `height` pixels.
@@ -127,31 +142,34 @@ impl GbmDevice {
     }
 
     fn create(self: &Arc<Self>, width: u32, height: u32, format: u32) -> Result<GbmBuffer> {
-        let dev = self.lock();
-        let flags = gbm_sys::gbm_bo_flags::GBM_BO_USE_LINEAR | gbm_sys::gbm_bo_flags::GBM_BO_USE_RENDERING;
-        // SAFETY: a live device, used with its mutex held.
-        let bo = unsafe { gbm_sys::gbm_bo_create(dev.0, width, height, format, flags) };
-        if bo.is_null() {
-            let errno = std::io::Error::last_os_error();
-            return Err(SysError::Invalid(format!(
-                "gbm_bo_create({width}x{height}, {}, LINEAR) failed: {errno}",
+        let failed = |why: String| {
+            SysError::Invalid(format!(
+                "gbm_bo_create({width}x{height}, {}, LINEAR) failed: {why}",
                 format_name(format)
-            )));
-        }
-        // SAFETY (the five calls): `bo` is a live buffer of this device,
-        // its device mutex held; plane 0 exists in every buffer.
-        let (stride, offset, bpp, modifier, planes) = unsafe {
-            (
-                gbm_sys::gbm_bo_get_stride(bo),
-                gbm_sys::gbm_bo_get_offset(bo, 0),
-                gbm_sys::gbm_bo_get_bpp(bo),
-                gbm_sys::gbm_bo_get_modifier(bo),
-                gbm_sys::gbm_bo_get_plane_count(bo),
-            )
+            ))
         };
+        let fourcc = Format::try_from(format).map_err(|e| failed(e.to_string()))?;
+        let dev = self.lock();
+        let bo = dev
+            .create_buffer_object::<()>(
+                width,
+                height,
+                fourcc,
+                BufferObjectFlags::LINEAR | BufferObjectFlags::RENDERING,
+            )
+            .map_err(|errno| failed(errno.to_string()))?;
+        // Plane 0 exists in every buffer.
+        let (stride, offset, bpp, modifier, planes) = (
+            bo.stride(),
+            bo.offset(0),
+            bo.bpp(),
+            u64::from(bo.modifier()),
+            bo.plane_count(),
+        );
+        drop(dev);
         Ok(GbmBuffer {
+            bo: ManuallyDrop::new(bo),
             device: self.clone(),
-            bo,
             width,
             height,
             stride,
@@ -172,31 +190,20 @@ fn format_name(format: u32) -> String {
     String::from_utf8_lossy(&format.to_le_bytes()).into_owned()
 }
 
-impl Drop for GbmDevice {
-    fn drop(&mut self) {
-        let dev = self.lock();
-        // SAFETY: every buffer holds an Arc of the device, so none is left.
-        unsafe { gbm_sys::gbm_device_destroy(dev.0) };
-    }
-}
-
 /// A GBM buffer; destroyed when dropped.
 pub struct GbmBuffer {
+    /// Destroyed in [`Drop`] with the device mutex held.
+    bo: ManuallyDrop<BufferObject<()>>,
+    /// Keeps the device (and so its DRM fd) alive for the buffer.
     device: Arc<GbmDevice>,
-    bo: *mut gbm_sys::gbm_bo,
     width: u32,
     height: u32,
     stride: u32,
     offset: u32,
     bytes_per_pixel: u32,
     modifier: u64,
-    planes: i32,
+    planes: u32,
 }
-
-// SAFETY: the buffer pointer is only used with its device's mutex held.
-unsafe impl Send for GbmBuffer {}
-// SAFETY: as above; `&self` methods take the device mutex.
-unsafe impl Sync for GbmBuffer {}
 
 /// Which way a row copy goes.
 #[derive(Clone, Copy)]
@@ -292,27 +299,16 @@ impl GbmBuffer {
             return Ok(());
         };
         let (first, count) = (rows.start as u32, (rows.end - rows.start) as u32);
-        self.with_map(first, count, self.width, dir, |base, map_stride| {
+        self.with_map(first, count, self.width, dir, |map, map_stride| {
+            // A piece lies within the map's rows (RowLayout::pieces: with the
+            // buffer's own stride the bytes between rows are its row padding,
+            // else a piece is one row's pixels); `copy` checks both ends.
             for (bytes, at) in layout.pieces(&range, &rows, u64::from(map_stride)) {
                 let n = (bytes.end - bytes.start) as usize;
-                let mem_ptr = mem
-                    .as_ptr()
-                    .wrapping_add(mem_offset + (bytes.start - range.start) as usize);
-                // gbm_bo_map gave `count` rows of `width` pixels every
-                // `map_stride` bytes, and a piece lies within them
-                // (RowLayout::pieces: with the buffer's own stride the bytes
-                // between rows are its row padding, else a piece is one
-                // row's pixels).
-                // SAFETY: both ranges are in bounds (above; check_mem) and
-                // lie in distinct mappings.
-                unsafe {
-                    let buf_ptr = base.add(at as usize);
-                    match dir {
-                        Direction::Upload => std::ptr::copy_nonoverlapping(mem_ptr, buf_ptr, n),
-                        Direction::Download => std::ptr::copy_nonoverlapping(buf_ptr, mem_ptr, n),
-                    }
-                }
+                let mem_at = mem_offset + (bytes.start - range.start) as usize;
+                copy(&mem.volatile(), mem_at, &map, at as usize, n, dir)?;
             }
+            Ok(())
         })
     }
 
@@ -362,37 +358,29 @@ impl GbmBuffer {
             )));
         }
         check_mem(mem, offset, total, dir)?;
-        self.with_map(first_row, rows, row_bytes / 4, dir, |base, stride| {
+        let width = row_bytes.div_ceil(self.bytes_per_pixel.max(1));
+        self.with_map(first_row, rows, width, dir, |map, stride| {
+            let n = row_bytes as usize;
             for r in 0..rows as usize {
-                let mem_ptr = mem.as_ptr().wrapping_add(offset + r * row_bytes as usize);
-                // gbm_bo_map returned `rows` rows of at least `row_bytes`
-                // bytes every `stride` bytes.
-                // SAFETY: both ranges are in bounds (above) and lie in
-                // distinct mappings.
-                unsafe {
-                    let buf_ptr = base.add(r * stride as usize);
-                    match dir {
-                        Direction::Upload => std::ptr::copy_nonoverlapping(mem_ptr, buf_ptr, row_bytes as usize),
-                        Direction::Download => std::ptr::copy_nonoverlapping(buf_ptr, mem_ptr, row_bytes as usize),
-                    }
-                }
+                copy(&mem.volatile(), offset + r * n, &map, r * stride as usize, n, dir)?;
             }
+            Ok(())
         })
     }
 
     /// Maps rows `first_row .. first_row + rows`, columns `0 .. width` with
     /// `gbm_bo_map` (read-write for an upload, read for a download), calls
-    /// `copy(base, map_stride)` with the address of pixel (0, `first_row`)
-    /// and the map's stride (which may differ from the buffer's), and
-    /// unmaps. Checks the rectangle and, for a download, that `mem` is
-    /// writable.
+    /// `copy(map, map_stride)` with the mapped rectangle (from pixel (0,
+    /// `first_row`) to the last row's last mapped pixel) and the map's
+    /// stride (which may differ from the buffer's), and unmaps. Checks the
+    /// rectangle.
     fn with_map(
         &self,
         first_row: u32,
         rows: u32,
         width: u32,
         dir: Direction,
-        copy: impl FnOnce(*mut u8, u32),
+        copy: impl for<'m> FnOnce(VolatileSlice<'m>, u32) -> Result<()>,
     ) -> Result<()> {
         if first_row.checked_add(rows).is_none_or(|end| end > self.height) || width > self.width {
             return Err(SysError::Invalid(format!(
@@ -404,39 +392,73 @@ impl GbmBuffer {
             Direction::Upload => gbm_sys::gbm_bo_transfer_flags::GBM_BO_TRANSFER_READ_WRITE,
             Direction::Download => gbm_sys::gbm_bo_transfer_flags::GBM_BO_TRANSFER_READ,
         };
+        if rows == 0 {
+            return Ok(());
+        }
+        let bo = self.bo.as_raw().cast_mut();
         let _dev = self.device.lock();
         let mut stride = 0u32;
         let mut map_data = std::ptr::null_mut();
-        // SAFETY: a live buffer, its device mutex held; the rectangle was
-        // checked against the buffer's width and height.
-        let base =
-            unsafe { gbm_sys::gbm_bo_map(self.bo, 0, first_row, width, rows, flags, &mut stride, &mut map_data) };
+        // SAFETY: a live buffer (the gbm crate's, destroyed only in Drop),
+        // its device mutex held; the rectangle was checked against the
+        // buffer's width and height.
+        let base = unsafe { gbm_sys::gbm_bo_map(bo, 0, first_row, width, rows, flags, &mut stride, &mut map_data) };
         if base.is_null() {
             let errno = std::io::Error::last_os_error();
             return Err(SysError::Invalid(format!(
                 "gbm_bo_map of rows {first_row}+{rows} failed: {errno}"
             )));
         }
-        copy(base.cast::<u8>(), stride);
-        // SAFETY: unmapping what gbm_bo_map mapped, with the same bo.
-        unsafe { gbm_sys::gbm_bo_unmap(self.bo, map_data) };
-        Ok(())
+        // The rows are `stride` bytes apart, each `width` pixels long.
+        let extent = u64::from(stride) * u64::from(rows - 1) + u64::from(width) * u64::from(self.bytes_per_pixel);
+        let copied = match usize::try_from(extent) {
+            // SAFETY: gbm_bo_map gave access to `rows` rows of `width`
+            // pixels every `stride` bytes from `base` until gbm_bo_unmap
+            // below, and the slice does not outlive `copy` (its lifetime is
+            // local to this call). Nothing in this process holds a reference
+            // into the map; other users (the GPU, importers of the dma-buf)
+            // are outside it.
+            Ok(len) => copy(unsafe { VolatileSlice::new(base.cast::<u8>(), len) }, stride),
+            Err(_) => Err(SysError::Invalid(format!("a map of {extent} bytes"))),
+        };
+        // SAFETY: unmapping what gbm_bo_map mapped, with the same bo, once.
+        unsafe { gbm_sys::gbm_bo_unmap(bo, map_data) };
+        copied
     }
 
     /// Exports the buffer as a dma-buf.
     pub fn export_fd(&self) -> Result<OwnedFd> {
         let _dev = self.device.lock();
-        // SAFETY: a live buffer, its device mutex held.
-        let fd = unsafe { gbm_sys::gbm_bo_get_fd(self.bo) };
-        if fd < 0 {
-            return Err(SysError::Invalid(format!(
-                "gbm_bo_get_fd failed: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: libgbm returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        self.bo
+            .fd()
+            .map_err(|_| SysError::Invalid(format!("gbm_bo_get_fd failed: {}", std::io::Error::last_os_error())))
     }
+}
+
+/// Copies `n` bytes between `mem` at `mem_at` and the buffer map at
+/// `map_at`, the way `dir` says; both ranges are bounds-checked.
+fn copy(
+    mem: &VolatileSlice<'_>,
+    mem_at: usize,
+    map: &VolatileSlice<'_>,
+    map_at: usize,
+    n: usize,
+    dir: Direction,
+) -> Result<()> {
+    let out_of = |what: &str, at: usize, len: usize| {
+        SysError::Invalid(format!("{n} bytes at {at}: outside the {what} of {len} bytes"))
+    };
+    let m = mem
+        .subslice(mem_at, n)
+        .map_err(|_| out_of("mapping", mem_at, mem.len()))?;
+    let b = map
+        .subslice(map_at, n)
+        .map_err(|_| out_of("buffer map", map_at, map.len()))?;
+    match dir {
+        Direction::Upload => m.copy_to_volatile_slice(b),
+        Direction::Download => b.copy_to_volatile_slice(m),
+    }
+    Ok(())
 }
 
 /// Checks that `len` bytes at `offset` lie in `mem`, and that `mem` is
@@ -457,7 +479,8 @@ fn check_mem(mem: &SharedMapping, offset: usize, len: usize, dir: Direction) -> 
 impl Drop for GbmBuffer {
     fn drop(&mut self) {
         let _dev = self.device.lock();
-        // SAFETY: a live buffer destroyed once, its device mutex held.
-        unsafe { gbm_sys::gbm_bo_destroy(self.bo) };
+        // SAFETY: `bo` is dropped (gbm_bo_destroy) once, here, with the
+        // device mutex held, and not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.bo) };
     }
 }

@@ -2,39 +2,64 @@
 //!
 //! DESIGN.md §4: memory another process may write concurrently is never a Rust
 //! slice. A [`SharedMapping`] hands out no references into itself; every access
-//! is a copy through raw pointers (`ptr::copy_nonoverlapping`), the same
-//! contract as crosvm's `VolatileSlice`. A concurrent writer can make a copy
-//! observe a torn mix of old and new bytes, never undefined behaviour in the
-//! reader's own memory.
+//! is a copy through vm-memory's [`VolatileSlice`] (the type crosvm and
+//! Firecracker use for guest memory), or an atomic load or store of one
+//! aligned word. A concurrent writer can make a copy observe a torn mix of old
+//! and new bytes, never undefined behaviour in the reader's own memory.
+//!
+//! The mapping itself is memmap2's [`MmapRaw`] (`mmap(MAP_SHARED)` with no
+//! address hint, `munmap` on drop, `madvise`): a raw pointer and a length,
+//! never a slice. Two things stay ours: an offset that is not a page multiple
+//! is refused (memmap2 would round it down and hide the difference), and a
+//! mapping made `MADV_DONTFORK` is not unmapped when its Rust value drops in a
+//! forked child that never had it ([`SharedMapping::dont_fork`]).
+//!
+//! What vm-memory's copies are: `VolatileSlice::copy_to`/`copy_from` of bytes
+//! use one volatile load/store per aligned word for copies of up to 8 bytes,
+//! and `ptr::copy_nonoverlapping` (libc `memcpy`) above that;
+//! `copy_to_volatile_slice` is `ptr::copy` (`memmove`). That is the same
+//! machine code and the same soundness argument as the hand-written
+//! `ptr::copy_nonoverlapping` it replaced (an opaque copy through raw
+//! pointers, no reference the compiler could assume stable); no crate offers
+//! more until Rust has an atomic per-byte memcpy. What it adds is the
+//! bounds-checked `subslice`, so this file has one `unsafe` constructor
+//! (and the drop) instead of one unsafe block per helper. The word accessors use
+//! `Bytes::load`/`store` (`AtomicU64`, relaxed): unlike a volatile access,
+//! a race between atomics is defined in Rust's model.
 
+use std::mem::ManuallyDrop;
 use std::num::NonZeroUsize;
 use std::os::fd::BorrowedFd;
-use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
+use memmap2::{Advice, MmapOptions, MmapRaw};
+use nix::errno::Errno;
+use vm_memory::{Bytes, VolatileSlice};
+
+use crate::error::{Result, SysError};
 use crate::fork::ForkEpoch;
-
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-
-use crate::error::{OsContext, Result, SysError};
 
 /// A `MAP_SHARED` mapping of (part of) a file, unmapped on drop (by the
 /// process that has it: see [`SharedMapping::dont_fork`]).
 #[derive(Debug)]
 pub struct SharedMapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    /// Dropped (unmapped) only in [`Drop`], and not in a child that does
+    /// not have the range.
+    map: ManuallyDrop<MmapRaw>,
     writable: bool,
     /// Set once the mapping is `MADV_DONTFORK`: processes forked after
     /// that epoch do not have the range.
     dont_fork: OnceLock<ForkEpoch>,
 }
 
-// SAFETY: the mapping is plain memory owned by this value; it is accessed only
-// through copies (never references), which are sound from any thread.
-unsafe impl Send for SharedMapping {}
-// SAFETY: as above; no method hands out a reference into the mapped memory.
-unsafe impl Sync for SharedMapping {}
+/// A memmap2 error as this crate's: the errno under `op`, else invalid.
+fn io_error(op: &'static str, e: std::io::Error) -> SysError {
+    match e.raw_os_error() {
+        Some(n) => SysError::os(op, Errno::from_raw(n)),
+        None => SysError::Invalid(format!("{op}: {e}")),
+    }
+}
 
 impl SharedMapping {
     /// Maps `len` bytes of `fd` at `offset` (a page multiple), read-write or
@@ -42,19 +67,24 @@ impl SharedMapping {
     pub fn map(fd: BorrowedFd<'_>, len: u64, offset: u64, writable: bool) -> Result<Self> {
         let len_usize =
             usize::try_from(len).map_err(|_| SysError::Invalid(format!("mapping length {len} too large")))?;
-        let nz = NonZeroUsize::new(len_usize).ok_or_else(|| SysError::Invalid("mapping length is zero".into()))?;
-        let off = libc::off_t::try_from(offset).map_err(|_| SysError::Invalid(format!("offset {offset} too large")))?;
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        NonZeroUsize::new(len_usize).ok_or_else(|| SysError::Invalid("mapping length is zero".into()))?;
+        libc::off_t::try_from(offset).map_err(|_| SysError::Invalid(format!("offset {offset} too large")))?;
+        if offset % crate::page_size() != 0 {
+            // What mmap(2) answers; memmap2 would map from the page below.
+            return Err(SysError::os("mmap", Errno::EINVAL));
+        }
+        let mut options = MmapOptions::new();
+        options.offset(offset).len(len_usize);
+        // memmap2 maps with no address hint and no MAP_FIXED, so the new
+        // mapping cannot replace any existing one.
+        let map = if writable {
+            options.map_raw(&fd)
         } else {
-            ProtFlags::PROT_READ
-        };
-        // SAFETY: a fresh mapping chosen by the kernel (no address hint, no
-        // MAP_FIXED) cannot alias any existing Rust object.
-        let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, fd, off) }.op("mmap")?;
+            options.map_raw_read_only(&fd)
+        }
+        .map_err(|e| io_error("mmap", e))?;
         Ok(Self {
-            ptr: ptr.cast(),
-            len: len_usize,
+            map: ManuallyDrop::new(map),
             writable,
             dont_fork: OnceLock::new(),
         })
@@ -67,10 +97,9 @@ impl SharedMapping {
     /// value does not `munmap`: those addresses may hold the child's own
     /// mappings by then.
     pub fn dont_fork(&self) -> Result<()> {
-        // SAFETY: advice on a range this value owns; MADV_DONTFORK changes
-        // only what a future fork copies, not this process's memory.
-        unsafe { nix::sys::mman::madvise(self.ptr.cast(), self.len, nix::sys::mman::MmapAdvise::MADV_DONTFORK) }
-            .op("madvise(MADV_DONTFORK)")?;
+        self.map
+            .advise(Advice::DontFork)
+            .map_err(|e| io_error("madvise(MADV_DONTFORK)", e))?;
         let _ = self.dont_fork.set(ForkEpoch::now());
         Ok(())
     }
@@ -83,18 +112,30 @@ impl SharedMapping {
 
     /// Start address of the mapping.
     pub fn addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
+        self.as_ptr() as u64
     }
 
     /// Raw pointer to the first byte. Writing through it is the caller's
     /// responsibility (see the module comment).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_mut_ptr()
+    }
+
+    /// The whole mapping as a [`VolatileSlice`]: bounds-checked sub-slices
+    /// and copies, no references into the memory.
+    pub fn volatile(&self) -> VolatileSlice<'_> {
+        // SAFETY: `len` bytes at `as_ptr` stay mapped for as long as `self`
+        // is borrowed (unmapped only in Drop). vm-memory asks that every
+        // other user access the memory volatilely: this process reaches it
+        // only through copies and atomics (the module contract; `as_ptr`
+        // users promise the same), and a writing client is another process,
+        // outside this program's memory model, as a guest is for crosvm.
+        unsafe { VolatileSlice::new(self.as_ptr(), self.len()) }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Whether the mapping was made writable.
@@ -104,48 +145,51 @@ impl SharedMapping {
 
     /// True for an empty mapping (never constructed; for clippy's sake).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(SysError::Invalid(format!(
-                "range {offset}+{len} outside mapping of {} bytes",
-                self.len
-            ))),
+    /// The bytes `offset..offset + len`, bounds-checked.
+    fn range(&self, offset: usize, len: usize) -> Result<VolatileSlice<'_>> {
+        self.volatile()
+            .subslice(offset, len)
+            .map_err(|_| SysError::Invalid(format!("range {offset}+{len} outside mapping of {} bytes", self.len())))
+    }
+
+    fn check_writable(&self, what: &str) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(SysError::Invalid(format!("{what} is read-only")))
         }
     }
 
     /// Copies `dst.len()` bytes at `offset` out of the mapping.
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.check(offset, dst.len())?;
-        // SAFETY: the source range was bounds-checked against this live
-        // mapping; `dst` is a distinct Rust buffer, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
+        self.range(offset, dst.len())?.copy_to(dst);
         Ok(())
     }
 
     /// Copies `src` into the mapping at `offset`.
     pub fn write_at(&self, offset: usize, src: &[u8]) -> Result<()> {
-        if !self.writable {
-            return Err(SysError::Invalid("mapping is read-only".into()));
-        }
-        self.check(offset, src.len())?;
-        // SAFETY: destination bounds-checked against this live, writable
-        // mapping; `src` is a Rust buffer outside it.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) };
+        self.check_writable("mapping")?;
+        self.range(offset, src.len())?.copy_from(src);
         Ok(())
     }
 
     /// Fills `len` bytes at `offset` with `byte`.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
-        if !self.writable {
-            return Err(SysError::Invalid("mapping is read-only".into()));
+        self.check_writable("mapping")?;
+        let dst = self.range(offset, len)?;
+        let pattern = [byte; 4096];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(pattern.len());
+            // In bounds: `dst` is `len` bytes long.
+            dst.offset(at)
+                .map_err(|e| SysError::Invalid(e.to_string()))?
+                .copy_from(&pattern[..n]);
+            at += n;
         }
-        self.check(offset, len)?;
-        // SAFETY: bounds-checked against this live, writable mapping.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) };
         Ok(())
     }
 
@@ -153,60 +197,52 @@ impl SharedMapping {
     /// `dst_offset` (two different mappings: the source of an upload and the
     /// device memory it goes to).
     pub fn copy_to(&self, src_offset: usize, dst: &SharedMapping, dst_offset: usize, len: usize) -> Result<()> {
-        if !dst.writable {
-            return Err(SysError::Invalid("destination mapping is read-only".into()));
-        }
-        self.check(src_offset, len)?;
-        dst.check(dst_offset, len)?;
+        dst.check_writable("destination mapping")?;
+        let from = self.range(src_offset, len)?;
+        let to = dst.range(dst_offset, len)?;
         if std::ptr::eq(self, dst) {
             return Err(SysError::Invalid("copy within one mapping".into()));
         }
-        // SAFETY: both ranges were bounds-checked against live mappings, and
-        // they belong to two distinct mappings, which the kernel never places
-        // at overlapping addresses.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(src_offset), dst.ptr.as_ptr().add(dst_offset), len)
-        };
+        from.copy_to_volatile_slice(to);
         Ok(())
     }
 
-    /// Reads an aligned u64 with a volatile load (for counters other
-    /// processes update).
+    fn check_aligned(offset: usize) -> Result<()> {
+        if offset % 8 != 0 {
+            return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));
+        }
+        Ok(())
+    }
+
+    /// Reads an aligned u64 with an atomic (relaxed) load, for counters
+    /// other processes update.
     pub fn read_u64(&self, offset: usize) -> Result<u64> {
-        self.check(offset, 8)?;
-        if offset % 8 != 0 {
-            return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));
-        }
-        // SAFETY: in bounds and aligned (mappings are page aligned); a
-        // volatile load of plain memory.
-        Ok(unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(offset).cast::<u64>()) })
+        let word = self.range(offset, 8)?;
+        Self::check_aligned(offset)?;
+        word.load(0, Ordering::Relaxed)
+            .map_err(|e| SysError::Invalid(e.to_string()))
     }
 
-    /// Writes an aligned u64 with a volatile store.
+    /// Writes an aligned u64 with an atomic (relaxed) store.
     pub fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
-        if !self.writable {
-            return Err(SysError::Invalid("mapping is read-only".into()));
-        }
-        self.check(offset, 8)?;
-        if offset % 8 != 0 {
-            return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));
-        }
-        // SAFETY: in bounds, aligned, writable; a volatile store to plain memory.
-        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(offset).cast::<u64>(), value) };
-        Ok(())
+        self.check_writable("mapping")?;
+        let word = self.range(offset, 8)?;
+        Self::check_aligned(offset)?;
+        word.store(value, 0, Ordering::Relaxed)
+            .map_err(|e| SysError::Invalid(e.to_string()))
     }
 }
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
         if self.not_inherited() {
+            // Leak the MmapRaw: its munmap could hit this child's own
+            // mappings at those addresses.
             return;
         }
-        // SAFETY: the range was returned by mmap in `map` and is unmapped
-        // only here; no reference into it exists (module contract).
-        if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {
-            eprintln!("cohmem-sys: munmap of {} bytes failed: {e}", self.len);
-        }
+        // SAFETY: `map` is dropped once, here, and not used afterwards; no
+        // reference into the memory exists (module contract).
+        unsafe { ManuallyDrop::drop(&mut self.map) };
     }
 }
 
@@ -227,5 +263,32 @@ mod tests {
         assert_eq!(&buf, b"hello");
         assert!(b.write_at(0, b"x").is_err());
         assert!(a.read_at(8190, &mut buf).is_err());
+    }
+
+    #[test]
+    fn copies_fills_and_words_are_bounds_checked() {
+        let m = Memfd::create_sealed("t", 8192).unwrap();
+        let n = Memfd::create_sealed("u", 8192).unwrap();
+        let a = SharedMapping::map(m.as_fd(), 8192, 0, true).unwrap();
+        let b = SharedMapping::map(n.as_fd(), 4096, 4096, true).unwrap();
+        let ro = SharedMapping::map(n.as_fd(), 4096, 0, false).unwrap();
+        a.fill(100, 5000, 0xab).unwrap();
+        a.copy_to(100, &b, 10, 905).unwrap();
+        let mut buf = [0u8; 3];
+        b.read_at(10 + 905 - 2, &mut buf).unwrap();
+        assert_eq!(buf, [0xab, 0xab, 0x00]);
+        assert!(a.copy_to(0, &b, 4000, 97).is_err(), "past the destination");
+        assert!(a.copy_to(8000, &b, 0, 193).is_err(), "past the source");
+        assert!(a.copy_to(0, &ro, 0, 1).is_err(), "read-only destination");
+        assert!(a.copy_to(0, &a, 4096, 1).is_err(), "within one mapping");
+        assert!(a.fill(8000, 193, 0).is_err());
+        a.write_u64(4096, 0x0102_0304_0506_0708).unwrap();
+        assert_eq!(a.read_u64(4096).unwrap(), 0x0102_0304_0506_0708);
+        assert!(a.read_u64(4097).is_err(), "unaligned");
+        assert!(a.read_u64(8192).is_err(), "past the end");
+        assert!(ro.write_u64(0, 1).is_err());
+        let unaligned = SharedMapping::map(m.as_fd(), 4096, 100, true).unwrap_err();
+        assert_eq!(unaligned.errno(), Some(Errno::EINVAL));
+        assert_eq!(a.volatile().len(), 8192);
     }
 }
