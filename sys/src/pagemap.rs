@@ -18,7 +18,10 @@ use nix::errno::Errno;
 
 use crate::error::{OsContext, Result, SysError};
 
-nix::ioctl_readwrite!(ioctl_pagemap_scan, b'f', 16, pm_scan_arg);
+nix::ioctl_readwrite!(
+    /// `PAGEMAP_SCAN` on a pagemap fd.
+    ioctl_pagemap_scan, b'f', 16, pm_scan_arg
+);
 
 /// `PAGE_IS_WRITTEN` category bit.
 pub const PAGE_IS_WRITTEN: u64 = linux_raw_sys::general::PAGE_IS_WRITTEN as u64;

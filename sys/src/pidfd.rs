@@ -76,9 +76,8 @@ impl Pidfd {
         }
         // SAFETY: the kernel just installed this fd for us and nothing else
         // owns it.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw as i32) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        Ok(Self { fd })
     }
 
     /// True once the process has exited (a zombie counts: it runs no more).

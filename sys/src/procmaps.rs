@@ -23,7 +23,10 @@ use nix::errno::Errno;
 use crate::error::{OsContext, Result, SysError};
 use crate::pagemap::errno_of;
 
-nix::ioctl_readwrite!(ioctl_procmap_query, PROCFS_IOCTL_MAGIC, 17, procmap_query);
+nix::ioctl_readwrite!(
+    /// `PROCMAP_QUERY` on a `/proc/<pid>/maps` fd.
+    ioctl_procmap_query, PROCFS_IOCTL_MAGIC, 17, procmap_query
+);
 
 /// One VMA as `PROCMAP_QUERY` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -57,11 +57,26 @@ pub mod features {
     }
 }
 
-nix::ioctl_readwrite!(ioctl_api, 0xAA, 0x3F, uffdio_api);
-nix::ioctl_readwrite!(ioctl_register, 0xAA, 0x00, uffdio_register);
-nix::ioctl_read!(ioctl_unregister, 0xAA, 0x01, uffdio_range);
-nix::ioctl_readwrite!(ioctl_writeprotect, 0xAA, 0x06, uffdio_writeprotect);
-nix::ioctl_read!(ioctl_wake, 0xAA, 0x02, uffdio_range);
+nix::ioctl_readwrite!(
+    /// `UFFDIO_API`: the feature handshake.
+    ioctl_api, 0xAA, 0x3F, uffdio_api
+);
+nix::ioctl_readwrite!(
+    /// `UFFDIO_REGISTER`: register a range (write-protect mode).
+    ioctl_register, 0xAA, 0x00, uffdio_register
+);
+nix::ioctl_read!(
+    /// `UFFDIO_UNREGISTER`: unregister a range.
+    ioctl_unregister, 0xAA, 0x01, uffdio_range
+);
+nix::ioctl_readwrite!(
+    /// `UFFDIO_WRITEPROTECT`: protect or unprotect a range.
+    ioctl_writeprotect, 0xAA, 0x06, uffdio_writeprotect
+);
+nix::ioctl_read!(
+    /// `UFFDIO_WAKE`: wake threads waiting on a range.
+    ioctl_wake, 0xAA, 0x02, uffdio_range
+);
 
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
 const UFFD_MSG_SIZE: usize = 32;
@@ -105,9 +120,8 @@ impl Userfaultfd {
         let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
         if ret >= 0 {
             // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-            return Ok(Self {
-                fd: unsafe { OwnedFd::from_raw_fd(ret as i32) },
-            });
+            let fd = unsafe { OwnedFd::from_raw_fd(ret as i32) };
+            return Ok(Self { fd });
         }
         let errno = Errno::last();
         if flavor == UffdFlavor::AllFaults && errno == Errno::EPERM {
@@ -130,9 +144,8 @@ impl Userfaultfd {
             return Err(SysError::os("USERFAULTFD_IOC_NEW", Errno::last()));
         }
         // SAFETY: fresh fd returned by the kernel.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(ret) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(ret) };
+        Ok(Self { fd })
     }
 
     /// The features this kernel offers (a throw-away uffd's UFFDIO_API with

@@ -27,8 +27,9 @@ const SHOW_RECTS: usize = 4;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ImageDemo {
-    /// Image size.
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
     /// Animation frames after the first full draw.
     pub frames: u32,
@@ -56,9 +57,9 @@ pub struct Prepared {
 /// What a run found.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// Median and worst ratio of covered to changed pixels over the
-    /// animation frames.
+    /// Median ratio of covered to changed pixels over the animation frames.
     pub median_ratio: f64,
+    /// Worst (largest) ratio of covered to changed pixels.
     pub worst_ratio: f64,
     /// Frames whose GPU copy could not be checked.
     pub unchecked: u32,

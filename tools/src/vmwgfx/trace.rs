@@ -13,6 +13,8 @@
 use std::fmt;
 
 /// One trace event. See `tools/TRACE_FORMAT.md` for the semantics.
+// Each variant's doc gives its trace line, which names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Event {
     /// `bo N`: the buffer object has `pages` pages. Must be the first event.
