@@ -7,18 +7,16 @@
 //! possessing the memfd is the only way to import one: there is no global
 //! name. The operations on a BO's tracker live in [`crate::sync`].
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use cohmem_sys::mapping::SharedMapping;
 use cohmem_sys::memfd::{FileIdentity, Memfd};
 
-use crate::dirty::{DirtyState, PageSet};
+use crate::dirty::DirtyState;
 use crate::gpu::{GpuBackend, GpuError, GpuResource};
-use crate::mm::{MappedView, Registry, Subscription};
 use crate::policy::DirtyTracker;
 use crate::quota::BoCharge;
 
@@ -43,6 +41,11 @@ pub enum AdoptError {
 }
 
 pub use crate::resource::Resource;
+
+mod store;
+mod view;
+pub use store::BoStore;
+pub use view::{MmRegistry, MmSubscription, View};
 
 /// Per-BO counters.
 #[derive(Debug, Default)]
@@ -158,84 +161,6 @@ pub struct Bo {
     /// removed when this is dropped. Opaque here: the BO store sits below
     /// the systemd glue and never names its types.
     stored: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-/// One client process's subscription, over this store's views (seed 003).
-pub type MmSubscription = Subscription<View>;
-/// Every live subscription, over this store's views.
-pub type MmRegistry = Registry<View>;
-
-/// One mapping of a BO in one client process.
-pub struct View {
-    /// Connection-local view id.
-    pub id: u32,
-    /// The BO this view maps (weak: the BO owns its views).
-    pub bo: Weak<Bo>,
-    /// The client process's subscription.
-    pub mm: Arc<MmSubscription>,
-    /// Start address in the client.
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Offset in the BO.
-    pub bo_offset: u64,
-    /// Set once the process is gone or the view was removed.
-    pub dead: AtomicBool,
-    /// Set once a scan found the view unscannable (moved, unmapped,
-    /// replaced): it is marked dirty whole at every scan.
-    pub broken: AtomicBool,
-    /// View-relative pages known to be writable (not write-protected) right
-    /// now: the MKWRITE "PTE is writable" state. Only touched with the BO's
-    /// state lock held.
-    pub writable: Mutex<PageSet>,
-    /// View-relative pages re-protected by an MKWRITE scan since the last
-    /// clean-and-record: vmwgfx leaves their hardware dirty bit set, so the
-    /// next clean-and-record reports them again. Only touched with the BO's
-    /// state lock held.
-    pub stale_dirty: Mutex<PageSet>,
-}
-
-impl View {
-    /// Creates a view record (all pages protected).
-    pub fn new(
-        id: u32,
-        bo: Weak<Bo>,
-        mm: Arc<MmSubscription>,
-        addr: u64,
-        len: u64,
-        bo_offset: u64,
-        page_size: u64,
-    ) -> Self {
-        Self {
-            id,
-            bo,
-            mm,
-            addr,
-            len,
-            bo_offset,
-            dead: AtomicBool::new(false),
-            broken: AtomicBool::new(false),
-            writable: Mutex::new(PageSet::new(len / page_size)),
-            stale_dirty: Mutex::new(PageSet::new(len / page_size)),
-        }
-    }
-
-    /// Address range in the client.
-    pub fn range(&self) -> Range<u64> {
-        self.addr..self.addr + self.len
-    }
-
-    /// BO pages this view maps.
-    pub fn bo_pages(&self, page_size: u64) -> Range<u64> {
-        let first = self.bo_offset / page_size;
-        first..first + self.len / page_size
-    }
-}
-
-impl MappedView for View {
-    fn range(&self) -> Range<u64> {
-        View::range(self)
-    }
 }
 
 pub use crate::locking::lock;
@@ -501,44 +426,5 @@ pub struct StructuralChange<'b> {
 impl Drop for StructuralChange<'_> {
     fn drop(&mut self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// All live BOs, findable by memfd identity.
-#[derive(Default)]
-pub struct BoStore {
-    by_identity: Mutex<HashMap<FileIdentity, Weak<Bo>>>,
-    next_id: AtomicU64,
-}
-
-impl BoStore {
-    /// A fresh daemon-wide BO id.
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Makes sure ids handed out later are above `id` (a BO adopted with
-    /// the id it had before a restart).
-    pub fn reserve_id(&self, id: u64) {
-        self.next_id.fetch_max(id, Ordering::Relaxed);
-    }
-
-    /// Registers a new BO.
-    pub fn insert(&self, bo: &Arc<Bo>) {
-        let mut map = lock(&self.by_identity);
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(bo.identity, Arc::downgrade(bo));
-    }
-
-    /// The live BO whose memfd has this identity.
-    pub fn find(&self, identity: FileIdentity) -> Option<Arc<Bo>> {
-        lock(&self.by_identity).get(&identity).and_then(Weak::upgrade)
-    }
-
-    /// All live BOs.
-    pub fn all(&self) -> Vec<Arc<Bo>> {
-        let mut v: Vec<Arc<Bo>> = lock(&self.by_identity).values().filter_map(Weak::upgrade).collect();
-        v.sort_by_key(|b| b.id);
-        v
     }
 }
