@@ -1,0 +1,140 @@
+//! vmwgfx `transfer_to_res` (spec §4.6) and the upload: dirty runs leave
+//! the bitmap under the state lock, then are copied into their resources
+//! without it; an upload that fails folds its runs back (DESIGN.md §5.1,
+//! "collect before copy"). Image resources keep the damage they received,
+//! handed to the next SYNC or TRANSFER reply.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cohmem_proto::SyncReport;
+
+use super::{SyncEngine, SyncError, Transfer};
+use crate::bo::{lock, Bo, BoState, Resource};
+
+impl SyncEngine<'_> {
+    /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
+    pub fn transfer(&self, bo: &Bo, index: u32, with_runs: bool) -> Result<SyncReport, SyncError> {
+        let _serial = lock(&bo.sync_lock);
+        let t0 = Instant::now();
+        let work = {
+            let mut st = bo.state();
+            let views = bo.views();
+            self.observe(bo, &mut st, &views);
+            vec![self.take_runs(bo, &mut st, index)?]
+        };
+        let runs = self.upload(bo, work)?;
+        let st = bo.state();
+        let mut report = self.report(bo, &st, &bo.views(), &runs, t0, with_runs);
+        report.damage = Self::take_damage(&st);
+        Ok(report)
+    }
+
+    /// vmwgfx `transfer_to_res`: takes resource `index`'s dirty runs out of
+    /// the bitmap (state lock held). The caller uploads them.
+    fn take_runs(&self, bo: &Bo, st: &mut BoState, index: u32) -> Result<(Arc<Resource>, Vec<Range<u64>>), SyncError> {
+        let res = Self::resource(st, index)?;
+        let Some(t) = st.tracker.as_mut() else {
+            return Ok((res, Vec::new()));
+        };
+        let ps = bo.page_size;
+        let runs = t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        self.protect_clean_writable(bo, st);
+        Ok((res, runs))
+    }
+
+    /// The transfer of a SYNC: every resource gets every dirty page of its
+    /// window, then the bits leave the bitmap. vmwgfx's `transfer_to_res`
+    /// one resource after the other would hand a page of two overlapping
+    /// windows (a resource added over part of the default whole-BO one) to
+    /// the first only, and the second would never receive it (nor would a
+    /// READBACK then copy the right bytes back). Windows that do not
+    /// overlap get exactly what `transfer_to_res` hands them.
+    pub(super) fn take_all_runs(
+        &self,
+        bo: &Bo,
+        st: &mut BoState,
+        order: &[(u64, u32)],
+    ) -> Result<Vec<Transfer>, SyncError> {
+        let ps = bo.page_size;
+        let resources = order
+            .iter()
+            .map(|&(_, index)| Self::resource(st, index))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(t) = st.tracker.as_mut() else {
+            return Ok(resources.into_iter().map(|r| (r, Vec::new())).collect());
+        };
+        let dirty = t.dirty.runs();
+        let work = resources
+            .into_iter()
+            .map(|res| {
+                let (ws, we) = (res.window.start / ps, res.window.end / ps);
+                let runs = dirty
+                    .iter()
+                    .filter_map(|r| {
+                        let (s, e) = (r.start.max(ws), r.end.min(we));
+                        (s < e).then_some(s..e)
+                    })
+                    .collect();
+                (res, runs)
+            })
+            .collect::<Vec<_>>();
+        for (res, _) in &work {
+            t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        }
+        self.protect_clean_writable(bo, st);
+        Ok(work)
+    }
+
+    /// Copies taken runs into their resources without the state lock (writers
+    /// and the fault service go on meanwhile); on failure the runs not yet
+    /// uploaded are folded back. Returns every run uploaded.
+    pub(super) fn upload(
+        &self,
+        bo: &Bo,
+        work: Vec<(Arc<Resource>, Vec<Range<u64>>)>,
+    ) -> Result<Vec<Range<u64>>, SyncError> {
+        let ps = bo.page_size;
+        let mut done = Vec::new();
+        let mut pending = work.into_iter();
+        while let Some((res, runs)) = pending.next() {
+            if runs.is_empty() {
+                continue;
+            }
+            let first = res.window.start / ps;
+            let byte_runs: Vec<Range<u64>> = runs
+                .iter()
+                .map(|r| (r.start - first) * ps..(r.end - first) * ps)
+                .collect();
+            if let Err(e) = res.upload(&bo.mapping, &byte_runs) {
+                let mut st = bo.state();
+                if let Some(t) = st.tracker.as_mut() {
+                    t.dirty.fold_back(&runs);
+                    for (_, later) in pending {
+                        t.dirty.fold_back(&later);
+                    }
+                }
+                self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
+                crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
+                return Err(e.into());
+            }
+            done.extend(runs);
+        }
+        Ok(done)
+    }
+
+    pub(super) fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
+        st.resources
+            .get(index as usize)
+            .and_then(Option::clone)
+            .ok_or(SyncError::NoSuchResource(index))
+    }
+
+    /// The rectangles the BO's image resource received since the last
+    /// report (DESIGN.md §8); `None` for a byte BO.
+    pub(super) fn take_damage(st: &BoState) -> Option<cohmem_proto::ImageDamage> {
+        st.resources.iter().flatten().find_map(|r| r.take_damage())
+    }
+}
