@@ -252,64 +252,10 @@ pub fn main() -> anyhow::Result<()> {
         .or_else(|_| EnvFilter::try_new(&args.log))
         .with_context(|| format!("bad --log filter {:?}", args.log))?;
     init_logging(args.log_format, filter)?;
-
-    if args.max_bo_size > cohmem_proto::limits::MAX_BO_SIZE || args.max_bo_size == 0 {
-        anyhow::bail!(
-            "--max-bo-size {} is outside 1..={} (the wire format's limit)",
-            args.max_bo_size,
-            cohmem_proto::limits::MAX_BO_SIZE
-        );
-    }
-    let mut config = DaemonConfig {
-        gpu: args.gpu,
-        mechanism: args.mechanism.0,
-        max_bo_size: args.max_bo_size,
-        socket_mode: args.socket_mode,
-        allowed_uids: args.allow_uid,
-        user_limits: UserLimits {
-            connections: args.max_connections_per_user,
-            bos: args.max_bos_per_user,
-            bytes: args.max_bytes_per_user,
-        },
-        max_bos_per_connection: args.max_bos_per_connection,
-        fdstore: !args.no_fdstore,
-        adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
-        background_upload: (args.background_upload_us > 0)
-            .then(|| std::time::Duration::from_micros(args.background_upload_us)),
-        tracking: TrackingPolicy {
-            methods: args.methods,
-            dense: DensePolicy {
-                percent: args.dense_percent,
-                after: args.dense_after,
-                probe_every: args.dense_probe_every,
-            },
-        },
-        metrics_listen: args.metrics_listen,
-        display: args.display.map(|d| crate::display::DisplayConfig {
-            connector: (d != "auto").then_some(d),
-            interval: (args.display_interval_us > 0)
-                .then(|| std::time::Duration::from_micros(args.display_interval_us)),
-        }),
-        ..DaemonConfig::default()
-    };
-    if let Some(s) = args.socket {
-        config.socket = s;
-    }
+    let config = daemon_config(&args)?;
     raise_fd_limit();
     let daemon = Arc::new(Daemon::new(config).context("starting the daemon")?);
-    let k = &daemon.kernel;
-    tracing::info!(
-        kernel = %k.kernel,
-        uffd_async = k.uffd_async.ok,
-        uffd_sync = k.uffd_sync.ok,
-        soft_dirty = k.soft_dirty.ok,
-        pagemap_scan = k.pagemap_scan.ok,
-        "kernel probed"
-    );
-    tracing::info!(backend = %daemon.gpu.name(), reason = %daemon.gpu_reason, "GPU backend chosen");
-    if !k.uffd_async.ok {
-        tracing::warn!(detail = %k.uffd_async.detail, "uffd-async unavailable: clients cannot attach tracking");
-    }
+    log_start(&daemon);
 
     // Requests run on the workers (block_in_place); a worker that blocks
     // hands its other connections to a thread of the blocking pool. More
@@ -376,6 +322,71 @@ pub fn main() -> anyhow::Result<()> {
         tracing::info!("cohmemd stopped");
         anyhow::Ok(())
     })
+}
+
+/// The daemon's configuration from the command line (and config file),
+/// refusing a `--max-bo-size` outside what the wire format can carry.
+fn daemon_config(args: &Args) -> anyhow::Result<DaemonConfig> {
+    if args.max_bo_size > cohmem_proto::limits::MAX_BO_SIZE || args.max_bo_size == 0 {
+        anyhow::bail!(
+            "--max-bo-size {} is outside 1..={} (the wire format's limit)",
+            args.max_bo_size,
+            cohmem_proto::limits::MAX_BO_SIZE
+        );
+    }
+    let mut config = DaemonConfig {
+        gpu: args.gpu.clone(),
+        mechanism: args.mechanism.0,
+        max_bo_size: args.max_bo_size,
+        socket_mode: args.socket_mode,
+        allowed_uids: args.allow_uid.clone(),
+        user_limits: UserLimits {
+            connections: args.max_connections_per_user,
+            bos: args.max_bos_per_user,
+            bytes: args.max_bytes_per_user,
+        },
+        max_bos_per_connection: args.max_bos_per_connection,
+        fdstore: !args.no_fdstore,
+        adopt_grace: std::time::Duration::from_secs(args.adopt_grace_secs),
+        background_upload: (args.background_upload_us > 0)
+            .then(|| std::time::Duration::from_micros(args.background_upload_us)),
+        tracking: TrackingPolicy {
+            methods: args.methods,
+            dense: DensePolicy {
+                percent: args.dense_percent,
+                after: args.dense_after,
+                probe_every: args.dense_probe_every,
+            },
+        },
+        metrics_listen: args.metrics_listen,
+        display: args.display.clone().map(|d| crate::display::DisplayConfig {
+            connector: (d != "auto").then_some(d),
+            interval: (args.display_interval_us > 0)
+                .then(|| std::time::Duration::from_micros(args.display_interval_us)),
+        }),
+        ..DaemonConfig::default()
+    };
+    if let Some(s) = &args.socket {
+        config.socket = s.clone();
+    }
+    Ok(config)
+}
+
+/// Logs what the kernel offers and which GPU backend was chosen.
+fn log_start(daemon: &Daemon) {
+    let k = &daemon.kernel;
+    tracing::info!(
+        kernel = %k.kernel,
+        uffd_async = k.uffd_async.ok,
+        uffd_sync = k.uffd_sync.ok,
+        soft_dirty = k.soft_dirty.ok,
+        pagemap_scan = k.pagemap_scan.ok,
+        "kernel probed"
+    );
+    tracing::info!(backend = %daemon.gpu.name(), reason = %daemon.gpu_reason, "GPU backend chosen");
+    if !k.uffd_async.ok {
+        tracing::warn!(detail = %k.uffd_async.detail, "uffd-async unavailable: clients cannot attach tracking");
+    }
 }
 
 /// An fd the service manager passed at start, with its name.

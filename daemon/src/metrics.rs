@@ -98,6 +98,9 @@ fn labeled_gauge(
 }
 
 impl Collector for DaemonCollector {
+    // One call per metric, in the order of the README's metrics list: a
+    // table rather than logic, kept in one place so a metric's name, help
+    // and source read side by side.
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let d = &self.0;
         let c = &d.counters;

@@ -39,6 +39,8 @@ fn whole(image: &ImageInfo) -> Option<Rect> {
 /// An unknown format (cpp 0) gives no rect. A layout whose rows overlap
 /// (`pitch < width * cpp`, which no backend states) gives the whole image
 /// as soon as a run touches it, so damage is never under-reported.
+// One pass over the runs with the row arithmetic inline: split up, the
+// parts would pass the same half-dozen layout values around.
 pub fn rects_of_runs(image: &ImageInfo, byte_runs: &[Range<u64>]) -> Vec<Rect> {
     let cpp = u64::from(image.bytes_per_pixel());
     let (width, height, pitch) = (u64::from(image.width), u64::from(image.height), u64::from(image.pitch));
