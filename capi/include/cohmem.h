@@ -154,6 +154,14 @@ typedef struct cohmem_rect {
   uint32_t h;
 } cohmem_rect;
 
+// `len` bytes at `offset` of a BO.
+typedef struct cohmem_range {
+  // Offset in bytes from the BO's start.
+  uint64_t offset;
+  // Length in bytes (at least 1).
+  uint64_t len;
+} cohmem_range;
+
 // A BO's GPU resource exported as a file descriptor (a dma-buf on DRM
 // devices); the caller owns `fd` and closes it.
 //
@@ -356,6 +364,44 @@ int cohmem_bo_readback(const struct cohmem_bo *bo);
 // # Safety
 // `bo` is a live BO.
 int cohmem_bo_damage(const struct cohmem_bo *bo, uint64_t offset, uint64_t len);
+
+// Reports the `count` byte ranges at `ranges` of the BO written, in one
+// request per 4000 ranges. Every range is checked first: an empty one or
+// one past the BO's end fails with `COHMEM_E_INVALID` and reports nothing.
+// Needed under the `explicit` mechanism for every write; harmless under
+// the others.
+//
+// # Safety
+// `bo` is NULL or a live BO; `ranges` is NULL (with `count` 0) or valid
+// for reading `count` ranges.
+int cohmem_bo_damage_ranges(const struct cohmem_bo *bo,
+                            const struct cohmem_range *ranges,
+                            size_t count);
+
+// Reports the `count` byte ranges at `ranges` written and syncs the BO, in
+// one round trip when `count` is at most 4000 (a compositor client's
+// damage and commit). As `cohmem_bo_damage_ranges` then `cohmem_bo_sync`;
+// `result` may be NULL.
+//
+// # Safety
+// `bo` is NULL or a live BO; `ranges` is NULL (with `count` 0) or valid
+// for reading `count` ranges; `result` is NULL or valid for writes.
+int cohmem_bo_sync_damaged(const struct cohmem_bo *bo,
+                           const struct cohmem_range *ranges,
+                           size_t count,
+                           struct cohmem_sync_result *result);
+
+// `cohmem_bo_sync_damaged` for an image BO, by the `count` rectangles of
+// pixels at `rects` (each inside the image, else `COHMEM_E_INVALID` and
+// nothing is reported).
+//
+// # Safety
+// `bo` is NULL or a live BO; `rects` is NULL (with `count` 0) or valid for
+// reading `count` rectangles; `result` is NULL or valid for writes.
+int cohmem_bo_sync_damaged_rects(const struct cohmem_bo *bo,
+                                 const struct cohmem_rect *rects,
+                                 size_t count,
+                                 struct cohmem_sync_result *result);
 
 // Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 // devices; on the software GPU a read-only memfd) that other processes and

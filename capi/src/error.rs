@@ -41,6 +41,7 @@ pub(crate) fn fail(e: &ClientError) -> c_int {
         ClientError::Connect { .. } => COHMEM_E_CONNECT,
         ClientError::Daemon { .. } => COHMEM_E_DAEMON,
         ClientError::Protocol(_) => COHMEM_E_PROTOCOL,
+        ClientError::InvalidArgument(_) => COHMEM_E_INVALID,
         ClientError::Disconnected => COHMEM_E_DISCONNECTED,
         ClientError::Sys(_) => COHMEM_E_SYSTEM,
         ClientError::ForkedChild { .. } => COHMEM_E_FORKED,

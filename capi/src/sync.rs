@@ -69,7 +69,7 @@ pub unsafe extern "C" fn cohmem_bo_sync(bo: *const cohmem_bo, result: *mut cohme
     }
 }
 
-fn sync_result(r: &cohmem_client::SyncResult) -> cohmem_sync_result {
+pub(crate) fn sync_result(r: &cohmem_client::SyncResult) -> cohmem_sync_result {
     cohmem_sync_result {
         pages: r.pages,
         bytes: r.bytes,

@@ -79,6 +79,7 @@ fn c_sees_the_librarys_struct_layouts_and_constants() -> anyhow::Result<()> {
         cohmem_stats { uptime_ms, connections, bos, syncs, pages_uploaded, bytes_uploaded, faults, method_switches, errors }
         cohmem_image_info { width, height, fourcc, pitch, offset, modifier }
         cohmem_rect { x, y, w, h }
+        cohmem_range { offset, len }
         cohmem_dmabuf { fd, size, pitch, image }
     };
     for (name, value) in [

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohmem_proto::{DirtyStateReport, ImageInfo, Mechanism, Method, Reply, Request, ScanReport, SYNC_REPORT_RUNS};
+use cohmem_proto::{DirtyStateReport, ImageInfo, Reply, Request, ScanReport, SYNC_REPORT_RUNS};
 use cohmem_sys::memfd::Memfd;
 
 use crate::error::{unexpected, ClientError};
@@ -105,19 +105,7 @@ impl Bo {
 
     fn sync_like(&self, build: impl Fn(u32) -> Request, flags: u32) -> Result<SyncResult, ClientError> {
         match self.inner.call(&build, &[])? {
-            (Reply::SyncDone(s), _) => Ok(SyncResult {
-                pages: s.pages,
-                bytes: s.bytes,
-                mechanism: Mechanism::from_wire(s.mechanism).unwrap_or(Mechanism::None),
-                method: Method::from_wire(s.method).unwrap_or(Method::None),
-                duration: Duration::from_nanos(s.duration_ns),
-                run_count: s.run_count,
-                runs_truncated: s.runs_truncated || flags & SYNC_REPORT_RUNS == 0,
-                runs: s.runs,
-                views_scanned: s.views_scanned,
-                rects_merged: s.damage.as_ref().is_some_and(|d| d.merged),
-                rects: s.damage.map(|d| d.rects).unwrap_or_default(),
-            }),
+            (Reply::SyncDone(s), _) => Ok(SyncResult::from_report(s, flags)),
             (other, _) => Err(unexpected(build(0).name(), &other)),
         }
     }

@@ -29,6 +29,11 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// An argument the library checks before asking the daemon was wrong
+    /// (a range outside the BO, a rectangle outside the image); the message
+    /// says which.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The daemon's reply made no sense.
     #[error("protocol error: {0}")]
     Protocol(String),

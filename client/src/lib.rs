@@ -23,12 +23,14 @@
 // dies); tracking (the process's write tracking); link (one session's
 // socket); attach (handing the tracking to a session); session (the
 // connection state, its calls and reconnect); handle (a BO's shared state,
-// reopened by a reconnect); mapping; results; bo; connection; display and
+// reopened by a reconnect); mapping; results; bo; damage (batched damage
+// on `Bo`); connection; display and
 // mechanism (the display output and mechanism switching, on `Bo` and
 // `Connection`).
 mod attach;
 mod bo;
 mod connection;
+mod damage;
 mod display;
 mod error;
 mod handle;
@@ -42,8 +44,8 @@ mod tracking;
 
 pub use bo::Bo;
 pub use cohmem_proto::{
-    fourcc, BoPolicy, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Run, ScanReport, SnapshotReport,
-    DAMAGE_PATH_ATOMIC, DAMAGE_PATH_DIRTYFB, DAMAGE_PATH_NONE, MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
+    fourcc, BoPolicy, ByteRange, DirtyStateReport, ErrorCode, ImageInfo, Mechanism, Method, Rect, Run, ScanReport,
+    SnapshotReport, DAMAGE_PATH_ATOMIC, DAMAGE_PATH_DIRTYFB, DAMAGE_PATH_NONE, MAX_DAMAGE_RECTS, MODIFIER_LINEAR,
 };
 pub use connection::{default_socket_path, Connection};
 pub use display::Shown;

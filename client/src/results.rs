@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use cohmem_proto::{ImageInfo, Mechanism, Method, Rect, Run};
+use cohmem_proto::{ImageInfo, Mechanism, Method, Rect, Run, SyncReport, SYNC_REPORT_RUNS};
 
 /// What one sync uploaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,24 @@ pub struct SyncResult {
 }
 
 impl SyncResult {
+    /// The result of a SYNC_DONE reply to a request sent with `flags`
+    /// (runs are listed only with [`SYNC_REPORT_RUNS`]).
+    pub(crate) fn from_report(s: SyncReport, flags: u32) -> Self {
+        Self {
+            pages: s.pages,
+            bytes: s.bytes,
+            mechanism: Mechanism::from_wire(s.mechanism).unwrap_or(Mechanism::None),
+            method: Method::from_wire(s.method).unwrap_or(Method::None),
+            duration: Duration::from_nanos(s.duration_ns),
+            run_count: s.run_count,
+            runs_truncated: s.runs_truncated || flags & SYNC_REPORT_RUNS == 0,
+            runs: s.runs,
+            views_scanned: s.views_scanned,
+            rects_merged: s.damage.as_ref().is_some_and(|d| d.merged),
+            rects: s.damage.map(|d| d.rects).unwrap_or_default(),
+        }
+    }
+
     /// The uploaded pages, one entry per page, ascending.
     pub fn pages_list(&self) -> Vec<u64> {
         self.runs

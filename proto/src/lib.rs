@@ -45,6 +45,9 @@ pub mod limits {
     pub const MAX_STATS_BOS: usize = 256;
     /// Largest BO the protocol can describe (a daemon may configure less).
     pub const MAX_BO_SIZE: u64 = 64 << 30;
+    /// Most byte ranges one DAMAGE_RANGES request carries (16 bytes each:
+    /// 4000 fill a frame). A client with more sends several requests.
+    pub const MAX_DAMAGE_RANGES: usize = 4000;
     /// Most file descriptors in one message.
     pub const MAX_FDS: usize = 6;
 }

@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 27] = [
+const REQUEST_KINDS: [u16; 28] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -75,6 +75,7 @@ const REQUEST_KINDS: [u16; 27] = [
     kind::CREATE_IMAGE,
     kind::IMPORT_IMAGE,
     kind::SHOW,
+    kind::DAMAGE_RANGES,
 ];
 
 const REPLY_KINDS: [u16; 19] = [
@@ -417,6 +418,19 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         arb_image_info().prop_map(|image| Request::ImportImage { image }),
         (any::<u64>(), any::<u32>()).prop_map(|(id, flags)| Request::Show { id, flags }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..40)
+        )
+            .prop_map(|(bo, flags, ranges)| Request::DamageRanges {
+                bo,
+                flags,
+                ranges: ranges
+                    .into_iter()
+                    .map(|(offset, len)| cohmem_proto::ByteRange { offset, len })
+                    .collect(),
+            }),
     ]
 }
 
@@ -1993,8 +2007,8 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27],
-        "request kinds are 0x0001..=0x001b"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28],
+        "request kinds are 0x0001..=0x001c"
     );
     assert_eq!(kind::CREATE_IMAGE, 0x0019);
     assert_eq!(kind::IMPORT_IMAGE, 0x001a);

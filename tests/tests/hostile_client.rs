@@ -196,7 +196,10 @@ fn answers(req: &Request, reply: &Reply) -> bool {
             | (Request::Show { .. }, Reply::Shown { .. })
             | (Request::AttachMm { .. }, Reply::MmAttached { .. })
             | (Request::Map { .. }, Reply::Mapped { .. })
-            | (Request::Sync { .. } | Request::Transfer { .. }, Reply::SyncDone(_))
+            | (
+                Request::Sync { .. } | Request::Transfer { .. } | Request::DamageRanges { .. },
+                Reply::SyncDone(_)
+            )
             | (Request::Stats { .. }, Reply::Stats(_))
             | (Request::ExportResource { .. }, Reply::Resource { .. })
             | (Request::AddResource { .. }, Reply::ResourceAdded { .. })
@@ -214,7 +217,8 @@ fn answers(req: &Request, reply: &Reply) -> bool {
                     | Request::ReleaseResource { .. }
                     | Request::ClearResource { .. }
                     | Request::ClearAll { .. }
-                    | Request::Damage { .. },
+                    | Request::Damage { .. }
+                    | Request::DamageRanges { .. },
                 Reply::Ok
             )
     )
@@ -282,7 +286,7 @@ impl Session<'_> {
     /// A request of a random kind with random arguments.
     fn random_request(&mut self) -> Request {
         let bo = self.handle();
-        match self.rng.below(25) {
+        match self.rng.below(26) {
             0 => Request::Hello {
                 min_version: self.rng.below(3) as u16,
                 max_version: self.rng.below(3) as u16,
@@ -379,6 +383,16 @@ impl Session<'_> {
             23 => Request::Show {
                 id: self.rng.below(24),
                 flags: self.rng.below(3) as u32,
+            },
+            24 => Request::DamageRanges {
+                bo,
+                flags: self.rng.below(4) as u32,
+                ranges: (0..self.rng.below(50))
+                    .map(|_| cohmem_proto::ByteRange {
+                        offset: self.offset(),
+                        len: self.size(),
+                    })
+                    .collect(),
             },
             _ => Request::Metrics,
         }
@@ -714,6 +728,11 @@ fn campaign(s: &mut Session<'_>, socket: &Path) -> anyhow::Result<bool> {
                     bo: handle,
                     offset: 0,
                     len: ps,
+                },
+                Request::DamageRanges {
+                    bo: handle,
+                    flags: cohmem_proto::DAMAGE_THEN_SYNC,
+                    ranges: vec![cohmem_proto::ByteRange { offset: 0, len: ps }],
                 },
                 Request::Transfer {
                     bo: handle,
@@ -1062,6 +1081,17 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
             bo: 1,
             offset: 0,
             len: 4096,
+        },
+        Request::DamageRanges {
+            bo: 1,
+            flags: cohmem_proto::DAMAGE_THEN_SYNC | SYNC_REPORT_RUNS,
+            ranges: vec![
+                cohmem_proto::ByteRange { offset: 0, len: 64 },
+                cohmem_proto::ByteRange {
+                    offset: 8192,
+                    len: 4096,
+                },
+            ],
         },
         Request::Snapshot { id: 1, flags: 0 },
         Request::SetMechanism {

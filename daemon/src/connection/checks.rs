@@ -138,7 +138,7 @@ pub(super) fn read_only_refusal(req: &Request) -> Option<(u32, &'static str)> {
         Request::Transfer { bo, .. } => (bo, "transfer dirty pages without a scan"),
         Request::ClearResource { bo, .. } => (bo, "clear a resource's dirty pages"),
         Request::ClearAll { bo } => (bo, "clear the BO's dirty pages"),
-        Request::Damage { bo, .. } => (bo, "report damage"),
+        Request::Damage { bo, .. } | Request::DamageRanges { bo, .. } => (bo, "report damage"),
         Request::Readback { bo, .. } => (bo, "read the GPU copy back into the BO"),
         _ => return None,
     })

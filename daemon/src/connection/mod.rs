@@ -315,6 +315,7 @@ impl Session {
             Request::SetMechanism { mechanism } => self.set_mechanism(mechanism).await,
             Request::Readback { bo, flags } => self.readback(bo, flags).await,
             Request::Damage { bo, offset, len } => self.damage(bo, offset, len).await,
+            Request::DamageRanges { bo, flags, ref ranges } => self.damage_ranges(bo, flags, ranges).await,
             Request::SetPolicy { id, policy } => self.set_policy(id, policy).await,
             Request::Metrics => self.metrics().await,
             Request::WatchDaemon => admin::watch_daemon(),

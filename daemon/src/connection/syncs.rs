@@ -1,10 +1,10 @@
 //! The sync family: SYNC (vmwgfx's scan, transfer and upload in one
 //! step), the single tracker operations vmwgfx exposes (ADD/RELEASE_RESOURCE,
 //! SCAN, TRANSFER, CLEAR_RESOURCE, CLEAR_ALL, DIRTY_STATE, READBACK,
-//! DAMAGE), SNAPSHOT (an exact copy under quiesce, seed 004) and SET_POLICY.
+//! DAMAGE, DAMAGE_RANGES), SNAPSHOT (an exact copy under quiesce, seed 004) and SET_POLICY.
 //! Each runs on a blocking slot through the engine ([`crate::sync`]).
 
-use cohmem_proto::{BoPolicy, ErrorCode, Reply, SYNC_REPORT_RUNS};
+use cohmem_proto::{BoPolicy, ByteRange, ErrorCode, Reply, DAMAGE_THEN_SYNC, SYNC_REPORT_RUNS};
 
 use super::display::damage_display;
 use super::failure::{fail, ok, sync_failure, Failure, Outcome};
@@ -143,6 +143,39 @@ impl Session {
     pub(super) async fn damage(&self, bo: u32, offset: u64, len: u64) -> Outcome {
         self.tracker_op(bo, move |e, b| e.damage(b, offset, len).map(|()| Reply::Ok))
             .await
+    }
+
+    /// DAMAGE_RANGES: many written ranges at once and, with
+    /// [`DAMAGE_THEN_SYNC`], the sync in the same round trip (a cooperative
+    /// client's damage and commit).
+    pub(super) async fn damage_ranges(&mut self, bo: u32, flags: u32, ranges: &[ByteRange]) -> Outcome {
+        if flags & !(DAMAGE_THEN_SYNC | SYNC_REPORT_RUNS) != 0 {
+            return Err(fail(
+                ErrorCode::InvalidArgument,
+                format!("unknown DAMAGE_RANGES flags {flags:#x}"),
+            ));
+        }
+        let ranges = ranges.to_vec();
+        if flags & DAMAGE_THEN_SYNC == 0 {
+            return self
+                .tracker_op(bo, move |e, b| e.damage_ranges(b, &ranges).map(|()| Reply::Ok))
+                .await;
+        }
+        let bo_arc = self.handle(bo)?.bo.clone();
+        let daemon = self.daemon.clone();
+        let report = self
+            .blocking(move || {
+                let engine = daemon.sync_engine();
+                engine.damage_ranges(&bo_arc, &ranges).map_err(sync_failure)?;
+                daemon.bypass.note(&engine, &bo_arc);
+                let report = engine
+                    .sync(&bo_arc, flags & SYNC_REPORT_RUNS != 0)
+                    .map_err(|e| fail(ErrorCode::Gpu, format!("upload failed (pages kept dirty): {e}")))?;
+                damage_display(&daemon, &bo_arc, &report);
+                Ok::<_, Failure>(report)
+            })
+            .await??;
+        ok(Reply::SyncDone(report))
     }
 
     /// SNAPSHOT: an exact copy of BO `id` under quiesce. Root may snapshot

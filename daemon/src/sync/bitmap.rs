@@ -1,10 +1,10 @@
 //! Tracker operations that only touch the dirty bitmap, no upload: vmwgfx
 //! `clear_res` and `dirty_clear` (spec §4.7–§4.8), the `explicit`
-//! mechanism's client-reported damage, and the dirty state as vmwgfx would
+//! mechanism's client-reported damage (one range or many), and the dirty state as vmwgfx would
 //! hold it (for the comparison with vmwgfx).
 
 use cohmem_proto::limits::MAX_REPORTED_RUNS;
-use cohmem_proto::DirtyStateReport;
+use cohmem_proto::{ByteRange, DirtyStateReport};
 
 use super::report::to_runs;
 use super::{SyncEngine, SyncError};
@@ -39,17 +39,32 @@ impl SyncEngine<'_> {
 
     /// `explicit`: records client-reported damage (bytes `offset..offset+len`).
     pub fn damage(&self, bo: &Bo, offset: u64, len: u64) -> Result<(), SyncError> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| len > 0 && e <= bo.size)
-            .ok_or_else(|| {
-                SyncError::BadWindow(format!(
-                    "damage {offset}+{len} is not inside the BO's {} bytes",
-                    bo.size
-                ))
-            })?;
-        bo.state()
-            .record_written(offset / bo.page_size..end.div_ceil(bo.page_size));
+        self.damage_ranges(bo, &[ByteRange { offset, len }])
+    }
+
+    /// Records many client-reported byte ranges at once (DAMAGE_RANGES):
+    /// every range is checked first, so a bad one records nothing; then all
+    /// are recorded under one state lock.
+    pub fn damage_ranges(&self, bo: &Bo, ranges: &[ByteRange]) -> Result<(), SyncError> {
+        let pages = ranges
+            .iter()
+            .map(|&ByteRange { offset, len }| {
+                let end = offset
+                    .checked_add(len)
+                    .filter(|&e| len > 0 && e <= bo.size)
+                    .ok_or_else(|| {
+                        SyncError::BadWindow(format!(
+                            "damage {offset}+{len} is not inside the BO's {} bytes",
+                            bo.size
+                        ))
+                    })?;
+                Ok(offset / bo.page_size..end.div_ceil(bo.page_size))
+            })
+            .collect::<Result<Vec<_>, SyncError>>()?;
+        let mut st = bo.state();
+        for range in pages {
+            st.record_written(range);
+        }
         Ok(())
     }
 

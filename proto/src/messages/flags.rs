@@ -3,6 +3,10 @@
 
 /// Flag of SYNC: list the uploaded runs in the reply.
 pub const SYNC_REPORT_RUNS: u32 = 1;
+/// Flag of DAMAGE_RANGES: sync the BO after recording the ranges, in the
+/// same round trip (the reply is SYNC_DONE; [`SYNC_REPORT_RUNS`] may be set
+/// with it).
+pub const DAMAGE_THEN_SYNC: u32 = 2;
 /// Flag of STATS: include one row per connection.
 pub const STATS_CONNECTIONS: u32 = 1;
 /// Flag of STATS: include one row per BO.

@@ -30,6 +30,7 @@ pub const WATCH_DAEMON: u16 = 0x0018;
 pub const CREATE_IMAGE: u16 = 0x0019;
 pub const IMPORT_IMAGE: u16 = 0x001a;
 pub const SHOW: u16 = 0x001b;
+pub const DAMAGE_RANGES: u16 = 0x001c;
 
 pub const R_HELLO: u16 = 0x8001;
 pub const R_BO: u16 = 0x8002;

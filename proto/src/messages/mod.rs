@@ -28,6 +28,6 @@ pub use flags::*;
 pub use frame::peek_request_id;
 pub use reply::Reply;
 pub use reports::{DirtyStateReport, Run, ScanReport, SnapshotReport, SyncReport};
-pub use request::Request;
+pub use request::{ByteRange, Request};
 pub use stats::{BoRow, ConnectionRow, DaemonStats, StatsReport, BO_ROW_PAUSED};
 pub use types::{BoPolicy, ErrorCode, Mechanism, Method};

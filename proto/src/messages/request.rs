@@ -9,6 +9,15 @@ use crate::image::ImageInfo;
 #[cfg(doc)] // named in doc links only
 use crate::Reply;
 
+/// A byte range of a BO: `len` bytes at `offset` (DAMAGE_RANGES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ByteRange {
+    /// Offset in bytes from the BO's start.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
 /// Requests, client → daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -210,6 +219,21 @@ pub enum Request {
         /// Length in bytes (non-zero).
         len: u64,
     },
+    /// Many written byte ranges of BO `bo` at once, as a cooperative client
+    /// knows them (Wayland's `damage_buffer` before `commit`, DIRTYFB clips,
+    /// `vkFlushMappedMemoryRanges`); with [`DAMAGE_THEN_SYNC`] the BO is
+    /// synced in the same round trip. Every range is checked before any is
+    /// recorded. At most [`MAX_DAMAGE_RANGES`](crate::limits::MAX_DAMAGE_RANGES)
+    /// ranges. Reply: [`Reply::Ok`], or [`Reply::SyncDone`] with
+    /// [`DAMAGE_THEN_SYNC`].
+    DamageRanges {
+        /// BO handle.
+        bo: u32,
+        /// [`DAMAGE_THEN_SYNC`], [`SYNC_REPORT_RUNS`](crate::SYNC_REPORT_RUNS).
+        flags: u32,
+        /// The ranges written (each non-zero and inside the BO).
+        ranges: Vec<ByteRange>,
+    },
     /// Pins how BO `id` is tracked (never losing a write: leaving a policy
     /// marks the whole BO dirty). Root, or a connection holding the BO, may
     /// set it. Reply: [`Reply::PolicySet`].
@@ -255,6 +279,7 @@ impl Request {
             Self::ClearAll { .. } => kind::CLEAR_ALL,
             Self::DirtyState { .. } => kind::DIRTY_STATE,
             Self::Damage { .. } => kind::DAMAGE,
+            Self::DamageRanges { .. } => kind::DAMAGE_RANGES,
             Self::Snapshot { .. } => kind::SNAPSHOT,
             Self::SetMechanism { .. } => kind::SET_MECHANISM,
             Self::Readback { .. } => kind::READBACK,
@@ -288,6 +313,7 @@ impl Request {
             Self::ClearAll { .. } => "CLEAR_ALL",
             Self::DirtyState { .. } => "DIRTY_STATE",
             Self::Damage { .. } => "DAMAGE",
+            Self::DamageRanges { .. } => "DAMAGE_RANGES",
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SetMechanism { .. } => "SET_MECHANISM",
             Self::Readback { .. } => "READBACK",

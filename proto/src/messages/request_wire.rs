@@ -5,10 +5,11 @@
 
 use super::frame::{header, read_header};
 use super::kind;
-use super::request::Request;
+use super::request::{ByteRange, Request};
 use super::types::{BoPolicy, Mechanism};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::image::ImageInfo;
+use crate::limits::MAX_DAMAGE_RANGES;
 
 /// Reads a `u16` reserved field, which must be zero.
 fn read_reserved(r: &mut Reader<'_>) -> Result<(), DecodeError> {
@@ -93,6 +94,19 @@ impl Request {
                 w.u32(bo);
                 w.u64(offset);
                 w.u64(len);
+            }
+            Self::DamageRanges { bo, flags, ref ranges } => {
+                // The caller keeps to MAX_DAMAGE_RANGES (the client library
+                // splits longer lists); a longer list is written whole and
+                // refused by the decoder, never cut silently.
+                w.u32(bo);
+                w.u32(flags);
+                w.u16(u16::try_from(ranges.len()).unwrap_or(u16::MAX));
+                w.u16(0);
+                for range in ranges {
+                    w.u64(range.offset);
+                    w.u64(range.len);
+                }
             }
             Self::Scan { bo } | Self::ClearAll { bo } | Self::DirtyState { bo } => w.u32(bo),
             Self::Snapshot { id, flags } | Self::Show { id, flags } => {
@@ -211,6 +225,20 @@ impl Request {
                 offset: r.u64("offset")?,
                 len: r.u64("len")?,
             },
+            kind::DAMAGE_RANGES => {
+                let bo = r.u32("bo")?;
+                let flags = r.u32("flags")?;
+                let n = r.count_u16("range_count", MAX_DAMAGE_RANGES)?;
+                read_reserved(&mut r)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ranges.push(ByteRange {
+                        offset: r.u64("offset")?,
+                        len: r.u64("len")?,
+                    });
+                }
+                Self::DamageRanges { bo, flags, ranges }
+            }
             kind::SET_POLICY => {
                 let id = r.u64("id")?;
                 let policy = BoPolicy::from_wire(r.u16("policy")?)?;
