@@ -6,6 +6,8 @@
 //! * [`sync`]: scenarios through a private daemon per mechanism (`auto`,
 //!   `uffd-async`, `uffd-sync`, `soft-dirty` where the kernel can, `full`
 //!   copy and `explicit` damage as baselines);
+//! * [`ipc_floor`]: one SYNC-sized request/reply between two processes,
+//!   no daemon (what any round trip costs here);
 //! * [`faults`]: first-write latency after a sync (target 3);
 //! * [`scale`]: many client processes against one daemon (target 5);
 //! * [`report`]: the table, the target lines, JSON and the SVG plot;
@@ -17,6 +19,7 @@
 
 pub mod faults;
 pub mod floor;
+pub mod ipc_floor;
 pub mod pattern;
 pub mod report;
 pub mod scale;
@@ -212,6 +215,8 @@ pub struct Report {
     pub floor: Vec<floor::FloorCell>,
     /// Kernel floor of a clean harvest per size.
     pub floor_clean: Vec<CleanFloor>,
+    /// One SYNC-sized request/reply between two processes.
+    pub ipc_floor: Option<ipc_floor::IpcFloor>,
     /// Daemon scenarios.
     pub cells: Vec<sync::SyncCell>,
     /// Clean syncs per (mechanism, size).
@@ -299,6 +304,9 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     } else {
         note(start, "no kernel floor: this kernel has no WP_ASYNC + PAGEMAP_SCAN");
     }
+
+    note(start, "IPC floor");
+    let ipc_floor = Some(ipc_floor::measure(200, if cfg.quick { 2000 } else { 20000 })?);
 
     // Every mechanism through its own private daemon.
     let (mut cells, mut clean) = (Vec::new(), Vec::new());
@@ -431,6 +439,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
         threads,
         floor: floor_cells,
         floor_clean,
+        ipc_floor,
         cells,
         clean,
         faults,

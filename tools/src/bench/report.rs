@@ -136,6 +136,19 @@ pub fn targets(r: &Report) -> Vec<Target> {
             if let Some(d) = ratio(a.sync_daemon.median_ns, f.sync.median_ns) {
                 t.details.push(format!("daemon-side time / floor: {d:.3}"));
             }
+            if let Some(ipc) = &r.ipc_floor {
+                let bound = ipc.round_trip.median_ns + f.sync.median_ns * 13 / 10;
+                t.details.push(format!(
+                    "IPC floor ({} B request / {} B reply between two processes, no daemon): {} (p99 {}); \
+                     round trip / (IPC floor + 1.3 x floor = {}): {}",
+                    ipc.request_bytes,
+                    ipc.reply_bytes,
+                    med(&ipc.round_trip),
+                    fmt_ns(ipc.round_trip.p99_ns),
+                    fmt_ns(bound),
+                    ratio(a.sync_wall.median_ns, bound).map_or("n/a".into(), |x| format!("{x:.3}"))
+                ));
+            }
             let speedup = full.and_then(|fc| ratio(fc.sync_cost.median_ns, a.sync_cost.median_ns));
             if let (Some(fc), Some(s)) = (full, speedup) {
                 t.details.push(format!(

@@ -55,6 +55,12 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Internal: the echo side of the IPC floor (its socket is stdin).
+    #[command(hide = true)]
+    IpcEcho {
+        #[arg(long)]
+        reply_bytes: usize,
+    },
     /// Internal: one client process of the scale scenario.
     #[command(hide = true)]
     ScaleChild {
@@ -77,6 +83,9 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::IpcEcho { reply_bytes }) = cli.command {
+        return cohmem_tools::bench::ipc_floor::echo_main(reply_bytes);
+    }
     if let Some(Cmd::ScaleChild {
         socket,
         bos,
