@@ -403,6 +403,26 @@ int cohmem_bo_sync_damaged_rects(const struct cohmem_bo *bo,
                                  size_t count,
                                  struct cohmem_sync_result *result);
 
+// Syncs the `count` BOs at `bos` (all of connection `conn`) in one round
+// trip per 256 BOs: a frame's submission. `results` (NULL or room for
+// `count`) receives what each sync uploaded; `daemon_codes` (NULL or room
+// for `count`) receives 0 for each BO synced and the daemon's error code
+// (as `cohmem_last_daemon_code` gives it) for each that was not, whose
+// pages stay dirty for its next sync. Returns `COHMEM_OK` when every BO
+// was synced, `COHMEM_E_DAEMON` when one was not (the others were synced
+// all the same; the last error names the first), `COHMEM_E_INVALID` for a
+// BO of another connection (nothing synced).
+//
+// # Safety
+// `conn` is NULL or a live connection; `bos` is NULL (with `count` 0) or
+// valid for reading `count` pointers to live BOs; `results` and
+// `daemon_codes` are NULL or valid for writing `count` elements.
+int cohmem_sync_many(const struct cohmem_connection *conn,
+                     const struct cohmem_bo *const *bos,
+                     size_t count,
+                     struct cohmem_sync_result *results,
+                     int *daemon_codes);
+
 // Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 // devices; on the software GPU a read-only memfd) that other processes and
 // APIs (EGL, Vulkan) can import. The caller owns `out->fd`. For an image

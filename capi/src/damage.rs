@@ -1,7 +1,8 @@
 //! Batched damage (`cohmem_bo_damage_ranges`) and damage with the sync in
 //! one round trip (`cohmem_bo_sync_damaged`, and `cohmem_bo_sync_damaged_rects`
 //! for an image BO's rectangles): what a cooperative client that knows what
-//! it drew sends at commit.
+//! it drew sends at commit; and a frame's many BOs synced in one round trip
+//! (`cohmem_sync_many`).
 
 use std::ffi::c_int;
 use std::ops::Range;
@@ -153,5 +154,83 @@ unsafe fn finish(
             COHMEM_OK
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Syncs the `count` BOs at `bos` (all of connection `conn`) in one round
+/// trip per 256 BOs: a frame's submission. `results` (NULL or room for
+/// `count`) receives what each sync uploaded; `daemon_codes` (NULL or room
+/// for `count`) receives 0 for each BO synced and the daemon's error code
+/// (as `cohmem_last_daemon_code` gives it) for each that was not, whose
+/// pages stay dirty for its next sync. Returns `COHMEM_OK` when every BO
+/// was synced, `COHMEM_E_DAEMON` when one was not (the others were synced
+/// all the same; the last error names the first), `COHMEM_E_INVALID` for a
+/// BO of another connection (nothing synced).
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `bos` is NULL (with `count` 0) or
+/// valid for reading `count` pointers to live BOs; `results` and
+/// `daemon_codes` are NULL or valid for writing `count` elements.
+#[no_mangle]
+pub unsafe extern "C" fn cohmem_sync_many(
+    conn: *const crate::connection::cohmem_connection,
+    bos: *const *const cohmem_bo,
+    count: usize,
+    results: *mut cohmem_sync_result,
+    daemon_codes: *mut c_int,
+) -> c_int {
+    // SAFETY: `conn` is NULL or a live connection (documented).
+    let Some(conn) = (unsafe { conn.as_ref() }) else {
+        return invalid("cohmem_sync_many: conn is NULL");
+    };
+    // SAFETY: `bos` is NULL or valid for `count` reads (documented).
+    let Some(ptrs) = (unsafe { elements(bos, count) }) else {
+        return invalid(&format!("cohmem_sync_many: bos is NULL but count is {count}"));
+    };
+    let mut list = Vec::with_capacity(count);
+    for (i, &p) in ptrs.iter().enumerate() {
+        // SAFETY: each pointer is NULL or a live BO (documented).
+        match unsafe { p.as_ref() } {
+            Some(bo) => list.push(&bo.0),
+            None => return invalid(&format!("cohmem_sync_many: bos[{i}] is NULL")),
+        }
+    }
+    let outcomes = match conn.0.sync_many(&list) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let mut first_error = None;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let (result, code) = match outcome {
+            Ok(s) => (
+                cohmem_sync_result {
+                    pages: s.pages,
+                    bytes: s.bytes,
+                    duration_ns: u64::try_from(s.duration.as_nanos()).unwrap_or(u64::MAX),
+                    run_count: 0,
+                    mechanism: u32::from(s.mechanism as u16),
+                },
+                0,
+            ),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                (
+                    cohmem_sync_result::default(),
+                    e.code().map_or(0, |c| c_int::from(c.to_wire())),
+                )
+            }
+        };
+        if !results.is_null() {
+            // SAFETY: `results` holds `count` elements, `i < count`.
+            unsafe { results.add(i).write(result) };
+        }
+        if !daemon_codes.is_null() {
+            // SAFETY: `daemon_codes` holds `count` elements, `i < count`.
+            unsafe { daemon_codes.add(i).write(code) };
+        }
+    }
+    match first_error {
+        Some(e) => fail(e),
+        None => COHMEM_OK,
     }
 }

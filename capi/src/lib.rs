@@ -36,7 +36,9 @@ mod export;
 
 pub use bo::{cohmem_bo, cohmem_bo_create, cohmem_bo_free, cohmem_bo_id, cohmem_bo_size};
 pub use connection::{cohmem_connect, cohmem_connection, cohmem_disconnect, cohmem_stats, cohmem_stats_get};
-pub use damage::{cohmem_bo_damage_ranges, cohmem_bo_sync_damaged, cohmem_bo_sync_damaged_rects, cohmem_range};
+pub use damage::{
+    cohmem_bo_damage_ranges, cohmem_bo_sync_damaged, cohmem_bo_sync_damaged_rects, cohmem_range, cohmem_sync_many,
+};
 pub use error::{
     cohmem_last_daemon_code, cohmem_last_error, cohmem_strerror, COHMEM_E_CONNECT, COHMEM_E_DAEMON,
     COHMEM_E_DISCONNECTED, COHMEM_E_FORKED, COHMEM_E_INVALID, COHMEM_E_PROTOCOL, COHMEM_E_SYSTEM, COHMEM_OK,

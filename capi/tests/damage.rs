@@ -154,3 +154,69 @@ fn c_reports_ranges_and_rectangles_and_syncs_in_one_call() {
         cohmem_disconnect(conn);
     }
 }
+
+#[test]
+fn c_syncs_a_frames_bos_in_one_call() {
+    let daemon = DaemonProcess::spawn_bin(
+        env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
+        &["--log", "warn", "--gpu", "soft"],
+    )
+    .expect("starting the test daemon");
+    let path = CString::new(daemon.socket().to_str().unwrap()).unwrap();
+    let (mut conn, mut other) = (ptr::null_mut(), ptr::null_mut());
+    // SAFETY: a NUL-terminated path and valid out pointers.
+    unsafe {
+        assert_eq!(cohmem_connect(path.as_ptr(), &mut conn), COHMEM_OK, "{}", last_error());
+        assert_eq!(cohmem_connect(path.as_ptr(), &mut other), COHMEM_OK, "{}", last_error());
+    }
+    let ps = page_size();
+    let mut bos = Vec::new();
+    let mut maps = Vec::new();
+    for i in 0..5u64 {
+        let (mut bo, mut map) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: a live connection and BO, valid out pointers.
+        unsafe {
+            assert_eq!(cohmem_bo_create(conn, 8 * ps, &mut bo), COHMEM_OK, "{}", last_error());
+            assert_eq!(cohmem_bo_map(bo, &mut map), COHMEM_OK, "{}", last_error());
+        }
+        // BO i gets i pages written.
+        for p in 0..i {
+            fill(map, p * ps, 8, 0x40 + i as u8);
+        }
+        bos.push(bo.cast_const());
+        maps.push(map);
+    }
+    let mut results = vec![cohmem_sync_result::default(); bos.len()];
+    let mut codes = vec![-1; bos.len()];
+    // SAFETY: a live connection, `bos.len()` live BOs, outs of that length.
+    let rc = unsafe { cohmem_sync_many(conn, bos.as_ptr(), bos.len(), results.as_mut_ptr(), codes.as_mut_ptr()) };
+    assert_eq!(rc, COHMEM_OK, "{}", last_error());
+    assert_eq!(codes, vec![0; 5]);
+    assert_eq!(results.iter().map(|r| r.pages).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+
+    // A BO of another connection: refused whole, nothing synced.
+    let mut foreign = ptr::null_mut();
+    // SAFETY: a live connection and a valid out pointer.
+    assert_eq!(unsafe { cohmem_bo_create(other, 4 * ps, &mut foreign) }, COHMEM_OK);
+    fill(maps[1], 5 * ps, 8, 1);
+    let mixed = [bos[1], foreign.cast_const()];
+    // SAFETY: live BOs; NULL outs are allowed.
+    let rc = unsafe { cohmem_sync_many(conn, mixed.as_ptr(), 2, ptr::null_mut(), ptr::null_mut()) };
+    assert_eq!(rc, COHMEM_E_INVALID);
+    assert!(last_error().contains("another connection"), "{}", last_error());
+    let mut one = cohmem_sync_result::default();
+    // SAFETY: a live BO and a valid out pointer.
+    assert_eq!(unsafe { cohmem_bo_sync(bos[1], &mut one) }, COHMEM_OK);
+    assert_eq!(one.pages, 1, "the refused list synced nothing");
+
+    // SAFETY: each object is freed once, mappings before their BOs.
+    unsafe {
+        cohmem_bo_free(foreign);
+        for (map, bo) in maps.into_iter().zip(bos) {
+            assert_eq!(cohmem_unmap(map), COHMEM_OK);
+            cohmem_bo_free(bo.cast_mut());
+        }
+        cohmem_disconnect(other);
+        cohmem_disconnect(conn);
+    }
+}

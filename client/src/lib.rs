@@ -24,7 +24,7 @@
 // socket); attach (handing the tracking to a session); session (the
 // connection state, its calls and reconnect); handle (a BO's shared state,
 // reopened by a reconnect); mapping; results; bo; damage (batched damage
-// on `Bo`); connection; display and
+// on `Bo`); connection; sync_many (many BOs in one request); display and
 // mechanism (the display output and mechanism switching, on `Bo` and
 // `Connection`).
 mod attach;
@@ -40,6 +40,7 @@ mod mechanism;
 mod results;
 mod session;
 mod sync_guard;
+mod sync_many;
 mod tracking;
 
 pub use bo::Bo;
@@ -53,3 +54,4 @@ pub use error::ClientError;
 pub use mapping::Mapping;
 pub use mechanism::MechanismSwitch;
 pub use results::{ExportedResource, Readback, SyncResult};
+pub use sync_many::BoSynced;

@@ -93,6 +93,59 @@ impl BlockingSlots {
     }
 }
 
+/// Bounds the syncs that run on a runtime worker itself, without the
+/// `block_in_place` hand-off (a small BO's SYNC: the hand-off costs more
+/// than the sync). A client decides how long its own harvest takes (its
+/// views, its `mmap_lock`), so these are few: one per user and, in all, one
+/// fewer than the workers, so at least one worker always serves everyone
+/// else. Taken with `try_acquire` only: a sync that finds none runs in a
+/// blocking section instead, never waits.
+pub struct InlineSlots {
+    limit: usize,
+    running: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// One inline sync's slot, released on drop.
+pub struct InlineSlot<'a> {
+    slots: &'a InlineSlots,
+    uid: u32,
+}
+
+impl InlineSlots {
+    /// `limit` inline syncs at once in all, one per user.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            running: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// One fewer than tokio's default worker count (the cores), at least one.
+    pub fn for_this_machine() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)))
+    }
+
+    /// A slot for `uid`, if it has none and the total allows one.
+    pub fn try_acquire(&self, uid: u32) -> Option<InlineSlot<'_>> {
+        let mut running = lock(&self.running);
+        let (total, per_user) = &mut *running;
+        if *total >= self.limit || per_user.contains_key(&uid) {
+            return None;
+        }
+        *total += 1;
+        per_user.insert(uid, 1);
+        Some(InlineSlot { slots: self, uid })
+    }
+}
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.slots.running);
+        running.0 -= 1;
+        running.1.remove(&self.uid);
+    }
+}
+
 /// State shared by all connections.
 pub struct Daemon {
     /// Configuration.
@@ -121,6 +174,8 @@ pub struct Daemon {
     pub quotas: QuotaTable,
     /// Blocking sections at once, in all and per user.
     pub blocking: BlockingSlots,
+    /// Syncs running on a runtime worker itself, in all and per user.
+    pub inline: InlineSlots,
     /// Writes through BO fds (inotify), where the kernel reports them.
     pub bypass: crate::bypass::BypassWatch,
     /// What the background upload did (`--background-upload-us`).
@@ -176,6 +231,7 @@ impl Daemon {
             quotas,
             bypass,
             blocking: BlockingSlots::new(BLOCKING_SECTIONS, BLOCKING_SECTIONS_PER_USER),
+            inline: InlineSlots::for_this_machine(),
             background: BackgroundCounters::default(),
             display,
             connections: Mutex::new(HashMap::new()),

@@ -48,6 +48,8 @@ pub mod limits {
     /// Most byte ranges one DAMAGE_RANGES request carries (16 bytes each:
     /// 4000 fill a frame). A client with more sends several requests.
     pub const MAX_DAMAGE_RANGES: usize = 4000;
+    /// Most BOs one SYNC_MANY syncs (a frame's submission).
+    pub const MAX_SYNC_BOS: usize = 256;
     /// Most file descriptors in one message.
     pub const MAX_FDS: usize = 6;
 }

@@ -47,7 +47,7 @@ fn le_u64(f: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(f[at..at + 8].try_into().unwrap())
 }
 
-const REQUEST_KINDS: [u16; 28] = [
+const REQUEST_KINDS: [u16; 29] = [
     kind::HELLO,
     kind::CREATE_BO,
     kind::IMPORT_BO,
@@ -76,9 +76,10 @@ const REQUEST_KINDS: [u16; 28] = [
     kind::IMPORT_IMAGE,
     kind::SHOW,
     kind::DAMAGE_RANGES,
+    kind::SYNC_MANY,
 ];
 
-const REPLY_KINDS: [u16; 19] = [
+const REPLY_KINDS: [u16; 20] = [
     kind::R_HELLO,
     kind::R_BO,
     kind::R_MM_ATTACHED,
@@ -97,6 +98,7 @@ const REPLY_KINDS: [u16; 19] = [
     kind::R_METRICS,
     kind::R_DAEMON_PROCESS,
     kind::R_SHOWN,
+    kind::R_SYNC_MANY_DONE,
     kind::R_ERROR,
 ];
 
@@ -431,6 +433,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     .map(|(offset, len)| cohmem_proto::ByteRange { offset, len })
                     .collect(),
             }),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..40))
+            .prop_map(|(flags, bos)| Request::SyncMany { flags, bos }),
     ]
 }
 
@@ -519,6 +523,31 @@ fn arb_reply_with(over: bool) -> impl Strategy<Value = Reply> {
         (arb_policy(), any::<u16>()).prop_map(|(previous, method)| Reply::PolicySet { previous, method }),
         any::<u64>().prop_map(|len| Reply::Metrics { len }),
         Just(Reply::DaemonProcess),
+        proptest::collection::vec(
+            (
+                any::<u32>(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            ),
+            0..20
+        )
+        .prop_map(|v| Reply::SyncManyDone(
+            v.into_iter()
+                .map(
+                    |(bo, status, mechanism, pages, bytes, duration_ns)| cohmem_proto::BoSyncOutcome {
+                        bo,
+                        status,
+                        mechanism,
+                        pages,
+                        bytes,
+                        duration_ns
+                    }
+                )
+                .collect()
+        )),
         (unicode_up_to(extra(MAX_NAME)), any::<u32>(), any::<u32>(), any::<u16>()).prop_map(
             |(connector, mode_width, mode_height, damage_path)| Reply::Shown {
                 connector,
@@ -2007,8 +2036,8 @@ fn documented_constants() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(
         REQUEST_KINDS,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28],
-        "request kinds are 0x0001..=0x001c"
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
+        "request kinds are 0x0001..=0x001d"
     );
     assert_eq!(kind::CREATE_IMAGE, 0x0019);
     assert_eq!(kind::IMPORT_IMAGE, 0x001a);
@@ -2018,7 +2047,7 @@ fn documented_constants() {
         REPLY_KINDS,
         [
             0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x800a, 0x800b, 0x800c, 0x800d,
-            0x800e, 0x800f, 0x8010, 0x8011, 0x8012, 0x80ff
+            0x800e, 0x800f, 0x8010, 0x8011, 0x8012, 0x8013, 0x80ff
         ]
     );
     assert_eq!(

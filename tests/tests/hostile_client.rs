@@ -194,6 +194,7 @@ fn answers(req: &Request, reply: &Reply) -> bool {
                 Reply::Bo { .. }
             )
             | (Request::Show { .. }, Reply::Shown { .. })
+            | (Request::SyncMany { .. }, Reply::SyncManyDone(_))
             | (Request::AttachMm { .. }, Reply::MmAttached { .. })
             | (Request::Map { .. }, Reply::Mapped { .. })
             | (
@@ -286,7 +287,7 @@ impl Session<'_> {
     /// A request of a random kind with random arguments.
     fn random_request(&mut self) -> Request {
         let bo = self.handle();
-        match self.rng.below(26) {
+        match self.rng.below(27) {
             0 => Request::Hello {
                 min_version: self.rng.below(3) as u16,
                 max_version: self.rng.below(3) as u16,
@@ -393,6 +394,10 @@ impl Session<'_> {
                         len: self.size(),
                     })
                     .collect(),
+            },
+            25 => Request::SyncMany {
+                flags: self.rng.below(2) as u32,
+                bos: (0..self.rng.below(20)).map(|_| self.handle()).collect(),
             },
             _ => Request::Metrics,
         }
@@ -1003,6 +1008,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Metrics { .. } => "R_METRICS",
         Reply::DaemonProcess => "R_DAEMON_PROCESS",
         Reply::Shown { .. } => "R_SHOWN",
+        Reply::SyncManyDone(_) => "R_SYNC_MANY_DONE",
         Reply::Error { .. } => "R_ERROR",
     }
 }
@@ -1092,6 +1098,10 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
                     len: 4096,
                 },
             ],
+        },
+        Request::SyncMany {
+            flags: 0,
+            bos: vec![1, 2, 3],
         },
         Request::Snapshot { id: 1, flags: 0 },
         Request::SetMechanism {
@@ -1214,6 +1224,21 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         },
         Reply::Metrics { len: 4096 },
         Reply::DaemonProcess,
+        Reply::SyncManyDone(vec![
+            cohmem_proto::BoSyncOutcome {
+                bo: 1,
+                status: 0,
+                mechanism: 1,
+                pages: 2,
+                bytes: 8192,
+                duration_ns: 40_000,
+            },
+            cohmem_proto::BoSyncOutcome {
+                bo: 9,
+                status: ErrorCode::NoSuchBo.to_wire(),
+                ..Default::default()
+            },
+        ]),
         Reply::error(ErrorCode::NoSuchBo, "BO handle 9 is not open on this connection"),
     ];
     let mut out: Vec<(&'static str, Vec<u8>)> = requests.iter().map(|r| (r.name(), r.encode(7))).collect();

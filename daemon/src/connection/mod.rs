@@ -316,6 +316,7 @@ impl Session {
             Request::Readback { bo, flags } => self.readback(bo, flags).await,
             Request::Damage { bo, offset, len } => self.damage(bo, offset, len).await,
             Request::DamageRanges { bo, flags, ref ranges } => self.damage_ranges(bo, flags, ranges).await,
+            Request::SyncMany { flags, ref bos } => self.sync_many(flags, bos).await,
             Request::SetPolicy { id, policy } => self.set_policy(id, policy).await,
             Request::Metrics => self.metrics().await,
             Request::WatchDaemon => admin::watch_daemon(),

@@ -143,15 +143,31 @@ impl<'a> SyncEngine<'a> {
         Ok(report)
     }
 
+    /// [`SyncEngine::sync`] unless another sync of the BO (or a quiesce, a
+    /// mechanism switch) holds it (`None` then): for a caller that must not
+    /// wait for another client.
+    pub fn try_sync(&self, bo: &Bo, with_runs: bool) -> Option<Result<SyncReport, SyncError>> {
+        let _serial = Self::try_serial(bo)?;
+        Some(self.sync_serialised(bo, with_runs).map(|mut report| {
+            report.damage = Self::take_damage(&bo.state());
+            report
+        }))
+    }
+
     /// [`SyncEngine::sync`] unless another sync of the BO is running
     /// (`None` then): the background upload never waits for a client's.
     pub fn sync_if_idle(&self, bo: &Bo) -> Option<Result<SyncReport, SyncError>> {
-        let _serial = match bo.sync_lock.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        };
+        let _serial = Self::try_serial(bo)?;
         Some(self.sync_serialised(bo, false))
+    }
+
+    /// `bo.sync_lock` if nobody holds it.
+    fn try_serial(bo: &Bo) -> Option<std::sync::MutexGuard<'_, ()>> {
+        match bo.sync_lock.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        }
     }
 
     /// [`SyncEngine::sync`] with `bo.sync_lock` already held.

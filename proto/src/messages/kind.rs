@@ -31,6 +31,7 @@ pub const CREATE_IMAGE: u16 = 0x0019;
 pub const IMPORT_IMAGE: u16 = 0x001a;
 pub const SHOW: u16 = 0x001b;
 pub const DAMAGE_RANGES: u16 = 0x001c;
+pub const SYNC_MANY: u16 = 0x001d;
 
 pub const R_HELLO: u16 = 0x8001;
 pub const R_BO: u16 = 0x8002;
@@ -50,4 +51,5 @@ pub const R_POLICY_SET: u16 = 0x800f;
 pub const R_METRICS: u16 = 0x8010;
 pub const R_DAEMON_PROCESS: u16 = 0x8011;
 pub const R_SHOWN: u16 = 0x8012;
+pub const R_SYNC_MANY_DONE: u16 = 0x8013;
 pub const R_ERROR: u16 = 0x80ff;

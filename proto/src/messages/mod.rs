@@ -22,6 +22,7 @@ mod reports;
 mod request;
 mod request_wire;
 mod stats;
+mod sync_many;
 mod types;
 
 pub use flags::*;
@@ -30,4 +31,5 @@ pub use reply::Reply;
 pub use reports::{DirtyStateReport, Run, ScanReport, SnapshotReport, SyncReport};
 pub use request::{ByteRange, Request};
 pub use stats::{BoRow, ConnectionRow, DaemonStats, StatsReport, BO_ROW_PAUSED};
+pub use sync_many::BoSyncOutcome;
 pub use types::{BoPolicy, ErrorCode, Mechanism, Method};

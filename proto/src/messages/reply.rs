@@ -6,6 +6,7 @@ use super::kind;
 use super::reports::{DirtyStateReport, ScanReport, SnapshotReport, SyncReport};
 use super::request::Request;
 use super::stats::StatsReport;
+use super::sync_many::BoSyncOutcome;
 use super::types::{BoPolicy, ErrorCode, Mechanism};
 use crate::image::ImageInfo;
 #[cfg(doc)] // named in doc links only
@@ -58,6 +59,8 @@ pub enum Reply {
     Ok,
     /// SYNC result.
     SyncDone(SyncReport),
+    /// SYNC_MANY result: one outcome per BO of the request, in its order.
+    SyncManyDone(Vec<BoSyncOutcome>),
     /// STATS result.
     Stats(StatsReport),
     /// A resource fd is attached.
@@ -155,6 +158,7 @@ impl Reply {
             Self::Mapped { .. } => kind::R_MAPPED,
             Self::Ok => kind::R_OK,
             Self::SyncDone(_) => kind::R_SYNC_DONE,
+            Self::SyncManyDone(_) => kind::R_SYNC_MANY_DONE,
             Self::Stats(_) => kind::R_STATS,
             Self::Resource { .. } => kind::R_RESOURCE,
             Self::ResourceAdded { .. } => kind::R_RESOURCE_ADDED,

@@ -8,10 +8,11 @@ use super::kind;
 use super::reply::Reply;
 use super::reports::{DirtyStateReport, ScanReport, SnapshotReport, SyncReport};
 use super::stats::StatsReport;
+use super::sync_many::BoSyncOutcome;
 use super::types::{BoPolicy, ErrorCode, Mechanism};
 use crate::codec::{check_limit, truncate_utf8, DecodeError, Writer};
 use crate::image::ImageInfo;
-use crate::limits::{MAX_ERROR_MESSAGE, MAX_NAME};
+use crate::limits::{MAX_ERROR_MESSAGE, MAX_NAME, MAX_SYNC_BOS};
 
 impl Reply {
     /// Encodes the reply as one frame. Lists and strings longer than the
@@ -57,6 +58,15 @@ impl Reply {
             Self::Mapped { view } => w.u32(*view),
             Self::Ok => {}
             Self::SyncDone(s) => s.write(&mut w),
+            Self::SyncManyDone(outcomes) => {
+                // The daemon answers with one outcome per requested BO, at
+                // most MAX_SYNC_BOS; more are cut.
+                let n = outcomes.len().min(MAX_SYNC_BOS);
+                w.u16(n as u16);
+                for o in &outcomes[..n] {
+                    o.write(&mut w);
+                }
+            }
             Self::Stats(s) => s.write(&mut w),
             Self::Resource {
                 size,
@@ -160,6 +170,14 @@ impl Reply {
             kind::R_MAPPED => Self::Mapped { view: r.u32("view")? },
             kind::R_OK => Self::Ok,
             kind::R_SYNC_DONE => Self::SyncDone(SyncReport::read(&mut r)?),
+            kind::R_SYNC_MANY_DONE => {
+                let n = r.count_u16("outcome_count", MAX_SYNC_BOS)?;
+                let mut outcomes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    outcomes.push(BoSyncOutcome::read(&mut r)?);
+                }
+                Self::SyncManyDone(outcomes)
+            }
             kind::R_STATS => Self::Stats(StatsReport::read(&mut r)?),
             kind::R_RESOURCE => Self::Resource {
                 size: r.u64("size")?,

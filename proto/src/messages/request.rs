@@ -234,6 +234,18 @@ pub enum Request {
         /// The ranges written (each non-zero and inside the BO).
         ranges: Vec<ByteRange>,
     },
+    /// Syncs every BO in `bos` (handles of this connection), in order, as
+    /// SYNC would each: a frame's submission, which references many BOs, in
+    /// one round trip. At most [`MAX_SYNC_BOS`](crate::limits::MAX_SYNC_BOS).
+    /// One BO's failure (an unknown handle, an upload error) is reported in
+    /// its outcome and does not stop the others. Reply:
+    /// [`Reply::SyncManyDone`].
+    SyncMany {
+        /// Reserved, 0.
+        flags: u32,
+        /// BO handles.
+        bos: Vec<u32>,
+    },
     /// Pins how BO `id` is tracked (never losing a write: leaving a policy
     /// marks the whole BO dirty). Root, or a connection holding the BO, may
     /// set it. Reply: [`Reply::PolicySet`].
@@ -280,6 +292,7 @@ impl Request {
             Self::DirtyState { .. } => kind::DIRTY_STATE,
             Self::Damage { .. } => kind::DAMAGE,
             Self::DamageRanges { .. } => kind::DAMAGE_RANGES,
+            Self::SyncMany { .. } => kind::SYNC_MANY,
             Self::Snapshot { .. } => kind::SNAPSHOT,
             Self::SetMechanism { .. } => kind::SET_MECHANISM,
             Self::Readback { .. } => kind::READBACK,
@@ -314,6 +327,7 @@ impl Request {
             Self::DirtyState { .. } => "DIRTY_STATE",
             Self::Damage { .. } => "DAMAGE",
             Self::DamageRanges { .. } => "DAMAGE_RANGES",
+            Self::SyncMany { .. } => "SYNC_MANY",
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SetMechanism { .. } => "SET_MECHANISM",
             Self::Readback { .. } => "READBACK",

@@ -9,7 +9,7 @@ use super::request::{ByteRange, Request};
 use super::types::{BoPolicy, Mechanism};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::image::ImageInfo;
-use crate::limits::MAX_DAMAGE_RANGES;
+use crate::limits::{MAX_DAMAGE_RANGES, MAX_SYNC_BOS};
 
 /// Reads a `u16` reserved field, which must be zero.
 fn read_reserved(r: &mut Reader<'_>) -> Result<(), DecodeError> {
@@ -106,6 +106,16 @@ impl Request {
                 for range in ranges {
                     w.u64(range.offset);
                     w.u64(range.len);
+                }
+            }
+            Self::SyncMany { flags, ref bos } => {
+                // As DAMAGE_RANGES: a longer list is written whole and
+                // refused by the decoder (the client library refuses it first).
+                w.u32(flags);
+                w.u16(u16::try_from(bos.len()).unwrap_or(u16::MAX));
+                w.u16(0);
+                for &bo in bos {
+                    w.u32(bo);
                 }
             }
             Self::Scan { bo } | Self::ClearAll { bo } | Self::DirtyState { bo } => w.u32(bo),
@@ -238,6 +248,16 @@ impl Request {
                     });
                 }
                 Self::DamageRanges { bo, flags, ranges }
+            }
+            kind::SYNC_MANY => {
+                let flags = r.u32("flags")?;
+                let n = r.count_u16("bo_count", MAX_SYNC_BOS)?;
+                read_reserved(&mut r)?;
+                let mut bos = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bos.push(r.u32("bo")?);
+                }
+                Self::SyncMany { flags, bos }
             }
             kind::SET_POLICY => {
                 let id = r.u64("id")?;

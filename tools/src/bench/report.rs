@@ -371,7 +371,7 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 s.memory_peak.shmem >> 20
             ));
             t.details.push(format!(
-                "syncs: {} of {} requested ({:.1}%), {} late frames of {}, sync round trip median {} (worst client p99 {}), under-reported syncs {}",
+                "BO syncs: {} of {} requested ({:.1}%), {} late frames of {}, SYNC_MANY round trip (all of a client's BOs) median {} (worst client p99 {}), under-reported BO syncs {}",
                 s.syncs_done,
                 s.syncs_requested,
                 achieved * 100.0,

@@ -33,7 +33,8 @@ pub struct ChildConfig {
     pub size: u64,
     /// Fraction of each BO's pages written per frame.
     pub density: f64,
-    /// Frames per second (each frame writes and syncs every BO).
+    /// Frames per second (each frame writes every BO, then syncs them all
+    /// with one SYNC_MANY).
     pub rate: f64,
     /// Length of the run.
     pub seconds: f64,
@@ -71,14 +72,21 @@ pub fn child_main(cfg: &ChildConfig) -> anyhow::Result<()> {
     let (mut frames, mut late, mut under, mut uploaded) = (0u64, 0u64, 0u64, 0u64);
     let mut syncs = Vec::new();
     let mut next = start;
+    let list: Vec<&cohmem_client::Bo> = bos.iter().map(|(bo, _)| bo).collect();
     while Instant::now() < end {
-        for (i, (bo, map)) in bos.iter().enumerate() {
+        // A frame writes into every BO, then submits: one SYNC_MANY syncs
+        // them all, as a command submission references every BO it uses.
+        for (i, (_, map)) in bos.iter().enumerate() {
             for p in pick_pages(&mut rng, n, k, Layout::Scattered) {
                 map.fill(p as usize * ps, ps, (frames as u8).wrapping_add(i as u8))?;
             }
-            let t = Instant::now();
-            let r = bo.sync()?;
-            syncs.push(nanos(t.elapsed()));
+        }
+        let t = Instant::now();
+        let outcomes = conn.sync_many(&list)?;
+        let d = nanos(t.elapsed());
+        for r in outcomes {
+            let r = r?;
+            syncs.push(d);
             uploaded += r.pages;
             if r.pages < k {
                 under += 1;
