@@ -8,6 +8,7 @@
 //!   copy and `explicit` damage as baselines);
 //! * [`ipc_floor`]: one SYNC-sized request/reply between two processes,
 //!   no daemon (what any round trip costs here);
+//! * [`animation`]: the 1920x1080 animation (sprite + ticker) per mechanism;
 //! * [`faults`]: first-write latency after a sync (target 3);
 //! * [`scale`]: many client processes against one daemon (target 5);
 //! * [`report`]: the table, the target lines, JSON and the SVG plot;
@@ -17,6 +18,7 @@
 //! method policy needs 3 syncs to settle), every ratio is between figures
 //! measured in the same run.
 
+pub mod animation;
 pub mod faults;
 pub mod floor;
 pub mod ipc_floor;
@@ -219,6 +221,8 @@ pub struct Report {
     pub ipc_floor: Option<ipc_floor::IpcFloor>,
     /// Daemon scenarios.
     pub cells: Vec<sync::SyncCell>,
+    /// The 1080p animation per mechanism.
+    pub animation: Vec<animation::AnimationCell>,
     /// Clean syncs per (mechanism, size).
     pub clean: Vec<CleanSync>,
     /// First-write latencies.
@@ -309,9 +313,11 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     let ipc_floor = Some(ipc_floor::measure(200, if cfg.quick { 2000 } else { 20000 })?);
 
     // Every mechanism through its own private daemon.
-    let (mut cells, mut clean) = (Vec::new(), Vec::new());
+    let (mut cells, mut clean, mut anim) = (Vec::new(), Vec::new(), Vec::new());
     for m in &mechanisms {
         let session = sync::Session::start(m)?;
+        note(start, format_args!("{m}, 1080p animation"));
+        anim.push(animation::measure(&session, animation::frames(cfg.quick))?);
         for &size in &sizes {
             note(start, format_args!("{m}, {}", report::size_label(size)));
             let reps = Reps::for_size(size, cfg.quick);
@@ -441,6 +447,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
         floor_clean,
         ipc_floor,
         cells,
+        animation: anim,
         clean,
         faults,
         scale,

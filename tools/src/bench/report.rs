@@ -566,6 +566,37 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    if !r.animation.is_empty() {
+        let _ = writeln!(
+            s,
+            "1080p animation: a {}x{} XRGB8888 image BO, a 64x64 sprite moving and a 200x20 ticker redrawn per frame, write + one sync per frame (explicit: the frame's 3 rectangles with the sync, one round trip)",
+            super::animation::WIDTH,
+            super::animation::HEIGHT
+        );
+        for a in &r.animation {
+            let _ = writeln!(
+                s,
+                "{:>12}: write+sync {:>10} (p99 {:>10}), sync {:>10} (p99 {:>10}), write {:>10}, {} pages/frame, {} frames",
+                a.mechanism,
+                med(&a.total),
+                fmt_ns(a.total.p99_ns),
+                med(&a.sync),
+                fmt_ns(a.sync.p99_ns),
+                med(&a.write),
+                a.pages_median,
+                a.frames
+            );
+        }
+        let find = |m: &str| r.animation.iter().find(|a| a.mechanism == m);
+        if let (Some(a), Some(e)) = (find("auto"), find("explicit")) {
+            if let Some(x) = ratio(a.total.median_ns, e.total.median_ns) {
+                let _ = writeln!(
+                    s,
+                    "animation: auto / explicit batched (write + sync) = {x:.3} (issue 19 goal <= 1.3)"
+                );
+            }
+        }
+    }
     s
 }
 
