@@ -3,23 +3,14 @@
 //! calls them, against this package's test daemon under the `explicit`
 //! mechanism (only reported damage is uploaded), on the software GPU.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::ptr;
+
+mod common;
+use common::{last_error, page_size};
 
 use cohmem::*;
 use cohmem_tools::DaemonProcess;
-
-fn last_error() -> String {
-    // SAFETY: cohmem_last_error returns a NUL-terminated string.
-    unsafe { CStr::from_ptr(cohmem_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
-}
 
 /// Writes `len` bytes of `byte` at `offset` of a live mapping.
 fn fill(map: *mut cohmem_mapping, offset: u64, len: u64, byte: u8) {

@@ -10,8 +10,11 @@
 //! rectangles with the pixels of the pages written, and reach "one pixel,
 //! one 1x1 rectangle" with an image whose last pixel is alone in its page.
 
-use std::ffi::{c_int, CStr, CString};
+use std::ffi::{c_int, CString};
 use std::ptr;
+
+mod common;
+use common::{last_error, page_size};
 
 use cohmem::*;
 use cohmem_client::ErrorCode;
@@ -44,18 +47,6 @@ impl Drop for Daemon {
         // SAFETY: the connection came from cohmem_connect and is freed once.
         unsafe { cohmem_disconnect(self.conn) };
     }
-}
-
-fn last_error() -> String {
-    // SAFETY: cohmem_last_error returns a NUL-terminated string.
-    unsafe { CStr::from_ptr(cohmem_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
 }
 
 /// An image BO, its layout and a tracked mapping of it.

@@ -7,6 +7,20 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The calling thread's last libcohmem error message.
+pub fn last_error() -> String {
+    // SAFETY: cohmem_last_error returns a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(cohmem::cohmem_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// True when `tool --version` runs.
 pub fn have(tool: &str) -> bool {
     Command::new(tool)
