@@ -1,4 +1,4 @@
-//! Daemon configuration: what the command line and `cohmemd.toml` ([`crate::config_file`]) set, for every layer.
+//! Daemon configuration: what the command line and `cohmemd.toml` (`config_file`) set, for every layer.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! The daemon's latency histograms (Prometheus histograms, from the
 //! maintained `prometheus-client` crate): kept in the counters of every
 //! layer that measures time (syncs, requests, the fault service's batches),
-//! rendered by the metrics endpoint ([`crate::metrics`]). Its own module,
+//! rendered by the metrics endpoint (`metrics`). Its own module,
 //! below every layer, so that measuring never means naming the server.
 
 use prometheus_client::metrics::family::Family;

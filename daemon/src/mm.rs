@@ -9,7 +9,7 @@
 //! overlapping views and to dispatch fault addresses to BOs.
 //!
 //! This module sits between the mechanisms ([`crate::tracker`]) and the BO
-//! store ([`crate::bo`]): it is generic over the view type (the BO store
+//! store (`bo`): it is generic over the view type (the BO store
 //! instantiates it with its `View` as `bo::MmSubscription`), and knows the
 //! fault service only as a [`FaultHook`] it keeps, so no module below the BO
 //! store names one above it.
@@ -39,7 +39,7 @@ pub trait FaultHook: Send + Sync {
 
 /// The fds a client process offered in ATTACH_MM, kept for the life of its
 /// subscription: each mechanism is built from duplicates of them
-/// ([`crate::switch`]).
+/// (`switch`).
 #[derive(Debug, Default)]
 pub struct MechanismOffer {
     /// WP_ASYNC userfaultfd and the process's pagemap.
@@ -78,7 +78,7 @@ pub struct Subscription<V: MappedView> {
     /// closes.
     fault_registration: Mutex<Option<Box<dyn FaultHook>>>,
     /// The mechanism observing this process's views; replaced only by a
-    /// mechanism switch ([`crate::switch`]).
+    /// mechanism switch (`switch`).
     tracker: RwLock<Arc<dyn WriteTracker>>,
     /// Everything the process offered in ATTACH_MM, kept so that its
     /// mechanism can be switched later.
@@ -101,7 +101,7 @@ impl<V: MappedView> Subscription<V> {
     }
 
     /// Replaces the mechanism; the caller holds every lock a switch needs
-    /// (see [`crate::switch`]) and registered the new tracker's fault uffd
+    /// (see `switch`) and registered the new tracker's fault uffd
     /// with the fault service already (`registration`), so nothing can
     /// fail here.
     pub(crate) fn replace_tracker(

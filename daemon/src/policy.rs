@@ -2,7 +2,7 @@
 //! change count and users, around the bitmap + envelope of [`DirtyState`].
 //!
 //! This module is pure bookkeeping; the page-table work each step needs
-//! (harvest, re-protect) is done by [`crate::sync`] through the mechanisms.
+//! (harvest, re-protect) is done by `sync` through the mechanisms.
 //!
 //! Beyond vmwgfx, [`DensePolicy`] pauses tracking of a BO whose writes are
 //! dense (issue 6, target 2): when most pages are rewritten between syncs,

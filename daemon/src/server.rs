@@ -1,7 +1,7 @@
 //! The daemon-wide state every connection shares ([`Daemon`]): the BO
 //! store, the mm registry (seed 003), the fault service, the GPU backend,
 //! quotas, counters, and the bounds on blocking work. The listening socket
-//! that hands connections to [`crate::connection`] is [`crate::listener`].
+//! that hands connections to `connection` is `listener`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -412,12 +412,11 @@ impl GbmBuffer {
         // The rows are `stride` bytes apart, each `width` pixels long.
         let extent = u64::from(stride) * u64::from(rows - 1) + u64::from(width) * u64::from(self.bytes_per_pixel);
         let copied = match usize::try_from(extent) {
-            // SAFETY: gbm_bo_map gave access to `rows` rows of `width`
-            // pixels every `stride` bytes from `base` until gbm_bo_unmap
-            // below, and the slice does not outlive `copy` (its lifetime is
-            // local to this call). Nothing in this process holds a reference
-            // into the map; other users (the GPU, importers of the dma-buf)
-            // are outside it.
+            // gbm_bo_map gave access to `rows` rows of `width` pixels every
+            // `stride` bytes from `base` until gbm_bo_unmap below; nothing
+            // in this process holds a reference into the map, and other
+            // users (the GPU, importers of the dma-buf) are outside it.
+            // SAFETY: `extent` bytes at `base` stay mapped while `copy` runs.
             Ok(len) => copy(unsafe { VolatileSlice::new(base.cast::<u8>(), len) }, stride),
             Err(_) => Err(SysError::Invalid(format!("a map of {extent} bytes"))),
         };

@@ -124,12 +124,12 @@ impl SharedMapping {
     /// The whole mapping as a [`VolatileSlice`]: bounds-checked sub-slices
     /// and copies, no references into the memory.
     pub fn volatile(&self) -> VolatileSlice<'_> {
-        // SAFETY: `len` bytes at `as_ptr` stay mapped for as long as `self`
-        // is borrowed (unmapped only in Drop). vm-memory asks that every
-        // other user access the memory volatilely: this process reaches it
-        // only through copies and atomics (the module contract; `as_ptr`
-        // users promise the same), and a writing client is another process,
-        // outside this program's memory model, as a guest is for crosvm.
+        // vm-memory asks that every other user access the memory
+        // volatilely: this process reaches it only through copies and
+        // atomics (the module contract; `as_ptr` users promise the same),
+        // and a writing client is another process, outside this program's
+        // memory model, as a guest is for crosvm.
+        // SAFETY: `len` bytes at `as_ptr` stay mapped while `self` is borrowed.
         unsafe { VolatileSlice::new(self.as_ptr(), self.len()) }
     }
 

@@ -4,7 +4,7 @@
 //! whole mm (there is no range form) and write-protects the PTEs; the next
 //! write sets the bit again. A kernel without CONFIG_MEM_SOFT_DIRTY accepts
 //! the write and never sets the bit, so support is only ever established by a
-//! real round ([`crate::probe`]), never by the write succeeding.
+//! real round (`probe`), never by the write succeeding.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

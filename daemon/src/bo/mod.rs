@@ -5,7 +5,7 @@
 //! windows, and — while at least one resource exists — a vmwgfx tracker
 //! ([`DirtyTracker`]). BOs are found again by the identity of their memfd, so
 //! possessing the memfd is the only way to import one: there is no global
-//! name. The operations on a BO's tracker live in [`crate::sync`].
+//! name. The operations on a BO's tracker live in `sync`.
 
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
@@ -157,7 +157,7 @@ pub struct Bo {
     /// released when the BO dies.
     charge: OnceLock<BoCharge>,
     /// What the server layer keeps for exactly as long as the BO lives: its
-    /// entries in the service manager's fd store ([`crate::fdstore`]),
+    /// entries in the service manager's fd store (`fdstore`),
     /// removed when this is dropped. Opaque here: the BO store sits below
     /// the systemd glue and never names its types.
     stored: OnceLock<Box<dyn std::any::Any + Send + Sync>>,

@@ -5,11 +5,11 @@
 //! (userfaultfd WP_ASYNC + `PAGEMAP_SCAN`): the MKWRITE-like
 //! "protect, then harvest-and-re-protect" cycle of vmwgfx with the kernel
 //! doing the fault handling; and `uffd-sync`, where the faults come to the
-//! daemon ([`crate::faults`]), the true MKWRITE analogue; `full` (no
+//! daemon (`faults`), the true MKWRITE analogue; `full` (no
 //! tracking, everything is written); `explicit` (the client reports its
 //! damage); and `soft-dirty` (clear_refs + pagemap bit 55, with the process's
 //! writers quiesced around every read-and-clear). A process's mechanism can be
-//! switched while its views stay mapped ([`crate::switch`]).
+//! switched while its views stay mapped (`switch`).
 //!
 //! One file per mechanism: [`uffd_async`], [`uffd_sync`], [`soft_dirty`],
 //! and [`untracked`] (`full`, `explicit`); range helpers in [`ranges`].
@@ -67,7 +67,7 @@ impl From<SysError> for TrackError {
 
 /// Where the tracked process's views are, as a mechanism may ask: soft-dirty
 /// clears the bits of the whole process, so each of its cycles reads every
-/// view. Implemented by the mm subscription ([`crate::mm`]), which sits
+/// view. Implemented by the mm subscription (`mm`), which sits
 /// above the mechanisms and hands itself over with
 /// [`WriteTracker::bind_mm`].
 pub trait ProcessViews: Send + Sync {
@@ -129,12 +129,12 @@ pub trait WriteTracker: Send + Sync {
     }
     /// True when the kernel resolves write faults itself and the daemon
     /// learns of writes only by harvesting (PAGETABLE is then the cheaper
-    /// method: [`crate::policy::MethodPolicy::Auto`]).
+    /// method: `policy::MethodPolicy::Auto`).
     fn harvests_only(&self) -> bool {
         false
     }
     /// True when the views of this mechanism may be left unprotected while
-    /// a BO's writes are dense ([`crate::policy::DensePolicy`]).
+    /// a BO's writes are dense (`policy::DensePolicy`).
     fn can_pause(&self) -> bool {
         false
     }
@@ -162,7 +162,7 @@ pub trait WriteTracker: Send + Sync {
         None
     }
     /// The userfaultfd the process's views are registered with under this
-    /// mechanism, if any: a mechanism switch ([`crate::switch`]) moves every
+    /// mechanism, if any: a mechanism switch (`switch`) moves every
     /// view from the old one to the new one.
     fn registration_uffd(&self) -> Option<&Userfaultfd> {
         self.fault_uffd()

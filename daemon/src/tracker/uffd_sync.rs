@@ -1,5 +1,5 @@
 //! `uffd-sync`: write-protect faults delivered to the daemon's fault
-//! service ([`crate::faults`]), the true analogue of vmwgfx's MKWRITE
+//! service (`faults`), the true analogue of vmwgfx's MKWRITE
 //! (spec §4.9, item 17c).
 
 use std::ops::Range;
