@@ -94,6 +94,11 @@ struct Args {
     /// most every N syncs.
     #[arg(long, default_value_t = DensePolicy::default().probe_every, value_parser = clap::value_parser!(u32).range(1..))]
     dense_probe_every: u32,
+    /// With --methods auto, BOs up to this many bytes (whose clients all use
+    /// uffd-async) are not tracked but compared at each sync with the copy
+    /// last uploaded, which is cheaper for small BOs; 0: never.
+    #[arg(long, default_value_t = crate::policy::DEFAULT_SHADOW_MAX_BYTES, value_name = "BYTES")]
+    auto_shadow_max_bytes: u64,
     /// Serve Prometheus metrics (OpenMetrics text) over HTTP at
     /// http://ADDR/metrics, for example 127.0.0.1:9464. Off by default;
     /// `cohmemctl metrics` reads the same text over the daemon's socket.
@@ -357,6 +362,7 @@ fn daemon_config(args: &Args) -> anyhow::Result<DaemonConfig> {
                 after: args.dense_after,
                 probe_every: args.dense_probe_every,
             },
+            shadow_max_bytes: args.auto_shadow_max_bytes,
         },
         metrics_listen: args.metrics_listen,
         display: args.display.clone().map(|d| crate::display::DisplayConfig {

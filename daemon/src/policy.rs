@@ -89,13 +89,24 @@ pub struct TrackingPolicy {
     pub methods: MethodPolicy,
     /// When tracking pauses for dense writes.
     pub dense: DensePolicy,
+    /// Under [`MethodPolicy::Auto`], BOs of at most this many bytes whose
+    /// views can all be left unprotected are not tracked but compared with
+    /// a shadow copy at each sync (the `shadow` policy's way, issue 19),
+    /// which costs less than scanning and write faults there; 0: never.
+    pub shadow_max_bytes: u64,
 }
+
+/// Default [`TrackingPolicy::shadow_max_bytes`]: 64 KiB, where the bench
+/// measured the compare cheaper than a page-table harvest (daemon side
+/// 1.4 µs against 2.8 µs) and the client's first writes fault no more.
+pub const DEFAULT_SHADOW_MAX_BYTES: u64 = 64 << 10;
 
 impl Default for TrackingPolicy {
     fn default() -> Self {
         Self {
             methods: MethodPolicy::Auto,
             dense: DensePolicy::default(),
+            shadow_max_bytes: DEFAULT_SHADOW_MAX_BYTES,
         }
     }
 }
@@ -105,6 +116,7 @@ impl TrackingPolicy {
     pub const VMWGFX: Self = Self {
         methods: MethodPolicy::Vmwgfx,
         dense: DensePolicy::OFF,
+        shadow_max_bytes: 0,
     };
 }
 

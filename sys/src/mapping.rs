@@ -207,6 +207,53 @@ impl SharedMapping {
         Ok(())
     }
 
+    /// The blocks of `block` bytes in `offset..offset + len` whose bytes
+    /// differ between this mapping and `other` at the same offsets, as
+    /// runs of block indices counted from `offset / block` (a VNC server's
+    /// compare against its shadow surface; `len` a multiple of `block`).
+    ///
+    /// A block another process writes during the compare may be reported
+    /// either way: the caller compares again later, so only writes that
+    /// completed before the call are promised to be seen.
+    pub fn differing_blocks(
+        &self,
+        other: &SharedMapping,
+        offset: usize,
+        len: usize,
+        block: usize,
+    ) -> Result<Vec<std::ops::Range<u64>>> {
+        if block == 0 || offset % block != 0 || len % block != 0 {
+            return Err(SysError::Invalid(format!(
+                "compare of {offset}+{len} is not in whole blocks of {block} bytes"
+            )));
+        }
+        let a = self.range(offset, len)?;
+        let b = other.range(offset, len)?;
+        let (pa, pb) = (a.ptr_guard(), b.ptr_guard());
+        let first = (offset / block) as u64;
+        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+        for i in 0..len / block {
+            let at = i * block;
+            // `memcmp` is hand-called because no crate compares volatile
+            // memory: vm-memory offers copies only, and a copy first would
+            // read both sides twice. It stops at the first differing vector.
+            // SAFETY: both pointers are `block` bytes inside live mappings
+            // (bounds-checked by `range` above, borrowed for this call);
+            // memcmp only reads through raw pointers, no Rust reference to
+            // the shared bytes is made, and a concurrent writer in another
+            // process can only change which answer a block gets (see above).
+            let differs = unsafe { libc::memcmp(pa.as_ptr().add(at).cast(), pb.as_ptr().add(at).cast(), block) != 0 };
+            if differs {
+                let idx = first + i as u64;
+                match runs.last_mut() {
+                    Some(r) if r.end == idx => r.end = idx + 1,
+                    _ => runs.push(idx..idx + 1),
+                }
+            }
+        }
+        Ok(runs)
+    }
+
     fn check_aligned(offset: usize) -> Result<()> {
         if offset % 8 != 0 {
             return Err(SysError::Invalid(format!("offset {offset} is not 8-byte aligned")));

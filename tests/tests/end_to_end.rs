@@ -320,7 +320,12 @@ cohmem_tests::test_each_mechanism!(
 /// daemon cannot see: the view is then treated as written whole at every
 /// sync (spec §8.6, behaviour 23), so nothing written is lost.
 fn moved_with(mechanism: Mechanism) -> anyhow::Result<()> {
-    let daemon = spawn_daemon_for(DAEMON, mechanism)?;
+    // Tracking's proof is what is checked: the small BO is not left to
+    // `auto`'s shadow compare (which would find exactly page 5).
+    let daemon = cohmem_tests::spawn_daemon_with(
+        DAEMON,
+        &["--mechanism", mechanism.name(), "--auto-shadow-max-bytes", "0"],
+    )?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size() as usize;
     let bo = conn.create_bo(16 * ps as u64)?;

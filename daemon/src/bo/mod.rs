@@ -42,8 +42,10 @@ pub enum AdoptError {
 
 pub use crate::resource::Resource;
 
+mod shadow;
 mod store;
 mod view;
+pub use shadow::{Shadow, AUTO_SHADOW_BUDGET, MAX_SHADOW_BYTES};
 pub use store::BoStore;
 pub use view::{MmRegistry, MmSubscription, View};
 
@@ -146,6 +148,9 @@ pub struct Bo {
     /// Serialises syncs and transfers of this BO from start to end of upload,
     /// so a sync never returns while an earlier one still copies its pages.
     pub sync_lock: Mutex<()>,
+    /// The shadow copy under the `shadow` policy (`None` otherwise); used
+    /// with `sync_lock` held.
+    pub shadow: Mutex<Option<Shadow>>,
     /// Seed 000's sequence count: odd while a structural change (a view
     /// added or removed) runs; syncs read it around their scan-and-copy.
     structure_seq: AtomicU64,
@@ -327,6 +332,7 @@ impl Bo {
             state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
             sync_lock: Mutex::new(()),
+            shadow: Mutex::new(None),
             structure_seq: AtomicU64::new(0),
             structure_writers: Mutex::new(()),
             counters: BoCounters::default(),

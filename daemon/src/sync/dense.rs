@@ -25,14 +25,23 @@ impl SyncEngine<'_> {
         views: &[Arc<View>],
         pre: Option<Vec<Harvested>>,
     ) -> ScanReport {
-        // The `full` policy pauses for good: no probes.
-        let full = st.policy == BoPolicy::Full;
+        // The `full` and `shadow` policies pause for good: no probes.
+        let compares = Self::compares(bo, st);
+        let pinned = compares || st.policy == BoPolicy::Full;
+        let marked = if compares {
+            Self::scan_shadow(bo, st)
+        } else {
+            let Some(t) = st.tracker.as_mut() else {
+                return ScanReport::default();
+            };
+            let n = t.dirty.pages();
+            t.dirty.record(0..n);
+            n
+        };
         let Some(t) = st.tracker.as_mut() else {
             return ScanReport::default();
         };
-        let n = t.dirty.pages();
-        t.dirty.record(0..n);
-        let probe = !full && t.paused_sync();
+        let probe = !pinned && t.paused_sync();
         if let Some(found) = pre {
             self.apply_harvest(bo, st, found);
         }
@@ -40,7 +49,7 @@ impl SyncEngine<'_> {
             self.harvest_all(bo, st, views, true);
             tracing::debug!(bo = bo.id, "dense writes: probing with tracking resumed");
         }
-        self.scan_report(st, n, None)
+        self.scan_report(st, marked, None)
     }
 
     /// After a PAGETABLE harvest that found `num_marked` pages: pauses

@@ -28,6 +28,7 @@
 //! | `method.rs` | switches to PAGETABLE (spec §3.2 step 5) |
 //! | `dense.rs` | dense-write pauses and their probes |
 //! | `set_policy.rs` | SET_POLICY: an operator pins the method |
+//! | `shadow.rs` | the `shadow` policy: compare with the last uploaded copy (VNC's shadow surface) |
 //! | `transfer.rs` | vmwgfx `transfer_to_res` (spec §4.6) and the upload |
 //! | `report.rs` | the SYNC / TRANSFER report and upload counters |
 //! | `bitmap.rs` | `clear_res`, `dirty_clear`, explicit damage, the dirty state (spec §4.7–§4.8) |
@@ -45,6 +46,7 @@ mod report;
 mod resources;
 mod scan;
 mod set_policy;
+mod shadow;
 mod snapshot;
 mod transfer;
 
@@ -101,6 +103,7 @@ pub struct SyncEngine<'a> {
     counters: &'a DaemonCounters,
     methods: MethodPolicy,
     dense: DensePolicy,
+    shadow_max_bytes: u64,
 }
 
 fn method_of(st: &BoState) -> Method {
@@ -120,6 +123,7 @@ impl<'a> SyncEngine<'a> {
             counters,
             methods: policy.methods,
             dense: policy.dense,
+            shadow_max_bytes: policy.shadow_max_bytes,
         }
     }
 
@@ -242,6 +246,7 @@ impl<'a> SyncEngine<'a> {
             // harvests must see every view).
             let views = bo.views();
             self.scan_locked_pre(bo, &mut st, &views, pre);
+            self.maybe_shadow_small(bo, &mut st, &views);
             let mut order: Vec<(u64, u32)> = st
                 .resources
                 .iter()

@@ -65,7 +65,18 @@ impl SyncEngine<'_> {
         let resource = Arc::new(Resource::new(window, gpu_resource));
         let mut st = bo.state();
         st.resources.push(Some(resource));
-        Ok((st.resources.len() - 1) as u32)
+        let index = (st.resources.len() - 1) as u32;
+        if st.policy == BoPolicy::Shadow {
+            // The new resource received the BO's bytes, not the shadow's:
+            // every page goes through the shadow once more (`super::shadow`).
+            if let Some(t) = st.tracker.as_mut() {
+                let n = t.dirty.pages();
+                t.dirty.record(0..n);
+            }
+            drop(st);
+            Self::keep_shadow(bo, true);
+        }
+        Ok(index)
     }
 
     /// vmwgfx `dirty_add`'s count: one more user of the tracker, or a new
@@ -82,7 +93,7 @@ impl SyncEngine<'_> {
                     BoPolicy::Auto => {}
                     BoPolicy::MkWrite => t.method = Method::MkWrite,
                     BoPolicy::PageTable => t.method = Method::PageTable,
-                    BoPolicy::Full => {
+                    BoPolicy::Full | BoPolicy::Shadow => {
                         t.dirty.record(0..bo.pages());
                         t.paused = Some(0);
                         t.method = Method::PageTable;

@@ -1,5 +1,5 @@
 //! SET_POLICY: an operator pins how a BO is tracked (`auto`, `mkwrite`,
-//! `pagetable`, `full`). Leaving a pause marks the BO dirty whole; a pinned
+//! `pagetable`, `full`, `shadow`). Leaving a pause marks the BO dirty whole; a pinned
 //! method is switched to the way the state machine would switch to it, so
 //! no write is lost either way (DESIGN.md §5.1, §5.3).
 
@@ -39,7 +39,7 @@ impl SyncEngine<'_> {
         }
         let live: Vec<&Arc<View>> = views.iter().filter(|v| !v.dead.load(Ordering::Acquire)).collect();
         match policy {
-            BoPolicy::Full => {
+            BoPolicy::Full | BoPolicy::Shadow => {
                 t.dirty.record(0..n);
                 t.paused = Some(0);
                 // PAGETABLE: MKWRITE's steps after a transfer (observe,
@@ -75,6 +75,9 @@ impl SyncEngine<'_> {
             }
             _ => {}
         }
+        // Entering `shadow` marked the whole BO dirty (above), so its first
+        // sync fills the shadow; leaving it frees the copy.
+        Self::keep_shadow(bo, policy == BoPolicy::Shadow);
         let now = method_of(&st);
         if now != before {
             bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);

@@ -99,6 +99,9 @@ impl SyncEngine<'_> {
         let ps = bo.page_size;
         let mut done = Vec::new();
         let mut pending = work.into_iter();
+        // Under the `shadow` policy the pages go BO → shadow → GPU
+        // (`super::shadow`).
+        let shadow = lock(&bo.shadow);
         while let Some((res, runs)) = pending.next() {
             if runs.is_empty() {
                 continue;
@@ -108,7 +111,10 @@ impl SyncEngine<'_> {
                 .iter()
                 .map(|r| (r.start - first) * ps..(r.end - first) * ps)
                 .collect();
-            if let Err(e) = res.upload(&bo.mapping, &byte_runs) {
+            let uploaded = Self::refresh_shadow(bo, &shadow, &runs)
+                .map_err(crate::gpu::GpuError::from)
+                .and_then(|s| res.upload(s.map_or(&bo.mapping, |s| &s.map), &byte_runs));
+            if let Err(e) = uploaded {
                 let mut st = bo.state();
                 if let Some(t) = st.tracker.as_mut() {
                     t.dirty.fold_back(&runs);

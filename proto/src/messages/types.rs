@@ -121,11 +121,16 @@ pub enum BoPolicy {
     /// No tracking: every sync uploads the whole BO (the views are
     /// unprotected where their mechanism allows).
     Full = 3,
+    /// No tracking: at every sync the daemon compares the BO with its last
+    /// uploaded copy (a shadow it keeps, as a VNC server keeps a shadow
+    /// surface) and uploads the pages that differ. Costs the daemon a copy
+    /// of the BO's size; no write faults, no page-table scans.
+    Shadow = 4,
 }
 
 impl BoPolicy {
     /// Every policy, in wire order.
-    pub const ALL: [Self; 4] = [Self::Auto, Self::MkWrite, Self::PageTable, Self::Full];
+    pub const ALL: [Self; 5] = [Self::Auto, Self::MkWrite, Self::PageTable, Self::Full, Self::Shadow];
 
     /// Decodes the wire value.
     pub fn from_wire(v: u16) -> Result<Self, DecodeError> {
@@ -142,6 +147,7 @@ impl BoPolicy {
             Self::MkWrite => "mkwrite",
             Self::PageTable => "pagetable",
             Self::Full => "full",
+            Self::Shadow => "shadow",
         }
     }
 

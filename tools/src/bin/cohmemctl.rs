@@ -202,7 +202,7 @@ enum Cmd {
 }
 
 fn parse_policy(s: &str) -> Result<BoPolicy, String> {
-    BoPolicy::from_name(s).ok_or_else(|| format!("unknown policy {s:?} (auto, mkwrite, pagetable, full)"))
+    BoPolicy::from_name(s).ok_or_else(|| format!("unknown policy {s:?} (auto, mkwrite, pagetable, full, shadow)"))
 }
 
 fn main() -> anyhow::Result<()> {
