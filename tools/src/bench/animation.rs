@@ -102,6 +102,7 @@ pub fn measure(session: &Session, frames: usize) -> anyhow::Result<AnimationCell
         bail!("CREATE_IMAGE gave no image description");
     };
     anyhow::ensure!(info.offset == 0, "image offset {} (expected 0)", info.offset);
+    session.prepare(&bo)?;
     let pitch = u64::from(info.pitch);
     let map = bo.map()?;
     fill_rect(

@@ -25,6 +25,7 @@ pub mod ipc_floor;
 pub mod pattern;
 pub mod report;
 pub mod scale;
+pub mod shadow_target;
 pub mod stats;
 pub mod sync;
 pub mod sync_floor;
@@ -236,7 +237,15 @@ pub struct Report {
 }
 
 /// Every mechanism the daemon knows, in table order.
-pub const MECHANISMS: [&str; 6] = ["auto", "uffd-async", "uffd-sync", "soft-dirty", "full", "explicit"];
+pub const MECHANISMS: [&str; 7] = [
+    "auto",
+    "uffd-async",
+    "uffd-sync",
+    "soft-dirty",
+    "full",
+    "shadow",
+    "explicit",
+];
 
 /// Progress on stderr, with the time since the start.
 fn note(start: Instant, what: impl std::fmt::Display) {
@@ -332,7 +341,11 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
                 }
             }
             // `full` uploads the whole BO at every sync by definition.
-            let settle_syncs = if m == "full" { 0 } else { sync::settle(&bo)? };
+            let settle_syncs = if m == "full" || m == "shadow" {
+                0
+            } else {
+                sync::settle(&bo)?
+            };
             let (wall, daemon, uploaded_max) = sync::clean_syncs(&bo, &reps)?;
             clean.push(CleanSync {
                 mechanism: m.clone(),

@@ -100,7 +100,7 @@ fn size_note(r: &Report, size: u64) -> String {
     }
 }
 
-/// Computes targets (1)–(6) from the report's figures.
+/// Computes targets (1)–(7) from the report's figures.
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = Vec::new();
     let big = target_size(r);
@@ -430,6 +430,7 @@ pub fn targets(r: &Report) -> Vec<Target> {
         }
         out.push(t);
     }
+    out.push(super::shadow_target::target(r));
     out
 }
 
@@ -617,6 +618,7 @@ fn color_of(label: &str) -> RGBAColor {
         "soft-dirty" => RGBColor(140, 86, 75),
         "full" => RGBColor(0, 0, 0),
         "explicit" => RGBColor(255, 127, 14),
+        "shadow" => RGBColor(23, 190, 207),
         _ => RGBColor(148, 103, 189),
     };
     rgb.to_rgba()
@@ -654,6 +656,7 @@ pub fn plot(r: &Report, path: &Path) -> anyhow::Result<()> {
             ),
             "full" => "full copy (baseline)".into(),
             "explicit" => "explicit batched damage (baseline)".into(),
+            "shadow" => "shadow compare (baseline)".into(),
             other => other.into(),
         };
         series.push((label, pts));

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cohmem_client::{Bo, Connection, Mapping};
+use cohmem_client::{Bo, BoPolicy, Connection, Mapping};
 use serde::Serialize;
 
 use super::pattern::{pick_pages, runs_of, Density, Layout};
@@ -27,13 +27,16 @@ pub struct Session {
 
 impl Session {
     /// Starts `cohmemd --gpu soft --mechanism MECHANISM` on a temporary socket.
+    /// `shadow` is the `auto` mechanism with every BO under the `shadow`
+    /// policy ([`Session::prepare`]): the users' no-damage baseline.
     pub fn start(mechanism: &str) -> anyhow::Result<Self> {
         Self::start_with(mechanism, &[])
     }
 
     /// [`Session::start`] with more daemon arguments.
     pub fn start_with(mechanism: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut args = vec!["--mechanism", mechanism, "--log", "warn"];
+        let daemon_mechanism = if mechanism == "shadow" { "auto" } else { mechanism };
+        let mut args = vec!["--mechanism", daemon_mechanism, "--log", "warn"];
         args.extend_from_slice(extra);
         let daemon = DaemonProcess::spawn(&args)
             .with_context(|| format!("starting cohmemd --mechanism {mechanism} {}", extra.join(" ")))?;
@@ -50,10 +53,20 @@ impl Session {
         self.mechanism == "explicit"
     }
 
+    /// Puts a new BO under this session's policy: `shadow` for the shadow
+    /// baseline, the daemon's own choice otherwise.
+    pub fn prepare(&self, bo: &Bo) -> anyhow::Result<()> {
+        if self.mechanism == "shadow" {
+            self.conn.set_policy(bo.id(), BoPolicy::Shadow)?;
+        }
+        Ok(())
+    }
+
     /// Creates a BO of `size` bytes, maps it, writes every page once and
     /// syncs twice, so that measurements start from a populated, clean BO.
     pub fn populated_bo(&self, size: u64) -> anyhow::Result<(Bo, Mapping)> {
         let bo = self.conn.create_bo(size)?;
+        self.prepare(&bo)?;
         let map = bo.map()?;
         map.fill(0, map.len(), 0xa5)?;
         if self.explicit() {
