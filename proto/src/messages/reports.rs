@@ -98,6 +98,22 @@ pub struct ScanReport {
     pub num_marked: u64,
 }
 
+impl ScanReport {
+    /// The vmwgfx method after the scan, as the enum (`None` for a value
+    /// this library does not know).
+    pub fn method(&self) -> Option<crate::Method> {
+        crate::Method::from_wire(self.method).ok()
+    }
+
+    /// The method this scan switched to, if it switched.
+    pub fn switched_to(&self) -> Option<crate::Method> {
+        match self.switched_to {
+            0 => None,
+            v => crate::Method::from_wire(v).ok(),
+        }
+    }
+}
+
 /// Writes a run list: `u16 n`, then `n` × (`u32 first_page, u32 pages`).
 /// The caller has already cut `runs` to [`MAX_REPORTED_RUNS`].
 fn write_runs(w: &mut Writer<'_>, runs: &[Run]) {
@@ -254,5 +270,33 @@ mod tests {
                 ..
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod scan_report_tests {
+    use super::ScanReport;
+    use crate::Method;
+
+    #[test]
+    fn methods_read_as_the_enum() {
+        let r = ScanReport {
+            method: 2,
+            switched_to: 0,
+            change_count: 1,
+            num_marked: 3,
+        };
+        assert_eq!((r.method(), r.switched_to()), (Some(Method::MkWrite), None));
+        let r = ScanReport {
+            method: 1,
+            switched_to: 1,
+            ..r
+        };
+        assert_eq!(
+            (r.method(), r.switched_to()),
+            (Some(Method::PageTable), Some(Method::PageTable))
+        );
+        let r = ScanReport { method: 9, ..r };
+        assert_eq!(r.method(), None, "an unknown wire value is not a method");
     }
 }
