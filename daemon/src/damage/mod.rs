@@ -10,6 +10,7 @@ use cohmem_proto::{ImageDamage, ImageInfo, Rect, MAX_DAMAGE_RECTS};
 
 mod merge;
 pub use merge::merge_under_cap;
+use merge::without_contained;
 #[cfg(test)]
 use merge::{merge_cost, Heap4};
 
@@ -170,14 +171,12 @@ impl DamageAccumulator {
     }
 
     /// Takes the accumulated damage, leaving it empty. Rects are sorted by (y, x); one lying
-    /// inside another is left out (O(n²) in n <= [`MAX_DAMAGE_RECTS`]), but rects of
-    /// different adds may still overlap.
+    /// inside another is left out, but rects of different adds may still overlap.
     pub fn take(&mut self) -> ImageDamage {
         let mut rects = std::mem::take(&mut self.rects);
         rects.sort_unstable_by_key(|r| (r.y, r.x, r.h, r.w));
         rects.dedup();
-        let inside = |a: &Rect| rects.iter().any(|b| b != a && b.union(a) == *b);
-        let rects = rects.iter().filter(|a| !inside(a)).copied().collect();
+        let rects = without_contained(&rects);
         ImageDamage {
             rects,
             merged: std::mem::take(&mut self.merged),
