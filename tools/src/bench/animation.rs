@@ -45,6 +45,8 @@ pub struct AnimationCell {
     pub write: Summary,
     /// The sync round trip (with the damage, for explicit).
     pub sync: Summary,
+    /// The time the daemon reports for the sync.
+    pub daemon: Summary,
     /// Write + sync.
     pub total: Summary,
     /// Median pages uploaded per frame.
@@ -120,7 +122,7 @@ pub fn measure(session: &Session, frames: usize) -> anyhow::Result<AnimationCell
         bo.damage(0, bo.size())?;
     }
     bo.sync()?;
-    let (mut write, mut sync, mut total, mut pages) = (vec![], vec![], vec![], vec![]);
+    let (mut write, mut sync, mut daemon, mut total, mut pages) = (vec![], vec![], vec![], vec![], vec![]);
     let warmup = 10;
     for f in 1..=(warmup + frames) as u32 {
         let t = Instant::now();
@@ -136,6 +138,7 @@ pub fn measure(session: &Session, frames: usize) -> anyhow::Result<AnimationCell
         if f as usize > warmup {
             write.push(w);
             sync.push(s);
+            daemon.push(r.duration);
             total.push(w + s);
             pages.push(r.pages);
         }
@@ -154,6 +157,7 @@ pub fn measure(session: &Session, frames: usize) -> anyhow::Result<AnimationCell
         frames,
         write: Summary::of(&write),
         sync: Summary::of(&sync),
+        daemon: Summary::of(&daemon),
         total: Summary::of(&total),
         pages_median: pages.get(pages.len() / 2).copied().unwrap_or(0),
     })

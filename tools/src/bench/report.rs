@@ -577,12 +577,13 @@ pub fn table(r: &Report) -> String {
         for a in &r.animation {
             let _ = writeln!(
                 s,
-                "{:>12}: write+sync {:>10} (p99 {:>10}), sync {:>10} (p99 {:>10}), write {:>10}, {} pages/frame, {} frames",
+                "{:>12}: write+sync {:>10} (p99 {:>10}), sync {:>10} (p99 {:>10}, daemon {:>10}), write {:>10}, {} pages/frame, {} frames",
                 a.mechanism,
                 med(&a.total),
                 fmt_ns(a.total.p99_ns),
                 med(&a.sync),
                 fmt_ns(a.sync.p99_ns),
+                med(&a.daemon),
                 med(&a.write),
                 a.pages_median,
                 a.frames

@@ -55,6 +55,16 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The 1080p animation alone through one mechanism's private daemon
+    /// (for profiling: the daemon's pid is printed first, then the figures).
+    Animation {
+        /// Mechanism (auto, uffd-async, uffd-sync, soft-dirty, full, shadow, explicit).
+        #[arg(long, default_value = "auto")]
+        mechanism: String,
+        /// Frames measured (after 10 warm-up frames).
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
+    },
     /// Internal: the echo side of the IPC floor (its socket is stdin).
     #[command(hide = true)]
     IpcEcho {
@@ -105,6 +115,23 @@ fn main() -> anyhow::Result<()> {
             seconds,
             seed,
         });
+    }
+    if let Some(Cmd::Animation { mechanism, frames }) = &cli.command {
+        let session = bench::sync::Session::start(mechanism)?;
+        eprintln!("daemon pid {}", session.daemon.pid());
+        let a = bench::animation::measure(&session, *frames)?;
+        println!(
+            "{}: write+sync {} (p99 {}), sync {} (daemon {}), write {}, {} pages/frame, {} frames",
+            a.mechanism,
+            bench::stats::fmt_ns(a.total.median_ns),
+            bench::stats::fmt_ns(a.total.p99_ns),
+            bench::stats::fmt_ns(a.sync.median_ns),
+            bench::stats::fmt_ns(a.daemon.median_ns),
+            bench::stats::fmt_ns(a.write.median_ns),
+            a.pages_median,
+            a.frames
+        );
+        return Ok(());
     }
     let a = cli.run;
     if let Some(p) = &a.plot {
