@@ -273,3 +273,131 @@ fn a_write_during_the_switch_to_compare_is_not_lost() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether resource `index` (a byte resource at BO bytes `window`) holds
+/// exactly the BO's bytes there.
+fn resource_matches(bo: &cohmem_client::Bo, index: u32, window: std::ops::Range<u64>) -> anyhow::Result<bool> {
+    use std::os::fd::AsFd;
+    let res = bo.export_resource(index)?;
+    let len = (window.end - window.start) as usize;
+    let gpu = cohmem_sys::mapping::SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    let (mut want, mut got) = (vec![0u8; len], vec![0u8; len]);
+    bo.read_at(window.start, &mut want)?;
+    gpu.read_at(0, &mut got)?;
+    Ok(want == got)
+}
+
+/// Under the `shadow` policy, a second resource over part of the BO and a
+/// writer flipping values back and forth: both resources equal the BO after
+/// every quiesced sync (the shadow is refreshed once for all resources, so
+/// they can never receive different bytes of one page).
+#[test]
+fn overlapping_resources_under_shadow_get_the_same_bytes() -> anyhow::Result<()> {
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdSync)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let pages = 32u64;
+    let bo = conn.create_bo(pages * ps)?;
+    let second = bo.add_resource(8 * ps, 16 * ps)?;
+    let map = Arc::new(bo.map()?);
+    conn.set_policy(bo.id(), BoPolicy::Shadow)?;
+    bo.sync()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (map, stop) = (map.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                for p in 8..24 {
+                    map.write_u64((p * ps) as usize, if n % 2 == 0 { 7 } else { 9 })?;
+                }
+            }
+            Ok(n)
+        })
+    };
+    for _ in 0..200 {
+        bo.sync()?;
+    }
+    stop.store(true, Ordering::Release);
+    let flips = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    bo.sync()?;
+    assert!(
+        resource_matches(&bo, 0, 0..pages * ps)?,
+        "resource 0 differs after {flips} flips"
+    );
+    assert!(
+        resource_matches(&bo, second, 8 * ps..24 * ps)?,
+        "resource {second} differs after {flips} flips"
+    );
+    Ok(())
+}
+
+/// A resource added while a small BO is compared receives the BO's bytes,
+/// not the shadow's; a page then put back to the shadow's bytes must still
+/// reach it.
+#[test]
+fn a_resource_added_while_comparing_gets_the_bytes_put_back() -> anyhow::Result<()> {
+    if !cohmem_tests::caps().uffd_async.ok {
+        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
+        return Ok(());
+    }
+    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size();
+    let bo = conn.create_bo(16 * ps)?;
+    let map = bo.map()?;
+    map.write_u64((2 * ps) as usize, 0xA)?;
+    bo.sync()?;
+    assert!(policy_row(&conn, bo.id())?.1, "the small BO is not compared");
+    map.write_u64((2 * ps) as usize, 0xB)?;
+    let added = bo.add_resource(0, 4 * ps)?;
+    map.write_u64((2 * ps) as usize, 0xA)?;
+    bo.sync()?;
+    assert!(resource_matches(&bo, added, 0..4 * ps)?, "the added resource kept 0xB");
+    assert!(verify_gpu_copy(&bo)?.is_empty(), "resource 0 differs");
+    Ok(())
+}
+
+/// CLEAR_ALL drops dirty bits, which a compare cannot honour: a compared BO
+/// goes back to tracking first (`auto`), or makes its shadow again with the
+/// whole BO marked (the `shadow` policy). Either way a page written after
+/// the clear reaches the GPU, even when it gets the shadow's old bytes.
+#[test]
+fn clearing_a_compared_bo_loses_no_later_write() -> anyhow::Result<()> {
+    if !cohmem_tests::caps().uffd_async.ok {
+        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
+        return Ok(());
+    }
+    for pinned in [false, true] {
+        let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+        let conn = Connection::connect(daemon.socket())?;
+        let ps = cohmem_sys::page_size();
+        let bo = conn.create_bo(16 * ps)?;
+        let map = bo.map()?;
+        if pinned {
+            conn.set_policy(bo.id(), BoPolicy::Shadow)?;
+        }
+        map.write_u64((4 * ps) as usize, 0xD)?;
+        bo.sync()?;
+        assert!(policy_row(&conn, bo.id())?.1, "pinned {pinned}: not compared");
+        // Written, then cleared: vmwgfx drops it (the GPU is told it has it).
+        map.write_u64((4 * ps) as usize, 0xE)?;
+        bo.clear_all()?;
+        // Then the page gets the bytes the shadow holds: a write all the same.
+        map.write_u64((4 * ps) as usize, 0xD)?;
+        let done = bo.sync_with_runs()?;
+        assert!(
+            done.pages_list().contains(&4),
+            "pinned {pinned}: page 4 not uploaded: {done:?}"
+        );
+        assert!(verify_gpu_copy(&bo)?.is_empty(), "pinned {pinned}: GPU copy differs");
+        // And the BO goes on syncing exactly.
+        map.write_u64((6 * ps) as usize, 6)?;
+        let mut got = bo.sync_with_runs()?.pages_list();
+        got.sort_unstable();
+        assert!(got.contains(&6), "pinned {pinned}: {got:?}");
+        assert!(verify_gpu_copy(&bo)?.is_empty(), "pinned {pinned}: GPU copy differs");
+    }
+    Ok(())
+}

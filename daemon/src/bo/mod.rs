@@ -91,6 +91,11 @@ pub struct BoState {
     pub untracked: Option<DirtyState>,
     /// Pages in the BO (N), for `untracked`.
     pages: u64,
+    /// While the BO is compared instead of tracked (the `shadow` policy, or
+    /// `auto`'s choice for a small BO): the copy the GPU resources hold for
+    /// every page not marked dirty. Only with a tracker: dropped with it.
+    /// Its bytes change only in an upload, under `Bo::sync_lock`.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 impl BoState {
@@ -120,6 +125,8 @@ impl BoState {
     /// Drops the tracker (the last resource was released), keeping its
     /// recorded pages for the next one.
     pub fn stop_tracker(&mut self) {
+        // The next tracker starts with a full copy; the shadow says nothing then.
+        self.shadow = None;
         if let Some(t) = self.tracker.take() {
             if t.dirty.dirty_pages() > 0 {
                 self.untracked = Some(t.dirty);
@@ -148,9 +155,6 @@ pub struct Bo {
     /// Serialises syncs and transfers of this BO from start to end of upload,
     /// so a sync never returns while an earlier one still copies its pages.
     pub sync_lock: Mutex<()>,
-    /// The shadow copy under the `shadow` policy (`None` otherwise); used
-    /// with `sync_lock` held.
-    pub shadow: Mutex<Option<Shadow>>,
     /// Seed 000's sequence count: odd while a structural change (a view
     /// added or removed) runs; syncs read it around their scan-and-copy.
     structure_seq: AtomicU64,
@@ -313,6 +317,7 @@ impl Bo {
             policy: cohmem_proto::BoPolicy::Auto,
             untracked: None,
             pages: size / page_size,
+            shadow: None,
         };
         let mut image = None;
         if let Some(make) = default_resource {
@@ -332,7 +337,6 @@ impl Bo {
             state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
             sync_lock: Mutex::new(()),
-            shadow: Mutex::new(None),
             structure_seq: AtomicU64::new(0),
             structure_writers: Mutex::new(()),
             counters: BoCounters::default(),

@@ -15,6 +15,7 @@ impl SyncEngine<'_> {
     pub fn clear_resource(&self, bo: &Bo, index: u32) -> Result<(), SyncError> {
         let mut st = bo.state();
         let views = bo.views();
+        self.stop_comparing(bo, &mut st, &views);
         self.observe(bo, &mut st, &views);
         let res = Self::resource(&st, index)?;
         if let Some(t) = st.tracker.as_mut() {
@@ -29,6 +30,7 @@ impl SyncEngine<'_> {
     pub fn clear_all(&self, bo: &Bo) {
         let mut st = bo.state();
         let views = bo.views();
+        self.stop_comparing(bo, &mut st, &views);
         self.observe(bo, &mut st, &views);
         if let Some(t) = st.tracker.as_mut() {
             let n = t.dirty.pages();

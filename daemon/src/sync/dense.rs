@@ -26,7 +26,7 @@ impl SyncEngine<'_> {
         pre: Option<Vec<Harvested>>,
     ) -> ScanReport {
         // The `full` and `shadow` policies pause for good: no probes.
-        let compares = Self::compares(bo, st);
+        let compares = Self::compares(st);
         let pinned = compares || st.policy == BoPolicy::Full;
         let marked = if compares {
             Self::scan_shadow(bo, st)

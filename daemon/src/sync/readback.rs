@@ -43,6 +43,25 @@ impl SyncEngine<'_> {
                 r.gpu.download(&dst, r.window.start, std::slice::from_ref(&(0..len)))?;
                 bytes += len;
             }
+            // Compared: the shadow must hold the GPU's bytes too
+            // (`super::shadow`); where windows overlap it cannot hold two
+            // resources' bytes, so those windows are marked instead.
+            let shadow = bo.state().shadow.clone();
+            if let Some(s) = shadow {
+                for r in &resources {
+                    let len = r.window.end - r.window.start;
+                    r.gpu
+                        .download(&s.map, r.window.start, std::slice::from_ref(&(0..len)))?;
+                }
+                let mut windows: Vec<_> = resources.iter().map(|r| r.window.clone()).collect();
+                windows.sort_unstable_by_key(|w| w.start);
+                if windows.windows(2).any(|w| w[1].start < w[0].end) {
+                    let mut st = bo.state();
+                    for w in windows {
+                        Self::mark_window_if_comparing(bo, &mut st, w);
+                    }
+                }
+            }
         }
         Ok(ReadbackDone {
             synced_pages: synced.pages,

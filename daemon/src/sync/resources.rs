@@ -62,20 +62,13 @@ impl SyncEngine<'_> {
         bo.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
         self.counters.pages_uploaded.fetch_add(pages, Ordering::Relaxed);
         self.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-        let resource = Arc::new(Resource::new(window, gpu_resource));
+        let resource = Arc::new(Resource::new(window.clone(), gpu_resource));
         let mut st = bo.state();
         st.resources.push(Some(resource));
         let index = (st.resources.len() - 1) as u32;
-        if st.policy == BoPolicy::Shadow {
-            // The new resource received the BO's bytes, not the shadow's:
-            // every page goes through the shadow once more (`super::shadow`).
-            if let Some(t) = st.tracker.as_mut() {
-                let n = t.dirty.pages();
-                t.dirty.record(0..n);
-            }
-            drop(st);
-            Self::keep_shadow(bo, true);
-        }
+        // Compared: the new resource received the BO's bytes, not the
+        // shadow's (`super::shadow`).
+        Self::mark_window_if_comparing(bo, &mut st, window);
         Ok(index)
     }
 

@@ -22,6 +22,10 @@ impl SyncEngine<'_> {
         let _serial = lock(&bo.sync_lock);
         let mut st = bo.state();
         let previous = std::mem::replace(&mut st.policy, policy);
+        // Whatever comes next starts without a shadow: leaving a compare
+        // marks the whole BO (it was a pause, below), and the `shadow`
+        // policy's first scan makes a new one, marking the whole BO.
+        st.shadow = None;
         let views = bo.views();
         let Some(t) = st.tracker.as_mut() else {
             return (previous, Method::None);
@@ -75,9 +79,6 @@ impl SyncEngine<'_> {
             }
             _ => {}
         }
-        // Entering `shadow` marked the whole BO dirty (above), so its first
-        // sync fills the shadow; leaving it frees the copy.
-        Self::keep_shadow(bo, policy == BoPolicy::Shadow);
         let now = method_of(&st);
         if now != before {
             bo.counters.method_switches.fetch_add(1, Ordering::Relaxed);

@@ -1,19 +1,29 @@
-//! The `shadow` policy (issue 19): no tracking; a SYNC compares the BO with
-//! the copy the GPU last received and uploads the pages that differ, the
-//! way VNC servers find damage nobody reports (QEMU compares 16-pixel
-//! chunks, TigerVNC 64×64 blocks; `shared/research/display.md` §2). For
-//! small BOs and dense rewrites a compare costs less than write faults or
-//! page-table scans.
+//! Comparing instead of tracking (issue 19): the `shadow` policy, and
+//! `auto`'s choice for small BOs. A SYNC compares the BO with the copy the
+//! GPU last received and uploads the pages that differ, the way VNC servers
+//! find damage nobody reports (QEMU compares 16-pixel chunks, TigerVNC
+//! 64×64 blocks; `shared/research/display.md` §2). For small BOs a compare
+//! costs less than write faults and page-table scans.
 //!
-//! Why no write is lost: the GPU resources hold exactly the shadow's bytes
-//! for every page not marked dirty. A page the compare finds equal to the
-//! shadow therefore already is on the GPU; a page that differs is marked
-//! dirty, and its upload ([`SyncEngine::upload`]) first copies the BO's
-//! page into the shadow and then the shadow's page to the GPU, so the
-//! invariant holds again whatever the client writes meanwhile (a write
-//! after the compare is found by the next one). Entering the policy, and a
-//! resource added under it, mark the whole BO dirty, so pages the shadow
-//! has never seen are uploaded through it first.
+//! Why no write is lost: every GPU resource holds exactly the shadow's
+//! bytes for every page not marked dirty. A page the compare finds equal to
+//! the shadow therefore already is on the GPU; a page that differs is
+//! marked dirty, and an upload ([`SyncEngine::upload`]) first copies the
+//! BO's dirty pages into the shadow, once for all resources, and then the
+//! shadow's pages to each resource, so the invariant holds again whatever
+//! the client writes meanwhile (a write after the compare is found by the
+//! next one). What would break it is kept out:
+//!
+//! * entering the `shadow` policy marks the whole BO dirty (the shadow is
+//!   new), and so does a shadow the scan has to make again;
+//! * a resource added while comparing received the BO's bytes, not the
+//!   shadow's: its window is marked dirty;
+//! * READBACK writes the GPU's bytes into the BO, and into the shadow too
+//!   (where windows overlap, they are marked dirty instead);
+//! * CLEAR_RESOURCE and CLEAR_ALL drop dirty bits, which compare cannot
+//!   honour (the GPU then holds bytes the shadow does not): the BO goes
+//!   back to tracking first ([`SyncEngine::stop_comparing`]);
+//! * the shadow lives with the tracker (`BoState::shadow`) and dies with it.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -22,7 +32,7 @@ use std::sync::Arc;
 use cohmem_proto::{BoPolicy, Method};
 
 use super::SyncEngine;
-use crate::bo::{lock, Bo, BoState, Shadow, View};
+use crate::bo::{Bo, BoState, Shadow, View};
 use crate::policy::MethodPolicy;
 
 impl SyncEngine<'_> {
@@ -39,22 +49,20 @@ impl SyncEngine<'_> {
     /// not written in between, so its copy is what the GPU has. Only then
     /// are the views unprotected.
     pub(super) fn maybe_shadow_small(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
-        if self.methods != MethodPolicy::Auto || bo.size > self.shadow_max_bytes || st.policy != BoPolicy::Auto {
+        if self.methods != MethodPolicy::Auto
+            || bo.size > self.shadow_max_bytes
+            || st.policy != BoPolicy::Auto
+            || st.shadow.is_some()
+        {
             return;
         }
-        let Some(t) = st.tracker.as_ref() else {
-            return;
-        };
-        if t.paused.is_some() {
+        if st.tracker.as_ref().is_none_or(|t| t.paused.is_some()) {
             return;
         }
         let live: Vec<&Arc<View>> = views.iter().filter(|v| !v.dead.load(Ordering::Acquire)).collect();
         if !self.pagetable_only(views) || !live.iter().all(|v| v.mm.tracker().can_pause()) {
             return;
         }
-        let mut slot = lock(&bo.shadow);
-        // A shadow left from before the BO's tracker stopped is stale.
-        *slot = None;
         let Some(shadow) = Shadow::create_automatic(bo.id, bo.size) else {
             return;
         };
@@ -69,7 +77,7 @@ impl SyncEngine<'_> {
         t.paused = Some(0);
         t.method = Method::PageTable;
         Self::unprotect_all(bo, &live);
-        *slot = Some(shadow);
+        st.shadow = Some(Arc::new(shadow));
         tracing::debug!(
             bo = bo.id,
             size = bo.size,
@@ -79,35 +87,53 @@ impl SyncEngine<'_> {
 
     /// True when the BO's scans compare with a shadow (the `shadow`
     /// policy, or `auto`'s choice for a small BO).
-    pub(super) fn compares(bo: &Bo, st: &BoState) -> bool {
-        st.policy == BoPolicy::Shadow || lock(&bo.shadow).is_some()
+    pub(super) fn compares(st: &BoState) -> bool {
+        st.policy == BoPolicy::Shadow || st.shadow.is_some()
     }
 
-    /// Gives `bo` its shadow (under the `shadow` policy) or drops it (any
-    /// other). Called with `bo.sync_lock` held.
-    pub(super) fn keep_shadow(bo: &Bo, wanted: bool) {
-        let mut shadow = lock(&bo.shadow);
-        if !wanted {
-            *shadow = None;
-        } else if shadow.is_none() {
-            *shadow = Shadow::create(bo.id, bo.size);
+    /// Back from comparing to tracking, before an operation compare cannot
+    /// honour (CLEAR_*). `auto`'s small BO: the views are write-protected
+    /// first (nothing recorded: unprotected, they would report every page),
+    /// then the compare records what changed before that, and tracking
+    /// resumes exactly (a later sync may compare again). Under the `shadow`
+    /// policy the copy is dropped and the next scan makes it again, with
+    /// the whole BO marked (as `full` would upload it).
+    pub(super) fn stop_comparing(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        if st.shadow.is_none() {
+            return;
         }
+        if st.policy != BoPolicy::Shadow {
+            self.harvest_all(bo, st, views, false);
+            Self::scan_shadow(bo, st);
+            if let Some(t) = st.tracker.as_mut() {
+                t.paused = None;
+                t.probing = false;
+            }
+        }
+        st.shadow = None;
     }
 
-    /// The scan of a BO under the `shadow` policy: marks the pages that
-    /// differ from the shadow and returns how many; without a shadow (BO
-    /// too large, no memory) the whole BO, as `full` does.
+    /// The scan of a compared BO: marks the pages that differ from the
+    /// shadow and returns how many. Under the `shadow` policy without a
+    /// shadow (new, dropped, or none to be had: over `MAX_SHADOW_BYTES`)
+    /// one is made and the whole BO marked, as `full` does.
     pub(super) fn scan_shadow(bo: &Bo, st: &mut BoState) -> u64 {
         let Some(t) = st.tracker.as_mut() else {
             return 0;
         };
         let n = t.dirty.pages();
-        let found = lock(&bo.shadow).as_ref().map(|s| {
-            bo.mapping
-                .differing_blocks(&s.map, 0, bo.size as usize, bo.page_size as usize)
-        });
+        let found = match &st.shadow {
+            Some(s) => bo
+                .mapping
+                .differing_blocks(&s.map, 0, bo.size as usize, bo.page_size as usize),
+            None => {
+                st.shadow = Shadow::create(bo.id, bo.size).map(Arc::new);
+                t.dirty.record(0..n);
+                return n;
+            }
+        };
         match found {
-            Some(Ok(runs)) => {
+            Ok(runs) => {
                 let mut marked = 0;
                 for r in runs {
                     marked += r.end - r.start;
@@ -115,32 +141,51 @@ impl SyncEngine<'_> {
                 }
                 marked
             }
-            other => {
-                if let Some(Err(e)) = other {
-                    crate::limited!(warn, "shadow compare failed", bo.id, bo = bo.id, error = %e, "shadow compare failed: whole BO marked");
-                }
+            Err(e) => {
+                crate::limited!(warn, "shadow compare failed", bo.id, bo = bo.id, error = %e, "shadow compare failed: whole BO marked");
                 t.dirty.record(0..n);
                 n
             }
         }
     }
 
-    /// The upload source for `runs` (BO pages): the shadow, refreshed from
-    /// the BO for exactly those pages, or `None` without a shadow (upload
-    /// from the BO). Called with `bo.sync_lock` held.
-    pub(super) fn refresh_shadow<'s>(
-        bo: &Bo,
-        shadow: &'s Option<Shadow>,
-        runs: &[Range<u64>],
-    ) -> Result<Option<&'s Shadow>, cohmem_sys::SysError> {
-        let Some(s) = shadow.as_ref() else {
-            return Ok(None);
-        };
-        let ps = bo.page_size as usize;
-        for r in runs {
-            let (at, len) = (r.start as usize * ps, (r.end - r.start) as usize * ps);
-            bo.mapping.copy_to(at, &s.map, at, len)?;
+    /// Marks BO byte `window` dirty while the BO compares (a resource
+    /// added, a READBACK of overlapping windows): its GPU bytes may differ
+    /// from the shadow's.
+    pub(super) fn mark_window_if_comparing(bo: &Bo, st: &mut BoState, window: Range<u64>) {
+        if st.shadow.is_none() {
+            return;
         }
-        Ok(Some(s))
+        let ps = bo.page_size;
+        if let Some(t) = st.tracker.as_mut() {
+            t.dirty.record(window.start / ps..window.end.div_ceil(ps));
+        }
+    }
+
+    /// Before an upload of BO page `runs` (every resource's, together): the
+    /// BO's bytes of those pages copied into the shadow, once, so every
+    /// resource then receives the same bytes from it. `None` without a
+    /// shadow (upload from the BO). Called with `bo.sync_lock` held.
+    pub(super) fn refresh_shadow(
+        bo: &Bo,
+        shadow: Option<&Arc<Shadow>>,
+        runs: &[Range<u64>],
+    ) -> Result<(), cohmem_sys::SysError> {
+        let Some(s) = shadow else {
+            return Ok(());
+        };
+        let mut all: Vec<Range<u64>> = runs.to_vec();
+        all.sort_unstable_by_key(|r| r.start);
+        let ps = bo.page_size as usize;
+        let mut done = 0u64;
+        for r in all {
+            let start = r.start.max(done);
+            if start < r.end {
+                let (at, len) = (start as usize * ps, (r.end - start) as usize * ps);
+                bo.mapping.copy_to(at, &s.map, at, len)?;
+                done = r.end;
+            }
+        }
+        Ok(())
     }
 }

@@ -98,35 +98,44 @@ impl SyncEngine<'_> {
     ) -> Result<Vec<Range<u64>>, SyncError> {
         let ps = bo.page_size;
         let mut done = Vec::new();
+        // While the BO compares, the pages go BO → shadow (once, for every
+        // resource) → GPU (`super::shadow`).
+        let shadow = bo.state().shadow.clone();
+        let every_run: Vec<Range<u64>> = work.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
+        let refreshed = Self::refresh_shadow(bo, shadow.as_ref(), &every_run).map_err(crate::gpu::GpuError::from);
+        let source = shadow.as_ref().map_or(&bo.mapping, |s| &s.map);
         let mut pending = work.into_iter();
-        // Under the `shadow` policy the pages go BO → shadow → GPU
-        // (`super::shadow`).
-        let shadow = lock(&bo.shadow);
-        while let Some((res, runs)) = pending.next() {
-            if runs.is_empty() {
-                continue;
-            }
-            let first = res.window.start / ps;
-            let byte_runs: Vec<Range<u64>> = runs
-                .iter()
-                .map(|r| (r.start - first) * ps..(r.end - first) * ps)
-                .collect();
-            let uploaded = Self::refresh_shadow(bo, &shadow, &runs)
-                .map_err(crate::gpu::GpuError::from)
-                .and_then(|s| res.upload(s.map_or(&bo.mapping, |s| &s.map), &byte_runs));
-            if let Err(e) = uploaded {
-                let mut st = bo.state();
-                if let Some(t) = st.tracker.as_mut() {
-                    t.dirty.fold_back(&runs);
-                    for (_, later) in pending {
-                        t.dirty.fold_back(&later);
-                    }
+        let mut failed = refreshed.err();
+        let mut failed_runs = Vec::new();
+        if failed.is_none() {
+            for (res, runs) in pending.by_ref() {
+                if runs.is_empty() {
+                    continue;
                 }
-                self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
-                crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
-                return Err(e.into());
+                let first = res.window.start / ps;
+                let byte_runs: Vec<Range<u64>> = runs
+                    .iter()
+                    .map(|r| (r.start - first) * ps..(r.end - first) * ps)
+                    .collect();
+                if let Err(e) = res.upload(source, &byte_runs) {
+                    failed = Some(e);
+                    failed_runs = runs;
+                    break;
+                }
+                done.extend(runs);
             }
-            done.extend(runs);
+        }
+        if let Some(e) = failed {
+            let mut st = bo.state();
+            if let Some(t) = st.tracker.as_mut() {
+                t.dirty.fold_back(&failed_runs);
+                for (_, later) in pending {
+                    t.dirty.fold_back(&later);
+                }
+            }
+            self.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
+            crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
+            return Err(e.into());
         }
         Ok(done)
     }
