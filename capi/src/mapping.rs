@@ -10,7 +10,7 @@ use crate::bo::cohmem_bo;
 use crate::error::{fail, invalid, COHMEM_OK};
 
 /// A tracked mapping of a BO in this process.
-pub struct cohmem_mapping(Mapping);
+pub struct cohmem_mapping(Mapping<'static>);
 
 /// Maps the whole BO, tracked: writes through `cohmem_mapping_ptr` are seen
 /// by the next `cohmem_bo_sync`. `*out` is freed with `cohmem_unmap`.
@@ -26,7 +26,7 @@ pub unsafe extern "C" fn cohmem_bo_map(bo: *const cohmem_bo, out: *mut *mut cohm
     if out.is_null() {
         return invalid("cohmem_bo_map: out is NULL");
     }
-    match bo.0.map() {
+    match bo.0.map_detached() {
         Ok(m) => {
             // SAFETY: `out` is non-NULL and valid for writes (documented).
             unsafe { *out = Box::into_raw(Box::new(cohmem_mapping(m))) };

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cohmem_proto::{BoPolicy, Method, Reply, Request, SnapshotReport, StatsReport, CREATE_NO_RESOURCE};
+
 use cohmem_sys::memfd::Memfd;
 
-use crate::bo::Bo;
+use crate::bo::{set_policy_reply, snapshot_reply, Bo};
 use crate::error::{unexpected, ClientError};
 use crate::session::ConnInner;
 
-/// Default socket path: `$XDG_RUNTIME_DIR/cohmem.sock`, else
-/// `/run/cohmem/cohmem.sock` (the daemon's default too).
+/// Default socket path: `$COHMEM_SOCKET` when set, else
+/// `$XDG_RUNTIME_DIR/cohmem.sock`, else `/run/cohmem/cohmem.sock` (the
+/// daemon's default too).
 pub fn default_socket_path() -> std::path::PathBuf {
     match std::env::var_os("COHMEM_SOCKET") {
         Some(p) if !p.is_empty() => p.into(),
@@ -26,7 +28,24 @@ pub fn default_socket_path() -> std::path::PathBuf {
     }
 }
 
-/// A connection to cohmemd. Cheap to clone; BOs keep it alive.
+/// A connection to cohmemd. Cheap to clone (the clones share one session);
+/// BOs keep it alive.
+///
+/// # Threads
+///
+/// `Connection`, [`Bo`] and [`Mapping`](crate::Mapping) are `Send` and
+/// `Sync`. Calls from several threads on one connection are serialised
+/// (one request in flight at a time); writes through mappings need no
+/// call at all and run in parallel. A thread that wants its own round
+/// trips in parallel with others opens its own connection.
+///
+/// # Reconnect
+///
+/// When the daemon dies or restarts, the next call reconnects to the
+/// socket (the same path), re-imports every BO of the connection and
+/// re-announces its mappings, marking each BO wholly dirty so that no
+/// write made in between is lost; the call then goes on as usual.
+/// [`Connection::reconnects`] counts this.
 #[derive(Clone)]
 pub struct Connection {
     pub(crate) inner: Arc<ConnInner>,
@@ -43,6 +62,15 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects to the daemon at `path` and negotiates the protocol.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when nothing answers at `path` (the daemon
+    /// is not running, or listens elsewhere: see [`default_socket_path`]);
+    /// [`ClientError::Daemon`] with `PermissionDenied` when the daemon does
+    /// not serve this user (`cohmemd --allow-uid`), `UnsupportedVersion`
+    /// for a daemon of another protocol version, `LimitExceeded` over its
+    /// connection quota.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         Ok(Self {
             inner: Arc::new(ConnInner::connect(path.as_ref())?),
@@ -56,6 +84,10 @@ impl Connection {
     }
 
     /// Connects to [`default_socket_path`] (`COHMEM_SOCKET` overrides it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect`].
     pub fn connect_default() -> Result<Self, ClientError> {
         Self::connect(default_socket_path())
     }
@@ -70,14 +102,32 @@ impl Connection {
         self.inner.max_bo_size
     }
 
+    /// The page size the daemon works in (offsets of
+    /// [`Bo::map_range`] and resource windows are multiples of it).
+    pub fn page_size(&self) -> u64 {
+        self.inner.page_size
+    }
+
     /// Creates a BO of at least `size` bytes (rounded up to pages), with one
-    /// GPU resource covering it.
+    /// GPU resource covering it. The BO starts zeroed, and so does its GPU
+    /// copy.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `TooLarge` over
+    /// [`Connection::max_bo_size`], `LimitExceeded` over this user's
+    /// quota, `Gpu` when the GPU cannot allocate the resource; the errors
+    /// of any call.
     pub fn create_bo(&self, size: u64) -> Result<Bo, ClientError> {
         self.create_bo_flags(size, 0)
     }
 
     /// Creates a BO without any GPU resource (and so without a tracker):
     /// bind windows with [`Bo::add_resource`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::create_bo`].
     pub fn create_bo_without_resource(&self, size: u64) -> Result<Bo, ClientError> {
         self.create_bo_flags(size, CREATE_NO_RESOURCE)
     }
@@ -124,7 +174,14 @@ impl Connection {
         }
     }
 
-    /// Opens a handle to a BO another process shared by passing its memfd.
+    /// Opens a handle to a BO another process shared by passing its memfd
+    /// ([`Bo::memfd`], sent over a Unix socket). Both processes then write
+    /// the same memory, and either one's sync uploads both's writes.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `BadFds` for an fd that is not a BO's
+    /// sealed memfd; the errors of any call.
     pub fn import_bo(&self, memfd: OwnedFd) -> Result<Bo, ClientError> {
         match self.inner.call(&Request::ImportBo, &[memfd.as_fd()])? {
             (Reply::Bo { bo, size, id, image }, _) => {
@@ -134,34 +191,47 @@ impl Connection {
         }
     }
 
-    /// An exact copy of BO `id` (daemon-wide id, as in STATS) taken with its
-    /// writers quiesced: a sealed memfd with the bytes, and how it went.
+    /// An exact copy of BO `id` taken with its writers quiesced: a sealed
+    /// memfd with the bytes, and how it went.
+    ///
+    /// For operators and tools (`cohmemctl snapshot`) that know a BO by
+    /// its daemon-wide id from [`Connection::stats`]; ids are renumbered
+    /// when the daemon restarts. An app snapshots its own BO with
+    /// [`Bo::snapshot`], which stays right across a reconnect.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `NoSuchBo` for an unknown id,
+    /// `PermissionDenied` for another user's BO (root may); as
+    /// [`Bo::snapshot`].
     pub fn snapshot(&self, id: u64) -> Result<(OwnedFd, SnapshotReport), ClientError> {
-        match self.inner.call(&Request::Snapshot { id, flags: 0 }, &[])? {
-            (Reply::Snapshot(r), mut fds) => Ok((
-                fds.pop()
-                    .ok_or_else(|| ClientError::Protocol("SNAPSHOT reply without memfd".into()))?,
-                r,
-            )),
-            (other, _) => Err(unexpected("SNAPSHOT", &other)),
-        }
+        snapshot_reply(self.inner.call(&Request::Snapshot { id, flags: 0 }, &[])?)
     }
 
-    /// Pins how BO `id` (daemon-wide id, as in STATS) is tracked: returns
-    /// the policy it had and the vmwgfx method it has now (root, or a
-    /// connection holding the BO, may do this).
+    /// Pins how BO `id` is tracked: returns the policy it had and the
+    /// tracking method (MKWRITE or PAGETABLE, see [`Bo::set_policy`]) it
+    /// has now (root, or a connection holding the BO, may do this).
+    ///
+    /// For operators and tools (`cohmemctl set-policy`) that know a BO by
+    /// its daemon-wide id from [`Connection::stats`]; ids are renumbered
+    /// when the daemon restarts. An app uses [`Bo::set_policy`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `NoSuchBo` for an unknown id,
+    /// `PermissionDenied` for a BO this connection does not hold (unless
+    /// root); as [`Bo::set_policy`].
     pub fn set_policy(&self, id: u64, policy: BoPolicy) -> Result<(BoPolicy, Method), ClientError> {
-        match self.inner.call(&Request::SetPolicy { id, policy }, &[])? {
-            (Reply::PolicySet { previous, method }, _) => Ok((
-                previous,
-                Method::from_wire(method).map_err(|e| ClientError::Protocol(format!("SET_POLICY reply: {e}")))?,
-            )),
-            (other, _) => Err(unexpected("SET_POLICY", &other)),
-        }
+        set_policy_reply(self.inner.call(&Request::SetPolicy { id, policy }, &[])?)
     }
 
     /// The daemon's Prometheus metrics, OpenMetrics text (what
     /// `cohmemd --metrics-listen` serves over HTTP).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Protocol`] for a malformed reply; the errors of any
+    /// call.
     pub fn metrics(&self) -> Result<String, ClientError> {
         match self.inner.call(&Request::Metrics, &[])? {
             (Reply::Metrics { len }, mut fds) => {
@@ -183,7 +253,15 @@ impl Connection {
         }
     }
 
-    /// Daemon statistics (`flags`: [`cohmem_proto::STATS_CONNECTIONS`] | [`cohmem_proto::STATS_BOS`]).
+    /// Daemon statistics: counters, and with `flags`
+    /// [`STATS_CONNECTIONS`](crate::STATS_CONNECTIONS) and/or
+    /// [`STATS_BOS`](crate::STATS_BOS) one entry per connection and per BO
+    /// (what `cohmemctl status` prints). A non-root connection sees its
+    /// user's entries only.
+    ///
+    /// # Errors
+    ///
+    /// The errors of any call.
     pub fn stats(&self, flags: u32) -> Result<StatsReport, ClientError> {
         match self.inner.call(&Request::Stats { flags }, &[])? {
             (Reply::Stats(s), _) => Ok(s),

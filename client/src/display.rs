@@ -67,6 +67,10 @@ impl Bo {
     }
 
     /// Takes this BO off the display after committing what is pending.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bo::show`].
     pub fn hide(&self) -> Result<(), ClientError> {
         show_bo(&self.inner, true).map(|_| ())
     }
@@ -76,7 +80,13 @@ impl Connection {
     /// Puts image BO `id` (daemon-wide, as in STATS) on the daemon's
     /// display output (`cohmemd --display`), or takes it off with `hide`;
     /// see [`Bo::show`]. For operators (`cohmemctl show`): root, or a
-    /// connection holding the BO, may do this.
+    /// connection holding the BO, may do this. Ids are renumbered when the
+    /// daemon restarts: an app uses [`Bo::show`] and [`Bo::hide`].
+    ///
+    /// # Errors
+    ///
+    /// `NoSuchBo` for an unknown id, `PermissionDenied` for a BO this
+    /// connection does not hold (unless root); as [`Bo::show`].
     pub fn show(&self, id: u64, hide: bool) -> Result<Shown, ClientError> {
         let flags = if hide { cohmem_proto::SHOW_HIDE } else { 0 };
         shown(self.inner.call(&Request::Show { id, flags }, &[])?.0)

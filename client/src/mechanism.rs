@@ -1,5 +1,5 @@
 //! Switching this process's write-tracking mechanism while its mappings
-//! stay in use (seed 004): [`Connection::set_mechanism`] and what it did
+//! stay in use: [`Connection::set_mechanism`] and what it did
 //! ([`MechanismSwitch`]).
 
 use cohmem_proto::{Mechanism, Reply, Request};
@@ -10,6 +10,7 @@ use crate::error::{unexpected, ClientError};
 
 /// What [`Connection::set_mechanism`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MechanismSwitch {
     /// Mechanism before.
     pub from: Mechanism,
@@ -25,7 +26,9 @@ pub struct MechanismSwitch {
 
 impl Connection {
     /// Switches this process's write tracking to `mechanism` while its
-    /// mappings stay mapped and in use (seed 004). The daemon moves every
+    /// mappings stay mapped and in use. The mechanism belongs to the
+    /// process, not to this connection: every mapping of every connection
+    /// of this process to this daemon moves. The daemon moves every
     /// mapping of the process to the new mechanism under quiesce and marks
     /// each one wholly dirty (writes made during the switch cannot be proven
     /// absent), so the next sync of each BO uploads its mapped pages once;
@@ -33,6 +36,13 @@ impl Connection {
     /// [`ErrorCode::Unsupported`](cohmem_proto::ErrorCode::Unsupported) (and
     /// the reason) when the kernel or this process cannot offer the
     /// mechanism.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `Unsupported` as above; with
+    /// `Kernel` when moving a mapping failed (the mappings stay under the
+    /// old mechanism); [`ClientError::Sys`] when this process cannot
+    /// create the new mechanism's userfaultfd.
     pub fn set_mechanism(&self, mechanism: Mechanism) -> Result<MechanismSwitch, ClientError> {
         let pt = self.inner.tracking()?;
         let _no_mapping_changes = pt.switch_guard();
@@ -70,6 +80,13 @@ impl Connection {
 
     /// The mechanism the daemon tracks this process with (attaching the
     /// process first if needed).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] with `Unsupported` when the daemon cannot
+    /// track this process at all (no mechanism its kernel offers);
+    /// [`ClientError::Sys`] when creating the process's userfaultfd or
+    /// opening its pagemap fails.
     pub fn mechanism(&self) -> Result<Mechanism, ClientError> {
         Ok(self.inner.tracking()?.mechanism())
     }

@@ -9,6 +9,7 @@ use cohmem_proto::{ImageInfo, Mechanism, Method, Rect, Run, SyncReport, SYNC_REP
 
 /// What one sync uploaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncResult {
     /// Pages uploaded.
     pub pages: u64,
@@ -16,7 +17,10 @@ pub struct SyncResult {
     pub bytes: u64,
     /// Mechanism that found them.
     pub mechanism: Mechanism,
-    /// The BO's vmwgfx method after the sync.
+    /// How the BO's writes are tracked after the sync: MKWRITE (every page
+    /// protected, writes recorded by faults) or PAGETABLE (page tables
+    /// scanned); the daemon switches between them by the BO's write
+    /// pattern, as the vmwgfx driver does (see the crate docs).
     pub method: Method,
     /// Time the daemon spent.
     pub duration: Duration,
@@ -71,6 +75,7 @@ impl SyncResult {
 
 /// An exported GPU resource.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ExportedResource {
     /// An fd another process can map (read-only for the software backend;
     /// a dma-buf on real devices).
@@ -91,6 +96,7 @@ pub struct ExportedResource {
 
 /// What [`Bo::readback`](crate::Bo::readback) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Readback {
     /// Pages the sync before the copy uploaded.
     pub synced_pages: u64,

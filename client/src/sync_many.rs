@@ -14,6 +14,7 @@ use crate::error::{unexpected, ClientError};
 
 /// What [`Connection::sync_many`] did for one BO.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BoSynced {
     /// Pages uploaded.
     pub pages: u64,

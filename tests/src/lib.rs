@@ -100,7 +100,8 @@ pub fn expect_uffd_async_refused(test_daemon: &str) -> anyhow::Result<()> {
     let daemon = spawn_daemon_for(test_daemon, cohmem_client::Mechanism::UffdAsync)?;
     let conn = cohmem_client::Connection::connect(daemon.socket())?;
     let bo = conn.create_bo(cohmem_sys::page_size())?;
-    match bo.map() {
+    let mapped = bo.map();
+    match mapped {
         Ok(_) => anyhow::bail!("uffd-async was accepted on a kernel without it"),
         Err(e) => {
             anyhow::ensure!(
@@ -119,7 +120,8 @@ pub fn expect_soft_dirty_refused(test_daemon: &str) -> anyhow::Result<()> {
     let daemon = spawn_daemon_for(test_daemon, cohmem_client::Mechanism::SoftDirty)?;
     let conn = cohmem_client::Connection::connect(daemon.socket())?;
     let bo = conn.create_bo(cohmem_sys::page_size())?;
-    match bo.map() {
+    let mapped = bo.map();
+    match mapped {
         Ok(_) => anyhow::bail!("soft-dirty was accepted on a kernel without it"),
         Err(e) => {
             anyhow::ensure!(
@@ -304,7 +306,7 @@ pub struct CompletedWriters {
 
 impl CompletedWriters {
     /// Starts `threads` writers on `map`.
-    pub fn start(map: std::sync::Arc<cohmem_client::Mapping>, threads: u64, pages_per_thread: u64) -> Self {
+    pub fn start(map: std::sync::Arc<cohmem_client::Mapping<'static>>, threads: u64, pages_per_thread: u64) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         let ps = cohmem_sys::page_size();

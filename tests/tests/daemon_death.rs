@@ -23,7 +23,7 @@ fn killing_the_daemon_releases_threads_blocked_in_sync_faults() -> anyhow::Resul
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size() as usize;
     let bo = conn.create_bo((THREADS * ps) as u64)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     // Hold the daemon still: nobody resolves the writers' faults now. kill()
     // returns before every thread has stopped (a fault thread still running
     // could resolve the first faults), so wait until the kernel reports every

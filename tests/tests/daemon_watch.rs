@@ -98,7 +98,7 @@ struct Writers {
 }
 
 impl Writers {
-    fn start(map: &Arc<cohmem_client::Mapping>, count: usize) -> Self {
+    fn start(map: &Arc<cohmem_client::Mapping<'static>>, count: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ps = cohmem_sys::page_size() as usize;
         let pages = map.len() / ps;
@@ -160,7 +160,7 @@ fn the_daemon_killed_during_a_switch_to_uffd_sync_blocks_no_writer() -> anyhow::
     for i in 0..iterations {
         let conn = Connection::connect(daemon.socket())?;
         let bo = conn.create_bo(64 * ps as u64)?;
-        let map = Arc::new(bo.map()?);
+        let map = Arc::new(bo.map_detached()?);
         anyhow::ensure!(conn.mechanism()? == Mechanism::UffdAsync, "auto picks uffd-async here");
         let writers = Writers::start(&map, 2);
         let switcher = {

@@ -49,7 +49,7 @@ fn displays() -> Option<Vec<(std::path::PathBuf, String, String)>> {
 struct Shown {
     conn: Connection,
     bo: Bo,
-    map: Mapping,
+    map: Mapping<'static>,
     image: ImageInfo,
     path: u16,
 }
@@ -69,7 +69,7 @@ fn show(socket: &std::path::Path) -> anyhow::Result<Shown> {
         shown.connector, shown.mode.0, shown.mode.1, shown.damage_path
     );
     let image = bo.image().expect("an image BO");
-    let map = bo.map()?;
+    let map = bo.map_detached()?;
     Ok(Shown {
         conn,
         bo,
@@ -231,7 +231,7 @@ fn without_the_damage_commit_virtio_gpu_stays_stale() -> anyhow::Result<()> {
         path,
     } = s;
     map.unmap()?;
-    let map = bo.map()?;
+    let map = bo.map_detached()?;
     s = Shown {
         conn,
         bo,
@@ -296,7 +296,8 @@ fn another_drm_master_is_named_and_syncing_goes_on() -> anyhow::Result<()> {
         let r = bo.sync()?;
         assert_eq!(r.pages, 1, "syncing goes on");
         assert_eq!(cohmem_tools::verify_gpu_copy(&bo)?, vec![], "the GPU copy is exact");
-        drop((map, bo, conn, daemon, kms, compositor));
+        drop(map);
+        drop((bo, conn, daemon, kms, compositor));
     }
     Ok(())
 }

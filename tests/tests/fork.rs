@@ -23,7 +23,7 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 /// What the child checks, as an exit code: 0 when every inherited object
 /// refused to work with [`ClientError::ForkedChild`] and dropping them all
 /// returned.
-fn child(conn: Connection, bo: cohmem_client::Bo, map: cohmem_client::Mapping) -> i32 {
+fn child(conn: Connection, bo: cohmem_client::Bo, map: cohmem_client::Mapping<'static>) -> i32 {
     let forked = |r: Result<(), ClientError>| matches!(r, Err(ClientError::ForkedChild { .. }));
     if !forked(bo.sync().map(drop)) {
         return 2;
@@ -49,7 +49,7 @@ fn fork_under(mechanism: Mechanism) -> anyhow::Result<()> {
     let ps = cohmem_sys::page_size();
     let pages = 16u64;
     let bo = conn.create_bo(pages * ps)?;
-    let map = bo.map()?;
+    let map = bo.map_detached()?;
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
     map.write_u64(0, 1)?;

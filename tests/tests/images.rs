@@ -39,7 +39,7 @@ fn seed() -> u64 {
 /// copy, and the previous frame's bytes.
 struct Subject {
     bo: Bo,
-    map: Mapping,
+    map: Mapping<'static>,
     gpu: GpuImage,
     info: ImageInfo,
     prev: Vec<u8>,
@@ -80,7 +80,7 @@ impl Subject {
         // so); the row pitch is the image description's.
         assert_eq!(res.pitch, ps, "{name}: the export's page stride");
         let gpu = GpuImage::map(&res)?;
-        let map = bo.map()?;
+        let map = bo.map_detached()?;
         let prev = bo_image_bytes(&bo, &info)?;
         Ok(Self {
             bo,

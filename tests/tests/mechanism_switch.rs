@@ -122,7 +122,7 @@ fn switching_back_and_forth_under_concurrent_writers_loses_no_write() -> anyhow:
     let pages_per_thread = 64u64;
     let pages = THREADS * pages_per_thread;
     let bo = conn.create_bo(pages * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
 

@@ -56,7 +56,7 @@ fn completed_writes_reach_the_gpu(mechanism: Mechanism, extra: &[&str]) -> anyho
     let pages_per_thread = 64u64;
     let pages = THREADS * pages_per_thread;
     let bo = conn.create_bo(pages * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
 
@@ -91,7 +91,7 @@ fn transact_harvests_add_up_to_at_least_the_pages_touched_with(mechanism: Mechan
     let per_thread = 8u64;
     let pages = 1024u64;
     let bo = conn.create_bo(pages * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let seed = SplitMix64::seed_from_time();
     eprintln!("seed {seed}");
     let mut rng = SplitMix64::new(seed);
@@ -163,7 +163,7 @@ fn background_upload_loses_nothing(mechanism: Mechanism) -> anyhow::Result<()> {
     let ps = cohmem_sys::page_size();
     let pages_per_thread = 64u64;
     let bo = conn.create_bo(THREADS * pages_per_thread * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
     let writers = CompletedWriters::start(map.clone(), THREADS, pages_per_thread);

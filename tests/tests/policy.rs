@@ -187,7 +187,7 @@ fn changing_policies_under_concurrent_writers_loses_no_write() -> anyhow::Result
         let ps = cohmem_sys::page_size();
         let pages_per_thread = 192u64;
         let bo = conn.create_bo(THREADS * pages_per_thread * ps)?;
-        let map = Arc::new(bo.map()?);
+        let map = Arc::new(bo.map_detached()?);
         let res = bo.export_resource(0)?;
         let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
         let writers = CompletedWriters::start(map.clone(), THREADS, pages_per_thread);

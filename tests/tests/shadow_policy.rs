@@ -79,7 +79,7 @@ fn pages_flipping_back_to_the_shadow_bytes_are_never_lost() -> anyhow::Result<()
     let ps = cohmem_sys::page_size();
     let pages = 64u64;
     let bo = conn.create_bo(pages * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     conn.set_policy(bo.id(), BoPolicy::Shadow)?;
     bo.sync()?;
     let pause = Arc::new(AtomicBool::new(false));
@@ -210,7 +210,7 @@ fn switching_a_small_bo_to_compare_under_concurrent_writers_loses_no_write() -> 
     let mut total_writes = 0;
     for n in 0..20 {
         let bo = conn.create_bo(threads * per_thread * ps)?;
-        let map = Arc::new(bo.map()?);
+        let map = Arc::new(bo.map_detached()?);
         let res = bo.export_resource(0)?;
         let gpu = cohmem_sys::mapping::SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
         let writers = cohmem_tests::CompletedWriters::start(map.clone(), threads, per_thread);
@@ -245,7 +245,7 @@ fn a_write_during_the_switch_to_compare_is_not_lost() -> anyhow::Result<()> {
     let pages = 16u64;
     for round in 1..=150u64 {
         let bo = conn.create_bo(pages * ps)?;
-        let map = Arc::new(bo.map()?);
+        let map = Arc::new(bo.map_detached()?);
         let go = Arc::new(AtomicBool::new(false));
         let writer = {
             let (map, go) = (map.clone(), go.clone());
@@ -299,7 +299,7 @@ fn overlapping_resources_under_shadow_get_the_same_bytes() -> anyhow::Result<()>
     let pages = 32u64;
     let bo = conn.create_bo(pages * ps)?;
     let second = bo.add_resource(8 * ps, 16 * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     conn.set_policy(bo.id(), BoPolicy::Shadow)?;
     bo.sync()?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -104,7 +104,7 @@ fn storm_under(mechanism: Mechanism) -> anyhow::Result<()> {
     let ps = cohmem_sys::page_size();
     let (threads, pages_per_thread) = (2u64, 32u64);
     let bo = conn.create_bo(threads * pages_per_thread * ps)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let res = bo.export_resource(0)?;
     let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
     if mechanism == Mechanism::UffdSync {

@@ -23,7 +23,7 @@ fn snapshots_with(mechanism: Mechanism) -> anyhow::Result<()> {
     let ps = cohmem_sys::page_size() as usize;
     let pairs = 4usize;
     let bo = conn.create_bo((2 * pairs * ps) as u64)?;
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..pairs)
         .map(|w| {

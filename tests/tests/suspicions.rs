@@ -44,7 +44,7 @@ fn stats_waiting_for_a_busy_bo_does_not_stall_other_clients() -> anyhow::Result<
     let big_size: u64 = if time_scale() > 1 { 16 << 20 } else { 256 << 20 };
     let big = Connection::connect(&socket)?;
     let big_bo = big.create_bo(big_size)?;
-    let big_map = big_bo.map()?;
+    let big_map = big_bo.map_detached()?;
     for p in 0..big_map.len() as u64 / ps {
         big_map.write_u64((p * ps) as usize, p)?;
     }
@@ -146,7 +146,7 @@ fn mechanism_switches_do_not_stall_other_processes_faults() -> anyhow::Result<()
     // B: the test process, switching; it maps BO Y (64 MiB) that C writes.
     let b = Connection::connect(&socket)?;
     let y = b.create_bo(64 << 20)?;
-    let y_map = y.map()?;
+    let y_map = y.map_detached()?;
     let y_pages = y_map.len() as u64 / ps;
     for p in 0..y_pages {
         y_map.write_u64((p * ps) as usize, p)?;

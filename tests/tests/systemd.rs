@@ -134,7 +134,8 @@ fn socket_activation_starts_the_daemon_on_first_connect() -> anyhow::Result<()> 
     );
 
     // SIGTERM reaches the daemon (systemd-socket-activate execs it).
-    drop((map, bo, conn));
+    drop(map);
+    drop((bo, conn));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(activator.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -50,7 +50,7 @@ pub struct ImageDemo {
 pub struct Prepared {
     bo: Bo,
     info: ImageInfo,
-    map: Mapping,
+    map: Mapping<'static>,
     shown: Option<Shown>,
 }
 
@@ -229,7 +229,7 @@ impl ImageDemo {
         let info = bo
             .image()
             .context("the daemon answered CREATE_IMAGE without an image layout")?;
-        let map = bo.map()?;
+        let map = bo.map_detached()?;
         let what = || format!("--display: showing image BO {} on the daemon's display output", bo.id());
         let shown = if self.display {
             Some(bo.show().with_context(what)?)

@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     if stage == "created" {
         die();
     }
-    let map = Arc::new(bo.map()?);
+    let map = Arc::new(bo.map_detached()?);
     if stage == "mapped" {
         die();
     }

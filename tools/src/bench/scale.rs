@@ -49,7 +49,7 @@ pub fn child_main(cfg: &ChildConfig) -> anyhow::Result<()> {
     let mut bos = Vec::with_capacity(cfg.bos);
     for _ in 0..cfg.bos {
         let bo = conn.create_bo(cfg.size)?;
-        let map = bo.map()?;
+        let map = bo.map_detached()?;
         map.fill(0, map.len(), 0x11)?;
         bo.sync()?;
         bos.push((bo, map));

@@ -57,17 +57,17 @@ impl Session {
     /// baseline, the daemon's own choice otherwise.
     pub fn prepare(&self, bo: &Bo) -> anyhow::Result<()> {
         if self.mechanism == "shadow" {
-            self.conn.set_policy(bo.id(), BoPolicy::Shadow)?;
+            bo.set_policy(BoPolicy::Shadow)?;
         }
         Ok(())
     }
 
     /// Creates a BO of `size` bytes, maps it, writes every page once and
     /// syncs twice, so that measurements start from a populated, clean BO.
-    pub fn populated_bo(&self, size: u64) -> anyhow::Result<(Bo, Mapping)> {
+    pub fn populated_bo(&self, size: u64) -> anyhow::Result<(Bo, Mapping<'static>)> {
         let bo = self.conn.create_bo(size)?;
         self.prepare(&bo)?;
-        let map = bo.map()?;
+        let map = bo.map_detached()?;
         map.fill(0, map.len(), 0xa5)?;
         if self.explicit() {
             bo.damage(0, size)?;

@@ -120,7 +120,7 @@ impl Retrier {
 /// One BO of the worker with its mapping and expected content.
 struct Slot {
     bo: Bo,
-    map: Mapping,
+    map: Mapping<'static>,
     shadow: Vec<u8>,
 }
 
@@ -196,7 +196,7 @@ fn run(cfg: &WorkerConfig, out: &Out) -> anyhow::Result<()> {
     let mut slots = Vec::new();
     for _ in 0..cfg.bos {
         let bo = retrier.call("create_bo", || conn.create_bo(cfg.bo_size))?;
-        let map = retrier.call("map", || bo.map())?;
+        let map = retrier.call("map", || bo.map_detached())?;
         let shadow = vec![0u8; bo.size() as usize];
         slots.push(Slot { bo, map, shadow });
     }
