@@ -144,6 +144,31 @@ fn policy_row(conn: &Connection, id: u64) -> anyhow::Result<(u16, bool)> {
     Ok((b.policy, b.flags & cohmem_proto::BO_ROW_PAUSED != 0))
 }
 
+/// A daemon whose clients use uffd-async, where `auto` compares small BOs,
+/// and a connection to it. Where the kernel has no uffd-async (Linux 6.1)
+/// checks instead that a small BO is tracked, not compared, and gives
+/// `None`.
+fn async_daemon() -> anyhow::Result<Option<(cohmem_tools::DaemonProcess, Connection)>> {
+    if cohmem_tests::caps().uffd_async.ok {
+        let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+        let conn = Connection::connect(daemon.socket())?;
+        return Ok(Some((daemon, conn)));
+    }
+    let daemon = cohmem_tests::spawn_daemon(DAEMON)?;
+    let conn = Connection::connect(daemon.socket())?;
+    let bo = conn.create_bo(16 * cohmem_sys::page_size())?;
+    let map = bo.map()?;
+    map.write_u64(0, 1)?;
+    bo.sync()?;
+    let (policy, paused) = policy_row(&conn, bo.id())?;
+    assert!(
+        !paused,
+        "without uffd-async a small BO must stay tracked (policy {policy})"
+    );
+    eprintln!("no uffd-async on this kernel: auto keeps tracking small BOs (checked)");
+    Ok(None)
+}
+
 /// `auto` compares a small BO (≤ `--auto-shadow-max-bytes`, 64 KiB by
 /// default) whose clients use uffd-async instead of tracking it: after its
 /// first sync the views are unprotected (STATS shows it paused, policy
@@ -151,8 +176,7 @@ fn policy_row(conn: &Connection, id: u64) -> anyhow::Result<(u16, bool)> {
 /// larger BO, or any BO with the option 0, is tracked as before.
 #[test]
 fn auto_compares_small_bos_instead_of_tracking_them() -> anyhow::Result<()> {
-    if !cohmem_tests::caps().uffd_async.ok {
-        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare (checked where it exists)");
+    if async_daemon()?.is_none() {
         return Ok(());
     }
     let ps = cohmem_sys::page_size();
@@ -198,13 +222,10 @@ fn auto_compares_small_bos_instead_of_tracking_them() -> anyhow::Result<()> {
 /// GPU copy after it, on fresh small BOs (each switches once, under load).
 #[test]
 fn switching_a_small_bo_to_compare_under_concurrent_writers_loses_no_write() -> anyhow::Result<()> {
-    if !cohmem_tests::caps().uffd_async.ok {
-        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
-        return Ok(());
-    }
     use std::os::fd::AsFd;
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
-    let conn = Connection::connect(daemon.socket())?;
+    let Some((_daemon, conn)) = async_daemon()? else {
+        return Ok(());
+    };
     let ps = cohmem_sys::page_size();
     let (threads, per_thread) = (4u64, 4u64);
     let mut total_writes = 0;
@@ -235,12 +256,9 @@ fn switching_a_small_bo_to_compare_under_concurrent_writers_loses_no_write() -> 
 /// GPU copy must equal the BO after the next sync, every round.
 #[test]
 fn a_write_during_the_switch_to_compare_is_not_lost() -> anyhow::Result<()> {
-    if !cohmem_tests::caps().uffd_async.ok {
-        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
+    let Some((_daemon, conn)) = async_daemon()? else {
         return Ok(());
-    }
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
-    let conn = Connection::connect(daemon.socket())?;
+    };
     let ps = cohmem_sys::page_size();
     let pages = 16u64;
     for round in 1..=150u64 {
@@ -338,12 +356,9 @@ fn overlapping_resources_under_shadow_get_the_same_bytes() -> anyhow::Result<()>
 /// reach it.
 #[test]
 fn a_resource_added_while_comparing_gets_the_bytes_put_back() -> anyhow::Result<()> {
-    if !cohmem_tests::caps().uffd_async.ok {
-        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
+    let Some((_daemon, conn)) = async_daemon()? else {
         return Ok(());
-    }
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
-    let conn = Connection::connect(daemon.socket())?;
+    };
     let ps = cohmem_sys::page_size();
     let bo = conn.create_bo(16 * ps)?;
     let map = bo.map()?;
@@ -365,13 +380,10 @@ fn a_resource_added_while_comparing_gets_the_bytes_put_back() -> anyhow::Result<
 /// the clear reaches the GPU, even when it gets the shadow's old bytes.
 #[test]
 fn clearing_a_compared_bo_loses_no_later_write() -> anyhow::Result<()> {
-    if !cohmem_tests::caps().uffd_async.ok {
-        eprintln!("no uffd-async on this kernel: auto never chooses shadow compare");
-        return Ok(());
-    }
     for pinned in [false, true] {
-        let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
-        let conn = Connection::connect(daemon.socket())?;
+        let Some((_daemon, conn)) = async_daemon()? else {
+            return Ok(());
+        };
         let ps = cohmem_sys::page_size();
         let bo = conn.create_bo(16 * ps)?;
         let map = bo.map()?;
