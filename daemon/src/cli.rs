@@ -58,7 +58,8 @@ struct Args {
     /// Most live BOs one uid may hold (created or adopted).
     #[arg(long, default_value_t = UserLimits::default().bos)]
     max_bos_per_user: u64,
-    /// Most bytes of BOs one uid may hold.
+    /// Most bytes of BOs one uid may hold (shadow copies under the
+    /// `shadow` policy count too).
     #[arg(long, default_value_t = UserLimits::default().bytes)]
     max_bytes_per_user: u64,
     /// Most BO handles one connection may hold.

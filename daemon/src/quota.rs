@@ -101,7 +101,48 @@ pub struct ConnectionCharge {
 pub struct BoCharge {
     uid: u32,
     bytes: u64,
+    /// The uid's byte limit, for [`BoCharge::charge_more`].
+    limit_bytes: u64,
     users: Arc<Mutex<HashMap<u32, Usage>>>,
+}
+
+/// Bytes a BO keeps beyond its own for its uid (its shadow copy), counted
+/// against the uid's byte limit; released on drop.
+#[derive(Debug)]
+pub struct ExtraCharge {
+    uid: u32,
+    bytes: u64,
+    users: Arc<Mutex<HashMap<u32, Usage>>>,
+}
+
+impl BoCharge {
+    /// Charges `bytes` more to the BO's uid (no BO counted), within the
+    /// uid's byte limit.
+    pub fn charge_more(&self, bytes: u64) -> Result<ExtraCharge, QuotaError> {
+        let mut users = lock(&self.users);
+        let u = users.entry(self.uid).or_default();
+        if u.bytes.saturating_add(bytes) > self.limit_bytes {
+            return Err(QuotaError::Bytes {
+                uid: self.uid,
+                used: u.bytes,
+                asked: bytes,
+                limit: self.limit_bytes,
+            });
+        }
+        u.bytes += bytes;
+        Ok(ExtraCharge {
+            uid: self.uid,
+            bytes,
+            users: self.users.clone(),
+        })
+    }
+}
+
+impl Drop for ExtraCharge {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        release(&self.users, self.uid, |u| u.bytes = u.bytes.saturating_sub(bytes));
+    }
 }
 
 impl QuotaTable {
@@ -160,6 +201,7 @@ impl QuotaTable {
         Ok(BoCharge {
             uid,
             bytes,
+            limit_bytes: self.limits.bytes,
             users: self.users.clone(),
         })
     }

@@ -413,3 +413,33 @@ fn clearing_a_compared_bo_loses_no_later_write() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A shadow the operator asks for is charged to the BO's uid: over the
+/// byte quota there is none, and the BO is uploaded whole at each sync (as
+/// under `full`), never compared against nothing; within it, compared.
+#[test]
+fn shadow_copies_count_against_the_uids_byte_quota() -> anyhow::Result<()> {
+    let ps = cohmem_sys::page_size();
+    let size = 256 * ps;
+    for (quota, compared) in [(size + size / 2, false), (2 * size, true)] {
+        let q = quota.to_string();
+        let daemon = cohmem_tests::spawn_daemon_with(DAEMON, &["--max-bytes-per-user", &q])?;
+        let conn = Connection::connect(daemon.socket())?;
+        let bo = conn.create_bo(size)?;
+        let map = bo.map()?;
+        conn.set_policy(bo.id(), BoPolicy::Shadow)?;
+        bo.sync()?;
+        for round in 1..=3u64 {
+            map.write_u64((round * ps) as usize, round)?;
+            let done = bo.sync()?;
+            let want = if compared { 1 } else { 256 };
+            assert_eq!(done.pages, want, "quota {quota}: round {round}");
+            assert!(verify_gpu_copy(&bo)?.is_empty(), "quota {quota}: GPU copy differs");
+        }
+        // Another BO may still take what the quota has left when there
+        // is no shadow; none is left when there is.
+        let other = conn.create_bo(size / 2);
+        assert_eq!(other.is_ok(), !compared, "quota {quota}: {other:?}");
+    }
+    Ok(())
+}

@@ -350,6 +350,12 @@ impl Bo {
         let _ = self.charge.set(charge);
     }
 
+    /// The quota charge the BO holds (`None` for a BO made without one:
+    /// the engine's own tests).
+    pub fn charge(&self) -> Option<&BoCharge> {
+        self.charge.get()
+    }
+
     /// Attaches the BO's fd store entry (once), removed when the BO dies
     /// (the entry's own `Drop` removes it from the store).
     pub fn hold_stored(&self, entry: Box<dyn std::any::Any + Send + Sync>) {

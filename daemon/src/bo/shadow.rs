@@ -19,6 +19,8 @@ use cohmem_sys::memfd::Memfd;
 /// whole at every sync instead, as under `full`.
 pub const MAX_SHADOW_BYTES: u64 = 256 << 20;
 
+use crate::quota::{BoCharge, ExtraCharge};
+
 /// Most bytes of shadows the daemon keeps for BOs it chose to compare by
 /// itself (`TrackingPolicy::shadow_max_bytes`), over all clients: beyond
 /// it, small BOs are tracked as before. Shadows an operator asked for with
@@ -37,18 +39,32 @@ pub struct Shadow {
     pub map: SharedMapping,
     /// Bytes charged to [`AUTO_SHADOW_BUDGET`], returned on drop.
     budgeted: u64,
+    /// The operator-asked shadow's bytes, charged to the BO's uid.
+    _quota: Option<ExtraCharge>,
     /// The daemon chose this shadow itself (not the `shadow` policy).
     pub automatic: bool,
 }
 
 impl Shadow {
-    /// A zero-filled shadow of `size` bytes for BO `id`, or `None` over
-    /// [`MAX_SHADOW_BYTES`] or when memory for it cannot be had.
-    pub fn create(id: u64, size: u64) -> Option<Self> {
+    /// A zero-filled shadow of `size` bytes for BO `id` under the `shadow`
+    /// policy, its bytes charged to the BO's uid (`charge`): `None` over
+    /// [`MAX_SHADOW_BYTES`], over the uid's byte quota, without a charge to
+    /// extend, or when memory for it cannot be had.
+    pub fn create(id: u64, size: u64, charge: Option<&BoCharge>) -> Option<Self> {
         if size > MAX_SHADOW_BYTES {
             return None;
         }
-        Self::make(id, size, 0)
+        let quota = match charge.map(|c| c.charge_more(size)) {
+            Some(Ok(extra)) => extra,
+            Some(Err(e)) => {
+                crate::limited!(info, "no shadow copy", id, bo = id, error = %e, "no shadow copy: the BO is uploaded whole at each sync");
+                return None;
+            }
+            None => return None,
+        };
+        let mut made = Self::make(id, size, 0)?;
+        made._quota = Some(quota);
+        Some(made)
     }
 
     /// A shadow the daemon chose for a small BO, or `None` when
@@ -75,6 +91,7 @@ impl Shadow {
                 _memfd: memfd,
                 map,
                 budgeted,
+                _quota: None,
                 automatic: budgeted > 0,
             }),
             Err(e) => {

@@ -115,8 +115,9 @@ impl SyncEngine<'_> {
 
     /// The scan of a compared BO: marks the pages that differ from the
     /// shadow and returns how many. Under the `shadow` policy without a
-    /// shadow (new, dropped, or none to be had: over `MAX_SHADOW_BYTES`)
-    /// one is made and the whole BO marked, as `full` does.
+    /// shadow (new, dropped, or none to be had: over `MAX_SHADOW_BYTES` or
+    /// the uid's byte quota, which the shadow is charged to) one is made
+    /// and the whole BO marked, as `full` does.
     pub(super) fn scan_shadow(bo: &Bo, st: &mut BoState) -> u64 {
         let Some(t) = st.tracker.as_mut() else {
             return 0;
@@ -127,7 +128,7 @@ impl SyncEngine<'_> {
                 .mapping
                 .differing_blocks(&s.map, 0, bo.size as usize, bo.page_size as usize),
             None => {
-                st.shadow = Shadow::create(bo.id, bo.size).map(Arc::new);
+                st.shadow = Shadow::create(bo.id, bo.size, bo.charge()).map(Arc::new);
                 t.dirty.record(0..n);
                 return n;
             }
