@@ -3,9 +3,25 @@
  *
  * Connect to cohmemd, create buffer objects (BOs), map them and write to
  * them like ordinary memory; cohmem_bo_sync() uploads exactly the pages
- * written since the last sync to the BO's GPU resource. Every function that
- * can fail returns 0 or a negative COHMEM_E_* code; cohmem_last_error()
- * gives the calling thread's last error message.
+ * written since the last sync to the BO's GPU resource. Every operation of
+ * the Rust client (cohmem-client) has its call here: image BOs, damage,
+ * policies, mechanisms, resources, snapshots, readback, the display.
+ *
+ * Errors: every function that can fail returns an int, COHMEM_OK (0) or a
+ * negative cohmem_status (COHMEM_E_INVALID, COHMEM_E_DAEMON, ...);
+ * cohmem_strerror() names it, cohmem_last_error() gives the calling
+ * thread's last error message, and after COHMEM_E_DAEMON
+ * cohmem_last_daemon_code() gives the daemon's reason, a
+ * cohmem_daemon_error (COHMEM_DAEMON_E_TOO_LARGE, ...).
+ *
+ * Mechanisms: the daemon finds the pages a process wrote by itself
+ * (cohmem_mechanism: uffd-async, uffd-sync, soft-dirty, full), except under
+ * COHMEM_MECHANISM_EXPLICIT (cohmemd --mechanism explicit,
+ * COHMEM_MECHANISM=explicit, cohmem_set_mechanism): there a store to
+ * mapped memory is sure to be uploaded only once reported with
+ * cohmem_bo_damage*() or cohmem_bo_sync_damaged*(); a store never reported
+ * may never be uploaded, and no call fails. cohmem_get_mechanism() and
+ * cohmem_sync_result's mechanism say which is in use.
  *
  * Image BOs (cohmem_image_create) are laid out as the GPU device's linear
  * image (cohmem_bo_image_info); cohmem_bo_sync_rects() also reports the
@@ -17,13 +33,23 @@
  * mappings made through it) take turns on its socket, each holding it until
  * its reply arrives, so one thread's slow sync delays the other threads'
  * calls on that connection; separate connections do not wait for each
- * other. Storing to mapped memory needs no call and no lock. An object must
- * not be freed (cohmem_disconnect, cohmem_bo_free, cohmem_unmap) while
- * another thread still uses it or a pointer into it. The error message and
- * daemon code are kept per thread. Objects made before fork() fail in the
- * child with COHMEM_E_FORKED: connect again there.
+ * other. Storing to mapped memory needs no call and no lock, from any
+ * thread; a store is uploaded by the first sync of the BO that begins after
+ * it (a sync on another thread that overlaps the store may or may not
+ * include it: order them yourself). cohmem_set_mechanism() acts on the
+ * whole process, every connection included. An object must not be freed
+ * (cohmem_disconnect, cohmem_bo_free, cohmem_unmap) while another thread
+ * still uses it or a pointer into it. The error message and daemon code
+ * are kept per thread: read them on the thread whose call failed, before
+ * its next failing call. Objects made before fork() fail in the child with
+ * COHMEM_E_FORKED: connect again there.
  *
- * Link with: pkg-config --cflags --libs cohmem
+ * Versions: programs link against the SONAME libcohmem.so.0. Its ABI
+ * (functions, struct layouts, enum values) only grows compatibly; a change
+ * that breaks it comes with a new SONAME.
+ *
+ * Link with: pkg-config --cflags --libs cohmem (shared), or
+ * pkg-config --static --cflags --libs cohmem with libcohmem.a.
  */
 
 #ifndef COHMEM_H
@@ -33,31 +59,6 @@
 
 #include <stdint.h>
 #include <stddef.h>
-
-// Success.
-#define COHMEM_OK 0
-
-// A NULL pointer or an invalid argument.
-#define COHMEM_E_INVALID -1
-
-// The daemon's socket could not be reached.
-#define COHMEM_E_CONNECT -2
-
-// The daemon closed the connection.
-#define COHMEM_E_DISCONNECTED -3
-
-// The daemon refused the request (see `cohmem_last_daemon_code`).
-#define COHMEM_E_DAEMON -4
-
-// A local kernel call failed.
-#define COHMEM_E_SYSTEM -5
-
-// The daemon's reply made no sense.
-#define COHMEM_E_PROTOCOL -6
-
-// The object was made by the parent of this forked process; connect again
-// in the child.
-#define COHMEM_E_FORKED -7
 
 // DRM_FORMAT_XRGB8888 ('XR24'): 32 bits a pixel, x:R:G:B little endian.
 #define COHMEM_FORMAT_XRGB8888 ((((uint32_t)'X' | ((uint32_t)'R' << 8)) | ((uint32_t)'2' << 16)) | ((uint32_t)'4' << 24))
@@ -75,6 +76,159 @@
 // 256 clips); an array of this many always receives them all.
 #define COHMEM_MAX_DAMAGE_RECTS 256
 
+// How this process's writes to its mappings are found (the same for every
+// connection and BO of the process). Chosen by the daemon (`cohmemd
+// --mechanism`), by `$COHMEM_MECHANISM` (uffd-async, uffd-sync,
+// soft-dirty, full, explicit) before the first mapping, or by
+// `cohmem_set_mechanism`.
+//
+// Under `COHMEM_MECHANISM_EXPLICIT` nothing watches the mappings: a store
+// to mapped memory is sure to be uploaded only once reported with
+// `cohmem_bo_damage`, `cohmem_bo_damage_ranges`, `cohmem_bo_damage_rects`
+// or a `cohmem_bo_sync_damaged*` call. A store that is never reported may
+// never be uploaded (the daemon uploads more only when it copies or
+// compares a whole BO), and no call fails because of it: check
+// `cohmem_get_mechanism()` (or `cohmem_sync_result.mechanism`) if your
+// program does not report damage.
+typedef enum cohmem_mechanism {
+  // Nothing attached yet (this process has mapped nothing).
+  COHMEM_MECHANISM_NONE = 0,
+  // userfaultfd asynchronous write-protection harvested with
+  // PAGEMAP_SCAN (Linux 6.7 and later): exact, no fault per page.
+  COHMEM_MECHANISM_UFFD_ASYNC = 1,
+  // Synchronous userfaultfd write-protect faults resolved by the daemon:
+  // exact, one fault per page first written after a sync.
+  COHMEM_MECHANISM_UFFD_SYNC = 2,
+  // The kernel's soft-dirty bits (clear_refs and /proc/pid/pagemap).
+  COHMEM_MECHANISM_SOFT_DIRTY = 3,
+  // No tracking: every sync uploads the whole mapped BO.
+  COHMEM_MECHANISM_FULL = 4,
+  // No tracking: only damage the program reports is uploaded (see
+  // above).
+  COHMEM_MECHANISM_EXPLICIT = 5,
+} cohmem_mechanism;
+
+// How one BO is to be tracked (`cohmem_bo_set_policy`, `cohmemctl
+// set-policy`).
+typedef enum cohmem_policy {
+  // The daemon's own choice (vmwgfx's switching between MKWRITE and
+  // PAGETABLE, and pauses while writes are dense).
+  COHMEM_POLICY_AUTO = 0,
+  // MKWRITE, never switched and never paused.
+  COHMEM_POLICY_MKWRITE = 1,
+  // PAGETABLE, never switched and never paused.
+  COHMEM_POLICY_PAGETABLE = 2,
+  // No tracking: every sync uploads the whole BO (for a BO rewritten
+  // completely every frame).
+  COHMEM_POLICY_FULL = 3,
+  // No tracking: at every sync the daemon compares the BO with its last
+  // uploaded copy and uploads the pages that differ (costs the daemon a
+  // copy of the BO; no faults, no scans). Refused by a daemon that does
+  // not know it (`COHMEM_DAEMON_E_INVALID_ARGUMENT`).
+  COHMEM_POLICY_SHADOW = 4,
+} cohmem_policy;
+
+// How the daemon tracks one BO, as vmwgfx does: by write-protecting and
+// recording first writes (MKWRITE), or by harvesting the page tables' dirty
+// state at sync (PAGETABLE). The daemon switches between them as the BO's
+// write density changes, unless a `cohmem_policy` pins one.
+typedef enum cohmem_method {
+  // No tracker: the BO has no GPU resource.
+  COHMEM_METHOD_NONE = 0,
+  // Harvest written pages by scanning at sync.
+  COHMEM_METHOD_PAGETABLE = 1,
+  // Write-protect; record each page on its first write.
+  COHMEM_METHOD_MKWRITE = 2,
+} cohmem_method;
+
+// How each sync's rectangles reach the display device.
+typedef enum cohmem_damage_path {
+  // Not shown.
+  COHMEM_DAMAGE_PATH_NONE = 0,
+  // Atomic commits with FB_DAMAGE_CLIPS.
+  COHMEM_DAMAGE_PATH_ATOMIC = 1,
+  // The DIRTYFB ioctl.
+  COHMEM_DAMAGE_PATH_DIRTYFB = 2,
+} cohmem_damage_path;
+
+// Why the daemon refused a request (`COHMEM_E_DAEMON`): the code
+// `cohmem_last_daemon_code()` returns, the daemon's wire value. A newer
+// daemon may send a value not listed here; `cohmem_daemon_error_name()`
+// then says "unknown".
+typedef enum cohmem_daemon_error {
+  // No daemon error (the last error was not `COHMEM_E_DAEMON`).
+  COHMEM_DAEMON_E_NONE = 0,
+  // The request frame could not be decoded.
+  COHMEM_DAEMON_E_BAD_FRAME = 1,
+  // No protocol version in common with the daemon.
+  COHMEM_DAEMON_E_UNSUPPORTED_VERSION = 2,
+  // A request came before the protocol was negotiated.
+  COHMEM_DAEMON_E_NOT_NEGOTIATED = 3,
+  // The daemon does not know the request (an older daemon).
+  COHMEM_DAEMON_E_UNKNOWN_REQUEST = 4,
+  // The wrong file descriptors came with the request (an import of
+  // something that is not a cohmem BO's memfd).
+  COHMEM_DAEMON_E_BAD_FDS = 5,
+  // The BO is not open on this connection.
+  COHMEM_DAEMON_E_NO_SUCH_BO = 6,
+  // The mapping is not known to the daemon.
+  COHMEM_DAEMON_E_NO_SUCH_VIEW = 7,
+  // An argument is out of range (alignment, bounds, overlap, a width
+  // or height of 0, a byte BO where an image BO is needed).
+  COHMEM_DAEMON_E_INVALID_ARGUMENT = 8,
+  // A size exceeds the daemon's `max_bo_size`.
+  COHMEM_DAEMON_E_TOO_LARGE = 9,
+  // A per-connection or per-user limit was reached.
+  COHMEM_DAEMON_E_LIMIT_EXCEEDED = 10,
+  // The daemon lost this process's write tracking (internal; the
+  // library hands it over again by itself).
+  COHMEM_DAEMON_E_NEED_MM_FDS = 11,
+  // A mapping was made before this process's write tracking was set up
+  // (internal).
+  COHMEM_DAEMON_E_NO_MM = 12,
+  // The mechanism, format or feature is not available (the message
+  // says why: the kernel, the GPU device, no display output).
+  COHMEM_DAEMON_E_UNSUPPORTED = 13,
+  // A kernel call failed inside the daemon (the message names it).
+  COHMEM_DAEMON_E_KERNEL = 14,
+  // The GPU backend failed.
+  COHMEM_DAEMON_E_GPU = 15,
+  // Anything else inside the daemon.
+  COHMEM_DAEMON_E_INTERNAL = 16,
+  // This user may not use the daemon (or that BO, or the display).
+  COHMEM_DAEMON_E_PERMISSION_DENIED = 17,
+} cohmem_daemon_error;
+
+// What a libcohmem call returns: `COHMEM_OK` (0) on success, else a
+// negative `COHMEM_E_*` code, with the details in `cohmem_last_error()`
+// (and, for `COHMEM_E_DAEMON`, the daemon's `cohmem_daemon_error` in
+// `cohmem_last_daemon_code()`). The functions return it as an `int`, as
+// libusb returns its `enum libusb_error`: compare it with these names.
+typedef enum cohmem_status {
+  // Success.
+  COHMEM_OK = 0,
+  // A NULL pointer or an invalid argument (a range outside the BO, a
+  // rectangle outside the image, an unknown enum value); nothing was
+  // sent to the daemon.
+  COHMEM_E_INVALID = -1,
+  // The daemon's socket could not be reached.
+  COHMEM_E_CONNECT = -2,
+  // The daemon closed the connection (and reconnecting failed).
+  COHMEM_E_DISCONNECTED = -3,
+  // The daemon refused the request: `cohmem_last_daemon_code()` says
+  // why (a `cohmem_daemon_error`).
+  COHMEM_E_DAEMON = -4,
+  // A local kernel call failed (the message names it and the errno).
+  COHMEM_E_SYSTEM = -5,
+  // The daemon's reply made no sense (a daemon of another version?).
+  COHMEM_E_PROTOCOL = -6,
+  // The object was made by the parent of this forked process; connect
+  // again in the child.
+  COHMEM_E_FORKED = -7,
+  // An error of a kind this version of libcohmem does not name.
+  COHMEM_E_OTHER = -8,
+} cohmem_status;
+
 // A buffer object: a sealed memfd tracked by cohmemd, with a GPU resource.
 typedef struct cohmem_bo cohmem_bo;
 
@@ -83,6 +237,24 @@ typedef struct cohmem_connection cohmem_connection;
 
 // A tracked mapping of a BO in this process.
 typedef struct cohmem_mapping cohmem_mapping;
+
+// A sync running on a helper thread (`cohmem_bo_sync_start`).
+typedef struct cohmem_pending_sync cohmem_pending_sync;
+
+// What `cohmem_set_mechanism` did.
+typedef struct cohmem_mechanism_switch {
+  // Mechanism before.
+  enum cohmem_mechanism from;
+  // Mechanism now.
+  enum cohmem_mechanism to;
+  // 1 when the new mechanism is exact under concurrent writers, else 0.
+  int exact;
+  // Mappings (of every connection of this process) moved.
+  uint32_t views;
+  // Pages the switch marked dirty that were not (each mapping is marked
+  // wholly dirty: its next sync uploads it once).
+  uint64_t extra_pages;
+} cohmem_mechanism_switch;
 
 // Daemon-wide counters.
 typedef struct cohmem_stats {
@@ -104,7 +276,87 @@ typedef struct cohmem_stats {
   uint64_t method_switches;
   // Requests answered with an error.
   uint64_t errors;
+  // Client processes whose writes the daemon tracks.
+  uint32_t mm_subscriptions;
+  // Mappings (views) of all BOs.
+  uint32_t views;
+  // Uploads the GPU backend failed (their pages stayed dirty).
+  uint64_t upload_failures;
+  // Pages uploaded that were not written (method switches, pauses).
+  uint64_t extra_pages;
+  // Syncs retried after a writer raced them.
+  uint64_t sync_retries;
+  // Syncs that had to block the writers to finish.
+  uint64_t sync_exclusive;
 } cohmem_stats;
+
+// A BO's tracker, as vmwgfx holds it: which pages are dirty (written and
+// not uploaded yet) and how the BO is tracked.
+typedef struct cohmem_dirty_state {
+  // The BO's method now.
+  enum cohmem_method method;
+  // Consecutive scans that asked for a method switch.
+  uint32_t change_count;
+  // GPU resources bound to the BO (users of the tracker).
+  uint32_t users;
+  // Pages of the BO.
+  uint64_t pages;
+  // First dirty page (`pages` when none is).
+  uint64_t start;
+  // One past the last dirty page (0 when none is).
+  uint64_t end;
+  // Dirty pages.
+  uint64_t dirty_pages;
+  // 1 when the runs reported are not all the dirty pages, else 0.
+  int truncated;
+} cohmem_dirty_state;
+
+// A run of consecutive pages of a BO.
+typedef struct cohmem_run {
+  // First page, counted from the BO's start.
+  uint32_t first_page;
+  // Number of pages (at least 1).
+  uint32_t pages;
+} cohmem_run;
+
+// What `cohmem_bo_scan` did.
+typedef struct cohmem_scan_report {
+  // The BO's method after the scan.
+  enum cohmem_method method;
+  // The method this scan switched to, `COHMEM_METHOD_NONE` if none.
+  enum cohmem_method switched_to;
+  // Consecutive scans that asked for a switch, after this one.
+  uint32_t change_count;
+  // Page-table entries cleaned (PAGETABLE) or re-protected (MKWRITE).
+  uint64_t num_marked;
+} cohmem_scan_report;
+
+// One BO's counters, as `cohmemctl status` shows them.
+typedef struct cohmem_bo_stats {
+  // Size in bytes.
+  uint64_t size;
+  // Mappings of the BO (in every process).
+  uint32_t views;
+  // The BO's method now.
+  enum cohmem_method method;
+  // The BO's policy.
+  enum cohmem_policy policy;
+  // 1 while tracking is paused for dense writes (every sync uploads the
+  // whole BO), else 0.
+  int paused;
+  // Pages dirty now (written, harvested, not uploaded yet).
+  uint64_t dirty_pages;
+  // Completed syncs.
+  uint64_t syncs;
+  // Pages uploaded.
+  uint64_t pages_uploaded;
+  // Bytes uploaded.
+  uint64_t bytes_uploaded;
+  // Syncs retried after a writer raced them.
+  uint64_t sync_retries;
+  // Syncs that had to block the writers to finish.
+  uint64_t sync_exclusive;
+} cohmem_bo_stats;
 
 // The layout of an image BO (`cohmem_image_create`): pixel (x, y) is the
 // `cohmem_format_bytes_per_pixel(fourcc)` bytes at
@@ -134,11 +386,14 @@ typedef struct cohmem_sync_result {
   uint64_t bytes;
   // Time the daemon spent, nanoseconds.
   uint64_t duration_ns;
-  // Runs of consecutive pages uploaded.
+  // Runs of consecutive pages uploaded (0 from `cohmem_sync_many`).
   uint32_t run_count;
-  // Write-tracking mechanism (wire value: 1 uffd-async, 2 uffd-sync,
-  // 3 soft-dirty, 4 full, 5 explicit).
-  uint32_t mechanism;
+  // The mechanism that found the pages. Under
+  // `COHMEM_MECHANISM_EXPLICIT` only reported damage was uploaded.
+  enum cohmem_mechanism mechanism;
+  // The BO's method after the sync (`COHMEM_METHOD_NONE` from
+  // `cohmem_sync_many`).
+  enum cohmem_method method;
 } cohmem_sync_result;
 
 // A rectangle of pixels: columns `x` to `x + w - 1`, rows `y` to
@@ -154,6 +409,16 @@ typedef struct cohmem_rect {
   uint32_t h;
 } cohmem_rect;
 
+// What `cohmem_bo_readback` did.
+typedef struct cohmem_readback {
+  // Pages the sync before the copy uploaded.
+  uint64_t synced_pages;
+  // Bytes copied from the GPU into the BO.
+  uint64_t bytes;
+  // Time the daemon spent, nanoseconds.
+  uint64_t duration_ns;
+} cohmem_readback;
+
 // `len` bytes at `offset` of a BO.
 typedef struct cohmem_range {
   // Offset in bytes from the BO's start.
@@ -162,12 +427,25 @@ typedef struct cohmem_range {
   uint64_t len;
 } cohmem_range;
 
+// Where `cohmem_bo_show` put the image.
+typedef struct cohmem_shown {
+  // The connector ("Virtual-1", "VGA-1"), NUL-terminated (cut to 31
+  // bytes).
+  char connector[32];
+  // Width of the mode set on it.
+  uint32_t mode_width;
+  // Height of the mode set on it.
+  uint32_t mode_height;
+  // How each sync's rectangles reach the device.
+  enum cohmem_damage_path damage_path;
+} cohmem_shown;
+
 // A BO's GPU resource exported as a file descriptor (a dma-buf on DRM
 // devices); the caller owns `fd` and closes it.
 //
-// ABI: `image` was added after `pitch` with the image BOs, before
-// libcohmem's first release: code compiled against the older, smaller
-// struct must be rebuilt.
+// ABI: `image` and `offset` were added before libcohmem's first release
+// (`libcohmem.so.0`): code compiled against the older, smaller struct
+// must be rebuilt.
 typedef struct cohmem_dmabuf {
   // The file descriptor.
   int fd;
@@ -180,25 +458,116 @@ typedef struct cohmem_dmabuf {
   // For an image BO, the image as an importer needs it
   // (EGL_EXT_image_dma_buf_import's WIDTH, HEIGHT, LINUX_DRM_FOURCC,
   // PLANE0_PITCH, PLANE0_OFFSET and PLANE0_MODIFIER; a KMS framebuffer's
-  // width, height, format, pitches[0], offsets[0] and modifier[0]); all 0
+  // width, height, format, `pitches[0]`, `offsets[0]` and `modifier[0]`); all 0
   // for a byte BO.
   struct cohmem_image_info image;
+  // Offset in the BO of the resource's window (0 for resource 0 of a
+  // BO from `cohmem_bo_create` or `cohmem_image_create`).
+  uint64_t offset;
 } cohmem_dmabuf;
+
+// How a snapshot (`cohmem_bo_snapshot`) went.
+typedef struct cohmem_snapshot {
+  // Bytes in the snapshot (the BO's size).
+  uint64_t size;
+  // 1 when no write can have changed the BO while it was copied, else 0
+  // (writers that cannot be blocked or checked: the full and explicit
+  // mechanisms).
+  int exact;
+  // Copy attempts (a copy that a writer raced is retried).
+  uint32_t attempts;
+  // Mappings whose writers were blocked during the copy (uffd-sync).
+  uint32_t blocked_views;
+  // Mappings whose writers could only be checked, or not even checked.
+  uint32_t unblocked_views;
+  // The layout of an image BO (to save the snapshot as a picture), all
+  // 0 for a byte BO.
+  struct cohmem_image_info image;
+} cohmem_snapshot;
+
+// Every named code, in wire order (index = value; the
+// `daemon_codes_are_the_wire_codes…` test checks them against
+// `ErrorCode::from_wire`).
+#define cohmem_daemon_error_ALL { COHMEM_DAEMON_E_NONE, COHMEM_DAEMON_E_BAD_FRAME, COHMEM_DAEMON_E_UNSUPPORTED_VERSION, COHMEM_DAEMON_E_NOT_NEGOTIATED, COHMEM_DAEMON_E_UNKNOWN_REQUEST, COHMEM_DAEMON_E_BAD_FDS, COHMEM_DAEMON_E_NO_SUCH_BO, COHMEM_DAEMON_E_NO_SUCH_VIEW, COHMEM_DAEMON_E_INVALID_ARGUMENT, COHMEM_DAEMON_E_TOO_LARGE, COHMEM_DAEMON_E_LIMIT_EXCEEDED, COHMEM_DAEMON_E_NEED_MM_FDS, COHMEM_DAEMON_E_NO_MM, COHMEM_DAEMON_E_UNSUPPORTED, COHMEM_DAEMON_E_KERNEL, COHMEM_DAEMON_E_GPU, COHMEM_DAEMON_E_INTERNAL, COHMEM_DAEMON_E_PERMISSION_DENIED, }
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-// The calling thread's last error message ("" when none). Valid until the
-// thread's next failing call.
+// The calling thread's last error message ("" when none): what failed and
+// why, and often what to do. Valid until the thread's next failing call.
 const char *cohmem_last_error(void);
 
-// The daemon's error code (its wire value, e.g. 9 TooLarge, 10
-// LimitExceeded) of the calling thread's last `COHMEM_E_DAEMON`, else 0.
+// The `cohmem_daemon_error` of the calling thread's last
+// `COHMEM_E_DAEMON` (e.g. `COHMEM_DAEMON_E_TOO_LARGE`), else
+// `COHMEM_DAEMON_E_NONE`. An `int`: a newer daemon may send a code this
+// header does not name.
 int cohmem_last_daemon_code(void);
 
-// A static description of a `COHMEM_E_*` code.
+// A static description of a `cohmem_status` code ("unknown error code"
+// for a value that is none).
 const char *cohmem_strerror(int code);
+
+// The static name of a `cohmem_daemon_error` code ("TooLarge",
+// "Unsupported"; "none" for `COHMEM_DAEMON_E_NONE`, "unknown" for a value
+// this library does not name).
+const char *cohmem_daemon_error_name(int code);
+
+// Writes the mechanism the daemon tracks this process with to `*out`
+// (attaching the process's tracking first if nothing was mapped yet).
+//
+// # Safety
+// `conn` is NULL or a live connection; `out` is NULL or valid for writes.
+int cohmem_get_mechanism(const struct cohmem_connection *conn, enum cohmem_mechanism *out);
+
+// Switches this whole process's write tracking (every connection, BO and
+// mapping of it) to `mechanism` while its mappings stay mapped and in use.
+// Every mapping is marked wholly dirty (a write made during the switch
+// cannot be proven absent), so the next sync of each BO uploads its mapped
+// pages once: no write is lost. `out` (NULL or valid for writes) receives
+// what the switch did.
+//
+// Errors: `COHMEM_E_INVALID` for a value that is no `cohmem_mechanism`
+// (or `COHMEM_MECHANISM_NONE`); `COHMEM_E_DAEMON` with
+// `COHMEM_DAEMON_E_UNSUPPORTED` when the kernel or this process cannot
+// offer it (the message says why).
+//
+// # Safety
+// `conn` is NULL or a live connection; `out` is NULL or valid for writes.
+int cohmem_set_mechanism(const struct cohmem_connection *conn,
+                         cohmem_mechanism mechanism,
+                         struct cohmem_mechanism_switch *out);
+
+// The static name of a `cohmem_mechanism` ("uffd-async", "explicit": the
+// names `$COHMEM_MECHANISM` and `cohmemd --mechanism` take), "unknown" for
+// another value.
+const char *cohmem_mechanism_name(cohmem_mechanism mechanism);
+
+// The static name of a `cohmem_method` ("none", "pagetable", "mkwrite"),
+// "unknown" for another value.
+const char *cohmem_method_name(cohmem_method method);
+
+// The static name of a `cohmem_policy` ("auto", "mkwrite", "pagetable",
+// "full", "shadow": what `cohmemctl set-policy` takes), "unknown" for
+// another value.
+const char *cohmem_policy_name(cohmem_policy policy);
+
+// Pins how the daemon tracks `bo` (root, or any connection holding the
+// BO, may do this). `previous` (NULL or valid for writes) receives the
+// policy it had, `method` (NULL or valid for writes) the `cohmem_method`
+// it has now.
+//
+// Errors: `COHMEM_E_INVALID` for a value that is no `cohmem_policy`;
+// `COHMEM_E_DAEMON` (`COHMEM_DAEMON_E_INVALID_ARGUMENT`) for a policy the
+// daemon does not know.
+//
+// # Safety
+// `bo` is NULL or a live BO; `previous` and `method` are NULL or valid for
+// writes.
+int cohmem_bo_set_policy(const struct cohmem_bo *bo,
+                         cohmem_policy policy,
+                         enum cohmem_policy *previous,
+                         enum cohmem_method *method);
 
 // Connects to cohmemd at `socket_path`, or at the default path when it is
 // NULL (`$COHMEM_SOCKET`, else `$XDG_RUNTIME_DIR/cohmem.sock`, else
@@ -222,12 +591,78 @@ void cohmem_disconnect(struct cohmem_connection *conn);
 // `conn` is a live connection; `out` is valid for writes.
 int cohmem_stats_get(const struct cohmem_connection *conn, struct cohmem_stats *out);
 
+// How many times the connection re-established its session after the
+// daemon went away (each time re-importing its BOs and mappings by
+// itself); 0 for NULL.
+//
+// # Safety
+// `conn` is NULL or a live connection.
+uint64_t cohmem_connection_reconnects(const struct cohmem_connection *conn);
+
+// The capability bits the daemon granted the connection (the protocol's
+// HELLO; 0 for NULL).
+//
+// # Safety
+// `conn` is NULL or a live connection.
+uint64_t cohmem_connection_caps(const struct cohmem_connection *conn);
+
+// The largest BO the daemon creates, in bytes (0 for NULL).
+//
+// # Safety
+// `conn` is NULL or a live connection.
+uint64_t cohmem_connection_max_bo_size(const struct cohmem_connection *conn);
+
+// The page size the daemon works in, in bytes (0 for NULL): BO sizes are
+// rounded up to it, and resource windows are multiples of it.
+//
+// # Safety
+// `conn` is NULL or a live connection.
+uint64_t cohmem_connection_page_size(const struct cohmem_connection *conn);
+
+// The daemon's Prometheus metrics (OpenMetrics text, what `cohmemd
+// --metrics-listen` serves over HTTP), as `snprintf` writes: up to
+// `capacity - 1` bytes and a NUL into `buf` (NULL when `capacity` is 0),
+// and the whole text's length (without the NUL) into `*len` (NULL or
+// valid for writes). Call with a larger buffer when `*len >= capacity`.
+//
+// # Safety
+// `conn` is NULL or a live connection; `buf` is valid for writing
+// `capacity` bytes when `capacity` > 0; `len` is NULL or valid for writes.
+int cohmem_metrics(const struct cohmem_connection *conn, char *buf, size_t capacity, size_t *len);
+
 // Creates a BO of `size` bytes (rounded up to whole pages) with a GPU
 // resource; `*out` is freed with `cohmem_bo_free`.
+//
+// Errors: `COHMEM_E_DAEMON` with `COHMEM_DAEMON_E_TOO_LARGE` over the
+// daemon's `max_bo_size` (`cohmem_connection_max_bo_size`),
+// `COHMEM_DAEMON_E_LIMIT_EXCEEDED` over a per-user limit.
 //
 // # Safety
 // `conn` came from `cohmem_connect`; `out` is valid for writes.
 int cohmem_bo_create(const struct cohmem_connection *conn, uint64_t size, struct cohmem_bo **out);
+
+// Creates a BO of `size` bytes without any GPU resource (and so without
+// write tracking until one is bound): bind windows of it with
+// `cohmem_bo_add_resource`. `*out` is freed with `cohmem_bo_free`.
+//
+// # Safety
+// `conn` is NULL or a live connection; `out` is NULL or valid for writes.
+int cohmem_bo_create_without_resource(const struct cohmem_connection *conn,
+                                      uint64_t size,
+                                      struct cohmem_bo **out);
+
+// Opens a handle to a BO another process shared by passing its memfd
+// (`cohmem_bo_memfd`, sent over a Unix socket). `memfd` stays the
+// caller's (the library keeps a duplicate). `*out` is freed with
+// `cohmem_bo_free`.
+//
+// Errors: `COHMEM_E_DAEMON` with `COHMEM_DAEMON_E_BAD_FDS` when `memfd` is
+// not a cohmem BO's memfd.
+//
+// # Safety
+// `conn` is NULL or a live connection; `memfd` is an open file descriptor;
+// `out` is NULL or valid for writes.
+int cohmem_bo_import(const struct cohmem_connection *conn, int memfd, struct cohmem_bo **out);
 
 // Frees a BO handle (the daemon frees the BO when no handle and no mapping
 // is left).
@@ -242,11 +677,72 @@ void cohmem_bo_free(struct cohmem_bo *bo);
 // `bo` is NULL or a live BO.
 uint64_t cohmem_bo_size(const struct cohmem_bo *bo);
 
-// The BO's daemon-wide id (0 for NULL).
+// The BO's daemon-wide id, as `cohmemctl status` and `list` show it (0
+// for NULL). For display: a daemon restart renumbers it (the library
+// follows by itself).
 //
 // # Safety
 // `bo` is NULL or a live BO.
 uint64_t cohmem_bo_id(const struct cohmem_bo *bo);
+
+// The BO's connection-local handle (0 for NULL; a reconnect renumbers
+// it).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+uint32_t cohmem_bo_handle(const struct cohmem_bo *bo);
+
+// The BO's memfd, owned by the BO (-1 for NULL): do not close it. Send a
+// `dup` of it to another process so that it can `cohmem_bo_import` the
+// BO.
+//
+// # Safety
+// `bo` is NULL or a live BO.
+int cohmem_bo_memfd(const struct cohmem_bo *bo);
+
+// Copies `len` bytes at `offset` of the BO into `buf` with `pread` on its
+// memfd (not through a mapping, so it neither needs one nor counts as a
+// write).
+//
+// # Safety
+// `bo` is NULL or a live BO; `buf` is valid for writing `len` bytes (NULL
+// when `len` is 0).
+int cohmem_bo_read(const struct cohmem_bo *bo, uint64_t offset, void *buf, size_t len);
+
+// Writes `bo`'s tracker state to `*out`, and its dirty pages as runs: up
+// to `capacity` of them to `runs` (NULL when `capacity` is 0), their
+// number to `*count` (NULL or valid for writes; it may exceed `capacity`:
+// then only the first `capacity` were written). Pages written but not yet
+// harvested (no sync, no scan since) are not dirty yet: `cohmem_bo_scan`
+// first to see them.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes; `runs` is
+// valid for writing `capacity` runs when `capacity` > 0; `count` is NULL or
+// valid for writes.
+int cohmem_bo_dirty_state(const struct cohmem_bo *bo,
+                          struct cohmem_dirty_state *out,
+                          struct cohmem_run *runs,
+                          size_t capacity,
+                          size_t *count);
+
+// Harvests the pages written to `bo` since the last sync or scan into its
+// dirty state without uploading anything (vmwgfx's `scan`): for tools that
+// inspect the tracker (`cohmem_bo_dirty_state`). An application syncs
+// instead, which scans first. `out` is NULL or receives the report.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_scan(const struct cohmem_bo *bo, struct cohmem_scan_report *out);
+
+// Reads `bo`'s counters (from the daemon's statistics) into `*out`.
+//
+// Errors: `COHMEM_E_INVALID` when the daemon's list of BOs was cut before
+// this one (a daemon with very many BOs).
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_stats_get(const struct cohmem_bo *bo, struct cohmem_bo_stats *out);
 
 // Creates an image BO: the daemon's GPU device allocates a linear `width`
 // × `height` image in DRM format `fourcc` (`COHMEM_FORMAT_XRGB8888`,
@@ -255,10 +751,11 @@ uint64_t cohmem_bo_id(const struct cohmem_bo *bo);
 // Map it and write pixels like any BO; `cohmem_bo_sync_rects` then also
 // says which rectangles changed. `*out` is freed with `cohmem_bo_free`.
 //
-// Errors: `COHMEM_E_DAEMON` with `cohmem_last_daemon_code()` 13
-// (Unsupported) for a format or size the device refuses (the message names
-// the format), 9 (TooLarge) over the daemon's `max_bo_size`, 8
-// (InvalidArgument) for a width or height of 0.
+// Errors: `COHMEM_E_DAEMON` with `cohmem_last_daemon_code()`
+// `COHMEM_DAEMON_E_UNSUPPORTED` for a format or size the device refuses
+// (the message names the format), `COHMEM_DAEMON_E_TOO_LARGE` over the
+// daemon's `max_bo_size`, `COHMEM_DAEMON_E_INVALID_ARGUMENT` for a width
+// or height of 0.
 //
 // # Safety
 // `conn` is NULL or a live connection; `out` is NULL or valid for writes.
@@ -288,6 +785,33 @@ int cohmem_bo_image_info(const struct cohmem_bo *bo, struct cohmem_image_info *o
 // `bo` is a live BO; `out` is valid for writes.
 int cohmem_bo_map(const struct cohmem_bo *bo, struct cohmem_mapping **out);
 
+// Maps `len` bytes at `offset` of the BO, tracked (both multiples of
+// `cohmem_connection_page_size`; else `COHMEM_E_INVALID`, and nothing is
+// mapped). Byte 0 of the mapping is byte `offset` of the BO. `*out` is
+// freed with `cohmem_unmap`.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_map_range(const struct cohmem_bo *bo,
+                        uint64_t offset,
+                        uint64_t len,
+                        struct cohmem_mapping **out);
+
+// The offset in its BO of the mapping's first byte (0 for NULL, and for
+// a mapping from `cohmem_bo_map`).
+//
+// # Safety
+// `map` is NULL or a live mapping.
+uint64_t cohmem_mapping_bo_offset(const struct cohmem_mapping *map);
+
+// Reports `len` bytes at `offset` of the mapping (not of the BO) written:
+// `cohmem_bo_damage` at `cohmem_mapping_bo_offset(map) + offset`, checked
+// against the mapping's length.
+//
+// # Safety
+// `map` is NULL or a live mapping.
+int cohmem_mapping_damage(const struct cohmem_mapping *map, uint64_t offset, uint64_t len);
+
 // The mapping's first byte (NULL for NULL). Valid until `cohmem_unmap`.
 //
 // # Safety
@@ -310,6 +834,10 @@ int cohmem_unmap(struct cohmem_mapping *map);
 
 // Uploads every page written since the last sync to the BO's GPU
 // resource; returns when they are there. `result` may be NULL.
+//
+// Under `COHMEM_MECHANISM_EXPLICIT` only the damage reported since the
+// last sync is uploaded (`cohmem_bo_damage*`); under the others, every
+// store to a mapping is found by itself.
 //
 // # Safety
 // `bo` is a live BO; `result` is NULL or valid for writes.
@@ -348,11 +876,29 @@ int cohmem_bo_sync_rects(const struct cohmem_bo *bo,
                          size_t *count,
                          int *merged);
 
-// Syncs, then copies the GPU resource back into the BO (GPU → CPU).
+// GPU → CPU: syncs the BO (no write made before this call is lost), then
+// copies every GPU resource back into the BO, for a BO the GPU wrote. A
+// store racing the readback may be overwritten by the GPU's bytes: store
+// after it returns. `out` (NULL or valid for writes) receives what it did.
 //
 // # Safety
-// `bo` is a live BO.
-int cohmem_bo_readback(const struct cohmem_bo *bo);
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_readback(const struct cohmem_bo *bo, struct cohmem_readback *out);
+
+// `cohmem_bo_sync`, and the runs of pages it uploaded: up to `capacity`
+// of them to `runs` (NULL when `capacity` is 0), ascending, their number
+// to `*count` (NULL or valid for writes). The daemon lists at most a few
+// thousand runs: `result->run_count` is the true number, and `*count` is
+// less when the list was cut.
+//
+// # Safety
+// `bo` is NULL or a live BO; `result` and `count` are NULL or valid for
+// writes; `runs` is valid for writing `capacity` runs when `capacity` > 0.
+int cohmem_bo_sync_runs(const struct cohmem_bo *bo,
+                        struct cohmem_sync_result *result,
+                        struct cohmem_run *runs,
+                        size_t capacity,
+                        size_t *count);
 
 // Reports `len` bytes at `offset` of the BO written. Needed under the
 // `explicit` mechanism for every write, and under the tracking mechanisms
@@ -377,6 +923,18 @@ int cohmem_bo_damage(const struct cohmem_bo *bo, uint64_t offset, uint64_t len);
 int cohmem_bo_damage_ranges(const struct cohmem_bo *bo,
                             const struct cohmem_range *ranges,
                             size_t count);
+
+// Reports the `count` rectangles of pixels at `rects` of an image BO
+// written (each inside the image, else `COHMEM_E_INVALID` and nothing is
+// reported), as the byte ranges of their rows. Needed under the `explicit`
+// mechanism for every write; harmless under the others.
+//
+// # Safety
+// `bo` is NULL or a live BO; `rects` is NULL (with `count` 0) or valid for
+// reading `count` rectangles.
+int cohmem_bo_damage_rects(const struct cohmem_bo *bo,
+                           const struct cohmem_rect *rects,
+                           size_t count);
 
 // Reports the `count` byte ranges at `ranges` written and syncs the BO, in
 // one round trip when `count` is at most 4000 (a compositor client's
@@ -423,6 +981,122 @@ int cohmem_sync_many(const struct cohmem_connection *conn,
                      struct cohmem_sync_result *results,
                      int *daemon_codes);
 
+// Starts `cohmem_bo_sync(bo)` on a helper thread and returns at once: the
+// calling thread goes on (drawing the next frame, serving its event loop)
+// while the daemon uploads. Stores made after this call reach this sync or
+// the next one. `*out` is finished with `cohmem_pending_sync_wait` (or
+// dropped with `cohmem_pending_sync_free`). The BO may be freed before:
+// the sync keeps what it needs.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_sync_start(const struct cohmem_bo *bo, struct cohmem_pending_sync **out);
+
+// A file descriptor that becomes readable (`POLLIN`) when the sync is
+// done, and stays readable; owned by `pending` (do not close or read it).
+// -1 for NULL.
+//
+// # Safety
+// `pending` is NULL or a live pending sync.
+int cohmem_pending_sync_fd(const struct cohmem_pending_sync *pending);
+
+// 1 once the sync is done (`cohmem_pending_sync_wait` then returns at
+// once), else 0 (also for NULL).
+//
+// # Safety
+// `pending` is NULL or a live pending sync.
+int cohmem_pending_sync_done(const struct cohmem_pending_sync *pending);
+
+// Waits until the sync is done (at once when `cohmem_pending_sync_done`
+// says so), writes what it uploaded to `result` (NULL or valid for
+// writes), frees `pending` and returns the sync's status, as
+// `cohmem_bo_sync` would have.
+//
+// # Safety
+// `pending` is NULL or came from `cohmem_bo_sync_start` and is not used
+// again; `result` is NULL or valid for writes.
+int cohmem_pending_sync_wait(struct cohmem_pending_sync *pending,
+                             struct cohmem_sync_result *result);
+
+// Frees a pending sync without waiting: the sync still completes on its
+// thread, and its result is dropped.
+//
+// # Safety
+// `pending` is NULL or came from `cohmem_bo_sync_start` and is not used
+// again.
+void cohmem_pending_sync_free(struct cohmem_pending_sync *pending);
+
+// Binds a new GPU resource to the page-aligned window `[offset, offset +
+// len)` of the BO (vmwgfx's `dirty_add`); `*index` (NULL or valid for
+// writes) receives its index for `cohmem_bo_transfer`,
+// `cohmem_bo_clear_resource`, `cohmem_bo_release_resource` and
+// `cohmem_bo_export_resource`. A BO from `cohmem_bo_create` has resource 0
+// over all of it.
+//
+// Errors: `COHMEM_E_DAEMON` with `COHMEM_DAEMON_E_INVALID_ARGUMENT` for a
+// window not page-aligned or past the BO's end.
+//
+// # Safety
+// `bo` is NULL or a live BO; `index` is NULL or valid for writes.
+int cohmem_bo_add_resource(const struct cohmem_bo *bo,
+                           uint64_t offset,
+                           uint64_t len,
+                           uint32_t *index);
+
+// Destroys resource `index` of the BO (vmwgfx's `dirty_release`).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+int cohmem_bo_release_resource(const struct cohmem_bo *bo, uint32_t index);
+
+// Uploads the pages of resource `index` already dirty (vmwgfx's
+// `transfer_to_res`) without harvesting new writes first: a store since
+// the last sync or `cohmem_bo_scan` may be missing. `cohmem_bo_sync`
+// scans first and is what an application wants. `result` is NULL or
+// receives what was uploaded.
+//
+// # Safety
+// `bo` is NULL or a live BO; `result` is NULL or valid for writes.
+int cohmem_bo_transfer(const struct cohmem_bo *bo,
+                       uint32_t index,
+                       struct cohmem_sync_result *result);
+
+// Drops the dirty pages of resource `index` without uploading them
+// (vmwgfx's `clear_res`: the GPU's copy is to be kept as it is).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+int cohmem_bo_clear_resource(const struct cohmem_bo *bo, uint32_t index);
+
+// Drops every dirty page of the BO without uploading it (vmwgfx's
+// `dirty_clear`).
+//
+// # Safety
+// `bo` is NULL or a live BO.
+int cohmem_bo_clear_all(const struct cohmem_bo *bo);
+
+// Puts image BO `bo` on the daemon's display output (`cohmemd --display
+// CONNECTOR|auto` on a DRM device): its GPU image becomes the scanout
+// framebuffer, and after every sync the rectangles it changed are
+// committed to the device as damage. Make the image the mode's size
+// (`out->mode_width` × `out->mode_height`); a larger one shows its
+// top-left part. `out` is NULL or receives where it went.
+//
+// Errors: `COHMEM_E_DAEMON` with `COHMEM_DAEMON_E_UNSUPPORTED` when the
+// daemon has no display output, `COHMEM_DAEMON_E_PERMISSION_DENIED` when
+// another process (a compositor) is DRM master of the device,
+// `COHMEM_DAEMON_E_INVALID_ARGUMENT` for a byte BO.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_show(const struct cohmem_bo *bo, struct cohmem_shown *out);
+
+// Takes `bo` off the display output after committing what is pending.
+//
+// # Safety
+// `bo` is NULL or a live BO.
+int cohmem_bo_hide(const struct cohmem_bo *bo);
+
 // Exports the BO's GPU resource as a file descriptor (a dma-buf on DRM
 // devices; on the software GPU a read-only memfd) that other processes and
 // APIs (EGL, Vulkan) can import. The caller owns `out->fd`. For an image
@@ -432,6 +1106,26 @@ int cohmem_sync_many(const struct cohmem_connection *conn,
 // # Safety
 // `bo` is a live BO; `out` is valid for writes.
 int cohmem_bo_export_dmabuf(const struct cohmem_bo *bo, struct cohmem_dmabuf *out);
+
+// `cohmem_bo_export_dmabuf` of GPU resource `index` of the BO
+// (`cohmem_bo_add_resource`); `out->offset` is its window's offset in the
+// BO.
+//
+// # Safety
+// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
+int cohmem_bo_export_resource(const struct cohmem_bo *bo,
+                              uint32_t index,
+                              struct cohmem_dmabuf *out);
+
+// An exact copy of the BO's bytes taken with its writers quiesced: `*fd`
+// receives a sealed memfd holding them (the caller owns and closes it;
+// `mmap` it read-only or `pread` it), `report` (NULL or valid for writes)
+// how it went. Unlike a mapping, the copy cannot change under the reader.
+//
+// # Safety
+// `bo` is NULL or a live BO; `fd` is NULL or valid for writes; `report`
+// is NULL or valid for writes.
+int cohmem_bo_snapshot(const struct cohmem_bo *bo, int *fd, struct cohmem_snapshot *report);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,4 +1,5 @@
-//! Batched damage (`cohmem_bo_damage_ranges`) and damage with the sync in
+//! Batched damage (`cohmem_bo_damage_ranges`, `cohmem_bo_damage_rects`
+//! for an image BO's rectangles) and damage with the sync in
 //! one round trip (`cohmem_bo_sync_damaged`, and `cohmem_bo_sync_damaged_rects`
 //! for an image BO's rectangles): what a cooperative client that knows what
 //! it drew sends at commit; and a frame's many BOs synced in one round trip
@@ -10,6 +11,7 @@ use std::ops::Range;
 use crate::bo::cohmem_bo;
 use crate::error::{fail, invalid, COHMEM_OK};
 use crate::sync::{cohmem_rect, cohmem_sync_result, sync_result};
+use crate::tracking::{cohmem_mechanism, cohmem_method};
 
 /// `len` bytes at `offset` of a BO.
 #[repr(C)]
@@ -71,6 +73,46 @@ pub unsafe extern "C" fn cohmem_bo_damage_ranges(
     }
 }
 
+/// Reports the `count` rectangles of pixels at `rects` of an image BO
+/// written (each inside the image, else `COHMEM_E_INVALID` and nothing is
+/// reported), as the byte ranges of their rows. Needed under the `explicit`
+/// mechanism for every write; harmless under the others.
+///
+/// # Safety
+/// `bo` is NULL or a live BO; `rects` is NULL (with `count` 0) or valid for
+/// reading `count` rectangles.
+#[no_mangle]
+pub unsafe extern "C" fn cohmem_bo_damage_rects(
+    bo: *const cohmem_bo,
+    rects: *const cohmem_rect,
+    count: usize,
+) -> c_int {
+    // SAFETY: `bo` is NULL or a live BO (documented).
+    let Some(bo) = (unsafe { bo.as_ref() }) else {
+        return invalid("cohmem_bo_damage_rects: bo is NULL");
+    };
+    // SAFETY: `rects` is NULL or valid for `count` reads (documented).
+    let Some(rects) = (unsafe { elements(rects, count) }) else {
+        return invalid(&format!("cohmem_bo_damage_rects: rects is NULL but count is {count}"));
+    };
+    match bo.0.damage_rects(&client_rects(rects)) {
+        Ok(()) => COHMEM_OK,
+        Err(e) => fail(&e),
+    }
+}
+
+fn client_rects(rects: &[cohmem_rect]) -> Vec<cohmem_client::Rect> {
+    rects
+        .iter()
+        .map(|r| cohmem_client::Rect {
+            x: r.x,
+            y: r.y,
+            w: r.w,
+            h: r.h,
+        })
+        .collect()
+}
+
 /// Reports the `count` byte ranges at `ranges` written and syncs the BO, in
 /// one round trip when `count` is at most 4000 (a compositor client's
 /// damage and commit). As `cohmem_bo_damage_ranges` then `cohmem_bo_sync`;
@@ -123,16 +165,7 @@ pub unsafe extern "C" fn cohmem_bo_sync_damaged_rects(
             "cohmem_bo_sync_damaged_rects: rects is NULL but count is {count}"
         ));
     };
-    let rects: Vec<cohmem_client::Rect> = rects
-        .iter()
-        .map(|r| cohmem_client::Rect {
-            x: r.x,
-            y: r.y,
-            w: r.w,
-            h: r.h,
-        })
-        .collect();
-    let synced = bo.0.sync_damaged_rects(&rects);
+    let synced = bo.0.sync_damaged_rects(&client_rects(rects));
     // SAFETY: `result` is NULL or valid for writes (documented).
     unsafe { finish(synced, result) }
 }
@@ -208,7 +241,8 @@ pub unsafe extern "C" fn cohmem_sync_many(
                     bytes: s.bytes,
                     duration_ns: u64::try_from(s.duration.as_nanos()).unwrap_or(u64::MAX),
                     run_count: 0,
-                    mechanism: u32::from(s.mechanism as u16),
+                    mechanism: cohmem_mechanism::from_client(s.mechanism),
+                    method: cohmem_method::COHMEM_METHOD_NONE,
                 },
                 0,
             ),

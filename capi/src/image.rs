@@ -70,10 +70,11 @@ impl From<ImageInfo> for cohmem_image_info {
 /// Map it and write pixels like any BO; `cohmem_bo_sync_rects` then also
 /// says which rectangles changed. `*out` is freed with `cohmem_bo_free`.
 ///
-/// Errors: `COHMEM_E_DAEMON` with `cohmem_last_daemon_code()` 13
-/// (Unsupported) for a format or size the device refuses (the message names
-/// the format), 9 (TooLarge) over the daemon's `max_bo_size`, 8
-/// (InvalidArgument) for a width or height of 0.
+/// Errors: `COHMEM_E_DAEMON` with `cohmem_last_daemon_code()`
+/// `COHMEM_DAEMON_E_UNSUPPORTED` for a format or size the device refuses
+/// (the message names the format), `COHMEM_DAEMON_E_TOO_LARGE` over the
+/// daemon's `max_bo_size`, `COHMEM_DAEMON_E_INVALID_ARGUMENT` for a width
+/// or height of 0.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `out` is NULL or valid for writes.
@@ -93,11 +94,8 @@ pub unsafe extern "C" fn cohmem_image_create(
         return invalid("cohmem_image_create: out is NULL");
     }
     match conn.0.create_image(width, height, fourcc) {
-        Ok(bo) => {
-            // SAFETY: `out` is non-NULL and valid for writes (documented).
-            unsafe { *out = Box::into_raw(Box::new(cohmem_bo(bo))) };
-            COHMEM_OK
-        }
+        // SAFETY: `out` is non-NULL and valid for writes (documented).
+        Ok(bo) => unsafe { crate::bo::hand_out(out, bo, &conn.0) },
         Err(e) => fail(&e),
     }
 }

@@ -1,12 +1,14 @@
-//! Syncing a BO (`cohmem_bo_sync`, and `cohmem_bo_sync_rects` with the
-//! rectangles an image BO's sync changed), reading the GPU copy back
-//! (`cohmem_bo_readback`) and reporting writes no fault sees
-//! (`cohmem_bo_damage`).
+//! Syncing a BO (`cohmem_bo_sync`, `cohmem_bo_sync_rects` with the
+//! rectangles an image BO's sync changed, `cohmem_bo_sync_runs` with the
+//! pages uploaded), reading the GPU copy back (`cohmem_bo_readback`) and
+//! reporting writes no fault sees (`cohmem_bo_damage`).
 
 use std::ffi::c_int;
 
 use crate::bo::cohmem_bo;
 use crate::error::{fail, invalid, COHMEM_OK};
+use crate::tracker_state::{cohmem_run, write_runs};
+use crate::tracking::{cohmem_mechanism, cohmem_method};
 
 /// Most rectangles one sync of an image BO reports (DIRTYFB takes at most
 /// 256 clips); an array of this many always receives them all.
@@ -16,7 +18,7 @@ const _: () = assert!(COHMEM_MAX_DAMAGE_RECTS == cohmem_client::MAX_DAMAGE_RECTS
 
 /// What one sync uploaded.
 #[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct cohmem_sync_result {
     /// Pages uploaded.
     pub pages: u64,
@@ -24,11 +26,27 @@ pub struct cohmem_sync_result {
     pub bytes: u64,
     /// Time the daemon spent, nanoseconds.
     pub duration_ns: u64,
-    /// Runs of consecutive pages uploaded.
+    /// Runs of consecutive pages uploaded (0 from `cohmem_sync_many`).
     pub run_count: u32,
-    /// Write-tracking mechanism (wire value: 1 uffd-async, 2 uffd-sync,
-    /// 3 soft-dirty, 4 full, 5 explicit).
-    pub mechanism: u32,
+    /// The mechanism that found the pages. Under
+    /// `COHMEM_MECHANISM_EXPLICIT` only reported damage was uploaded.
+    pub mechanism: cohmem_mechanism,
+    /// The BO's method after the sync (`COHMEM_METHOD_NONE` from
+    /// `cohmem_sync_many`).
+    pub method: cohmem_method,
+}
+
+impl Default for cohmem_sync_result {
+    fn default() -> Self {
+        Self {
+            pages: 0,
+            bytes: 0,
+            duration_ns: 0,
+            run_count: 0,
+            mechanism: cohmem_mechanism::COHMEM_MECHANISM_NONE,
+            method: cohmem_method::COHMEM_METHOD_NONE,
+        }
+    }
 }
 
 /// A rectangle of pixels: columns `x` to `x + w - 1`, rows `y` to
@@ -48,6 +66,10 @@ pub struct cohmem_rect {
 
 /// Uploads every page written since the last sync to the BO's GPU
 /// resource; returns when they are there. `result` may be NULL.
+///
+/// Under `COHMEM_MECHANISM_EXPLICIT` only the damage reported since the
+/// last sync is uploaded (`cohmem_bo_damage*`); under the others, every
+/// store to a mapping is found by itself.
 ///
 /// # Safety
 /// `bo` is a live BO; `result` is NULL or valid for writes.
@@ -75,7 +97,8 @@ pub(crate) fn sync_result(r: &cohmem_client::SyncResult) -> cohmem_sync_result {
         bytes: r.bytes,
         duration_ns: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
         run_count: r.run_count,
-        mechanism: u32::from(r.mechanism as u16),
+        mechanism: cohmem_mechanism::from_client(r.mechanism),
+        method: cohmem_method::from_client(r.method),
     }
 }
 
@@ -155,18 +178,82 @@ pub unsafe extern "C" fn cohmem_bo_sync_rects(
     }
 }
 
-/// Syncs, then copies the GPU resource back into the BO (GPU → CPU).
+/// What `cohmem_bo_readback` did.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct cohmem_readback {
+    /// Pages the sync before the copy uploaded.
+    pub synced_pages: u64,
+    /// Bytes copied from the GPU into the BO.
+    pub bytes: u64,
+    /// Time the daemon spent, nanoseconds.
+    pub duration_ns: u64,
+}
+
+/// GPU → CPU: syncs the BO (no write made before this call is lost), then
+/// copies every GPU resource back into the BO, for a BO the GPU wrote. A
+/// store racing the readback may be overwritten by the GPU's bytes: store
+/// after it returns. `out` (NULL or valid for writes) receives what it did.
 ///
 /// # Safety
-/// `bo` is a live BO.
+/// `bo` is NULL or a live BO; `out` is NULL or valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn cohmem_bo_readback(bo: *const cohmem_bo) -> c_int {
+pub unsafe extern "C" fn cohmem_bo_readback(bo: *const cohmem_bo, out: *mut cohmem_readback) -> c_int {
     // SAFETY: `bo` is NULL or a live BO (documented).
     let Some(bo) = (unsafe { bo.as_ref() }) else {
         return invalid("cohmem_bo_readback: bo is NULL");
     };
     match bo.0.readback() {
-        Ok(_) => COHMEM_OK,
+        Ok(r) => {
+            // SAFETY: `out` is NULL or valid for writes (documented).
+            if let Some(slot) = unsafe { out.as_mut() } {
+                *slot = cohmem_readback {
+                    synced_pages: r.synced_pages,
+                    bytes: r.bytes,
+                    duration_ns: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
+                };
+            }
+            COHMEM_OK
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `cohmem_bo_sync`, and the runs of pages it uploaded: up to `capacity`
+/// of them to `runs` (NULL when `capacity` is 0), ascending, their number
+/// to `*count` (NULL or valid for writes). The daemon lists at most a few
+/// thousand runs: `result->run_count` is the true number, and `*count` is
+/// less when the list was cut.
+///
+/// # Safety
+/// `bo` is NULL or a live BO; `result` and `count` are NULL or valid for
+/// writes; `runs` is valid for writing `capacity` runs when `capacity` > 0.
+#[no_mangle]
+pub unsafe extern "C" fn cohmem_bo_sync_runs(
+    bo: *const cohmem_bo,
+    result: *mut cohmem_sync_result,
+    runs: *mut cohmem_run,
+    capacity: usize,
+    count: *mut usize,
+) -> c_int {
+    // SAFETY: `bo` is NULL or a live BO (documented).
+    let Some(bo) = (unsafe { bo.as_ref() }) else {
+        return invalid("cohmem_bo_sync_runs: bo is NULL");
+    };
+    if runs.is_null() && capacity > 0 {
+        return invalid(&format!("cohmem_bo_sync_runs: runs is NULL but capacity is {capacity}"));
+    }
+    match bo.0.sync_with_runs() {
+        Ok(r) => {
+            // SAFETY: `runs` holds `capacity` runs, `count` is NULL or valid
+            // (documented).
+            unsafe { write_runs(&r.runs, runs, capacity, count) };
+            // SAFETY: `result` is NULL or valid for writes (documented).
+            if let Some(slot) = unsafe { result.as_mut() } {
+                *slot = sync_result(&r);
+            }
+            COHMEM_OK
+        }
         Err(e) => fail(&e),
     }
 }

@@ -1,4 +1,4 @@
-//! Issue 7 "C API": the C example (`client/examples/c/cohmem_example.c`) is
+//! Issue 7 "C API": the C example (`capi/examples/cohmem_example.c`) is
 //! compiled with the flags `pkg-config --cflags --libs cohmem` gives for a
 //! `cohmem.pc` rendered from `capi/cohmem.pc.in` (as `make install` renders
 //! it), linked against the libcohmem.so cargo built, and run against a real
@@ -42,7 +42,8 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
         .replace("@PREFIX@", &dir.display().to_string())
         .replace("@LIBDIR@", &libdir.display().to_string())
         .replace("@INCLUDEDIR@", &root.join("include").display().to_string())
-        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+        .replace("@LIBS_PRIVATE@", "");
     std::fs::write(dir.join("cohmem.pc"), pc)?;
     let flags = common::pkg_config_flags(&[("PKG_CONFIG_PATH", &dir)])?;
     eprintln!("pkg-config --cflags --libs cohmem: {flags}");
@@ -53,9 +54,12 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
         env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
         &["--log", "warn"],
     )?;
+    // The example was linked against libcohmem's SONAME, libcohmem.so.0
+    // (capi/build.rs); cargo leaves the library as libcohmem.so only.
+    std::os::unix::fs::symlink(libdir.join("libcohmem.so"), dir.join("libcohmem.so.0"))?;
     let run = Command::new(&exe)
         .arg(daemon.socket())
-        .env("LD_LIBRARY_PATH", &libdir)
+        .env("LD_LIBRARY_PATH", &dir)
         .output()?;
     let stdout = String::from_utf8_lossy(&run.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
@@ -65,6 +69,16 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
     anyhow::ensure!(stdout.contains("GPU copy equals the BO"), "{stdout}");
     check_image_rects(&stdout)?;
     anyhow::ensure!(stdout.contains("GPU image equals the BO"), "{stdout}");
+    for line in [
+        "policy full (was auto): a 1-byte store synced 16 pages",
+        "snapshot equals the BO",
+        "background sync: 1 page(s)",
+        "explicit: an unreported store synced 0 pages (mechanism explicit)",
+        "explicit: the reported store synced 1 page(s)",
+        "refused as expected: cohmemd refused the request, daemon code TooLarge",
+    ] {
+        anyhow::ensure!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
     anyhow::ensure!(stdout.trim_end().ends_with("ok"), "{stdout}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
@@ -72,6 +86,7 @@ fn the_c_example_builds_with_pkg_config_and_syncs_exact_bytes() -> anyhow::Resul
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("cohmem-capi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

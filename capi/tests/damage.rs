@@ -59,7 +59,11 @@ fn c_reports_ranges_and_rectangles_and_syncs_in_one_call() {
     // SAFETY: a live BO, an array of 2 ranges, a valid out pointer.
     let rc = unsafe { cohmem_bo_sync_damaged(bo, ranges.as_ptr(), ranges.len(), &mut result) };
     assert_eq!(rc, COHMEM_OK, "{}", last_error());
-    assert_eq!((result.pages, result.mechanism), (3, 5), "pages 2, 4 and 5 (explicit)");
+    assert_eq!(
+        (result.pages, result.mechanism),
+        (3, cohmem_mechanism::COHMEM_MECHANISM_EXPLICIT),
+        "pages 2, 4 and 5 (explicit)"
+    );
 
     // Damage without the sync, then a plain sync uploads it.
     let late = [cohmem_range {

@@ -42,6 +42,7 @@ fn the_committed_header_is_current() -> anyhow::Result<()> {
 /// and `#[repr(C)]` structs whose layout C reads differently).
 #[test]
 fn c_sees_the_librarys_struct_layouts_and_constants() -> anyhow::Result<()> {
+    use std::ffi::c_int;
     use std::mem::{offset_of, size_of};
 
     use cohmem::*;
@@ -75,13 +76,89 @@ fn c_sees_the_librarys_struct_layouts_and_constants() -> anyhow::Result<()> {
         }};
     }
     let (mut c, mut want) = layout! {
-        cohmem_sync_result { pages, bytes, duration_ns, run_count, mechanism }
-        cohmem_stats { uptime_ms, connections, bos, syncs, pages_uploaded, bytes_uploaded, faults, method_switches, errors }
+        cohmem_sync_result { pages, bytes, duration_ns, run_count, mechanism, method }
+        cohmem_stats {
+            uptime_ms, connections, bos, syncs, pages_uploaded, bytes_uploaded, faults, method_switches, errors,
+            mm_subscriptions, views, upload_failures, extra_pages, sync_retries, sync_exclusive
+        }
+        cohmem_bo_stats {
+            size, views, method, policy, paused, dirty_pages, syncs, pages_uploaded, bytes_uploaded, sync_retries,
+            sync_exclusive
+        }
         cohmem_image_info { width, height, fourcc, pitch, offset, modifier }
         cohmem_rect { x, y, w, h }
         cohmem_range { offset, len }
-        cohmem_dmabuf { fd, size, pitch, image }
+        cohmem_run { first_page, pages }
+        cohmem_dmabuf { fd, size, pitch, image, offset }
+        cohmem_mechanism_switch { from, to, exact, views, extra_pages }
+        cohmem_dirty_state { method, change_count, users, pages, start, end, dirty_pages, truncated }
+        cohmem_scan_report { method, switched_to, change_count, num_marked }
+        cohmem_snapshot { size, exact, attempts, blocked_views, unblocked_views, image }
+        cohmem_readback { synced_pages, bytes, duration_ns }
+        cohmem_shown { connector, mode_width, mode_height, damage_path }
     };
+    // Every enum value C sees, by name, against Rust's (negative status
+    // codes print as large unsigned numbers on both sides).
+    macro_rules! enum_values {
+        ($($ty:ident { $($v:ident),* })*) => {
+            vec![$($((stringify!($v), $ty::$v as i64 as u64)),*),*]
+        };
+    }
+    let values = enum_values! {
+        cohmem_status {
+            COHMEM_OK, COHMEM_E_INVALID, COHMEM_E_CONNECT, COHMEM_E_DISCONNECTED, COHMEM_E_DAEMON,
+            COHMEM_E_SYSTEM, COHMEM_E_PROTOCOL, COHMEM_E_FORKED, COHMEM_E_OTHER
+        }
+        cohmem_daemon_error {
+            COHMEM_DAEMON_E_NONE, COHMEM_DAEMON_E_BAD_FRAME, COHMEM_DAEMON_E_UNSUPPORTED_VERSION,
+            COHMEM_DAEMON_E_NOT_NEGOTIATED, COHMEM_DAEMON_E_UNKNOWN_REQUEST, COHMEM_DAEMON_E_BAD_FDS,
+            COHMEM_DAEMON_E_NO_SUCH_BO, COHMEM_DAEMON_E_NO_SUCH_VIEW, COHMEM_DAEMON_E_INVALID_ARGUMENT,
+            COHMEM_DAEMON_E_TOO_LARGE, COHMEM_DAEMON_E_LIMIT_EXCEEDED, COHMEM_DAEMON_E_NEED_MM_FDS,
+            COHMEM_DAEMON_E_NO_MM, COHMEM_DAEMON_E_UNSUPPORTED, COHMEM_DAEMON_E_KERNEL, COHMEM_DAEMON_E_GPU,
+            COHMEM_DAEMON_E_INTERNAL, COHMEM_DAEMON_E_PERMISSION_DENIED
+        }
+        cohmem_mechanism {
+            COHMEM_MECHANISM_NONE, COHMEM_MECHANISM_UFFD_ASYNC, COHMEM_MECHANISM_UFFD_SYNC,
+            COHMEM_MECHANISM_SOFT_DIRTY, COHMEM_MECHANISM_FULL, COHMEM_MECHANISM_EXPLICIT
+        }
+        cohmem_method { COHMEM_METHOD_NONE, COHMEM_METHOD_PAGETABLE, COHMEM_METHOD_MKWRITE }
+        cohmem_policy {
+            COHMEM_POLICY_AUTO, COHMEM_POLICY_MKWRITE, COHMEM_POLICY_PAGETABLE, COHMEM_POLICY_FULL,
+            COHMEM_POLICY_SHADOW
+        }
+        cohmem_damage_path { COHMEM_DAMAGE_PATH_NONE, COHMEM_DAMAGE_PATH_ATOMIC, COHMEM_DAMAGE_PATH_DIRTYFB }
+    };
+    for (name, value) in values {
+        c += &format!("    P(\"{name}\", (long long){name});\n");
+        want.push(format!("{name} {value}"));
+    }
+    // The enums' values are the wire values of the protocol's enums.
+    for m in [
+        cohmem_client::Mechanism::None,
+        cohmem_client::Mechanism::UffdAsync,
+        cohmem_client::Mechanism::UffdSync,
+        cohmem_client::Mechanism::SoftDirty,
+        cohmem_client::Mechanism::Full,
+        cohmem_client::Mechanism::Explicit,
+    ] {
+        // SAFETY: cohmem_mechanism_name returns a static C string.
+        let name = unsafe { std::ffi::CStr::from_ptr(cohmem_mechanism_name(c_int::from(m as u16))) };
+        assert_eq!(name.to_str()?, m.name());
+    }
+    for p in cohmem_client::BoPolicy::ALL {
+        // SAFETY: cohmem_policy_name returns a static C string.
+        let name = unsafe { std::ffi::CStr::from_ptr(cohmem_policy_name(c_int::from(p as u16))) };
+        assert_eq!(name.to_str()?, p.name());
+    }
+    for m in [
+        cohmem_client::Method::None,
+        cohmem_client::Method::PageTable,
+        cohmem_client::Method::MkWrite,
+    ] {
+        // SAFETY: cohmem_method_name returns a static C string.
+        let name = unsafe { std::ffi::CStr::from_ptr(cohmem_method_name(c_int::from(m as u16))) };
+        assert_eq!(name.to_str()?, m.name());
+    }
     for (name, value) in [
         ("COHMEM_FORMAT_XRGB8888", u64::from(COHMEM_FORMAT_XRGB8888)),
         ("COHMEM_FORMAT_ARGB8888", u64::from(COHMEM_FORMAT_ARGB8888)),

@@ -193,6 +193,7 @@ fn export(bo: *const cohmem_bo) -> cohmem_dmabuf {
             offset: u64::MAX,
             modifier: u64::MAX,
         },
+        offset: u64::MAX,
     };
     // SAFETY: a live BO and a valid out pointer.
     let rc = unsafe { cohmem_bo_export_dmabuf(bo, &mut buf) };

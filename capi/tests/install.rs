@@ -1,7 +1,10 @@
 //! Issue 7 "install": `make install` into a staging directory puts the
-//! binaries, libcohmem.so, cohmem.h, cohmem.pc, the units (with the real
-//! binary path in ExecStart) and the example configuration where the
-//! Makefile says; the installed cohmem.pc then builds the C example.
+//! binaries, libcohmem.so (as libcohmem.so.VERSION with the SONAME and
+//! development links, stripped), cohmem.h, a relocatable cohmem.pc, the
+//! units (with the real binary path in ExecStart) and the example
+//! configuration where the Makefile says; the installed cohmem.pc then
+//! builds the C example. (`tests/package/run` builds, installs and runs
+//! the Debian package.)
 
 use std::path::Path;
 use std::process::Command;
@@ -60,9 +63,13 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let version = env!("CARGO_PKG_VERSION");
+    let real = format!("usr/lib/libcohmem.so.{version}");
     for f in [
         "usr/bin/cohmemd",
+        real.as_str(),
         "usr/lib/libcohmem.so",
+        "usr/lib/libcohmem.so.0",
         "usr/include/cohmem.h",
         "usr/lib/pkgconfig/cohmem.pc",
         "usr/lib/systemd/system/cohmemd.service",
@@ -76,12 +83,28 @@ fn make_install_stages_every_file_and_the_installed_pc_works() -> anyhow::Result
         unit.contains("ExecStart=/usr/bin/cohmemd "),
         "ExecStart does not name the installed binary:\n{unit}"
     );
+    for (link, target) in [("libcohmem.so", "libcohmem.so.0"), ("libcohmem.so.0", &real[8..])] {
+        let to = std::fs::read_link(root_dir.join("usr/lib").join(link))?;
+        anyhow::ensure!(to == Path::new(target), "{link} points to {}", to.display());
+    }
     let pc = std::fs::read_to_string(root_dir.join("usr/lib/pkgconfig/cohmem.pc"))?;
-    anyhow::ensure!(pc.contains("libdir=/usr/lib") && !pc.contains('@'), "{pc}");
+    anyhow::ensure!(
+        pc.contains("prefix=${pcfiledir}/../..\n") && pc.contains("libdir=${prefix}/lib\n") && !pc.contains('@'),
+        "{pc}"
+    );
 
-    // The staged .pc, seen through the staging root, compiles the example.
+    // The staged .pc finds its prefix from its own place (no sysroot
+    // needed) and compiles the example.
     let pkgconfig = root_dir.join("usr/lib/pkgconfig");
-    let flags = common::pkg_config_flags(&[("PKG_CONFIG_PATH", &pkgconfig), ("PKG_CONFIG_SYSROOT_DIR", &root_dir)])?;
+    let flags = common::pkg_config_flags(&[("PKG_CONFIG_PATH", &pkgconfig)])?;
+    let include = flags
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("-I"))
+        .ok_or_else(|| anyhow::anyhow!("no -I in {flags}"))?;
+    anyhow::ensure!(
+        Path::new(include).canonicalize()? == root_dir.join("usr/include").canonicalize()?,
+        "the staged cohmem.pc does not point into the stage: {flags}"
+    );
     common::compile_example(&stage.join("cohmem_example"), &flags)?;
     eprintln!(
         "staged install in {} builds the C example with: {}",

@@ -45,10 +45,14 @@ pub fn pkg_config_flags(env: &[(&str, &Path)]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-/// Compiles `client/examples/c/cohmem_example.c` into `exe` with `flags`
-/// (warnings are errors).
+/// The C example, `capi/examples/cohmem_example.c`.
+pub fn example_source() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cohmem_example.c")
+}
+
+/// Compiles the C example into `exe` with `flags` (warnings are errors).
 pub fn compile_example(exe: &Path, flags: &str) -> anyhow::Result<()> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/examples/c/cohmem_example.c");
+    let source = example_source();
     let cc = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(exe)
