@@ -300,6 +300,8 @@ pub struct CompletedWriters {
     completed: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writers: Vec<std::thread::JoinHandle<anyhow::Result<u64>>>,
+    /// The mapping written (read again when a check fails).
+    map: std::sync::Arc<cohmem_client::Mapping<'static>>,
     /// The random seed (printed in every failure).
     pub seed: u64,
 }
@@ -336,6 +338,7 @@ impl CompletedWriters {
             completed,
             stop,
             writers,
+            map,
             seed,
         }
     }
@@ -353,11 +356,20 @@ impl CompletedWriters {
         let ps = cohmem_sys::page_size() as usize;
         for (p, &want) in before.iter().enumerate() {
             let got = gpu.read_u64(p * ps)?;
-            assert!(
-                got >= want,
-                "lost write: page {p} completed value {want} before SYNC, GPU copy has {got} after it (seed {})",
-                self.seed
-            );
+            if got < want {
+                // What tells the kinds of loss apart: whether the BO has the
+                // value (the write reached the memory the daemon reads) and
+                // whether the GPU copy catches up on its own (an upload still
+                // in flight) or stays behind.
+                let in_bo = self.map.read_u64(p * ps)?;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let later = gpu.read_u64(p * ps)?;
+                panic!(
+                    "lost write: page {p} completed value {want} before SYNC, GPU copy has {got} after it \
+                     (the BO has {in_bo}; the GPU copy 100 ms later {later}) (seed {})",
+                    self.seed
+                );
+            }
         }
         Ok(())
     }
