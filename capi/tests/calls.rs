@@ -6,7 +6,7 @@
 //! the display (refused without one, with its name), a pending sync dropped
 //! unwaited, and the names of codes and enum values.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CStr};
 use std::ptr;
 
 mod common;
@@ -25,17 +25,11 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Self {
-        let daemon = DaemonProcess::spawn_bin(
-            env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
-            &["--log", "warn", "--gpu", "soft"],
-        )
-        .expect("starting the test daemon");
-        let path = CString::new(daemon.socket().to_str().unwrap()).unwrap();
-        let (mut conn, mut bo, mut map) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
-        // SAFETY: a NUL-terminated path, a live connection and BO, valid out
-        // pointers.
+        let daemon = common::soft_daemon(&[]);
+        let conn = common::connect(&daemon);
+        let (mut bo, mut map) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: a live connection and BO, valid out pointers.
         unsafe {
-            assert_eq!(cohmem_connect(path.as_ptr(), &mut conn), COHMEM_OK, "{}", last_error());
             assert_eq!(
                 cohmem_bo_create(conn, 16 * page_size(), &mut bo),
                 COHMEM_OK,

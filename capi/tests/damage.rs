@@ -3,14 +3,12 @@
 //! calls them, against this package's test daemon under the `explicit`
 //! mechanism (only reported damage is uploaded), on the software GPU.
 
-use std::ffi::CString;
 use std::ptr;
 
 mod common;
 use common::{last_error, page_size};
 
 use cohmem::*;
-use cohmem_tools::DaemonProcess;
 
 /// Writes `len` bytes of `byte` at `offset` of a live mapping.
 fn fill(map: *mut cohmem_mapping, offset: u64, len: u64, byte: u8) {
@@ -23,16 +21,8 @@ fn fill(map: *mut cohmem_mapping, offset: u64, len: u64, byte: u8) {
 
 #[test]
 fn c_reports_ranges_and_rectangles_and_syncs_in_one_call() {
-    let daemon = DaemonProcess::spawn_bin(
-        env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
-        &["--log", "warn", "--gpu", "soft", "--mechanism", "explicit"],
-    )
-    .expect("starting the test daemon");
-    let path = CString::new(daemon.socket().to_str().unwrap()).unwrap();
-    let mut conn = ptr::null_mut();
-    // SAFETY: a NUL-terminated path and a valid out pointer.
-    let rc = unsafe { cohmem_connect(path.as_ptr(), &mut conn) };
-    assert_eq!(rc, COHMEM_OK, "{}", last_error());
+    let daemon = common::soft_daemon(&["--mechanism", "explicit"]);
+    let conn = common::connect(&daemon);
     let ps = page_size();
     let (mut bo, mut map) = (ptr::null_mut(), ptr::null_mut());
     // SAFETY: a live connection and BO, valid out pointers.
@@ -152,18 +142,8 @@ fn c_reports_ranges_and_rectangles_and_syncs_in_one_call() {
 
 #[test]
 fn c_syncs_a_frames_bos_in_one_call() {
-    let daemon = DaemonProcess::spawn_bin(
-        env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
-        &["--log", "warn", "--gpu", "soft"],
-    )
-    .expect("starting the test daemon");
-    let path = CString::new(daemon.socket().to_str().unwrap()).unwrap();
-    let (mut conn, mut other) = (ptr::null_mut(), ptr::null_mut());
-    // SAFETY: a NUL-terminated path and valid out pointers.
-    unsafe {
-        assert_eq!(cohmem_connect(path.as_ptr(), &mut conn), COHMEM_OK, "{}", last_error());
-        assert_eq!(cohmem_connect(path.as_ptr(), &mut other), COHMEM_OK, "{}", last_error());
-    }
+    let daemon = common::soft_daemon(&[]);
+    let (conn, other) = (common::connect(&daemon), common::connect(&daemon));
     let ps = page_size();
     let mut bos = Vec::new();
     let mut maps = Vec::new();

@@ -10,7 +10,7 @@
 //! rectangles with the pixels of the pages written, and reach "one pixel,
 //! one 1x1 rectangle" with an image whose last pixel is alone in its page.
 
-use std::ffi::{c_int, CString};
+use std::ffi::c_int;
 use std::ptr;
 
 mod common;
@@ -28,16 +28,8 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
-        let daemon = DaemonProcess::spawn_bin(
-            env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(),
-            &["--log", "warn", "--gpu", "soft"],
-        )
-        .expect("starting the test daemon");
-        let path = CString::new(daemon.socket().to_str().unwrap()).unwrap();
-        let mut conn = ptr::null_mut();
-        // SAFETY: a NUL-terminated path and a valid out pointer.
-        let rc = unsafe { cohmem_connect(path.as_ptr(), &mut conn) };
-        assert_eq!(rc, COHMEM_OK, "cohmem_connect: {}", last_error());
+        let daemon = common::soft_daemon(&[]);
+        let conn = common::connect(&daemon);
         Self { conn, _daemon: daemon }
     }
 }

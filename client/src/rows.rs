@@ -139,12 +139,11 @@ impl<'m> Row<'m> {
         let base = guard.as_ptr().cast::<P>();
         for i in 0..count {
             let value = pixel(x + i as u32);
-            // SAFETY: `span` is `count * size_of::<P>()` bytes of this row
-            // (checked by `span`), mapped while the row borrows the mapping;
-            // `i < count`, and the unaligned store needs no alignment. The
-            // store goes through a raw pointer, never a reference, as the
+            // The store goes through a raw pointer, never a reference, as the
             // bulk copies' `memcpy` does: another process writing the same
             // bytes can only make the pixel end up with either value.
+            // SAFETY: `i < count` pixels of `span`, mapped while the row
+            // borrows the mapping; an unaligned store needs no alignment.
             unsafe { base.add(i).write_unaligned(value) };
         }
         Ok(())

@@ -237,11 +237,11 @@ impl SharedMapping {
             // `memcmp` is hand-called because no crate compares volatile
             // memory: vm-memory offers copies only, and a copy first would
             // read both sides twice. It stops at the first differing vector.
+            // memcmp only reads through raw pointers, no Rust reference to the
+            // shared bytes is made; a concurrent writer in another process can
+            // only change which answer a block gets (see above).
             // SAFETY: both pointers are `block` bytes inside live mappings
-            // (bounds-checked by `range` above, borrowed for this call);
-            // memcmp only reads through raw pointers, no Rust reference to
-            // the shared bytes is made, and a concurrent writer in another
-            // process can only change which answer a block gets (see above).
+            // (bounds-checked by `range` above, borrowed for this call).
             let differs = unsafe { libc::memcmp(pa.as_ptr().add(at).cast(), pb.as_ptr().add(at).cast(), block) != 0 };
             if differs {
                 let idx = first + i as u64;

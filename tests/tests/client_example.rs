@@ -53,11 +53,10 @@ impl Raw {
     fn fill(&self, r: &Rect, pixel: impl Fn(u32, u32) -> u32) {
         for y in r.y..r.y + r.h {
             for x in r.x..r.x + r.w {
-                // SAFETY: (x, y) lies in the 1920x1080 image (every caller's
-                // rectangle does), whose rows `new` checked are inside the
-                // mapping, which outlives `self` in every caller; the shared
-                // memory is only written through raw pointers, never made a
-                // reference.
+                // The shared memory is only written through raw pointers, never
+                // made a reference; the mapping outlives `self` in every caller.
+                // SAFETY: (x, y) lies in the 1920x1080 image, whose rows `new`
+                // checked are inside the mapping.
                 unsafe { self.base.add(y as usize * self.stride + x as usize).write(pixel(x, y)) };
             }
         }

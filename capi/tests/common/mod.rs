@@ -15,6 +15,24 @@ pub fn last_error() -> String {
         .into_owned()
 }
 
+/// The test daemon on the software GPU, with `extra` arguments.
+pub fn soft_daemon(extra: &[&str]) -> cohmem_tools::DaemonProcess {
+    let mut args = vec!["--log", "warn", "--gpu", "soft"];
+    args.extend_from_slice(extra);
+    cohmem_tools::DaemonProcess::spawn_bin(env!("CARGO_BIN_EXE_cohmem-capi-test-daemon").as_ref(), &args)
+        .expect("starting the test daemon")
+}
+
+/// A C connection to `daemon` (freed by the caller with `cohmem_disconnect`).
+pub fn connect(daemon: &cohmem_tools::DaemonProcess) -> *mut cohmem::cohmem_connection {
+    let path = std::ffi::CString::new(daemon.socket().to_str().expect("a UTF-8 socket path")).expect("no NUL");
+    let mut conn = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    let rc = unsafe { cohmem::cohmem_connect(path.as_ptr(), &mut conn) };
+    assert_eq!(rc, cohmem::COHMEM_OK, "cohmem_connect: {}", last_error());
+    conn
+}
+
 /// The system page size.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.

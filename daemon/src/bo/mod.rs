@@ -45,7 +45,7 @@ pub use crate::resource::Resource;
 mod shadow;
 mod store;
 mod view;
-pub use shadow::{Shadow, AUTO_SHADOW_BUDGET, MAX_SHADOW_BYTES};
+pub use shadow::Shadow;
 pub use store::BoStore;
 pub use view::{MmRegistry, MmSubscription, View};
 

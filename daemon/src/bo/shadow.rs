@@ -41,8 +41,6 @@ pub struct Shadow {
     budgeted: u64,
     /// The operator-asked shadow's bytes, charged to the BO's uid.
     _quota: Option<ExtraCharge>,
-    /// The daemon chose this shadow itself (not the `shadow` policy).
-    pub automatic: bool,
 }
 
 impl Shadow {
@@ -92,7 +90,6 @@ impl Shadow {
                 map,
                 budgeted,
                 _quota: None,
-                automatic: budgeted > 0,
             }),
             Err(e) => {
                 tracing::warn!(bo = id, error = %e, "no shadow copy");
