@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cohmem_client::{Connection, Mechanism};
 use cohmem_sys::mapping::SharedMapping;
-use cohmem_tests::spawn_daemon_for;
+use cohmem_tests::spawn_daemon_with;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// The daemon binary cargo builds with these tests.
@@ -26,7 +26,17 @@ const RACE: Duration = Duration::from_secs(4);
 
 #[test]
 fn a_view_remapped_behind_the_library_is_never_proven_clean() -> anyhow::Result<()> {
-    let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
+    // The view is 64 KiB: with the automatic shadow compare off, the
+    // tracker's own proof is what is tested.
+    let daemon = spawn_daemon_with(
+        DAEMON,
+        &[
+            "--mechanism",
+            Mechanism::UffdAsync.name(),
+            "--auto-shadow-max-bytes",
+            "0",
+        ],
+    )?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size();
     let len = PAGES * ps;
