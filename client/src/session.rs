@@ -261,7 +261,7 @@ impl ConnInner {
             return Ok(t.clone());
         }
         // Not held across the calls: a reconnect inside them reads it.
-        let pt = process_tracking(&self.socket_path)?;
+        let pt = process_tracking(&self.socket_path, self.caps & cohmem_proto::caps::MAP_EVENTS != 0)?;
         let mechanism = attach(&pt, &mut |r, f| self.call(r, f))?;
         pt.set_mechanism(mechanism, &mut || watch_daemon(&mut |r, f| self.call(r, f)))?;
         Ok(lock(&self.tracking).get_or_insert(pt).clone())

@@ -56,6 +56,10 @@ pub(crate) struct SyncGuard {
     /// The daemon process (its `SO_PEERCRED` pid; for the lifeline only).
     daemon_pid: i32,
     uffd: Userfaultfd,
+    /// `uffd` is the WP_ASYNC one with mapping-change messages: on the
+    /// daemon's death the guard unregisters every mapping from it and reads
+    /// the messages still waiting, instead of unprotecting.
+    map_events: bool,
     /// The process that started the guard (a forked child must not stop
     /// its parent's watcher through the shared fds).
     owner: u32,
@@ -70,6 +74,7 @@ impl SyncGuard {
         pidfd: Option<OwnedFd>,
         uffd: &Userfaultfd,
         ranges: MappedRanges,
+        map_events: bool,
     ) -> Result<Arc<Self>, ClientError> {
         let (watch, daemon_pid) = match pidfd {
             Some(fd) => (
@@ -92,6 +97,7 @@ impl SyncGuard {
             watch,
             daemon_pid,
             uffd: Userfaultfd::from_fd(uffd.try_clone_fd()?)?,
+            map_events,
             owner: std::process::id(),
             watcher: Mutex::new(None),
         });
@@ -132,6 +138,16 @@ impl SyncGuard {
 
     fn unprotect_all(&self) {
         let ranges = lock_ranges(&self.ranges).clone();
+        if self.map_events {
+            // No change of these ranges raises a message any more, and the
+            // ones raised already are read: no munmap waits for a daemon
+            // that is gone. A reconnect registers the mappings again.
+            for r in &ranges {
+                let _ = self.uffd.unregister(r.start, r.end - r.start);
+            }
+            release_changes(&self.uffd);
+            return;
+        }
         for r in ranges {
             // Unprotect and wake: nobody will resolve these faults any more.
             let _ = self.uffd.write_protect(r.start, r.end - r.start, false);
@@ -188,6 +204,21 @@ impl SyncGuard {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+/// Reads mapping-change messages until no change is waiting for one
+/// (`mm_changing`), for at most 5 s.
+fn release_changes(uffd: &Userfaultfd) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut changes = Vec::new();
+    loop {
+        changes.clear();
+        let _ = uffd.read_events(&mut changes);
+        if !matches!(uffd.mm_changing(), Ok(true)) || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

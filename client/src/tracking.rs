@@ -61,6 +61,10 @@ pub(crate) struct ProcessTracking {
     /// Started when the daemon picks uffd-sync for this process; replaced
     /// when the process moves to a restarted daemon.
     sync_guard: Mutex<Option<Arc<SyncGuard>>>,
+    /// Started when the daemon picks uffd-async and the WP_ASYNC uffd
+    /// delivers mapping changes: if the daemon dies, it releases any
+    /// munmap waiting for its message to be read.
+    events_guard: Mutex<Option<Arc<SyncGuard>>>,
     daemon: PathBuf,
     /// The mechanism the daemon tracks this process with
     /// ([`Mechanism::None`] before the first ATTACH_MM).
@@ -74,8 +78,10 @@ pub(crate) struct ProcessTracking {
 
 impl Drop for ProcessTracking {
     fn drop(&mut self) {
-        if let Some(g) = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            g.stop_watching();
+        for slot in [&self.sync_guard, &self.events_guard] {
+            if let Some(g) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                g.stop_watching();
+            }
         }
     }
 }
@@ -122,14 +128,39 @@ impl ProcessTracking {
             .synchronous
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("uffd-sync without a synchronous uffd".into()))?;
-        let g = SyncGuard::start(&self.daemon, fetch()?, uffd, self.mapped.clone())?;
+        let g = SyncGuard::start(&self.daemon, fetch()?, uffd, self.mapped.clone(), false)?;
         Ok(slot.insert(g).clone())
+    }
+
+    /// The guard for a WP_ASYNC uffd that delivers mapping changes,
+    /// started on first use; nothing where it delivers none.
+    fn events_guard(&self, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
+        let Some(a) = self
+            .asynchronous
+            .as_ref()
+            .filter(|a| a.features & features::MAP_EVENTS != 0)
+        else {
+            return Ok(());
+        };
+        let mut slot = self.events_guard.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(SyncGuard::start(
+                &self.daemon,
+                fetch()?,
+                &a.uffd,
+                self.mapped.clone(),
+                true,
+            )?);
+        }
+        Ok(())
     }
 
     /// True once the guard knows the daemon is gone.
     pub fn daemon_gone(&self) -> bool {
-        let slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().is_some_and(|g| g.daemon_gone())
+        [&self.sync_guard, &self.events_guard].iter().any(|slot| {
+            let slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().is_some_and(|g| g.daemon_gone())
+        })
     }
 
     /// A broken session was closed and a new one reached the daemon whose
@@ -139,19 +170,21 @@ impl ProcessTracking {
     /// whose daemon is still alive stays: that daemon still tracks the
     /// process, and unprotecting would lose writes.
     pub fn settle_daemon(&self, daemon_pid: i32) {
-        let old = {
-            let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
-            let retire = slot
-                .as_ref()
-                .is_some_and(|g| g.watches_another_than(daemon_pid) || g.gone_within(DAEMON_EXIT_BOUND));
-            if retire {
-                slot.take()
-            } else {
-                None
+        for slot in [&self.sync_guard, &self.events_guard] {
+            let old = {
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                let retire = slot
+                    .as_ref()
+                    .is_some_and(|g| g.watches_another_than(daemon_pid) || g.gone_within(DAEMON_EXIT_BOUND));
+                if retire {
+                    slot.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(g) = old {
+                g.retire();
             }
-        };
-        if let Some(g) = old {
-            g.retire();
         }
     }
 
@@ -165,6 +198,8 @@ impl ProcessTracking {
         // synchronous uffd.
         if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
             self.sync_guard(fetch)?;
+        } else if mechanism == Mechanism::UffdAsync {
+            self.events_guard(fetch)?;
         }
         let old: Vec<&Userfaultfd> = self
             .asynchronous
@@ -199,6 +234,8 @@ impl ProcessTracking {
         self.uffd_for(mechanism)?;
         if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
             self.sync_guard(fetch)?;
+        } else if mechanism == Mechanism::UffdAsync {
+            self.events_guard(fetch)?;
         }
         if mechanism == Mechanism::SoftDirty {
             claim_soft_dirty(self)?;
@@ -251,7 +288,10 @@ static PROCESS: Mutex<Option<HashMap<PathBuf, Weak<ProcessTracking>>>> = Mutex::
 
 /// The process's tracking for the daemon at `daemon`, created on first use.
 /// A forked child gets its own (registrations are per mm and not inherited).
-pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, ClientError> {
+///
+/// `map_events`: the daemon reads mapping-change messages
+/// (`caps::MAP_EVENTS`), so the WP_ASYNC uffd asks the kernel for them.
+pub(crate) fn process_tracking(daemon: &Path, map_events: bool) -> Result<Arc<ProcessTracking>, ClientError> {
     let mut guard = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
     let pid = std::process::id();
@@ -262,7 +302,10 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         }
     }
     map.retain(|_, w| w.strong_count() > 0);
-    let wanted = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
+    let mut wanted = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM;
+    if map_events {
+        wanted |= features::MAP_EVENTS;
+    }
     // User-mode-only is enough for WP_ASYNC: the kernel resolves the faults
     // itself, so syscalls writing into protected pages work too.
     let asynchronous = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, features::WP_ASYNC)
@@ -295,6 +338,7 @@ pub(crate) fn process_tracking(daemon: &Path) -> Result<Arc<ProcessTracking>, Cl
         soft_dirty: PagemapFile::open_self().ok().zip(ClearRefs::open_self().ok()),
         maps: ProcMapsFile::open_self().ok(),
         sync_guard: Mutex::new(None),
+        events_guard: Mutex::new(None),
         daemon: key.clone(),
         mechanism: Mutex::new(Mechanism::None),
         switching: RwLock::new(()),

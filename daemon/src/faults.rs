@@ -172,6 +172,9 @@ fn run(service: Weak<FaultService>) {
 
 /// Reads pending fault messages (non-blocking) up to [`BATCH`].
 fn drain(mm: &MmSubscription, tracker: &dyn WriteTracker, out: &mut Vec<WpFault>) {
+    if tracker.drain_map_events() {
+        return;
+    }
     let Some(uffd) = tracker.fault_uffd() else {
         return;
     };

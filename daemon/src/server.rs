@@ -200,7 +200,9 @@ impl Daemon {
             .map_err(|e| std::io::Error::other(format!("GPU backend {:?}: {e}", config.gpu)))?;
         let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS | caps::IMAGES;
         if kernel.uffd_async.ok {
-            offered |= caps::UFFD_ASYNC;
+            // Read from every uffd-async client that asks for them (used
+            // for proofs only where the kernel passed the probe).
+            offered |= caps::UFFD_ASYNC | caps::MAP_EVENTS;
         }
         if kernel.uffd_sync.ok {
             offered |= caps::UFFD_SYNC;

@@ -21,7 +21,7 @@ use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::PagemapFile;
 use cohmem_sys::procmaps::ProcMapsFile;
 use cohmem_sys::softdirty::ClearRefs;
-use cohmem_sys::uffd::Userfaultfd;
+use cohmem_sys::uffd::{features, Userfaultfd};
 use thiserror::Error;
 
 use crate::bo::{lock, Bo, BoState, MmSubscription, View};
@@ -94,7 +94,15 @@ fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, Swit
 impl MechanismOffer {
     /// Builds `mechanism` (already checked against the kernel and the
     /// offer's flags) for process `pid` from duplicates of the offered fds.
-    pub fn build(&self, mechanism: Mechanism, pid: i32) -> Result<Box<dyn WriteTracker>, SwitchError> {
+    /// `map_events`: the kernel passed the mapping-change probe
+    /// (`KernelCaps::map_events`), so uffd-async may prove views with the
+    /// events where the client's uffd delivers them.
+    pub fn build(
+        &self,
+        mechanism: Mechanism,
+        pid: i32,
+        map_events: bool,
+    ) -> Result<Box<dyn WriteTracker>, SwitchError> {
         let sync_uffd = || -> Result<Userfaultfd, SwitchError> {
             let fd = self
                 .synchronous
@@ -114,7 +122,19 @@ impl MechanismOffer {
                 // A maps fd of another process is refused; the fd itself is
                 // no longer used for coverage proofs (see UffdAsyncTracker).
                 own_maps(self.maps.as_ref(), pid)?;
-                Box::new(UffdAsyncTracker::new(uffd, own_pagemap(pagemap, pid, true)?))
+                let pagemap = own_pagemap(pagemap, pid, true)?;
+                // What the uffd really does, not what the client says: a uffd
+                // with mapping changes must be read (its munmaps wait for
+                // it), whether or not the kernel's probe lets the daemon
+                // prove views with them.
+                let events = uffd
+                    .enabled_features()
+                    .is_ok_and(|f| f & features::MAP_EVENTS == features::MAP_EVENTS);
+                if events {
+                    Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, map_events))
+                } else {
+                    Box::new(UffdAsyncTracker::new(uffd, pagemap))
+                }
             }
             Mechanism::UffdSync => {
                 // Keep the pagemap if it came along: it proves views are

@@ -70,6 +70,12 @@ pub mod caps {
     /// CREATE_IMAGE: BOs laid out as the GPU backend's image, with damage
     /// rectangles in every SYNC reply.
     pub const IMAGES: u64 = 1 << 5;
+    /// The daemon reads the mapping-change messages (munmap, mremap,
+    /// madvise) of a uffd-async client's userfaultfd and proves its views
+    /// with them. A change of a registered range waits until its message is
+    /// read, so a client asks its kernel for them only from a daemon that
+    /// offers this.
+    pub const MAP_EVENTS: u64 = 1 << 6;
     /// Every capability this version of the crate knows.
-    pub const ALL: u64 = UFFD_ASYNC | UFFD_SYNC | SOFT_DIRTY | EXPORT_RESOURCE | SYNC_RUNS | IMAGES;
+    pub const ALL: u64 = UFFD_ASYNC | UFFD_SYNC | SOFT_DIRTY | EXPORT_RESOURCE | SYNC_RUNS | IMAGES | MAP_EVENTS;
 }

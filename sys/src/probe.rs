@@ -73,6 +73,10 @@ pub struct KernelCaps {
     /// exists for the daemon to fall back on when it may not read a
     /// client's smaps.
     pub view_checks: Probe,
+    /// A real round of the mapping-change events uffd-async proves views
+    /// with: a munmap of a registered range waits for its UNMAP message,
+    /// and `Userfaultfd::mm_changing` is true until the message is read.
+    pub map_events: Probe,
 }
 
 impl KernelCaps {
@@ -129,6 +133,7 @@ pub fn probe_all() -> KernelCaps {
         soft_dirty: soft_dirty.clone(),
         memfd_modify_events: Probe::from(probe_memfd_modify_events()),
         view_checks: Probe::from(probe_view_checks()),
+        map_events: Probe::from(probe_map_events()),
         soft_dirty_after_unprotect: if soft_dirty.ok {
             Probe::from(probe_soft_dirty_after_unprotect())
         } else {
@@ -171,6 +176,55 @@ fn probe_view_checks() -> Result<String> {
         "MAP checks from /proc/<pid>/smaps: memfd inode, device and offset, MAP_SHARED, MADV_DONTFORK (VmFlags dc); \
          the uffd by UFFDIO_REGISTER (EBUSY: another uffd); {query}"
     ))
+}
+
+/// A real round of the mapping-change events: register a mapping with a
+/// WP_ASYNC uffd that asked for them, unmap it on another thread, see
+/// `mm_changing` while the UNMAP message waits, read it, and see the change
+/// end. An error on the way drops the uffd, which releases the unmapper.
+fn probe_map_events() -> Result<String> {
+    let wanted = features::WP_ASYNC | features::WP_UNPOPULATED | features::WP_HUGETLBFS_SHMEM | features::MAP_EVENTS;
+    let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, wanted)?;
+    let (_memfd, map) = test_mapping()?;
+    let range = map.addr()..map.addr() + PAGES * page_size();
+    uffd.register_wp(range.start, range.end - range.start)?;
+    if uffd.mm_changing()? {
+        return Err(SysError::Invalid("a change is reported before any".into()));
+    }
+    let unmapper = std::thread::spawn(move || drop(map));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    let mut seen_changing = false;
+    while events.is_empty() {
+        seen_changing |= uffd.mm_changing()?;
+        if seen_changing {
+            uffd.read_events(&mut events)?;
+        }
+        if Instant::now() > deadline {
+            return Err(SysError::Invalid("no UNMAP message within 5 s of a munmap".into()));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    unmapper
+        .join()
+        .map_err(|_| SysError::Invalid("the unmapping thread panicked".into()))?;
+    let expected = crate::uffd::MapEvent::Unmap {
+        start: range.start,
+        end: range.end,
+    };
+    if events != [expected] {
+        return Err(SysError::Invalid(format!("munmap gave {events:?}, not {expected:?}")));
+    }
+    if uffd.mm_changing()? {
+        return Err(SysError::Invalid(
+            "a change is still reported after its message was read".into(),
+        ));
+    }
+    Ok(
+        "a munmap of a registered range waits for its UNMAP message, and UFFDIO_WRITEPROTECT answers EAGAIN \
+        until it is read: uffd-async proves views with the fast PAGEMAP_SCAN"
+            .into(),
+    )
 }
 
 /// A real round: watch a memfd, `pwrite` it, read the event.

@@ -27,6 +27,11 @@ pub mod features {
     pub const WP_UNPOPULATED: u64 = g::UFFD_FEATURE_WP_UNPOPULATED as u64;
     /// The kernel resolves WP faults itself and only records "written".
     pub const WP_ASYNC: u64 = g::UFFD_FEATURE_WP_ASYNC as u64;
+    /// Messages for non-cooperative changes of registered ranges: munmap
+    /// (and an mmap over them), mremap, and madvise(MADV_DONTNEED,
+    /// MADV_REMOVE). The changing thread waits until the message is read.
+    pub const MAP_EVENTS: u64 =
+        (g::UFFD_FEATURE_EVENT_UNMAP | g::UFFD_FEATURE_EVENT_REMAP | g::UFFD_FEATURE_EVENT_REMOVE) as u64;
 
     /// Names of the known feature bits, for `cohmemctl caps`.
     pub fn names(bits: u64) -> Vec<&'static str> {
@@ -99,6 +104,45 @@ pub struct WpFault {
     pub address: u64,
     /// `UFFD_PAGEFAULT_FLAG_*` bits.
     pub flags: u64,
+}
+
+/// A change of registered ranges, from a non-cooperative event message
+/// ([`features::MAP_EVENTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapEvent {
+    /// `munmap` (or an `mmap` over the range) removed `start..end`.
+    Unmap {
+        /// First address.
+        start: u64,
+        /// End address (exclusive).
+        end: u64,
+    },
+    /// `mremap` moved `from..from + len` to `to`.
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `madvise(MADV_DONTNEED / MADV_REMOVE / MADV_FREE)` on `start..end`.
+    Remove {
+        /// First address.
+        start: u64,
+        /// End address (exclusive).
+        end: u64,
+    },
+}
+
+impl MapEvent {
+    /// The old address range the change touched.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        match *self {
+            MapEvent::Unmap { start, end } | MapEvent::Remove { start, end } => start..end,
+            MapEvent::Remap { from, len, .. } => from..from.saturating_add(len),
+        }
+    }
 }
 
 /// An owned userfaultfd (non-blocking, close-on-exec).
@@ -242,35 +286,105 @@ impl Userfaultfd {
     /// Reads pending fault messages without blocking; appends WP faults to
     /// `out` and returns how many messages were read (0 when none is pending).
     pub fn read_faults(&self, out: &mut Vec<WpFault>) -> Result<usize> {
+        self.read_messages(|event, word| {
+            if event == linux_raw_sys::general::UFFD_EVENT_PAGEFAULT {
+                out.push(WpFault {
+                    flags: word(8),
+                    address: word(16),
+                });
+            }
+        })
+    }
+
+    /// Reads pending messages without blocking; appends the mapping changes
+    /// among them ([`features::MAP_EVENTS`]) to `out` and returns how many
+    /// messages were read (0 when none is pending). Reading a change's
+    /// message is what lets the changing thread go on.
+    pub fn read_events(&self, out: &mut Vec<MapEvent>) -> Result<usize> {
+        use linux_raw_sys::general as g;
+        self.read_messages(|event, word| match event {
+            g::UFFD_EVENT_UNMAP => out.push(MapEvent::Unmap {
+                start: word(8),
+                end: word(16),
+            }),
+            g::UFFD_EVENT_REMOVE => out.push(MapEvent::Remove {
+                start: word(8),
+                end: word(16),
+            }),
+            g::UFFD_EVENT_REMAP => out.push(MapEvent::Remap {
+                from: word(8),
+                to: word(16),
+                len: word(24),
+            }),
+            _ => {}
+        })
+    }
+
+    /// One non-blocking read of up to 64 messages; `each` gets every
+    /// message's event and a reader of its little-endian words by offset.
+    fn read_messages(&self, mut each: impl FnMut(u32, &dyn Fn(usize) -> u64)) -> Result<usize> {
         let mut buf = [0u8; UFFD_MSG_SIZE * 64];
         match nix::unistd::read(self.fd.as_fd(), &mut buf) {
             Ok(n) => {
                 let msgs = n / UFFD_MSG_SIZE;
                 for m in buf[..msgs * UFFD_MSG_SIZE].chunks_exact(UFFD_MSG_SIZE) {
                     let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or([0; 8]));
-                    match u32::from(m[0]) {
-                        linux_raw_sys::general::UFFD_EVENT_PAGEFAULT => out.push(WpFault {
-                            flags: word(8),
-                            address: word(16),
-                        }),
-                        linux_raw_sys::general::UFFD_EVENT_FORK => {
-                            // The kernel installed the child's new uffd in
-                            // our fd table; we never asked for it.
-                            let fd = u32::from_le_bytes(m[8..12].try_into().unwrap_or([0; 4]));
-                            if let Ok(fd) = i32::try_from(fd) {
-                                // SAFETY: the kernel just installed this fd for
-                                // us with this message; nothing else owns it.
-                                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                            }
+                    let event = u32::from(m[0]);
+                    if event == linux_raw_sys::general::UFFD_EVENT_FORK {
+                        // The kernel installed the child's new uffd in our
+                        // fd table; we never asked for it.
+                        let fd = u32::from_le_bytes(m[8..12].try_into().unwrap_or([0; 4]));
+                        if let Ok(fd) = i32::try_from(fd) {
+                            // SAFETY: the kernel just installed this fd for
+                            // us with this message; nothing else owns it.
+                            drop(unsafe { OwnedFd::from_raw_fd(fd) });
                         }
-                        _ => {}
+                        continue;
                     }
+                    each(event, &word);
                 }
                 Ok(msgs)
             }
             Err(Errno::EAGAIN) => Ok(0),
             Err(e) => Err(SysError::os("read(userfaultfd)", e)),
         }
+    }
+
+    /// True from the moment a non-cooperative change of the uffd's mm
+    /// (munmap, mremap, madvise; [`features::MAP_EVENTS`]) takes the mm's
+    /// mmap lock until its message has been read and its thread woken (the
+    /// kernel's `mmap_changing`); false otherwise.
+    ///
+    /// No ioctl reports the counter by itself, but `UFFDIO_WRITEPROTECT`
+    /// checks it before it reads its argument: with a null argument it
+    /// answers EAGAIN while a change is under way and EFAULT otherwise, and
+    /// changes nothing. `probe::probe_all` checks this on the running kernel
+    /// (`map_events`).
+    pub fn mm_changing(&self) -> Result<bool> {
+        // SAFETY: a null argument is never dereferenced by us; the kernel's
+        // copy_from_user of it fails with EFAULT and nothing is written.
+        match unsafe { ioctl_writeprotect(self.fd.as_raw_fd(), std::ptr::null_mut()) } {
+            Err(Errno::EAGAIN) => Ok(true),
+            Err(Errno::EFAULT) => Ok(false),
+            Ok(_) => Err(SysError::Invalid("UFFDIO_WRITEPROTECT accepted a null argument".into())),
+            Err(e) => Err(SysError::os("UFFDIO_WRITEPROTECT (mmap_changing probe)", e)),
+        }
+    }
+
+    /// The features the uffd's creator enabled (its UFFDIO_API), from
+    /// `/proc/self/fdinfo`: what a uffd received from a client really does,
+    /// whatever the client says.
+    pub fn enabled_features(&self) -> Result<u64> {
+        let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
+        let text = std::fs::read_to_string(&path).map_err(|e| SysError::Invalid(format!("cannot read {path}: {e}")))?;
+        // "API:\t<api>:<features>:<ioctls>" (hex); bit 31 of the features
+        // is the kernel's own "initialized" mark.
+        text.lines()
+            .find_map(|l| l.strip_prefix("API:"))
+            .and_then(|v| v.trim().split(':').nth(1))
+            .and_then(|f| u64::from_str_radix(f, 16).ok())
+            .map(|f| f & 0x7fff_ffff)
+            .ok_or_else(|| SysError::Invalid(format!("{path} has no API line")))
     }
 
     /// Duplicates the fd (to hand it to the daemon).

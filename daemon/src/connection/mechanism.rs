@@ -35,7 +35,9 @@ impl Session {
             offer.flags,
             offer.uffd_features,
         )?;
-        let tracker = offer.build(chosen, mm.key.pid).map_err(switch_failure)?;
+        let tracker = offer
+            .build(chosen, mm.key.pid, self.daemon.kernel.map_events.ok)
+            .map_err(switch_failure)?;
         let exact = tracker.exact();
         let daemon = self.daemon.clone();
         let switched = mm.clone();

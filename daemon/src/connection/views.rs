@@ -81,7 +81,9 @@ impl Session {
     /// Builds the `choice` mechanism from `offer` and registers the new
     /// subscription (or joins one a racing connection made first).
     fn subscribe(&mut self, key: MmKey, choice: Mechanism, offer: MechanismOffer) -> Outcome {
-        let tracker = offer.build(choice, self.info.pid).map_err(switch_failure)?;
+        let tracker = offer
+            .build(choice, self.info.pid, self.daemon.kernel.map_events.ok)
+            .map_err(switch_failure)?;
         let (mm, joined) = self
             .daemon
             .mms

@@ -160,6 +160,7 @@ impl SyncEngine<'_> {
                 }
             }
             bo.detach_view(view);
+            tracker.forget(view.range());
             if tracker.eager() {
                 // Nobody resolves faults on a forgotten view: leave it
                 // writable (the client is unmapping it, or its connection is

@@ -24,6 +24,7 @@ use cohmem_sys::SysError;
 use nix::errno::Errno;
 use thiserror::Error;
 
+mod map_events;
 mod ranges;
 pub mod soft_dirty;
 pub mod uffd_async;
@@ -156,11 +157,20 @@ pub trait WriteTracker: Send + Sync {
     fn eager(&self) -> bool {
         false
     }
-    /// The synchronous userfaultfd whose fault messages the fault service
-    /// reads, if this mechanism has one.
+    /// The userfaultfd whose messages the fault service reads, if this
+    /// mechanism has one: a synchronous one's faults, or uffd-async's
+    /// mapping changes ([`WriteTracker::drain_map_events`]).
     fn fault_uffd(&self) -> Option<&Userfaultfd> {
         None
     }
+    /// Reads the mapping-change messages of [`WriteTracker::fault_uffd`]
+    /// itself (uffd-async with events); true when it did, and the fault
+    /// service then reads no faults from that uffd.
+    fn drain_map_events(&self) -> bool {
+        false
+    }
+    /// Forgets what it keeps about a view the daemon no longer tracks.
+    fn forget(&self, _range: Range<u64>) {}
     /// The userfaultfd the process's views are registered with under this
     /// mechanism, if any: a mechanism switch (`switch`) moves every
     /// view from the old one to the new one.

@@ -9,6 +9,7 @@ use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK
 use cohmem_sys::uffd::Userfaultfd;
 use nix::errno::Errno;
 
+use super::map_events::MapEvents;
 use super::{TrackError, WriteTracker};
 
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
@@ -47,8 +48,13 @@ fn written_and_covered(
 
 /// `uffd-async`: the client's WP_ASYNC userfaultfd and its pagemap fd.
 ///
-/// Every harvest and peek proves the view's coverage in the same walk
-/// ([`written_and_covered`]). An earlier version harvested with the
+/// Where the client's uffd delivers mapping changes, a harvest is the
+/// kernel's fast scan of written pages and the events prove the view
+/// ([`MapEvents`]); a view whose proof fails, and every view of a client
+/// without them, is proven by a walk.
+///
+/// Without events, every harvest and peek proves the view's coverage in
+/// the same walk ([`written_and_covered`]). An earlier version harvested with the
 /// kernel's fast path (written pages only) and proved coverage afterwards
 /// with `PROCMAP_QUERY`; those are two steps, and a view unmapped when its
 /// pages were scanned and mapped again (same file, offset and address, so
@@ -60,12 +66,72 @@ fn written_and_covered(
 pub struct UffdAsyncTracker {
     uffd: Userfaultfd,
     pagemap: PagemapFile,
+    /// Present when the uffd delivers mapping changes (and the kernel's
+    /// probe passed).
+    events: Option<MapEvents>,
 }
 
 impl UffdAsyncTracker {
-    /// Wraps the fds a client handed over in ATTACH_MM.
+    /// Wraps the fds a client handed over in ATTACH_MM; proves views by
+    /// walks.
     pub fn new(uffd: Userfaultfd, pagemap: PagemapFile) -> Self {
-        Self { uffd, pagemap }
+        Self {
+            uffd,
+            pagemap,
+            events: None,
+        }
+    }
+
+    /// Like [`UffdAsyncTracker::new`], for a uffd with mapping-change
+    /// events enabled: the fault service must read them
+    /// ([`WriteTracker::drain_map_events`]), or the client's munmaps wait.
+    /// `trusted`: the kernel passed the probe (`KernelCaps::map_events`),
+    /// so views are proven with them; otherwise they are only read.
+    pub fn with_map_events(uffd: Userfaultfd, pagemap: PagemapFile, trusted: bool) -> Self {
+        Self {
+            uffd,
+            pagemap,
+            events: Some(MapEvents::new(trusted)),
+        }
+    }
+
+    /// Scans `range` with `fast` (written pages only, appended to `out`),
+    /// then proves the view whole with the events, or by a walk with
+    /// `walk` where they cannot prove it. Returns the events counted
+    /// before the scan (what the view is proven up to).
+    fn scan_and_prove(
+        &self,
+        events: &MapEvents,
+        range: Range<u64>,
+        fast: ScanQuery,
+        walk: ScanQuery,
+        out: &mut Vec<Range<u64>>,
+    ) -> Result<u64, TrackError> {
+        let before = events.seen();
+        let first = out.len();
+        self.pagemap.scan(range.clone(), fast, out)?;
+        let proven = match events.proven(&range) {
+            Some(last) if events.trusted() => !self.uffd.mm_changing()? && events.seen() == last,
+            _ => false,
+        };
+        if !proven {
+            written_and_covered(&self.pagemap, range, walk, out)?;
+            merge_runs(out, first);
+        }
+        Ok(before)
+    }
+}
+
+/// Sorts and merges `out[first..]` (two scans' runs of one range).
+fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
+    let mut runs: Vec<Range<u64>> = out.drain(first..).collect();
+    runs.sort_unstable_by_key(|r| r.start);
+    for r in runs {
+        let merged = out.len() > first;
+        match out.last_mut() {
+            Some(last) if merged && last.end >= r.start => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
     }
 }
 
@@ -79,6 +145,9 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn attach_view(&self, range: Range<u64>) -> Result<(), TrackError> {
+        // Changes counted from here on are the ones that can remove a page
+        // of the view before its first harvest.
+        let before = self.events.as_ref().map(MapEvents::seen);
         // PM_SCAN_CHECK_WPASYNC fails with EPERM unless every VMA in the
         // range is registered with a WP_ASYNC userfaultfd: a view the client
         // did not register (or registered with a sync uffd) is refused here
@@ -100,7 +169,12 @@ impl WriteTracker for UffdAsyncTracker {
             Err(e) => return Err(e.into()),
         }
         match self.uffd.write_protect(range.start, range.end - range.start, true) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let (Some(events), Some(before)) = (&self.events, before) {
+                    events.set_proven(&range, before);
+                }
+                Ok(())
+            }
             Err(e) if e.errno() == Some(Errno::ENOENT) || e.errno() == Some(Errno::EINVAL) => Err(TrackError::BadView(
                 format!("cannot write-protect {:#x}..{:#x}: {e}", range.start, range.end),
             )),
@@ -109,6 +183,17 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        if let Some(events) = &self.events {
+            let before = self.scan_and_prove(
+                events,
+                range.clone(),
+                ScanQuery::HARVEST_WRITTEN,
+                ScanQuery::HARVEST_ALL,
+                out,
+            )?;
+            events.set_proven(&range, before);
+            return Ok(());
+        }
         // A part of the range that is missing was unmapped or moved, and can
         // never be proven clean again: one walk harvests the written pages
         // and reports every other page of the range, so the proof and the
@@ -123,6 +208,15 @@ impl WriteTracker for UffdAsyncTracker {
             category_mask: 0,
             return_mask: PAGE_IS_WRITTEN,
         };
+        if let Some(events) = &self.events {
+            // A peek re-protects nothing, so it leaves the view's proof as
+            // it was.
+            let fast = ScanQuery {
+                flags: PM_SCAN_CHECK_WPASYNC,
+                ..ScanQuery::PEEK_WRITTEN
+            };
+            return self.scan_and_prove(events, range, fast, every_page, out).map(|_| ());
+        }
         written_and_covered(&self.pagemap, range, every_page, out)
     }
 
@@ -146,6 +240,28 @@ impl WriteTracker for UffdAsyncTracker {
 
     fn registration_uffd(&self) -> Option<&Userfaultfd> {
         Some(&self.uffd)
+    }
+
+    fn fault_uffd(&self) -> Option<&Userfaultfd> {
+        // Only to be read: the kernel resolves the faults, the fault
+        // service reads the mapping changes.
+        self.events.as_ref().map(|_| &self.uffd)
+    }
+
+    fn drain_map_events(&self) -> bool {
+        match &self.events {
+            Some(events) => {
+                events.drain(&self.uffd);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&self, range: Range<u64>) {
+        if let Some(events) = &self.events {
+            events.forget(&range);
+        }
     }
 }
 

@@ -332,6 +332,7 @@ fn caps(as_json: bool) -> anyhow::Result<()> {
         k.memfd_modify_events.detail
     );
     println!("view checks   {}        {}", mark(&k.view_checks), k.view_checks.detail);
+    println!("map events    {}        {}", mark(&k.map_events), k.map_events.detail);
     Ok(())
 }
 
