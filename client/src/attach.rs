@@ -27,13 +27,15 @@ pub(crate) fn watch_daemon(
 }
 
 /// ATTACH_MM through `call`: first without fds (another connection of the
-/// process may have attached it already), then offering the fds.
+/// process may have attached it already), then offering the fds the
+/// daemon (its HELLO `daemon_caps`) can take.
 pub(crate) fn attach(
     pt: &ProcessTracking,
+    daemon_caps: u64,
     call: &mut dyn FnMut(&Request, &[BorrowedFd<'_>]) -> CallResult,
 ) -> Result<Mechanism, ClientError> {
     let requested = u32::from(requested_mechanism()? as u16) << ATTACH_MECHANISM_SHIFT;
-    let (offer_flags, features, fds) = pt.offer();
+    let (offer_flags, features, fds) = pt.offer(daemon_caps);
     let bare = Request::AttachMm {
         token: pt.token,
         uffd_features: features,

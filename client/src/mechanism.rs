@@ -53,6 +53,11 @@ impl Connection {
         if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && pt.synchronous.is_some() {
             pt.sync_guard(&mut fetch)?;
         }
+        // Likewise, mappings moved to a WP_ASYNC uffd with mapping-change
+        // messages need the guard that reads them if the daemon dies.
+        if mechanism == Mechanism::UffdAsync {
+            pt.events_guard(&mut fetch)?;
+        }
         let req = Request::SetMechanism { mechanism };
         match self.inner.call(&req, &[])? {
             (

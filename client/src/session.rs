@@ -231,14 +231,14 @@ impl ConnInner {
     fn reconnect(&self, link: &mut Link, held: &mut Vec<Arc<dyn Reopen>>) -> Result<(), ClientError> {
         link.sock.close_and_wait(OLD_SESSION_BOUND);
         let mut fresh = connect_link(&self.socket_path)?;
-        match self.exchange(&mut fresh, &hello(), &[]).map_err(Exchange::into_inner)? {
-            (Reply::Hello { .. }, _) => {}
+        let daemon_caps = match self.exchange(&mut fresh, &hello(), &[]).map_err(Exchange::into_inner)? {
+            (Reply::Hello { caps, .. }, _) => caps,
             (other, _) => return Err(unexpected("HELLO", &other)),
-        }
+        };
         let tracking = lock(&self.tracking).clone();
         if let Some(pt) = &tracking {
             pt.settle_daemon(fresh.daemon_pid);
-            let mechanism = attach(pt, &mut |r, f| {
+            let mechanism = attach(pt, daemon_caps, &mut |r, f| {
                 self.exchange(&mut fresh, r, f).map_err(Exchange::into_inner)
             })?;
             pt.reattach(mechanism, &mut || {
@@ -262,7 +262,7 @@ impl ConnInner {
         }
         // Not held across the calls: a reconnect inside them reads it.
         let pt = process_tracking(&self.socket_path, self.caps & cohmem_proto::caps::MAP_EVENTS != 0)?;
-        let mechanism = attach(&pt, &mut |r, f| self.call(r, f))?;
+        let mechanism = attach(&pt, self.caps, &mut |r, f| self.call(r, f))?;
         pt.set_mechanism(mechanism, &mut || watch_daemon(&mut |r, f| self.call(r, f)))?;
         Ok(lock(&self.tracking).get_or_insert(pt).clone())
     }

@@ -87,12 +87,18 @@ impl Drop for ProcessTracking {
 }
 
 impl ProcessTracking {
-    /// ATTACH_MM flags and fds offering everything this process has.
-    pub fn offer(&self) -> (u32, u64, Vec<BorrowedFd<'_>>) {
+    /// ATTACH_MM flags and fds offering everything this process has that
+    /// the daemon (its HELLO `daemon_caps`) can take: a WP_ASYNC uffd with
+    /// mapping-change messages only to a daemon that reads them (a change
+    /// of a view would otherwise wait for good).
+    pub fn offer(&self, daemon_caps: u64) -> (u32, u64, Vec<BorrowedFd<'_>>) {
         let mut flags = 0;
         let mut fds = Vec::new();
         let mut features = 0;
-        if let Some(a) = &self.asynchronous {
+        let readable = |a: &&AsyncTracking| {
+            a.features & features::MAP_EVENTS == 0 || daemon_caps & cohmem_proto::caps::MAP_EVENTS != 0
+        };
+        if let Some(a) = self.asynchronous.as_ref().filter(readable) {
             flags |= ATTACH_WITH_FDS;
             fds.push(a.uffd.as_fd());
             fds.push(a.pagemap.as_fd());
@@ -134,7 +140,7 @@ impl ProcessTracking {
 
     /// The guard for a WP_ASYNC uffd that delivers mapping changes,
     /// started on first use; nothing where it delivers none.
-    fn events_guard(&self, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
+    pub fn events_guard(&self, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
         let Some(a) = self
             .asynchronous
             .as_ref()

@@ -29,12 +29,22 @@ const BATCH: usize = 1024;
 /// The shared fault service.
 pub struct FaultService {
     epoll: Epoll,
-    subscriptions: Mutex<HashMap<u64, Weak<MmSubscription>>>,
+    /// Each registration's process and the tracker whose uffd it watches,
+    /// by registration token (the epoll data): during a mechanism switch a
+    /// process has two, and each uffd is read for its own tracker.
+    subscriptions: Mutex<HashMap<u64, Watched>>,
+    next_token: AtomicU64,
     stop: AtomicBool,
     /// Faults resolved so far.
     pub faults: AtomicU64,
     /// Time to record and resolve each batch of faults (metrics).
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// What one registration watches.
+struct Watched {
+    mm: Weak<MmSubscription>,
+    tracker: Weak<dyn WriteTracker>,
 }
 
 /// Keeps one uffd registered; deregisters it on drop (before the uffd is
@@ -43,7 +53,7 @@ pub struct FaultService {
 pub struct FaultRegistration {
     service: Arc<FaultService>,
     fd: RawFd,
-    mm_id: u64,
+    token: u64,
 }
 
 impl FaultHook for FaultRegistration {
@@ -53,7 +63,7 @@ impl FaultHook for FaultRegistration {
         // SAFETY: the registration is dropped before the uffd is closed
         // (see the type's comment), so the fd is open here.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let mut event = EpollEvent::new(EpollFlags::EPOLLIN, self.mm_id);
+        let mut event = EpollEvent::new(EpollFlags::EPOLLIN, self.token);
         self.service.epoll.modify(fd, &mut event).map_err(std::io::Error::from)
     }
 }
@@ -66,7 +76,7 @@ impl Drop for FaultRegistration {
         if let Err(e) = self.service.epoll.delete(fd) {
             tracing::warn!(error = %e, "removing a uffd from the fault service failed");
         }
-        lock(&self.service.subscriptions).remove(&self.mm_id);
+        lock(&self.service.subscriptions).remove(&self.token);
     }
 }
 
@@ -77,6 +87,7 @@ impl FaultService {
         let service = Arc::new(Self {
             epoll,
             subscriptions: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             faults: AtomicU64::new(0),
             batch_seconds: crate::latency::latency_histogram(),
@@ -88,13 +99,12 @@ impl FaultService {
         Ok(service)
     }
 
-    /// Watches `mm`'s synchronous uffd. The registration must be stored in
-    /// the subscription (dropped before its uffd).
+    /// Watches the uffd of `mm`'s tracker, if it has one to read. The
+    /// registration must be stored in the subscription (dropped before its
+    /// uffd).
     pub fn register(self: &Arc<Self>, mm: &Arc<MmSubscription>) -> std::io::Result<Option<Box<dyn FaultHook>>> {
-        let tracker = mm.tracker();
-        match tracker.fault_uffd() {
-            Some(uffd) => {
-                let reg = self.register_fd(mm, uffd.as_fd())?;
+        match self.register_tracker(mm, &mm.tracker())? {
+            Some(reg) => {
                 reg.arm()?;
                 Ok(Some(Box::new(reg)))
             }
@@ -107,25 +117,35 @@ impl FaultService {
     /// a refusal (the only step that allocates) changes nothing, and arms it
     /// once the tracker is in place ([`FaultRegistration::arm`]). The
     /// registration must be dropped before `uffd` is closed.
-    pub fn register_fd(
+    pub fn register_tracker(
         self: &Arc<Self>,
         mm: &Arc<MmSubscription>,
-        uffd: BorrowedFd<'_>,
-    ) -> std::io::Result<FaultRegistration> {
-        let reg = self.watch(uffd, mm.id)?;
-        lock(&self.subscriptions).insert(mm.id, Arc::downgrade(mm));
-        Ok(reg)
+        tracker: &Arc<dyn WriteTracker>,
+    ) -> std::io::Result<Option<FaultRegistration>> {
+        let Some(uffd) = tracker.fault_uffd() else {
+            return Ok(None);
+        };
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let reg = self.watch(uffd.as_fd(), token)?;
+        lock(&self.subscriptions).insert(
+            token,
+            Watched {
+                mm: Arc::downgrade(mm),
+                tracker: Arc::downgrade(tracker),
+            },
+        );
+        Ok(Some(reg))
     }
 
-    /// The epoll part of [`FaultService::register_fd`].
-    fn watch(self: &Arc<Self>, uffd: BorrowedFd<'_>, mm_id: u64) -> std::io::Result<FaultRegistration> {
+    /// The epoll part of [`FaultService::register_tracker`].
+    fn watch(self: &Arc<Self>, uffd: BorrowedFd<'_>, token: u64) -> std::io::Result<FaultRegistration> {
         self.epoll
-            .add(uffd, EpollEvent::new(EpollFlags::empty(), mm_id))
+            .add(uffd, EpollEvent::new(EpollFlags::empty(), token))
             .map_err(std::io::Error::from)?;
         Ok(FaultRegistration {
             service: self.clone(),
             fd: uffd.as_raw_fd(),
-            mm_id,
+            token,
         })
     }
 
@@ -154,10 +174,11 @@ fn run(service: Weak<FaultService>) {
             }
         };
         for ev in &events[..n] {
-            let mm = lock(&svc.subscriptions).get(&ev.data()).and_then(Weak::upgrade);
-            if let Some(mm) = mm {
+            let watched = lock(&svc.subscriptions)
+                .get(&ev.data())
+                .and_then(|w| Some((w.mm.upgrade()?, w.tracker.upgrade()?)));
+            if let Some((mm, tracker)) = watched {
                 faults.clear();
-                let tracker = mm.tracker();
                 drain(&mm, tracker.as_ref(), &mut faults);
                 if !faults.is_empty() {
                     let t0 = std::time::Instant::now();

@@ -70,7 +70,8 @@ fn own_pagemap(fd: &OwnedFd, pid: i32, checked: bool) -> Result<PagemapFile, Swi
 
 /// The process's maps file, if it sent one: `None` (with a note in the
 /// log) when the kernel has no `PROCMAP_QUERY`, an error if it is another
-/// process's. Only checked: coverage is proven by the harvest's own walk.
+/// process's. Only checked: coverage is proven by the harvest (its walk, or
+/// the mapping-change events).
 fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, SwitchError> {
     let Some(fd) = fd else {
         return Ok(None);
@@ -78,7 +79,7 @@ fn own_maps(fd: Option<&OwnedFd>, pid: i32) -> Result<Option<ProcMapsFile>, Swit
     let maps = match ProcMapsFile::from_fd(dup(fd)?) {
         Ok(m) => m,
         Err(e) => {
-            tracing::debug!(pid, error = %e, "maps fd unusable (not needed: coverage is proven by pagemap walks)");
+            tracing::debug!(pid, error = %e, "maps fd unusable (not needed: coverage is proven by the harvest)");
             return Ok(None);
         }
     };
@@ -127,10 +128,10 @@ impl MechanismOffer {
                 // with mapping changes must be read (its munmaps wait for
                 // it), whether or not the kernel's probe lets the daemon
                 // prove views with them.
-                let events = uffd
+                let enabled = uffd
                     .enabled_features()
-                    .is_ok_and(|f| f & features::MAP_EVENTS == features::MAP_EVENTS);
-                if events {
+                    .map_err(|e| SwitchError::BadFds(format!("fd 0: features unknown: {e}")))?;
+                if enabled & features::MAP_EVENTS == features::MAP_EVENTS {
                     Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, map_events))
                 } else {
                     Box::new(UffdAsyncTracker::new(uffd, pagemap))
@@ -193,14 +194,7 @@ pub fn switch_mechanism(
     // Before any view moves: a synchronous uffd that nobody reads would
     // leave every writer of a protected view waiting forever, so a refusal
     // here fails the switch with nothing changed.
-    let registration = match new.fault_uffd() {
-        Some(uffd) => Some(
-            faults
-                .register_fd(mm, std::os::fd::AsFd::as_fd(uffd))
-                .map_err(SwitchError::FaultService)?,
-        ),
-        None => None,
-    };
+    let registration = faults.register_tracker(mm, &new).map_err(SwitchError::FaultService)?;
     let _no_new_views = mm.switching();
     let old = mm.tracker();
     let views = mm.live_views();
@@ -234,6 +228,9 @@ pub fn switch_mechanism(
         report.extra_pages += move_view(&bo, &mut held[i].state, view, old.as_ref(), new.as_ref());
         report.views += 1;
     }
+    // No view is registered with the old uffd now: read the mapping
+    // changes still in flight on it, which nobody reads once it is gone.
+    old.release_map_events();
     mm.replace_tracker(new, registration.map(|r| Box::new(r) as Box<dyn crate::mm::FaultHook>));
     counters.extra_pages.fetch_add(report.extra_pages, Ordering::Relaxed);
     drop(held);

@@ -163,3 +163,71 @@ fn a_munmap_behind_the_library_never_waits_for_a_dead_daemon() -> anyhow::Result
     drop(map);
     Ok(())
 }
+
+#[test]
+fn changes_of_a_view_never_wait_across_mechanism_switches() -> anyhow::Result<()> {
+    if !caps().uffd_async.ok || !caps().uffd_sync.ok {
+        return expect_uffd_async_refused(DAEMON);
+    }
+    let daemon = cohmem_tests::spawn_daemon_with(
+        DAEMON,
+        &[
+            "--mechanism",
+            Mechanism::UffdAsync.name(),
+            "--auto-shadow-max-bytes",
+            "0",
+        ],
+    )?;
+    let conn = Connection::connect(daemon.socket())?;
+    let ps = cohmem_sys::page_size() as usize;
+    let bo = conn.create_bo((64 * ps) as u64)?;
+    let res = bo.export_resource(0)?;
+    let gpu = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    let map = bo.map()?;
+    let bound = Duration::from_secs(2) * time_scale();
+    for (round, mechanism) in [
+        Mechanism::UffdSync,
+        Mechanism::UffdAsync,
+        Mechanism::UffdSync,
+        Mechanism::UffdAsync,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        conn.set_mechanism(mechanism)?;
+        let value = round as u64 + 1;
+        let page = 7 * (round + 1);
+        map.write_u64(page * ps, value)?;
+        // madvise(MADV_DONTNEED) of a registered range raises a REMOVE
+        // message and waits until it is read; a shared mapping keeps its
+        // bytes.
+        let (addr, len) = (map.as_ptr() as usize + page * ps, ps);
+        let t0 = Instant::now();
+        let advised = std::thread::spawn(move || -> anyhow::Result<()> {
+            let at = std::ptr::NonNull::new(addr as *mut libc::c_void).ok_or_else(|| anyhow::anyhow!("null"))?;
+            // SAFETY: one page of this test's own view; DONTNEED on a
+            // shared mapping drops page table entries, not bytes.
+            unsafe { nix::sys::mman::madvise(at, len, nix::sys::mman::MmapAdvise::MADV_DONTNEED) }?;
+            Ok(())
+        });
+        while !advised.is_finished() && t0.elapsed() < bound {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        anyhow::ensure!(
+            advised.is_finished(),
+            "round {round} ({mechanism}): madvise still waits {:?} later",
+            t0.elapsed()
+        );
+        advised
+            .join()
+            .map_err(|_| anyhow::anyhow!("madvise thread panicked"))??;
+        bo.sync()?;
+        assert_eq!(
+            gpu.read_u64(page * ps)?,
+            value,
+            "round {round} ({mechanism}): the write before the madvise is not in the GPU copy"
+        );
+    }
+    drop(map);
+    Ok(())
+}

@@ -284,6 +284,7 @@ fn add_view(
     });
     if let Err(f) = result {
         mm.remove_view(addr);
+        mm.tracker().forget(view.range());
         return Err(f);
     }
     // With the state lock held: every tracker operation sees a

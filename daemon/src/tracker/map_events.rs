@@ -16,9 +16,16 @@
 //! and counted; if the count still equals the one taken before the view's
 //! previous harvest (or its attach), no change began between that harvest
 //! and H, and the view was whole at H. Otherwise a walk proves it, as
-//! without events. A client that reads its own uffd's messages takes them
-//! from the daemon: it can hide its own remaps and lose its own writes,
-//! as it could by registering a remapped view again (README).
+//! without events.
+//!
+//! What the events cannot see (README, "uffd-async's coverage proof"): a
+//! client that reads its own uffd's messages takes them from the daemon,
+//! and hides its own remaps (as it could by registering a remapped view
+//! again); and a thread killed while its change waits for the message
+//! lowers `mm_changing` with the message unread, so a sync by another
+//! process of the BO before the dying process is gone can miss what the
+//! dying one wrote into the unmapped view (the view's removal then marks
+//! it dirty).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -88,6 +95,20 @@ impl MapEvents {
     /// Forgets a view the daemon no longer tracks.
     pub fn forget(&self, view: &Range<u64>) {
         lock(&self.proven).remove(&(view.start, view.end));
+    }
+
+    /// Reads messages until no mapping change of the process waits for one
+    /// (`mm_changing`), for at most `bound`: for a uffd no view is
+    /// registered with any more, so no new change can start.
+    pub fn read_until_quiet(&self, uffd: &Userfaultfd, bound: std::time::Duration) {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            self.drain(uffd);
+            if !matches!(uffd.mm_changing(), Ok(true)) || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
     }
 
     /// Reads the pending messages of `uffd` (without blocking) and counts

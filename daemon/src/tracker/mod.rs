@@ -171,6 +171,10 @@ pub trait WriteTracker: Send + Sync {
     }
     /// Forgets what it keeps about a view the daemon no longer tracks.
     fn forget(&self, _range: Range<u64>) {}
+    /// Called by a mechanism switch once no view is registered with this
+    /// tracker's uffd any more: reads the mapping changes still in flight
+    /// on it (uffd-async with events), which nobody reads afterwards.
+    fn release_map_events(&self) {}
     /// The userfaultfd the process's views are registered with under this
     /// mechanism, if any: a mechanism switch (`switch`) moves every
     /// view from the old one to the new one.

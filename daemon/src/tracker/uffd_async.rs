@@ -1,12 +1,16 @@
 //! `uffd-async`: the client's WP_ASYNC userfaultfd and `PAGEMAP_SCAN`
 //! (Linux ≥ 6.7): vmwgfx's "protect, then harvest-and-re-protect" cycle
-//! (seed 001, spec §4.3) with the kernel doing the fault handling.
+//! (seed 001, spec §4.3) with the kernel doing the fault handling. Views
+//! are proven whole by the uffd's mapping-change events where the client
+//! asked for them ([`super::map_events`]), else by a walk of every page.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use cohmem_proto::Mechanism;
 use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC};
 use cohmem_sys::uffd::Userfaultfd;
+use cohmem_sys::SysError;
 use nix::errno::Errno;
 
 use super::map_events::MapEvents;
@@ -95,6 +99,25 @@ impl UffdAsyncTracker {
         }
     }
 
+    /// `UFFDIO_WRITEPROTECT`, which fails with EAGAIN while a mapping change
+    /// of the process waits for its message: reads the messages (as the
+    /// fault service would; a new tracker's uffd is not read by it until the
+    /// switch ends) and tries again, for at most [`QUIET_BOUND`].
+    fn write_protect(&self, range: Range<u64>, protect: bool) -> Result<(), SysError> {
+        let deadline = Instant::now() + QUIET_BOUND;
+        loop {
+            match self.uffd.write_protect(range.start, range.end - range.start, protect) {
+                Err(e) if e.errno() == Some(Errno::EAGAIN) && Instant::now() < deadline => {
+                    if let Some(events) = &self.events {
+                        events.drain(&self.uffd);
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Scans `range` with `fast` (written pages only, appended to `out`),
     /// then proves the view whole with the events, or by a walk with
     /// `walk` where they cannot prove it. Returns the events counted
@@ -121,6 +144,10 @@ impl UffdAsyncTracker {
         Ok(before)
     }
 }
+
+/// How long a write-protect call waits out mapping changes in flight, and
+/// how long a retiring tracker reads them.
+const QUIET_BOUND: Duration = Duration::from_secs(1);
 
 /// Sorts and merges `out[first..]` (two scans' runs of one range).
 fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
@@ -168,7 +195,7 @@ impl WriteTracker for UffdAsyncTracker {
             }
             Err(e) => return Err(e.into()),
         }
-        match self.uffd.write_protect(range.start, range.end - range.start, true) {
+        match self.write_protect(range.clone(), true) {
             Ok(()) => {
                 if let (Some(events), Some(before)) = (&self.events, before) {
                     events.set_proven(&range, before);
@@ -221,7 +248,7 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
-        self.uffd.write_protect(range.start, range.end - range.start, true)?;
+        self.write_protect(range, true)?;
         Ok(())
     }
 
@@ -234,7 +261,7 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn unprotect(&self, range: Range<u64>) -> Result<(), TrackError> {
-        self.uffd.write_protect(range.start, range.end - range.start, false)?;
+        self.write_protect(range, false)?;
         Ok(())
     }
 
@@ -262,6 +289,21 @@ impl WriteTracker for UffdAsyncTracker {
         if let Some(events) = &self.events {
             events.forget(&range);
         }
+    }
+
+    fn release_map_events(&self) {
+        if let Some(events) = &self.events {
+            events.read_until_quiet(&self.uffd, QUIET_BOUND);
+        }
+    }
+}
+
+impl Drop for UffdAsyncTracker {
+    fn drop(&mut self) {
+        // Changes in flight when the daemon lets go of the uffd would wait
+        // for a reader that never comes (later ones wait for the client's
+        // library to attach again, or for its guard if the daemon dies).
+        self.release_map_events();
     }
 }
 
