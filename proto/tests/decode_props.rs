@@ -2072,9 +2072,10 @@ fn documented_constants() {
             caps::EXPORT_RESOURCE,
             caps::SYNC_RUNS,
             caps::IMAGES,
+            caps::MAP_EVENTS,
             caps::ALL
         ],
-        [1, 2, 4, 8, 16, 32, 63]
+        [1, 2, 4, 8, 16, 32, 64, 127]
     );
     // Image formats (drm_fourcc.h), as the README's table gives them.
     assert_eq!(
@@ -2303,7 +2304,7 @@ fn documented_fd_counts() {
     assert_eq!(Reply::error(ErrorCode::BadFds, "").fd_count(&Request::ImportBo), 0);
 }
 
-/// The hex example in the README (caps `ALL`, 0x3f since `IMAGES`).
+/// The hex example in the README (caps `ALL`, 0x7f since `MAP_EVENTS`).
 #[test]
 fn readme_hello_example() {
     let f = Request::Hello {
@@ -2312,7 +2313,7 @@ fn readme_hello_example() {
         caps: caps::ALL,
     }
     .encode(1);
-    assert_eq!(f, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x3f, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(f, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0x7f, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 // ------------------------------------------------------------- image BOs

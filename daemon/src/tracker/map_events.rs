@@ -33,7 +33,7 @@ use std::sync::Mutex;
 
 use cohmem_sys::uffd::{MapEvent, Userfaultfd};
 
-use crate::bo::lock;
+use crate::locking::lock;
 
 /// Views remembered at most: past this the table starts over, and every
 /// view is proven by a walk once (what a view not in the table gets).
