@@ -21,53 +21,53 @@ use nix::unistd::Pid;
 /// The daemon binary cargo builds with these tests.
 const DAEMON: &str = env!("CARGO_BIN_EXE_cohmem-test-daemon");
 
-/// Replaces `len` bytes at `addr` with a fresh anonymous mapping behind the
-/// library (an mmap over a registered range raises an UNMAP message).
-fn replace_behind_library(addr: usize, len: usize) -> anyhow::Result<()> {
+/// Maps fresh anonymous memory at `addr`, behind the library: over the
+/// view (`replace`: an mmap over a registered range raises an UNMAP
+/// message), or into the hole it left (NOREPLACE: fails rather than replace
+/// a mapping another thread placed there).
+fn map_anonymous_at(addr: usize, len: usize, replace: bool) -> anyhow::Result<()> {
     let at = NonZeroUsize::new(addr).ok_or_else(|| anyhow::anyhow!("null view"))?;
     let size = NonZeroUsize::new(len).ok_or_else(|| anyhow::anyhow!("empty view"))?;
-    // SAFETY: the range is a view of this test's own BO, which nothing
-    // reads or writes while it is replaced; MAP_FIXED keeps the address
-    // mapped, so the library's later munmap of it is harmless.
-    unsafe {
-        mmap_anonymous(
-            Some(at),
-            size,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED,
-        )
-    }?;
-    Ok(())
-}
-
-/// Maps anonymous memory into the hole at `addr` (NOREPLACE: fails rather
-/// than replace a mapping another thread placed there).
-fn refill(addr: usize, len: usize) -> anyhow::Result<()> {
-    let at = NonZeroUsize::new(addr).ok_or_else(|| anyhow::anyhow!("null view"))?;
-    let size = NonZeroUsize::new(len).ok_or_else(|| anyhow::anyhow!("empty view"))?;
-    // SAFETY: NOREPLACE maps only into the hole this test made.
+    let fixed = if replace {
+        MapFlags::MAP_FIXED
+    } else {
+        MapFlags::MAP_FIXED_NOREPLACE
+    };
+    // SAFETY: the range is (or was) a view of this test's own BO, which
+    // nothing reads or writes meanwhile; the address stays mapped, so the
+    // library's later munmap of it is harmless.
     let got = unsafe {
         mmap_anonymous(
             Some(at),
             size,
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED_NOREPLACE,
+            MapFlags::MAP_PRIVATE | fixed,
         )
     }?;
     anyhow::ensure!(got.as_ptr() as usize == addr, "mapped elsewhere");
     Ok(())
 }
 
+/// Whether this kernel has what the tests need; `Some` ends the test there
+/// (without uffd-async: the daemon must refuse it and say why).
+fn unavailable() -> Option<anyhow::Result<()>> {
+    if !caps().uffd_async.ok || !caps().uffd_sync.ok {
+        return Some(expect_uffd_async_refused(DAEMON));
+    }
+    if !caps().map_events.ok {
+        return Some(Err(anyhow::anyhow!(
+            "mapping-change events: {}",
+            caps().map_events.detail
+        )));
+    }
+    None
+}
+
 #[test]
 fn a_view_unmapped_after_a_write_is_uploaded_by_the_next_sync() -> anyhow::Result<()> {
-    if !caps().uffd_async.ok {
-        return expect_uffd_async_refused(DAEMON);
+    if let Some(end) = unavailable() {
+        return end;
     }
-    anyhow::ensure!(
-        caps().map_events.ok,
-        "mapping-change events: {}",
-        caps().map_events.detail
-    );
     let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
     let conn = Connection::connect(daemon.socket())?;
     let ps = cohmem_sys::page_size() as usize;
@@ -91,7 +91,7 @@ fn a_view_unmapped_after_a_write_is_uploaded_by_the_next_sync() -> anyhow::Resul
             // uses; it is mapped again (or forgotten) below.
             unsafe { nix::sys::mman::munmap(base, len) }?;
         } else {
-            replace_behind_library(addr, len)?;
+            map_anonymous_at(addr, len, true)?;
         }
         bo.sync()?;
         let got = gpu.read_u64(page * ps)?;
@@ -100,7 +100,7 @@ fn a_view_unmapped_after_a_write_is_uploaded_by_the_next_sync() -> anyhow::Resul
             got, round,
             "round {round}: a write made before the view was {how} is not in the GPU copy"
         );
-        if hole && refill(addr, len).is_err() {
+        if hole && map_anonymous_at(addr, len, false).is_err() {
             // Another thread's mapping took the hole: the library must not
             // unmap it.
             std::mem::forget(map);
@@ -113,14 +113,9 @@ fn a_view_unmapped_after_a_write_is_uploaded_by_the_next_sync() -> anyhow::Resul
 
 #[test]
 fn a_munmap_behind_the_library_never_waits_for_a_dead_daemon() -> anyhow::Result<()> {
-    if !caps().uffd_async.ok {
-        return expect_uffd_async_refused(DAEMON);
+    if let Some(end) = unavailable() {
+        return end;
     }
-    anyhow::ensure!(
-        caps().map_events.ok,
-        "mapping-change events: {}",
-        caps().map_events.detail
-    );
     let daemon = spawn_daemon_for(DAEMON, Mechanism::UffdAsync)?;
     let pid = Pid::from_raw(daemon.pid() as i32);
     let conn = Connection::connect(daemon.socket())?;
@@ -137,7 +132,7 @@ fn a_munmap_behind_the_library_never_waits_for_a_dead_daemon() -> anyhow::Result
     let replacer = {
         let done = done.clone();
         std::thread::spawn(move || -> anyhow::Result<()> {
-            replace_behind_library(addr, len)?;
+            map_anonymous_at(addr, len, true)?;
             done.store(true, Ordering::Release);
             Ok(())
         })
@@ -166,8 +161,8 @@ fn a_munmap_behind_the_library_never_waits_for_a_dead_daemon() -> anyhow::Result
 
 #[test]
 fn changes_of_a_view_never_wait_across_mechanism_switches() -> anyhow::Result<()> {
-    if !caps().uffd_async.ok || !caps().uffd_sync.ok {
-        return expect_uffd_async_refused(DAEMON);
+    if let Some(end) = unavailable() {
+        return end;
     }
     let daemon = cohmem_tests::spawn_daemon_with(
         DAEMON,
