@@ -178,6 +178,20 @@ fn run(service: Weak<FaultService>) {
                 .get(&ev.data())
                 .and_then(|w| Some((w.mm.upgrade()?, w.tracker.upgrade()?)));
             if let Some((mm, tracker)) = watched {
+                if ev.events().contains(EpollFlags::EPOLLERR) {
+                    // The client cleared O_NONBLOCK on the shared file: poll
+                    // then reports an error every time. Set it again.
+                    if let Some(uffd) = tracker.fault_uffd() {
+                        crate::limited!(
+                            warn,
+                            "uffd made blocking",
+                            mm.id,
+                            mm = mm.id,
+                            "a client cleared O_NONBLOCK on its userfaultfd; set again"
+                        );
+                        let _ = uffd.ensure_nonblocking();
+                    }
+                }
                 faults.clear();
                 drain(&mm, tracker.as_ref(), &mut faults);
                 if !faults.is_empty() {

@@ -191,6 +191,11 @@ impl<V: MappedView> ProcessViews for Subscription<V> {
 
 impl<V: MappedView> Drop for Subscription<V> {
     fn drop(&mut self) {
+        // Mapping changes in flight on a uffd the daemon lets go of would
+        // wait for a reader that never comes (later ones wait for the
+        // client's library to attach again, or for its guard if the daemon
+        // dies).
+        self.tracker().release_map_events();
         crate::limited!(
             info,
             "mm subscription released",

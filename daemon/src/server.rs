@@ -182,6 +182,8 @@ pub struct Daemon {
     pub background: BackgroundCounters,
     /// The display output (`--display`).
     pub display: Option<Arc<crate::display::Display>>,
+    /// Mapping changes read from uffd-async clients, one count per uffd.
+    pub map_events: crate::tracker::map_events::MapEventsRegistry,
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     started: Instant,
@@ -236,6 +238,7 @@ impl Daemon {
             inline: InlineSlots::for_this_machine(),
             background: BackgroundCounters::default(),
             display,
+            map_events: Default::default(),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             started: Instant::now(),

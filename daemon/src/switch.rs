@@ -28,6 +28,7 @@ use crate::bo::{lock, Bo, BoState, MmSubscription, View};
 use crate::faults::FaultService;
 pub use crate::mm::MechanismOffer;
 use crate::stats::DaemonCounters;
+use crate::tracker::map_events::MapEventsRegistry;
 use crate::tracker::{ExplicitTracker, FullTracker, SoftDirtyTracker, UffdAsyncTracker, UffdSyncTracker, WriteTracker};
 
 /// Why a mechanism could not be built or switched to.
@@ -97,12 +98,14 @@ impl MechanismOffer {
     /// offer's flags) for process `pid` from duplicates of the offered fds.
     /// `map_events`: the kernel passed the mapping-change probe
     /// (`KernelCaps::map_events`), so uffd-async may prove views with the
-    /// events where the client's uffd delivers them.
+    /// events where the client's uffd delivers them; their counts are kept
+    /// in `registry`, one per uffd file.
     pub fn build(
         &self,
         mechanism: Mechanism,
         pid: i32,
         map_events: bool,
+        registry: &MapEventsRegistry,
     ) -> Result<Box<dyn WriteTracker>, SwitchError> {
         let sync_uffd = || -> Result<Userfaultfd, SwitchError> {
             let fd = self
@@ -131,8 +134,14 @@ impl MechanismOffer {
                 let enabled = uffd
                     .enabled_features()
                     .map_err(|e| SwitchError::BadFds(format!("fd 0: features unknown: {e}")))?;
-                if enabled & features::MAP_EVENTS == features::MAP_EVENTS {
-                    Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, map_events))
+                if enabled & features::WAITING_EVENTS != 0 {
+                    // Read whatever makes the client wait; prove views only
+                    // with every mapping change.
+                    let trusted = map_events && enabled & features::MAP_EVENTS == features::MAP_EVENTS;
+                    let events = registry
+                        .for_uffd(&uffd, trusted)
+                        .map_err(|e| SwitchError::BadFds(format!("fd 0: {e}")))?;
+                    Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, events))
                 } else {
                     Box::new(UffdAsyncTracker::new(uffd, pagemap))
                 }
@@ -228,12 +237,13 @@ pub fn switch_mechanism(
         report.extra_pages += move_view(&bo, &mut held[i].state, view, old.as_ref(), new.as_ref());
         report.views += 1;
     }
-    // No view is registered with the old uffd now: read the mapping
-    // changes still in flight on it, which nobody reads once it is gone.
-    old.release_map_events();
     mm.replace_tracker(new, registration.map(|r| Box::new(r) as Box<dyn crate::mm::FaultHook>));
     counters.extra_pages.fetch_add(report.extra_pages, Ordering::Relaxed);
     drop(held);
+    // No view is registered with the old uffd now: read the mapping
+    // changes still in flight on it, which nobody may read once it is gone
+    // (counted where every tracker of that uffd looks).
+    old.release_map_events();
     Ok(report)
 }
 

@@ -32,6 +32,9 @@ pub mod features {
     /// MADV_REMOVE). The changing thread waits until the message is read.
     pub const MAP_EVENTS: u64 =
         (g::UFFD_FEATURE_EVENT_UNMAP | g::UFFD_FEATURE_EVENT_REMAP | g::UFFD_FEATURE_EVENT_REMOVE) as u64;
+    /// Every feature whose messages make a thread of the client wait until
+    /// they are read (the mapping changes, and fork).
+    pub const WAITING_EVENTS: u64 = MAP_EVENTS | g::UFFD_FEATURE_EVENT_FORK as u64;
 
     /// Names of the known feature bits, for `cohmemctl caps`.
     pub fn names(bits: u64) -> Vec<&'static str> {
@@ -322,9 +325,21 @@ impl Userfaultfd {
 
     /// One non-blocking read of up to 64 messages; `each` gets every
     /// message's event and a reader of its little-endian words by offset.
+    ///
+    /// `preadv2` with `RWF_NOWAIT`, not `read`: the file is shared with the
+    /// client, which may clear its `O_NONBLOCK`, and a plain read would then
+    /// block the reader (nix has no preadv2 with flags).
     fn read_messages(&self, mut each: impl FnMut(u32, &dyn Fn(usize) -> u64)) -> Result<usize> {
         let mut buf = [0u8; UFFD_MSG_SIZE * 64];
-        match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec describing `buf`, which outlives the call; the
+        // kernel writes at most `buf.len()` bytes into it.
+        let ret = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        let read = if ret < 0 { Err(Errno::last()) } else { Ok(ret as usize) };
+        match read {
             Ok(n) => {
                 let msgs = n / UFFD_MSG_SIZE;
                 for m in buf[..msgs * UFFD_MSG_SIZE].chunks_exact(UFFD_MSG_SIZE) {
@@ -369,6 +384,23 @@ impl Userfaultfd {
             Ok(_) => Err(SysError::Invalid("UFFDIO_WRITEPROTECT accepted a null argument".into())),
             Err(e) => Err(SysError::os("UFFDIO_WRITEPROTECT (mmap_changing probe)", e)),
         }
+    }
+
+    /// The uffd's file (device, inode): the same for every fd of one uffd,
+    /// whichever process holds it.
+    pub fn file_id(&self) -> Result<(u64, u64)> {
+        let st = nix::sys::stat::fstat(self.fd.as_fd()).map_err(|e| SysError::os("fstat(userfaultfd)", e))?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    }
+
+    /// Sets `O_NONBLOCK` on the (shared) file again: a uffd whose flag a
+    /// client cleared reports EPOLLERR to every poll.
+    pub fn ensure_nonblocking(&self) -> Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = fcntl(self.fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| SysError::os("fcntl(F_GETFL)", e))?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(self.fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(|e| SysError::os("fcntl(F_SETFL)", e))?;
+        Ok(())
     }
 
     /// The features the uffd's creator enabled (its UFFDIO_API), from

@@ -190,6 +190,9 @@ fn changes_of_a_view_never_wait_across_mechanism_switches() -> anyhow::Result<()
     .enumerate()
     {
         conn.set_mechanism(mechanism)?;
+        // A switch marks the views written whole: upload that first, so the
+        // check below is about what the mechanism itself finds.
+        bo.sync()?;
         let value = round as u64 + 1;
         let page = 7 * (round + 1);
         map.write_u64(page * ps, value)?;

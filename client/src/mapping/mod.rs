@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cohmem_proto::{Reply, Request};
+use cohmem_proto::{Mechanism, Reply, Request};
 use cohmem_sys::mapping::SharedMapping;
 use vm_memory::ByteValued;
 
@@ -307,6 +307,14 @@ impl<'bo> Mapping<'bo> {
             }
             None => Ok(()),
         });
+        // A range a switch could not move off the WP_ASYNC uffd would make
+        // the munmap wait for a mapping-change message nobody reads: take
+        // it off that one too (EINVAL where it is not registered there).
+        if self.tracking.mechanism() != Mechanism::UffdAsync {
+            if let Some(a) = self.tracking.asynchronous.as_ref() {
+                let _ = a.uffd.unregister(self.map.addr(), self.map.len() as u64);
+            }
+        }
         match result? {
             (Reply::Ok, _) => {}
             (other, _) => return Err(unexpected("UNMAP", &other)),

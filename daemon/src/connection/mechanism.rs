@@ -36,7 +36,12 @@ impl Session {
             offer.uffd_features,
         )?;
         let tracker = offer
-            .build(chosen, mm.key.pid, self.daemon.kernel.map_events.ok)
+            .build(
+                chosen,
+                mm.key.pid,
+                self.daemon.kernel.map_events.ok,
+                &self.daemon.map_events,
+            )
             .map_err(switch_failure)?;
         let exact = tracker.exact();
         let daemon = self.daemon.clone();

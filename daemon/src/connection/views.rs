@@ -82,7 +82,12 @@ impl Session {
     /// subscription (or joins one a racing connection made first).
     fn subscribe(&mut self, key: MmKey, choice: Mechanism, offer: MechanismOffer) -> Outcome {
         let tracker = offer
-            .build(choice, self.info.pid, self.daemon.kernel.map_events.ok)
+            .build(
+                choice,
+                self.info.pid,
+                self.daemon.kernel.map_events.ok,
+                &self.daemon.map_events,
+            )
             .map_err(switch_failure)?;
         let (mm, joined) = self
             .daemon

@@ -9,7 +9,10 @@
 //! before it touches the mapping, queues a message, and lowers the counter
 //! only once the message was read (the changing thread waits for that).
 //! The fault service reads the messages as they come and counts them here,
-//! holding the count's lock across each read.
+//! holding the count's lock across each read. One count serves every
+//! tracker built on the same uffd file ([`MapEventsRegistry`]), so a
+//! message read by any of them (a tracker a switch retires, or one a racing
+//! attach threw away) is counted where the others look.
 //!
 //! So, for a harvest H of a view: take the count before H; after H, if
 //! `mm_changing` is false, every change that began before H has been read
@@ -17,6 +20,11 @@
 //! previous harvest (or its attach), no change began between that harvest
 //! and H, and the view was whole at H. Otherwise a walk proves it, as
 //! without events.
+//!
+//! A madvise queues its message and lowers the counter before it zaps
+//! the range, but a zapped page keeps its "written" mark (a none entry in
+//! a WP_ASYNC range reads as written), so a harvest after it still finds
+//! the page; only unmapping takes marks away.
 //!
 //! What the events cannot see (README, "uffd-async's coverage proof"): a
 //! client that reads its own uffd's messages takes them from the daemon,
@@ -29,31 +37,35 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use cohmem_sys::uffd::{MapEvent, Userfaultfd};
 
 use crate::locking::lock;
 
-/// Views remembered at most: past this the table starts over, and every
-/// view is proven by a walk once (what a view not in the table gets).
+/// Views remembered at most per tracker: past this the table starts over,
+/// and every view is proven by a walk once (what a view not in the table
+/// gets).
 const MAX_VIEWS: usize = 1 << 16;
 
 /// Messages read per drain at most (the fault service comes back while the
 /// uffd stays readable).
 const MAX_READS: usize = 64;
 
-/// Mapping changes read from one process's uffd, and how far each view is
-/// proven.
+/// The mapping changes read from one uffd file, by whichever tracker read
+/// them.
 pub struct MapEvents {
-    /// The kernel passed the probe: the events prove views.
+    /// The kernel passed the probe and the uffd delivers every mapping
+    /// change: the count proves views.
     trusted: bool,
     /// Mapping-change messages read so far; held across each read, so a
     /// message the kernel handed over is counted before the lock is free.
     seen: Mutex<u64>,
-    /// For each view (by range): [`MapEvents::seen`] taken before its last
-    /// harvest (or its attach) began.
-    proven: Mutex<HashMap<(u64, u64), u64>>,
+    /// A change stayed under way past a write-protect's wait: later
+    /// write-protects fail at once until one succeeds.
+    stuck: AtomicBool,
 }
 
 impl MapEvents {
@@ -62,12 +74,13 @@ impl MapEvents {
         Self {
             trusted,
             seen: Mutex::new(0),
-            proven: Mutex::new(HashMap::new()),
+            stuck: AtomicBool::new(false),
         }
     }
 
-    /// True when the kernel passed the probe (`KernelCaps::map_events`):
-    /// otherwise the messages are only read, and walks prove every view.
+    /// True when the kernel passed the probe (`KernelCaps::map_events`)
+    /// and the uffd asked for every mapping change: otherwise the messages
+    /// are only read, and walks prove every view.
     pub fn trusted(&self) -> bool {
         self.trusted
     }
@@ -77,37 +90,27 @@ impl MapEvents {
         *lock(&self.seen)
     }
 
-    /// The count before the view's last proven harvest, if it has one.
-    pub fn proven(&self, view: &Range<u64>) -> Option<u64> {
-        lock(&self.proven).get(&(view.start, view.end)).copied()
+    /// Whether a change was seen stuck (see [`MapEvents::set_stuck`]).
+    pub fn stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
     }
 
-    /// Records that `view` was whole when a harvest that began at count
-    /// `before` scanned it.
-    pub fn set_proven(&self, view: &Range<u64>, before: u64) {
-        let mut proven = lock(&self.proven);
-        if proven.len() >= MAX_VIEWS && !proven.contains_key(&(view.start, view.end)) {
-            proven.clear();
-        }
-        proven.insert((view.start, view.end), before);
-    }
-
-    /// Forgets a view the daemon no longer tracks.
-    pub fn forget(&self, view: &Range<u64>) {
-        lock(&self.proven).remove(&(view.start, view.end));
+    /// Records that a change stayed under way past a write-protect's wait
+    /// (`true`), or that a write-protect went through (`false`).
+    pub fn set_stuck(&self, stuck: bool) {
+        self.stuck.store(stuck, Ordering::Relaxed);
     }
 
     /// Reads messages until no mapping change of the process waits for one
-    /// (`mm_changing`), for at most `bound`: for a uffd no view is
-    /// registered with any more, so no new change can start.
-    pub fn read_until_quiet(&self, uffd: &Userfaultfd, bound: std::time::Duration) {
-        let deadline = std::time::Instant::now() + bound;
+    /// (`mm_changing`), for at most `bound`.
+    pub fn read_until_quiet(&self, uffd: &Userfaultfd, bound: Duration) {
+        let deadline = Instant::now() + bound;
         loop {
             self.drain(uffd);
-            if !matches!(uffd.mm_changing(), Ok(true)) || std::time::Instant::now() >= deadline {
+            if !matches!(uffd.mm_changing(), Ok(true)) || Instant::now() >= deadline {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 
@@ -133,5 +136,57 @@ impl MapEvents {
         if !changes.is_empty() {
             tracing::trace!(?changes, "mapping changes of a uffd-async client");
         }
+    }
+}
+
+/// The daemon's [`MapEvents`], one per uffd file (by device and inode, the
+/// same for every fd of one uffd).
+#[derive(Default)]
+pub struct MapEventsRegistry {
+    by_file: Mutex<HashMap<(u64, u64), Weak<MapEvents>>>,
+}
+
+impl MapEventsRegistry {
+    /// The count of `uffd`'s file, created on first use with `trusted`
+    /// (the same uffd always has the same features).
+    pub fn for_uffd(&self, uffd: &Userfaultfd, trusted: bool) -> cohmem_sys::Result<Arc<MapEvents>> {
+        let id = uffd.file_id()?;
+        let mut by_file = lock(&self.by_file);
+        if let Some(events) = by_file.get(&id).and_then(Weak::upgrade) {
+            return Ok(events);
+        }
+        by_file.retain(|_, w| w.strong_count() > 0);
+        let events = Arc::new(MapEvents::new(trusted));
+        by_file.insert(id, Arc::downgrade(&events));
+        Ok(events)
+    }
+}
+
+/// For each view of one tracker (by range): the [`MapEvents`] count taken
+/// before its last harvest (or its attach) began.
+#[derive(Default)]
+pub struct ProvenViews {
+    proven: Mutex<HashMap<(u64, u64), u64>>,
+}
+
+impl ProvenViews {
+    /// The count before the view's last proven harvest, if it has one.
+    pub fn get(&self, view: &Range<u64>) -> Option<u64> {
+        lock(&self.proven).get(&(view.start, view.end)).copied()
+    }
+
+    /// Records that `view` was whole when a harvest that began at count
+    /// `before` scanned it.
+    pub fn set(&self, view: &Range<u64>, before: u64) {
+        let mut proven = lock(&self.proven);
+        if proven.len() >= MAX_VIEWS && !proven.contains_key(&(view.start, view.end)) {
+            proven.clear();
+        }
+        proven.insert((view.start, view.end), before);
+    }
+
+    /// Forgets a view the daemon no longer tracks.
+    pub fn forget(&self, view: &Range<u64>) {
+        lock(&self.proven).remove(&(view.start, view.end));
     }
 }

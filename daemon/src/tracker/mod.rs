@@ -24,7 +24,7 @@ use cohmem_sys::SysError;
 use nix::errno::Errno;
 use thiserror::Error;
 
-mod map_events;
+pub mod map_events;
 mod ranges;
 pub mod soft_dirty;
 pub mod uffd_async;

@@ -13,7 +13,10 @@ use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
 use nix::errno::Errno;
 
-use super::map_events::MapEvents;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::map_events::{MapEvents, ProvenViews};
 use super::{TrackError, WriteTracker};
 
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
@@ -70,9 +73,13 @@ fn written_and_covered(
 pub struct UffdAsyncTracker {
     uffd: Userfaultfd,
     pagemap: PagemapFile,
-    /// Present when the uffd delivers mapping changes (and the kernel's
-    /// probe passed).
-    events: Option<MapEvents>,
+    /// Present when the uffd delivers mapping changes: they must be read
+    /// (a change waits for its message), and prove views where trusted.
+    events: Option<Arc<MapEvents>>,
+    /// How far each view is proven by them.
+    proven: ProvenViews,
+    /// Harvests and peeks proven by a walk rather than the events.
+    walks: AtomicU64,
 }
 
 impl UffdAsyncTracker {
@@ -83,20 +90,30 @@ impl UffdAsyncTracker {
             uffd,
             pagemap,
             events: None,
+            proven: ProvenViews::default(),
+            walks: AtomicU64::new(0),
         }
     }
 
-    /// Like [`UffdAsyncTracker::new`], for a uffd with mapping-change
-    /// events enabled: the fault service must read them
-    /// ([`WriteTracker::drain_map_events`]), or the client's munmaps wait.
-    /// `trusted`: the kernel passed the probe (`KernelCaps::map_events`),
-    /// so views are proven with them; otherwise they are only read.
-    pub fn with_map_events(uffd: Userfaultfd, pagemap: PagemapFile, trusted: bool) -> Self {
+    /// Like [`UffdAsyncTracker::new`], for a uffd with messages that make
+    /// the client wait: the fault service must read them
+    /// ([`WriteTracker::drain_map_events`]), counting them in `events`
+    /// (shared by every tracker of this uffd), which prove views where
+    /// [`MapEvents::trusted`].
+    pub fn with_map_events(uffd: Userfaultfd, pagemap: PagemapFile, events: Arc<MapEvents>) -> Self {
         Self {
             uffd,
             pagemap,
-            events: Some(MapEvents::new(trusted)),
+            events: Some(events),
+            proven: ProvenViews::default(),
+            walks: AtomicU64::new(0),
         }
+    }
+
+    /// Harvests and peeks so far that the events could not prove and a walk
+    /// did.
+    pub fn walks(&self) -> u64 {
+        self.walks.load(Ordering::Relaxed)
     }
 
     /// `UFFDIO_WRITEPROTECT`, which fails with EAGAIN while a mapping change
@@ -107,11 +124,24 @@ impl UffdAsyncTracker {
         let deadline = Instant::now() + QUIET_BOUND;
         loop {
             match self.uffd.write_protect(range.start, range.end - range.start, protect) {
-                Err(e) if e.errno() == Some(Errno::EAGAIN) && Instant::now() < deadline => {
-                    if let Some(events) = &self.events {
-                        events.drain(&self.uffd);
+                Err(e) if e.errno() == Some(Errno::EAGAIN) => {
+                    let Some(events) = &self.events else { return Err(e) };
+                    // A change that outlasted a whole wait before (a client
+                    // that keeps changing its mappings, or a kernel that
+                    // left the counter raised): fail at once, the caller
+                    // treats the view as written.
+                    if events.stuck() || Instant::now() >= deadline {
+                        events.set_stuck(true);
+                        return Err(e);
                     }
+                    events.drain(&self.uffd);
                     std::thread::sleep(Duration::from_micros(50));
+                }
+                Ok(()) => {
+                    if let Some(events) = &self.events {
+                        events.set_stuck(false);
+                    }
+                    return Ok(());
                 }
                 other => return other,
             }
@@ -133,11 +163,12 @@ impl UffdAsyncTracker {
         let before = events.seen();
         let first = out.len();
         self.pagemap.scan(range.clone(), fast, out)?;
-        let proven = match events.proven(&range) {
+        let proven = match self.proven.get(&range) {
             Some(last) if events.trusted() => !self.uffd.mm_changing()? && events.seen() == last,
             _ => false,
         };
         if !proven {
+            self.walks.fetch_add(1, Ordering::Relaxed);
             written_and_covered(&self.pagemap, range, walk, out)?;
             merge_runs(out, first);
         }
@@ -147,7 +178,7 @@ impl UffdAsyncTracker {
 
 /// How long a write-protect call waits out mapping changes in flight, and
 /// how long a retiring tracker reads them.
-const QUIET_BOUND: Duration = Duration::from_secs(1);
+const QUIET_BOUND: Duration = Duration::from_millis(100);
 
 /// Sorts and merges `out[first..]` (two scans' runs of one range).
 fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
@@ -174,7 +205,7 @@ impl WriteTracker for UffdAsyncTracker {
     fn attach_view(&self, range: Range<u64>) -> Result<(), TrackError> {
         // Changes counted from here on are the ones that can remove a page
         // of the view before its first harvest.
-        let before = self.events.as_ref().map(MapEvents::seen);
+        let before = self.events.as_deref().map(MapEvents::seen);
         // PM_SCAN_CHECK_WPASYNC fails with EPERM unless every VMA in the
         // range is registered with a WP_ASYNC userfaultfd: a view the client
         // did not register (or registered with a sync uffd) is refused here
@@ -197,8 +228,8 @@ impl WriteTracker for UffdAsyncTracker {
         }
         match self.write_protect(range.clone(), true) {
             Ok(()) => {
-                if let (Some(events), Some(before)) = (&self.events, before) {
-                    events.set_proven(&range, before);
+                if let Some(before) = before {
+                    self.proven.set(&range, before);
                 }
                 Ok(())
             }
@@ -218,7 +249,7 @@ impl WriteTracker for UffdAsyncTracker {
                 ScanQuery::HARVEST_ALL,
                 out,
             )?;
-            events.set_proven(&range, before);
+            self.proven.set(&range, before);
             return Ok(());
         }
         // A part of the range that is missing was unmapped or moved, and can
@@ -286,24 +317,13 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn forget(&self, range: Range<u64>) {
-        if let Some(events) = &self.events {
-            events.forget(&range);
-        }
+        self.proven.forget(&range);
     }
 
     fn release_map_events(&self) {
         if let Some(events) = &self.events {
             events.read_until_quiet(&self.uffd, QUIET_BOUND);
         }
-    }
-}
-
-impl Drop for UffdAsyncTracker {
-    fn drop(&mut self) {
-        // Changes in flight when the daemon lets go of the uffd would wait
-        // for a reader that never comes (later ones wait for the client's
-        // library to attach again, or for its guard if the daemon dies).
-        self.release_map_events();
     }
 }
 
@@ -386,5 +406,80 @@ mod tests {
             "an unregistered mapping in the view passed the harvest"
         );
         assert!(t.peek(base..base + len, &mut out).is_err());
+    }
+
+    /// A tracker whose uffd delivers mapping changes, over `pages` pages of
+    /// a memfd mapping of this process.
+    fn tracked_with_events(pages: u64) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
+        let ps = cohmem_sys::page_size();
+        let all = features::WP_ASYNC | features::WP_UNPOPULATED | features::MAP_EVENTS;
+        let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, all, all).ok()?;
+        let m = Memfd::create_sealed("t", pages * ps).unwrap();
+        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
+        uffd.register_wp(map.addr(), pages * ps).unwrap();
+        let events = Arc::new(MapEvents::new(true));
+        let t = UffdAsyncTracker::with_map_events(uffd, PagemapFile::open_self().unwrap(), events);
+        t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
+        Some((m, map, t))
+    }
+
+    /// Unmaps `pages` pages at `addr` on another thread; the munmap waits
+    /// for its message to be read. Returns once the change is under way.
+    fn unmap_in_background(t: &UffdAsyncTracker, addr: u64, pages: u64) -> std::thread::JoinHandle<()> {
+        let len = (pages * cohmem_sys::page_size()) as usize;
+        let unmapper = std::thread::spawn(move || {
+            let hole = std::ptr::NonNull::new(addr as *mut libc::c_void).unwrap();
+            // SAFETY: pages of the test's own mapping, which nothing uses.
+            unsafe { nix::sys::mman::munmap(hole, len) }.unwrap();
+        });
+        let uffd = t.fault_uffd().unwrap();
+        while !uffd.mm_changing().unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        unmapper
+    }
+
+    /// Clean and written views are proven by the events (no walk); a hole
+    /// punched while its message waits (`mm_changing`) and one whose message
+    /// was read since (the count moved) both make the next harvest walk and
+    /// find it. Without the events' check both holes would pass as clean.
+    #[test]
+    fn events_prove_views_and_send_changed_ones_to_a_walk() {
+        let ps = cohmem_sys::page_size();
+        let Some((_m, map, t)) = tracked_with_events(64) else {
+            eprintln!("skipping: no WP_ASYNC with mapping-change events here");
+            return;
+        };
+        let (base, len) = (map.addr(), 64 * ps);
+        let mut out = Vec::new();
+        t.harvest(base..base + len, &mut out).unwrap();
+        assert!(out.is_empty());
+        map.write_u64((3 * ps) as usize, 1).unwrap();
+        t.harvest(base..base + len, &mut out).unwrap();
+        assert_eq!(out, vec![base + 3 * ps..base + 4 * ps]);
+        assert_eq!(t.walks(), 0, "the events proved the view");
+
+        // A hole whose message waits: mm_changing.
+        let unmapper = unmap_in_background(&t, base + 10 * ps, 4);
+        out.clear();
+        match t.harvest(base..base + len, &mut out) {
+            Err(TrackError::Moved { missing }) => assert_eq!(missing, 4 * ps),
+            other => panic!("a hole under way went unnoticed: {other:?}"),
+        }
+        assert_eq!(t.walks(), 1);
+        t.drain_map_events();
+        unmapper.join().unwrap();
+
+        // A hole whose message was read before the harvest: the count.
+        let unmapper = unmap_in_background(&t, base + 30 * ps, 2);
+        t.drain_map_events();
+        unmapper.join().unwrap();
+        assert!(!t.fault_uffd().unwrap().mm_changing().unwrap());
+        match t.harvest(base..base + len, &mut out) {
+            // Both holes: the first one's harvest failed, so the view's
+            // proof still dates from before it.
+            Err(TrackError::Moved { missing }) => assert_eq!(missing, 6 * ps),
+            other => panic!("a hole whose message was read went unnoticed: {other:?}"),
+        }
     }
 }
