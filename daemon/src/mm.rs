@@ -191,11 +191,12 @@ impl<V: MappedView> ProcessViews for Subscription<V> {
 
 impl<V: MappedView> Drop for Subscription<V> {
     fn drop(&mut self) {
-        // Mapping changes in flight on a uffd the daemon lets go of would
-        // wait for a reader that never comes (later ones wait for the
-        // client's library to attach again, or for its guard if the daemon
-        // dies).
-        self.tracker().release_map_events();
+        // Mapping changes whose messages wait on a uffd the daemon lets go
+        // of would wait for a reader that never comes: read them, without
+        // waiting (this may run on a runtime worker). Later ones, and one
+        // whose message is not queued yet, wait until the client's library
+        // attaches again (or its guard, if the daemon dies).
+        self.tracker().release_map_events(std::time::Duration::ZERO);
         crate::limited!(
             info,
             "mm subscription released",

@@ -202,9 +202,12 @@ impl Daemon {
             .map_err(|e| std::io::Error::other(format!("GPU backend {:?}: {e}", config.gpu)))?;
         let mut offered = caps::EXPORT_RESOURCE | caps::SYNC_RUNS | caps::IMAGES;
         if kernel.uffd_async.ok {
-            // Read from every uffd-async client that asks for them (used
-            // for proofs only where the kernel passed the probe).
-            offered |= caps::UFFD_ASYNC | caps::MAP_EVENTS;
+            offered |= caps::UFFD_ASYNC;
+        }
+        if kernel.uffd_async.ok && kernel.map_events.ok {
+            // Clients then ask for them; a uffd that has them anyway is read
+            // whatever this says (its changes wait for the read).
+            offered |= caps::MAP_EVENTS;
         }
         if kernel.uffd_sync.ok {
             offered |= caps::UFFD_SYNC;

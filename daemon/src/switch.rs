@@ -139,9 +139,9 @@ impl MechanismOffer {
                     // with every mapping change.
                     let trusted = map_events && enabled & features::MAP_EVENTS == features::MAP_EVENTS;
                     let events = registry
-                        .for_uffd(&uffd, trusted)
+                        .for_uffd(&uffd)
                         .map_err(|e| SwitchError::BadFds(format!("fd 0: {e}")))?;
-                    Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, events))
+                    Box::new(UffdAsyncTracker::with_map_events(uffd, pagemap, events, trusted))
                 } else {
                     Box::new(UffdAsyncTracker::new(uffd, pagemap))
                 }
@@ -243,7 +243,7 @@ pub fn switch_mechanism(
     // No view is registered with the old uffd now: read the mapping
     // changes still in flight on it, which nobody may read once it is gone
     // (counted where every tracker of that uffd looks).
-    old.release_map_events();
+    old.release_map_events(std::time::Duration::from_millis(100));
     Ok(report)
 }
 

@@ -326,19 +326,33 @@ impl Userfaultfd {
     /// One non-blocking read of up to 64 messages; `each` gets every
     /// message's event and a reader of its little-endian words by offset.
     ///
-    /// `preadv2` with `RWF_NOWAIT`, not `read`: the file is shared with the
-    /// client, which may clear its `O_NONBLOCK`, and a plain read would then
-    /// block the reader (nix has no preadv2 with flags).
+    /// `preadv2` with `RWF_NOWAIT` where the kernel takes it (Linux 6.10,
+    /// whose userfaultfd reads through `read_iter`), not `read`: the file is
+    /// shared with the client, which may clear its `O_NONBLOCK`, and a plain
+    /// read would then block the reader (nix has no preadv2 with flags).
+    /// Older kernels refuse the flag (EOPNOTSUPP): a plain read there, with
+    /// `O_NONBLOCK` set again where poll reports it cleared (EPOLLERR).
     fn read_messages(&self, mut each: impl FnMut(u32, &dyn Fn(usize) -> u64)) -> Result<usize> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static NO_NOWAIT: AtomicBool = AtomicBool::new(false);
         let mut buf = [0u8; UFFD_MSG_SIZE * 64];
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: one iovec describing `buf`, which outlives the call; the
-        // kernel writes at most `buf.len()` bytes into it.
-        let ret = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
-        let read = if ret < 0 { Err(Errno::last()) } else { Ok(ret as usize) };
+        let mut read = Err(Errno::EOPNOTSUPP);
+        if !NO_NOWAIT.load(Ordering::Relaxed) {
+            let iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: one iovec describing `buf`, which outlives the call;
+            // the kernel writes at most `buf.len()` bytes into it.
+            let ret = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+            read = if ret < 0 { Err(Errno::last()) } else { Ok(ret as usize) };
+            if read == Err(Errno::EOPNOTSUPP) {
+                NO_NOWAIT.store(true, Ordering::Relaxed);
+            }
+        }
+        if read == Err(Errno::EOPNOTSUPP) {
+            read = nix::unistd::read(self.fd.as_fd(), &mut buf);
+        }
         match read {
             Ok(n) => {
                 let msgs = n / UFFD_MSG_SIZE;

@@ -56,10 +56,8 @@ const MAX_READS: usize = 64;
 
 /// The mapping changes read from one uffd file, by whichever tracker read
 /// them.
+#[derive(Default)]
 pub struct MapEvents {
-    /// The kernel passed the probe and the uffd delivers every mapping
-    /// change: the count proves views.
-    trusted: bool,
     /// Mapping-change messages read so far; held across each read, so a
     /// message the kernel handed over is counted before the lock is free.
     seen: Mutex<u64>,
@@ -69,20 +67,12 @@ pub struct MapEvents {
 }
 
 impl MapEvents {
-    /// Nothing read yet; `trusted`: see [`MapEvents::trusted`].
-    pub fn new(trusted: bool) -> Self {
+    /// Nothing read yet.
+    pub fn new() -> Self {
         Self {
-            trusted,
             seen: Mutex::new(0),
             stuck: AtomicBool::new(false),
         }
-    }
-
-    /// True when the kernel passed the probe (`KernelCaps::map_events`)
-    /// and the uffd asked for every mapping change: otherwise the messages
-    /// are only read, and walks prove every view.
-    pub fn trusted(&self) -> bool {
-        self.trusted
     }
 
     /// Mapping changes counted so far (waits for a read under way).
@@ -147,16 +137,17 @@ pub struct MapEventsRegistry {
 }
 
 impl MapEventsRegistry {
-    /// The count of `uffd`'s file, created on first use with `trusted`
-    /// (the same uffd always has the same features).
-    pub fn for_uffd(&self, uffd: &Userfaultfd, trusted: bool) -> cohmem_sys::Result<Arc<MapEvents>> {
+    /// The count of `uffd`'s file, created on first use. Two files that
+    /// came to share an inode number (it wraps) share a count: more
+    /// increments, more walks, never fewer.
+    pub fn for_uffd(&self, uffd: &Userfaultfd) -> cohmem_sys::Result<Arc<MapEvents>> {
         let id = uffd.file_id()?;
         let mut by_file = lock(&self.by_file);
         if let Some(events) = by_file.get(&id).and_then(Weak::upgrade) {
             return Ok(events);
         }
         by_file.retain(|_, w| w.strong_count() > 0);
-        let events = Arc::new(MapEvents::new(trusted));
+        let events = Arc::new(MapEvents::new());
         by_file.insert(id, Arc::downgrade(&events));
         Ok(events)
     }

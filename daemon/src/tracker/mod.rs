@@ -173,8 +173,9 @@ pub trait WriteTracker: Send + Sync {
     fn forget(&self, _range: Range<u64>) {}
     /// Called by a mechanism switch once no view is registered with this
     /// tracker's uffd any more: reads the mapping changes still in flight
-    /// on it (uffd-async with events), which nobody reads afterwards.
-    fn release_map_events(&self) {}
+    /// on it (uffd-async with events), which nobody reads afterwards,
+    /// waiting for them at most `wait`.
+    fn release_map_events(&self, _wait: std::time::Duration) {}
     /// The userfaultfd the process's views are registered with under this
     /// mechanism, if any: a mechanism switch (`switch`) moves every
     /// view from the old one to the new one.

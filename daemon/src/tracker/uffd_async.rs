@@ -76,6 +76,10 @@ pub struct UffdAsyncTracker {
     /// Present when the uffd delivers mapping changes: they must be read
     /// (a change waits for its message), and prove views where trusted.
     events: Option<Arc<MapEvents>>,
+    /// The kernel passed the probe and the uffd asked for every mapping
+    /// change: the events prove views (otherwise they are only read, and
+    /// walks prove every view).
+    trusted: bool,
     /// How far each view is proven by them.
     proven: ProvenViews,
     /// Harvests and peeks proven by a walk rather than the events.
@@ -90,6 +94,7 @@ impl UffdAsyncTracker {
             uffd,
             pagemap,
             events: None,
+            trusted: false,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
         }
@@ -99,12 +104,14 @@ impl UffdAsyncTracker {
     /// the client wait: the fault service must read them
     /// ([`WriteTracker::drain_map_events`]), counting them in `events`
     /// (shared by every tracker of this uffd), which prove views where
-    /// [`MapEvents::trusted`].
-    pub fn with_map_events(uffd: Userfaultfd, pagemap: PagemapFile, events: Arc<MapEvents>) -> Self {
+    /// `trusted` (the kernel passed the probe, `KernelCaps::map_events`,
+    /// and the uffd asked for every mapping change).
+    pub fn with_map_events(uffd: Userfaultfd, pagemap: PagemapFile, events: Arc<MapEvents>, trusted: bool) -> Self {
         Self {
             uffd,
             pagemap,
             events: Some(events),
+            trusted,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
         }
@@ -164,7 +171,7 @@ impl UffdAsyncTracker {
         let first = out.len();
         self.pagemap.scan(range.clone(), fast, out)?;
         let proven = match self.proven.get(&range) {
-            Some(last) if events.trusted() => !self.uffd.mm_changing()? && events.seen() == last,
+            Some(last) if self.trusted => !self.uffd.mm_changing()? && events.seen() == last,
             _ => false,
         };
         if !proven {
@@ -176,8 +183,7 @@ impl UffdAsyncTracker {
     }
 }
 
-/// How long a write-protect call waits out mapping changes in flight, and
-/// how long a retiring tracker reads them.
+/// How long a write-protect call waits out a mapping change in flight.
 const QUIET_BOUND: Duration = Duration::from_millis(100);
 
 /// Sorts and merges `out[first..]` (two scans' runs of one range).
@@ -320,9 +326,9 @@ impl WriteTracker for UffdAsyncTracker {
         self.proven.forget(&range);
     }
 
-    fn release_map_events(&self) {
+    fn release_map_events(&self, wait: Duration) {
         if let Some(events) = &self.events {
-            events.read_until_quiet(&self.uffd, QUIET_BOUND);
+            events.read_until_quiet(&self.uffd, wait);
         }
     }
 }
@@ -417,8 +423,8 @@ mod tests {
         let m = Memfd::create_sealed("t", pages * ps).unwrap();
         let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
         uffd.register_wp(map.addr(), pages * ps).unwrap();
-        let events = Arc::new(MapEvents::new(true));
-        let t = UffdAsyncTracker::with_map_events(uffd, PagemapFile::open_self().unwrap(), events);
+        let events = Arc::new(MapEvents::new());
+        let t = UffdAsyncTracker::with_map_events(uffd, PagemapFile::open_self().unwrap(), events, true);
         t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
         Some((m, map, t))
     }
