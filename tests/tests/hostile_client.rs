@@ -21,6 +21,7 @@
 //! The random choices come from a seed printed at the start;
 //! `COHMEM_HOSTILE_SEED=N` replays a run.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -513,7 +514,11 @@ impl Session<'_> {
         let sent = self.send(&frame, &borrowed)?;
         drop(borrowed);
         drop(fds);
-        let outcome = if sent { self.client.recv()? } else { RawOutcome::Closed };
+        let outcome = if sent {
+            self.client.recv().with_context(|| format!("no answer to the {what}"))?
+        } else {
+            RawOutcome::Closed
+        };
         let (id, reply, reply_fds) = match (outcome, &expect) {
             (RawOutcome::Closed, Expect::Close) => {
                 self.tally.closed_by_daemon += 1;
@@ -569,7 +574,10 @@ impl Session<'_> {
             }
         );
         if self.bad_streak >= limit || unsupported {
-            let next = self.client.recv()?;
+            let next = self
+                .client
+                .recv()
+                .with_context(|| format!("no close after {} bad frames (seed {})", self.bad_streak, self.seed))?;
             assert!(
                 matches!(next, RawOutcome::Closed),
                 "the daemon must close the connection after {} bad frames in a row or UnsupportedVersion, got {next:?} (seed {})",
@@ -680,7 +688,10 @@ fn hostile_connection(
             s.tally.half_closes += 1;
             let mut closed = false;
             for _ in 0..=n {
-                if matches!(s.client.recv()?, RawOutcome::Closed) {
+                let got = s.client.recv().with_context(|| {
+                    format!("no answer or close on a half-closed connection after {n} frames (seed {seed})")
+                })?;
+                if matches!(got, RawOutcome::Closed) {
                     closed = true;
                     break;
                 }

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         let mut w = Duration::ZERO;
         if k > 0 {
             let pages = pick_pages(&mut rng, n, k, Layout::Scattered);
-            w = write_threads(&map, &pages, 1, rep as u64)?;
+            w = write_threads(&map, &pages, 1)?;
         }
         let t = std::time::Instant::now();
         let r = bo.sync()?;

@@ -127,11 +127,14 @@ impl SyncCell {
 }
 
 /// Writes every byte of `pages` from `threads` threads (contiguous shares
-/// of the ascending list); returns first start to last end. Each page gets
-/// a byte from `stamp` and `stamp` itself in its first 8 bytes, so no
-/// page's new bytes equal its old ones (shadow compare uploads only what
-/// differs: a rewrite with the same bytes would look like a lost write).
-pub fn write_threads(map: &Mapping, pages: &[u64], threads: usize, stamp: u64) -> anyhow::Result<Duration> {
+/// of the ascending list); returns first start to last end. Each call's
+/// pages get a byte and, in their first 8 bytes, a stamp that no earlier
+/// call of the process wrote, so no page's new bytes equal its old ones
+/// (shadow compare uploads only what differs: a rewrite with the same
+/// bytes would look like a lost write).
+pub fn write_threads(map: &Mapping, pages: &[u64], threads: usize) -> anyhow::Result<Duration> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x3c3c_0000);
+    let stamp = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let byte = stamp as u8;
     let ps = cohmem_sys::page_size() as usize;
     let share = pages.len().div_ceil(threads.max(1)).max(1);
@@ -184,7 +187,7 @@ pub fn measure_cell(
             break;
         }
         let pages = pick_pages(rng, n, k, layout);
-        let w = write_threads(map, &pages, threads, rep as u64 ^ 0x3c3c_0000)?;
+        let w = write_threads(map, &pages, threads)?;
         // The explicit baseline is a cooperative client at its strongest:
         // every written run in one DAMAGE_RANGES request that also syncs
         // (one round trip, as Wayland's damage_buffer + commit or DIRTYFB
@@ -264,7 +267,7 @@ pub fn background_syncs(
             break;
         }
         let pages = pick_pages(rng, n, k, Layout::Scattered);
-        write_threads(map, &pages, 1, rep as u64 ^ 0x5a5a_0000)?;
+        write_threads(map, &pages, 1)?;
         std::thread::sleep(idle);
         let t = Instant::now();
         let r = bo.sync()?;
