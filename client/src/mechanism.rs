@@ -50,14 +50,9 @@ impl Connection {
         // The daemon moves mappings to the synchronous uffd and protects
         // them during the switch: the guard that undoes that if the daemon
         // dies half way must be watching before.
-        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) && pt.synchronous.is_some() {
-            pt.sync_guard(&mut fetch)?;
-        }
         // Likewise, mappings moved to a WP_ASYNC uffd with mapping-change
         // messages need the guard that reads them if the daemon dies.
-        if mechanism == Mechanism::UffdAsync {
-            pt.events_guard(&mut fetch)?;
-        }
+        pt.guard_for(mechanism, &mut fetch)?;
         let req = Request::SetMechanism { mechanism };
         match self.inner.call(&req, &[])? {
             (

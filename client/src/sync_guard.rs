@@ -1,7 +1,9 @@
 //! The guard that keeps a uffd-sync client from hanging when its daemon
 //! dies ([`SyncGuard`], DESIGN.md §5.6): a watcher thread waits for the
 //! daemon's exit (its pidfd, else a lifeline connection) and then
-//! unprotects every mapping of the process ([`MappedRanges`]).
+//! unprotects every mapping of the process ([`MappedRanges`]). The same
+//! guard on a WP_ASYNC uffd with mapping-change messages unregisters the
+//! mappings and reads the messages still waiting instead.
 
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -145,7 +147,11 @@ impl SyncGuard {
             for r in &ranges {
                 let _ = self.uffd.unregister(r.start, r.end - r.start);
             }
-            release_changes(&self.uffd);
+            let mut changes = Vec::new();
+            self.uffd.read_until_quiet(Duration::from_secs(5), |u| {
+                changes.clear();
+                let _ = u.read_events(&mut changes);
+            });
             return;
         }
         for r in ranges {
@@ -204,21 +210,6 @@ impl SyncGuard {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-}
-
-/// Reads mapping-change messages until no change is waiting for one
-/// (`mm_changing`), for at most 5 s.
-fn release_changes(uffd: &Userfaultfd) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut changes = Vec::new();
-    loop {
-        changes.clear();
-        let _ = uffd.read_events(&mut changes);
-        if !matches!(uffd.mm_changing(), Ok(true)) || Instant::now() >= deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

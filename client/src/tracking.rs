@@ -125,7 +125,7 @@ impl ProcessTracking {
 
     /// The guard for uffd-sync, started on first use (`fetch` asks the
     /// daemon for its pidfd).
-    pub fn sync_guard(&self, fetch: FetchPidfd<'_>) -> Result<Arc<SyncGuard>, ClientError> {
+    fn sync_guard(&self, fetch: FetchPidfd<'_>) -> Result<Arc<SyncGuard>, ClientError> {
         let mut slot = self.sync_guard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
@@ -138,9 +138,22 @@ impl ProcessTracking {
         Ok(slot.insert(g).clone())
     }
 
+    /// Starts the guard `mechanism` needs before mappings reach its uffd:
+    /// the synchronous uffd's, or that of a WP_ASYNC uffd with
+    /// mapping-change messages; nothing for the others.
+    pub fn guard_for(&self, mechanism: Mechanism, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
+        match mechanism {
+            Mechanism::UffdSync | Mechanism::SoftDirty if self.synchronous.is_some() => {
+                self.sync_guard(fetch).map(|_| ())
+            }
+            Mechanism::UffdAsync => self.events_guard(fetch),
+            _ => Ok(()),
+        }
+    }
+
     /// The guard for a WP_ASYNC uffd that delivers mapping changes,
     /// started on first use; nothing where it delivers none.
-    pub fn events_guard(&self, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
+    fn events_guard(&self, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
         let Some(a) = self
             .asynchronous
             .as_ref()
@@ -202,11 +215,7 @@ impl ProcessTracking {
         let new = self.uffd_for(mechanism)?;
         // The guard watches the daemon before any mapping reaches the
         // synchronous uffd.
-        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
-            self.sync_guard(fetch)?;
-        } else if mechanism == Mechanism::UffdAsync {
-            self.events_guard(fetch)?;
-        }
+        self.guard_for(mechanism, fetch)?;
         let old: Vec<&Userfaultfd> = self
             .asynchronous
             .as_ref()
@@ -238,11 +247,7 @@ impl ProcessTracking {
     /// uses the synchronous uffd, and claims soft-dirty.
     pub fn set_mechanism(&self, mechanism: Mechanism, fetch: FetchPidfd<'_>) -> Result<(), ClientError> {
         self.uffd_for(mechanism)?;
-        if matches!(mechanism, Mechanism::UffdSync | Mechanism::SoftDirty) {
-            self.sync_guard(fetch)?;
-        } else if mechanism == Mechanism::UffdAsync {
-            self.events_guard(fetch)?;
-        }
+        self.guard_for(mechanism, fetch)?;
         if mechanism == Mechanism::SoftDirty {
             claim_soft_dirty(self)?;
         }

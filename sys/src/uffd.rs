@@ -400,6 +400,20 @@ impl Userfaultfd {
         }
     }
 
+    /// Calls `read` (which reads this uffd's messages) until no mapping
+    /// change waits for one ([`Userfaultfd::mm_changing`]), for at most
+    /// `bound`; `read` runs at least once.
+    pub fn read_until_quiet(&self, bound: std::time::Duration, mut read: impl FnMut(&Self)) {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            read(self);
+            if !matches!(self.mm_changing(), Ok(true)) || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
     /// The uffd's file (device, inode): the same for every fd of one uffd,
     /// whichever process holds it.
     pub fn file_id(&self) -> Result<(u64, u64)> {

@@ -11,9 +11,29 @@ use cohmem_sys::uffd::features;
 use super::failure::{fail, ok, switch_failure, Failure, Outcome};
 use super::syncs::only_quiesce;
 use super::Session;
+use crate::mm::MechanismOffer;
 use crate::switch;
+use crate::tracker::WriteTracker;
 
 impl Session {
+    /// Builds `mechanism`'s tracker for process `pid` from `offer`, with
+    /// this daemon's mapping-change probe and counts.
+    pub(super) fn build_tracker(
+        &self,
+        offer: &MechanismOffer,
+        mechanism: Mechanism,
+        pid: i32,
+    ) -> Result<Box<dyn WriteTracker>, Failure> {
+        offer
+            .build(
+                mechanism,
+                pid,
+                self.daemon.kernel.map_events.ok,
+                &self.daemon.map_events,
+            )
+            .map_err(switch_failure)
+    }
+
     /// SET_MECHANISM: switches this process's subscription to `mechanism`
     /// under quiesce ([`crate::switch`]).
     pub(super) async fn set_mechanism(&self, mechanism: Mechanism) -> Outcome {
@@ -35,14 +55,7 @@ impl Session {
             offer.flags,
             offer.uffd_features,
         )?;
-        let tracker = offer
-            .build(
-                chosen,
-                mm.key.pid,
-                self.daemon.kernel.map_events.ok,
-                &self.daemon.map_events,
-            )
-            .map_err(switch_failure)?;
+        let tracker = self.build_tracker(offer, chosen, mm.key.pid)?;
         let exact = tracker.exact();
         let daemon = self.daemon.clone();
         let switched = mm.clone();

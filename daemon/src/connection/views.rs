@@ -14,7 +14,7 @@ use cohmem_proto::{
 };
 
 use super::display::finish_shown;
-use super::failure::{fail, ok, switch_failure, Failure, Outcome};
+use super::failure::{fail, ok, Failure, Outcome};
 use super::Session;
 use crate::bo::{Bo, MmSubscription, View};
 use crate::mm::{MechanismOffer, MmKey};
@@ -81,14 +81,7 @@ impl Session {
     /// Builds the `choice` mechanism from `offer` and registers the new
     /// subscription (or joins one a racing connection made first).
     fn subscribe(&mut self, key: MmKey, choice: Mechanism, offer: MechanismOffer) -> Outcome {
-        let tracker = offer
-            .build(
-                choice,
-                self.info.pid,
-                self.daemon.kernel.map_events.ok,
-                &self.daemon.map_events,
-            )
-            .map_err(switch_failure)?;
+        let tracker = self.build_tracker(&offer, choice, self.info.pid)?;
         let (mm, joined) = self
             .daemon
             .mms

@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cohmem_sys::uffd::{MapEvent, Userfaultfd};
 
@@ -67,14 +67,6 @@ pub struct MapEvents {
 }
 
 impl MapEvents {
-    /// Nothing read yet.
-    pub fn new() -> Self {
-        Self {
-            seen: Mutex::new(0),
-            stuck: AtomicBool::new(false),
-        }
-    }
-
     /// Mapping changes counted so far (waits for a read under way).
     pub fn seen(&self) -> u64 {
         *lock(&self.seen)
@@ -94,14 +86,7 @@ impl MapEvents {
     /// Reads messages until no mapping change of the process waits for one
     /// (`mm_changing`), for at most `bound`.
     pub fn read_until_quiet(&self, uffd: &Userfaultfd, bound: Duration) {
-        let deadline = Instant::now() + bound;
-        loop {
-            self.drain(uffd);
-            if !matches!(uffd.mm_changing(), Ok(true)) || Instant::now() >= deadline {
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        uffd.read_until_quiet(bound, |u| self.drain(u));
     }
 
     /// Reads the pending messages of `uffd` (without blocking) and counts
@@ -147,7 +132,7 @@ impl MapEventsRegistry {
             return Ok(events);
         }
         by_file.retain(|_, w| w.strong_count() > 0);
-        let events = Arc::new(MapEvents::new());
+        let events = Arc::new(MapEvents::default());
         by_file.insert(id, Arc::downgrade(&events));
         Ok(events)
     }

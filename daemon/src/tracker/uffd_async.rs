@@ -5,6 +5,8 @@
 //! asked for them ([`super::map_events`]), else by a walk of every page.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohmem_proto::Mechanism;
@@ -12,9 +14,6 @@ use cohmem_sys::pagemap::{PagemapFile, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK
 use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
 use nix::errno::Errno;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use super::map_events::{MapEvents, ProvenViews};
 use super::{TrackError, WriteTracker};
@@ -188,15 +187,13 @@ const QUIET_BOUND: Duration = Duration::from_millis(100);
 
 /// Sorts and merges `out[first..]` (two scans' runs of one range).
 fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
-    let mut runs: Vec<Range<u64>> = out.drain(first..).collect();
+    let mut runs = out.split_off(first);
     runs.sort_unstable_by_key(|r| r.start);
+    let mut merged = Vec::with_capacity(runs.len());
     for r in runs {
-        let merged = out.len() > first;
-        match out.last_mut() {
-            Some(last) if merged && last.end >= r.start => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
+        super::ranges::push_merged(&mut merged, r);
     }
+    out.extend(merged);
 }
 
 impl WriteTracker for UffdAsyncTracker {
@@ -344,18 +341,24 @@ mod tests {
     use super::*;
 
     /// A WP_ASYNC-registered memfd mapping of this process and its tracker.
-    fn tracked(pages: u64) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
+    /// With `events`, the uffd delivers mapping changes and the tracker
+    /// proves views with them.
+    fn tracked(pages: u64, events: bool) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
         let ps = cohmem_sys::page_size();
-        let (uffd, _) = Userfaultfd::open(
-            UffdFlavor::UserModeOnly,
-            features::WP_ASYNC | features::WP_UNPOPULATED,
-            features::WP_ASYNC,
-        )
-        .ok()?;
+        let mut wanted = features::WP_ASYNC | features::WP_UNPOPULATED;
+        if events {
+            wanted |= features::MAP_EVENTS;
+        }
+        let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, wanted).ok()?;
         let m = Memfd::create_sealed("t", pages * ps).unwrap();
         let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
         uffd.register_wp(map.addr(), pages * ps).unwrap();
-        let t = UffdAsyncTracker::new(uffd, PagemapFile::open_self().unwrap());
+        let pagemap = PagemapFile::open_self().unwrap();
+        let t = if events {
+            UffdAsyncTracker::with_map_events(uffd, pagemap, Arc::default(), true)
+        } else {
+            UffdAsyncTracker::new(uffd, pagemap)
+        };
         t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
         Some((m, map, t))
     }
@@ -366,7 +369,7 @@ mod tests {
     #[test]
     fn harvest_finds_writes_holes_and_unregistered_remaps() {
         let ps = cohmem_sys::page_size();
-        let Some((m, map, t)) = tracked(64) else {
+        let Some((m, map, t)) = tracked(64, false) else {
             eprintln!("skipping: no WP_ASYNC here");
             return;
         };
@@ -414,21 +417,6 @@ mod tests {
         assert!(t.peek(base..base + len, &mut out).is_err());
     }
 
-    /// A tracker whose uffd delivers mapping changes, over `pages` pages of
-    /// a memfd mapping of this process.
-    fn tracked_with_events(pages: u64) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
-        let ps = cohmem_sys::page_size();
-        let all = features::WP_ASYNC | features::WP_UNPOPULATED | features::MAP_EVENTS;
-        let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, all, all).ok()?;
-        let m = Memfd::create_sealed("t", pages * ps).unwrap();
-        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
-        uffd.register_wp(map.addr(), pages * ps).unwrap();
-        let events = Arc::new(MapEvents::new());
-        let t = UffdAsyncTracker::with_map_events(uffd, PagemapFile::open_self().unwrap(), events, true);
-        t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
-        Some((m, map, t))
-    }
-
     /// Unmaps `pages` pages at `addr` on another thread; the munmap waits
     /// for its message to be read. Returns once the change is under way.
     fn unmap_in_background(t: &UffdAsyncTracker, addr: u64, pages: u64) -> std::thread::JoinHandle<()> {
@@ -452,7 +440,7 @@ mod tests {
     #[test]
     fn events_prove_views_and_send_changed_ones_to_a_walk() {
         let ps = cohmem_sys::page_size();
-        let Some((_m, map, t)) = tracked_with_events(64) else {
+        let Some((_m, map, t)) = tracked(64, true) else {
             eprintln!("skipping: no WP_ASYNC with mapping-change events here");
             return;
         };
