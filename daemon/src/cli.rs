@@ -100,6 +100,12 @@ struct Args {
     /// last uploaded, which is cheaper for small BOs; 0: never.
     #[arg(long, default_value_t = crate::policy::DEFAULT_SHADOW_MAX_BYTES, value_name = "BYTES")]
     auto_shadow_max_bytes: u64,
+    /// With --methods auto, most pages of a BO that are left writable and
+    /// compared at each sync because the client rewrites them at every
+    /// sync (a sprite, a ticker), instead of write-faulting every frame;
+    /// 0: never.
+    #[arg(long, default_value_t = crate::policy::DEFAULT_HOT_MAX_PAGES, value_name = "PAGES")]
+    auto_hot_max_pages: u64,
     /// Serve Prometheus metrics (OpenMetrics text) over HTTP at
     /// http://ADDR/metrics, for example 127.0.0.1:9464. Off by default;
     /// `cohmemctl metrics` reads the same text over the daemon's socket.
@@ -364,6 +370,7 @@ fn daemon_config(args: &Args) -> anyhow::Result<DaemonConfig> {
                 probe_every: args.dense_probe_every,
             },
             shadow_max_bytes: args.auto_shadow_max_bytes,
+            hot_max_pages: args.auto_hot_max_pages,
         },
         metrics_listen: args.metrics_listen,
         display: args.display.clone().map(|d| crate::display::DisplayConfig {

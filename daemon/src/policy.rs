@@ -94,6 +94,10 @@ pub struct TrackingPolicy {
     /// a shadow copy at each sync (the `shadow` policy's way, issue 19),
     /// which costs less than scanning and write faults there; 0: never.
     pub shadow_max_bytes: u64,
+    /// Under [`MethodPolicy::Auto`], most pages of a BO kept as hot ranges
+    /// (rewritten at every sync: left writable and compared with a shadow
+    /// instead of write-faulting every frame; `bo::HotPages`); 0: never.
+    pub hot_max_pages: u64,
 }
 
 /// Default [`TrackingPolicy::shadow_max_bytes`]: 64 KiB, where the bench
@@ -101,12 +105,16 @@ pub struct TrackingPolicy {
 /// 1.4 µs against 2.8 µs) and the client's first writes fault no more.
 pub const DEFAULT_SHADOW_MAX_BYTES: u64 = 64 << 10;
 
+/// Default [`TrackingPolicy::hot_max_pages`]: 16 MiB of 4 KiB pages.
+pub const DEFAULT_HOT_MAX_PAGES: u64 = 4096;
+
 impl Default for TrackingPolicy {
     fn default() -> Self {
         Self {
             methods: MethodPolicy::Auto,
             dense: DensePolicy::default(),
             shadow_max_bytes: DEFAULT_SHADOW_MAX_BYTES,
+            hot_max_pages: DEFAULT_HOT_MAX_PAGES,
         }
     }
 }
@@ -117,6 +125,7 @@ impl TrackingPolicy {
         methods: MethodPolicy::Vmwgfx,
         dense: DensePolicy::OFF,
         shadow_max_bytes: 0,
+        hot_max_pages: 0,
     };
 }
 

@@ -53,6 +53,23 @@ impl Resource {
         Ok(())
     }
 
+    /// Like [`Resource::upload`] for `runs` whose bytes come from several
+    /// mappings (`parts`: a mapping and the runs to take from it), so an
+    /// image records the rectangles of `runs` as one upload would.
+    pub fn upload_parts(
+        &self,
+        parts: &[(&SharedMapping, Vec<Range<u64>>)],
+        runs: &[Range<u64>],
+    ) -> Result<(), GpuError> {
+        for (src, part) in parts.iter().filter(|(_, p)| !p.is_empty()) {
+            self.gpu.upload(src, self.window.start, part)?;
+        }
+        if let Some(d) = &self.damage {
+            lock(d).add_runs(runs);
+        }
+        Ok(())
+    }
+
     /// The rectangles uploaded since the last call (`None` for a byte
     /// resource), leaving none.
     pub fn take_damage(&self) -> Option<ImageDamage> {

@@ -42,9 +42,11 @@ pub enum AdoptError {
 
 pub use crate::resource::Resource;
 
+mod hot;
 mod shadow;
 mod store;
 mod view;
+pub use hot::{split_runs, HotPages, HotRange, HOT_CHUNK_PAGES, HOT_WHOLE_SHADOW_BYTES};
 pub use shadow::Shadow;
 pub use store::BoStore;
 pub use view::{MmRegistry, MmSubscription, View};
@@ -96,6 +98,9 @@ pub struct BoState {
     /// every page not marked dirty. Only with a tracker: dropped with it.
     /// Its bytes change only in an upload, under `Bo::sync_lock`.
     pub shadow: Option<Arc<Shadow>>,
+    /// Pages rewritten at every sync, compared instead of tracked
+    /// (`auto` only; see [`HotPages`]). Reset with the tracker.
+    pub hot: HotPages,
 }
 
 impl BoState {
@@ -109,6 +114,18 @@ impl BoState {
                 .get_or_insert_with(|| DirtyState::new(self.pages))
                 .record(range),
         }
+    }
+
+    /// Records BO page `page` as found written by a harvest, unless it is
+    /// in an active hot range, whose compare after every harvest finds
+    /// what changed there (a harvest reports those unprotected pages
+    /// whether written or not).
+    pub fn record_harvested(&mut self, page: u64) {
+        if self.hot.covers(page) {
+            return;
+        }
+        self.hot.note_written(page);
+        self.record_written(page..page + 1);
     }
 
     /// Installs a new tracker, which starts from the pages recorded while
@@ -127,6 +144,8 @@ impl BoState {
     pub fn stop_tracker(&mut self) {
         // The next tracker starts with a full copy; the shadow says nothing then.
         self.shadow = None;
+        // Hot pages left unprotected are reported by the next harvest.
+        self.hot = HotPages::default();
         if let Some(t) = self.tracker.take() {
             if t.dirty.dirty_pages() > 0 {
                 self.untracked = Some(t.dirty);
@@ -318,6 +337,7 @@ impl Bo {
             untracked: None,
             pages: size / page_size,
             shadow: None,
+            hot: HotPages::default(),
         };
         let mut image = None;
         if let Some(make) = default_resource {

@@ -38,7 +38,7 @@ pub struct Shadow {
     /// The copy, mapped read-write, the BO's size.
     pub map: SharedMapping,
     /// Bytes charged to [`AUTO_SHADOW_BUDGET`], returned on drop.
-    budgeted: u64,
+    budgeted: AtomicU64,
     /// The operator-asked shadow's bytes, charged to the BO's uid.
     _quota: Option<ExtraCharge>,
 }
@@ -81,6 +81,25 @@ impl Shadow {
         made
     }
 
+    /// A BO-sized shadow of which only some pages will be written (hot
+    /// ranges, `super::HotPages`): nothing charged until
+    /// [`Shadow::reserve`].
+    pub fn create_sparse(id: u64, size: u64) -> Option<Self> {
+        Self::make(id, size, 0)
+    }
+
+    /// Charges `bytes` more of a sparse shadow to [`AUTO_SHADOW_BUDGET`];
+    /// false (nothing charged) when the budget is spent.
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let charged = AUTO_SHADOW_BYTES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + bytes <= AUTO_SHADOW_BUDGET).then_some(used + bytes)
+        });
+        if charged.is_ok() {
+            self.budgeted.fetch_add(bytes, Ordering::AcqRel);
+        }
+        charged.is_ok()
+    }
+
     fn make(id: u64, size: u64, budgeted: u64) -> Option<Self> {
         let made = Memfd::create(&format!("cohmem-shadow-{id}"), size, 0)
             .and_then(|memfd| SharedMapping::map(memfd.as_fd(), size, 0, true).map(|map| (memfd, map)));
@@ -88,7 +107,7 @@ impl Shadow {
             Ok((memfd, map)) => Some(Self {
                 _memfd: memfd,
                 map,
-                budgeted,
+                budgeted: AtomicU64::new(budgeted),
                 _quota: None,
             }),
             Err(e) => {
@@ -101,8 +120,9 @@ impl Shadow {
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        if self.budgeted > 0 {
-            AUTO_SHADOW_BYTES.fetch_sub(self.budgeted, Ordering::AcqRel);
+        let budgeted = *self.budgeted.get_mut();
+        if budgeted > 0 {
+            AUTO_SHADOW_BYTES.fetch_sub(budgeted, Ordering::AcqRel);
         }
     }
 }

@@ -31,6 +31,20 @@ impl SyncEngine<'_> {
             .collect()
     }
 
+    /// The address ranges of `view` mapping sorted BO page ranges `pages`.
+    pub(super) fn view_addresses(bo: &Bo, view: &View, pages: &[Range<u64>]) -> Vec<Range<u64>> {
+        let ps = bo.page_size;
+        let vp = view.bo_pages(ps);
+        let addr = |p: u64| view.addr + p * ps - view.bo_offset;
+        pages
+            .iter()
+            .filter_map(|r| {
+                let (s, e) = (r.start.max(vp.start), r.end.min(vp.end));
+                (s < e).then(|| addr(s)..addr(e))
+            })
+            .collect()
+    }
+
     /// Marks a view that cannot be scanned (its process exited, or the scan
     /// failed) dirty whole: what cannot be proven clean is dirty.
     pub(super) fn unprovable(&self, bo: &Bo, st: &mut BoState, view: &View, err: &TrackError) {
@@ -63,7 +77,7 @@ impl SyncEngine<'_> {
     /// (`stale`); `None` if the view is unprovable (then already marked dirty
     /// whole). Afterwards no page of the view is writable or dirty.
     pub(super) fn harvest_view(&self, bo: &Bo, st: &mut BoState, view: &View) -> Option<(Vec<Range<u64>>, Vec<u64>)> {
-        match self.harvest_raw(bo, view) {
+        match self.harvest_raw(bo, view, &[]) {
             Ok(found) => Some(found),
             Err(e) => {
                 self.unprovable(bo, st, view, &e);
@@ -74,8 +88,15 @@ impl SyncEngine<'_> {
 
     /// The page-table work of [`SyncEngine::harvest_view`], which needs no
     /// state lock for non-eager mechanisms (seed 000's sleepable read
-    /// section: the scan of a large view does not block anyone).
-    pub(super) fn harvest_raw(&self, bo: &Bo, view: &View) -> Result<(Vec<Range<u64>>, Vec<u64>), TrackError> {
+    /// section: the scan of a large view does not block anyone). BO pages
+    /// `skip` (sorted: active hot ranges, `super::hot`) are left as they
+    /// are by mechanisms that can (uffd-async).
+    pub(super) fn harvest_raw(
+        &self,
+        bo: &Bo,
+        view: &View,
+        skip: &[Range<u64>],
+    ) -> Result<(Vec<Range<u64>>, Vec<u64>), TrackError> {
         if view.dead.load(Ordering::Acquire) {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -95,8 +116,10 @@ impl SyncEngine<'_> {
             self.count_unrecorded(bo, view, &ranges, &unprotected);
             ranges.extend(unprotected);
             result
-        } else {
+        } else if skip.is_empty() {
             tracker.harvest(view.range(), &mut ranges)
+        } else {
+            tracker.harvest_except(view.range(), &Self::view_addresses(bo, view, skip), &mut ranges)
         };
         lock(&view.writable).clear();
         let stale: Vec<u64> = {
@@ -120,7 +143,7 @@ impl SyncEngine<'_> {
                     pages.dedup();
                     marked += pages.len() as u64;
                     // Without a tracker they wait for the next one.
-                    pages.into_iter().for_each(|p| st.record_written(p..p + 1));
+                    pages.into_iter().for_each(|p| st.record_harvested(p));
                 }
                 Err(e) => {
                     self.unprovable(bo, st, &view, &e);
@@ -189,7 +212,7 @@ impl SyncEngine<'_> {
             marked += pages.len() as u64;
             if record {
                 // Without a tracker they wait for the next one.
-                pages.into_iter().for_each(|p| st.record_written(p..p + 1));
+                pages.into_iter().for_each(|p| st.record_harvested(p));
             }
         }
         marked

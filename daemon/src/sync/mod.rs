@@ -29,6 +29,7 @@
 //! | `dense.rs` | dense-write pauses and their probes |
 //! | `set_policy.rs` | SET_POLICY: an operator pins the method |
 //! | `shadow.rs` | the `shadow` policy: compare with the last uploaded copy (VNC's shadow surface) |
+//! | `hot.rs` | `auto`'s hot ranges: pages rewritten every sync, compared instead of trapped |
 //! | `transfer.rs` | vmwgfx `transfer_to_res` (spec §4.6) and the upload |
 //! | `report.rs` | the SYNC / TRANSFER report and upload counters |
 //! | `bitmap.rs` | `clear_res`, `dirty_clear`, explicit damage, the dirty state (spec §4.7–§4.8) |
@@ -39,6 +40,7 @@
 mod bitmap;
 mod dense;
 mod harvest;
+mod hot;
 mod method;
 mod mkwrite;
 mod readback;
@@ -104,6 +106,7 @@ pub struct SyncEngine<'a> {
     methods: MethodPolicy,
     dense: DensePolicy,
     shadow_max_bytes: u64,
+    hot_max_pages: u64,
 }
 
 fn method_of(st: &BoState) -> Method {
@@ -124,6 +127,7 @@ impl<'a> SyncEngine<'a> {
             methods: policy.methods,
             dense: policy.dense,
             shadow_max_bytes: policy.shadow_max_bytes,
+            hot_max_pages: policy.hot_max_pages,
         }
     }
 
@@ -227,16 +231,22 @@ impl<'a> SyncEngine<'a> {
         // PAGETABLE: the expensive harvest of non-eager views runs without the
         // state lock; a view removed meanwhile records its last pages under
         // the lock after us, which the sequence count makes the caller retry.
-        let pagetable = bo
-            .state()
-            .tracker
-            .as_ref()
-            .is_some_and(|t| t.method == Method::PageTable && t.paused.is_none());
+        let (pagetable, hot) = {
+            let st = bo.state();
+            let pagetable = st
+                .tracker
+                .as_ref()
+                .is_some_and(|t| t.method == Method::PageTable && t.paused.is_none());
+            (pagetable, st.hot.active_pages())
+        };
+        self.hot_prepare(bo);
+        // Active hot ranges are compared after the harvest (`hot.rs`), and
+        // left writable: they do not fault every frame.
         let pre: Option<Vec<Harvested>> = pagetable.then(|| {
             views
                 .iter()
                 .filter(|v| !v.mm.tracker().eager())
-                .map(|v| (v.clone(), self.harvest_raw(bo, v)))
+                .map(|v| (v.clone(), self.harvest_raw(bo, v, &hot)))
                 .collect()
         });
         let work = {
@@ -246,6 +256,7 @@ impl<'a> SyncEngine<'a> {
             // harvests must see every view).
             let views = bo.views();
             self.scan_locked_pre(bo, &mut st, &views, pre);
+            self.hot_step(bo, &mut st, &views);
             self.maybe_shadow_small(bo, &mut st, &views);
             let mut order: Vec<(u64, u32)> = st
                 .resources

@@ -32,6 +32,12 @@ impl SyncEngine<'_> {
         let _serial = lock(&bo.sync_lock);
         let t0 = Instant::now();
         let synced = self.sync_serialised(bo, false)?;
+        {
+            // The copy-back changes the BO behind hot ranges' shadow: they
+            // are tracked again first (`super::hot`).
+            let mut st = bo.state();
+            self.drop_hot(bo, &mut st, &bo.views());
+        }
         let resources: Vec<Arc<Resource>> = bo.state().resources.iter().flatten().cloned().collect();
         let mut bytes = 0;
         if !resources.is_empty() {

@@ -145,7 +145,7 @@ impl SyncEngine<'_> {
             let tracker = view.mm.tracker();
             let method = bo.state().tracker.as_ref().map(|t| t.method);
             let pre = (method == Some(Method::PageTable) && !tracker.eager())
-                .then(|| vec![(view.clone(), self.harvest_raw(bo, view))]);
+                .then(|| vec![(view.clone(), self.harvest_raw(bo, view, &[]))]);
             let mut st = bo.state();
             let one = [view.clone()];
             match (st.tracker.as_ref().map(|t| t.method), pre) {

@@ -99,6 +99,8 @@ impl SyncEngine<'_> {
     /// policy the copy is dropped and the next scan makes it again, with
     /// the whole BO marked (as `full` would upload it).
     pub(super) fn stop_comparing(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
+        // Hot ranges too: they compare, so a CLEAR could not drop their bits.
+        self.drop_hot(bo, st, views);
         if st.shadow.is_none() {
             return;
         }
@@ -154,10 +156,14 @@ impl SyncEngine<'_> {
     /// added, a READBACK of overlapping windows): its GPU bytes may differ
     /// from the shadow's.
     pub(super) fn mark_window_if_comparing(bo: &Bo, st: &mut BoState, window: Range<u64>) {
+        let ps = bo.page_size;
+        let pages = window.start / ps..window.end.div_ceil(ps);
+        // Hot ranges compare too: their part of the window.
+        let (hot, _) = crate::bo::split_runs(std::slice::from_ref(&pages), &st.hot.active_pages());
+        hot.into_iter().for_each(|r| st.record_written(r));
         if st.shadow.is_none() {
             return;
         }
-        let ps = bo.page_size;
         if let Some(t) = st.tracker.as_mut() {
             t.dirty.record(window.start / ps..window.end.div_ceil(ps));
         }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use cohmem_proto::SyncReport;
 
 use super::{SyncEngine, SyncError, Transfer};
-use crate::bo::{lock, Bo, BoState, Resource};
+use cohmem_sys::mapping::SharedMapping;
+
+use crate::bo::{lock, split_runs, Bo, BoState, Resource};
 
 impl SyncEngine<'_> {
     /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
@@ -99,11 +101,24 @@ impl SyncEngine<'_> {
         let ps = bo.page_size;
         let mut done = Vec::new();
         // While the BO compares, the pages go BO → shadow (once, for every
-        // resource) → GPU (`super::shadow`).
-        let shadow = bo.state().shadow.clone();
-        let every_run: Vec<Range<u64>> = work.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
-        let refreshed = Self::refresh_shadow(bo, shadow.as_ref(), &every_run).map_err(crate::gpu::GpuError::from);
-        let source = shadow.as_ref().map_or(&bo.mapping, |s| &s.map);
+        // resource) → GPU (`super::shadow`); with hot ranges, their pages
+        // do (`super::hot`), the others go BO → GPU.
+        let (shadow, hot) = {
+            let st = bo.state();
+            let hot = match (&st.shadow, &st.hot.shadow) {
+                (None, Some(s)) if !st.hot.active.is_empty() => Some((s.clone(), st.hot.active_pages())),
+                _ => None,
+            };
+            (st.shadow.clone(), hot)
+        };
+        let mut every_run: Vec<Range<u64>> = work.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
+        every_run.sort_unstable_by_key(|r| r.start);
+        let refreshed = match (&shadow, &hot) {
+            (Some(s), _) => Self::refresh_shadow(bo, Some(s), &every_run),
+            (None, Some((s, ranges))) => Self::refresh_shadow(bo, Some(s), &split_runs(&every_run, ranges).0),
+            (None, None) => Ok(()),
+        }
+        .map_err(crate::gpu::GpuError::from);
         let mut pending = work.into_iter();
         let mut failed = refreshed.err();
         let mut failed_runs = Vec::new();
@@ -112,12 +127,23 @@ impl SyncEngine<'_> {
                 if runs.is_empty() {
                     continue;
                 }
+                let parts = match (&shadow, &hot) {
+                    (Some(s), _) => vec![(&s.map, runs.clone())],
+                    (None, Some((s, ranges))) => {
+                        let (inside, outside) = split_runs(&runs, ranges);
+                        vec![(&bo.mapping, outside), (&s.map, inside)]
+                    }
+                    (None, None) => vec![(&bo.mapping, runs.clone())],
+                };
                 let first = res.window.start / ps;
-                let byte_runs: Vec<Range<u64>> = runs
-                    .iter()
-                    .map(|r| (r.start - first) * ps..(r.end - first) * ps)
-                    .collect();
-                if let Err(e) = res.upload(source, &byte_runs) {
+                let bytes = |runs: &[Range<u64>]| -> Vec<Range<u64>> {
+                    runs.iter()
+                        .map(|r| (r.start - first) * ps..(r.end - first) * ps)
+                        .collect()
+                };
+                let parts: Vec<(&SharedMapping, Vec<Range<u64>>)> =
+                    parts.into_iter().map(|(source, part)| (source, bytes(&part))).collect();
+                if let Err(e) = res.upload_parts(&parts, &bytes(&runs)) {
                     failed = Some(e);
                     failed_runs = runs;
                     break;

@@ -91,6 +91,18 @@ pub trait WriteTracker: Send + Sync {
     /// and re-protects them (protect before collect: one atomic step per
     /// page). Afterwards the whole range is protected.
     fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;
+    /// [`WriteTracker::harvest`] of `range` except the sorted, disjoint
+    /// address ranges `skip`, which are neither reported nor re-protected
+    /// (hot ranges the caller compares instead). May harvest all of
+    /// `range` (the default).
+    fn harvest_except(
+        &self,
+        range: Range<u64>,
+        _skip: &[Range<u64>],
+        out: &mut Vec<Range<u64>>,
+    ) -> Result<(), TrackError> {
+        self.harvest(range, out)
+    }
     /// Appends the address ranges written since they were last protected,
     /// changing nothing.
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError>;

@@ -34,3 +34,14 @@ pub(super) fn subtract(r: Range<u64>, holes: &[Range<u64>], out: &mut Vec<Range<
         push_merged(out, at..r.end);
     }
 }
+
+/// Sorts and merges `out[first..]` (two scans' runs of one range).
+pub(super) fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
+    let mut runs = out.split_off(first);
+    runs.sort_unstable_by_key(|r| r.start);
+    let mut merged = Vec::with_capacity(runs.len());
+    for r in runs {
+        push_merged(&mut merged, r);
+    }
+    out.extend(merged);
+}

@@ -16,6 +16,7 @@ use cohmem_sys::SysError;
 use nix::errno::Errno;
 
 use super::map_events::{MapEvents, ProvenViews};
+use super::ranges::{merge_runs, subtract};
 use super::{TrackError, WriteTracker};
 
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
@@ -154,28 +155,33 @@ impl UffdAsyncTracker {
         }
     }
 
-    /// Scans `range` with `fast` (written pages only, appended to `out`),
-    /// then proves the view whole with the events, or by a walk with
-    /// `walk` where they cannot prove it. Returns the events counted
-    /// before the scan (what the view is proven up to).
+    /// Scans the `parts` of view `range` with `fast` (written pages only,
+    /// appended to `out`), then proves the view whole with the events, or
+    /// walks the parts with `walk` where they cannot prove it. Returns the
+    /// events counted before the scan (what the view is proven up to).
     fn scan_and_prove(
         &self,
         events: &MapEvents,
-        range: Range<u64>,
+        range: &Range<u64>,
+        parts: &[Range<u64>],
         fast: ScanQuery,
         walk: ScanQuery,
         out: &mut Vec<Range<u64>>,
     ) -> Result<u64, TrackError> {
         let before = events.seen();
         let first = out.len();
-        self.pagemap.scan(range.clone(), fast, out)?;
-        let proven = match self.proven.get(&range) {
+        for part in parts {
+            self.pagemap.scan(part.clone(), fast, out)?;
+        }
+        let proven = match self.proven.get(range) {
             Some(last) if self.trusted => !self.uffd.mm_changing()? && events.seen() == last,
             _ => false,
         };
         if !proven {
             self.walks.fetch_add(1, Ordering::Relaxed);
-            written_and_covered(&self.pagemap, range, walk, out)?;
+            for part in parts {
+                written_and_covered(&self.pagemap, part.clone(), walk, out)?;
+            }
             merge_runs(out, first);
         }
         Ok(before)
@@ -184,17 +190,6 @@ impl UffdAsyncTracker {
 
 /// How long a write-protect call waits out a mapping change in flight.
 const QUIET_BOUND: Duration = Duration::from_millis(100);
-
-/// Sorts and merges `out[first..]` (two scans' runs of one range).
-fn merge_runs(out: &mut Vec<Range<u64>>, first: usize) {
-    let mut runs = out.split_off(first);
-    runs.sort_unstable_by_key(|r| r.start);
-    let mut merged = Vec::with_capacity(runs.len());
-    for r in runs {
-        super::ranges::push_merged(&mut merged, r);
-    }
-    out.extend(merged);
-}
 
 impl WriteTracker for UffdAsyncTracker {
     fn mechanism(&self) -> Mechanism {
@@ -244,10 +239,23 @@ impl WriteTracker for UffdAsyncTracker {
     }
 
     fn harvest(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
+        self.harvest_except(range, &[], out)
+    }
+
+    fn harvest_except(
+        &self,
+        range: Range<u64>,
+        skip: &[Range<u64>],
+        out: &mut Vec<Range<u64>>,
+    ) -> Result<(), TrackError> {
+        let mut parts = Vec::new();
+        subtract(range.clone(), skip, &mut parts);
         if let Some(events) = &self.events {
+            // The events prove the whole view, skipped parts included.
             let before = self.scan_and_prove(
                 events,
-                range.clone(),
+                &range,
+                &parts,
                 ScanQuery::HARVEST_WRITTEN,
                 ScanQuery::HARVEST_ALL,
                 out,
@@ -259,7 +267,10 @@ impl WriteTracker for UffdAsyncTracker {
         // never be proven clean again: one walk harvests the written pages
         // and reports every other page of the range, so the proof and the
         // harvest see the same page tables.
-        written_and_covered(&self.pagemap, range, ScanQuery::HARVEST_ALL, out)
+        for part in parts {
+            written_and_covered(&self.pagemap, part, ScanQuery::HARVEST_ALL, out)?;
+        }
+        Ok(())
     }
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
@@ -276,7 +287,9 @@ impl WriteTracker for UffdAsyncTracker {
                 flags: PM_SCAN_CHECK_WPASYNC,
                 ..ScanQuery::PEEK_WRITTEN
             };
-            return self.scan_and_prove(events, range, fast, every_page, out).map(|_| ());
+            return self
+                .scan_and_prove(events, &range, std::slice::from_ref(&range), fast, every_page, out)
+                .map(|_| ());
         }
         written_and_covered(&self.pagemap, range, every_page, out)
     }
