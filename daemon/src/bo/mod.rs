@@ -441,12 +441,14 @@ impl Bo {
         self.views.write().unwrap_or_else(|p| p.into_inner()).push(view);
     }
 
-    /// Drops a view from the list (the caller harvested it first).
+    /// Drops a view from the list (the caller harvested it first), after
+    /// any harvest of it still running ([`View::harvest`]).
     pub fn detach_view(&self, view: &Arc<View>) {
         self.views
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|v| !Arc::ptr_eq(v, view));
+        let _harvest = lock(&view.harvest);
         view.mm.remove_view(view.addr);
         view.dead.store(true, Ordering::Release);
     }

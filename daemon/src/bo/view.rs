@@ -33,6 +33,14 @@ pub struct View {
     pub bo_offset: u64,
     /// Set once the process is gone or the view was removed.
     pub dead: AtomicBool,
+    /// Held across a harvest of the view (from its `dead` check to the
+    /// tracker's answer) and around its detach: a harvest that found the
+    /// view live ends before the client can be told the view is gone and
+    /// map something else at its address (a tracker knows a view only by
+    /// its address range; soft-dirty hands a range whatever bits it read
+    /// there, and a harvest waiting for its mm-wide cycle would take a new
+    /// view's bits for the old one's BO pages).
+    pub harvest: Mutex<()>,
     /// Set once a scan found the view unscannable (moved, unmapped,
     /// replaced): it is marked dirty whole at every scan.
     pub broken: AtomicBool,
@@ -66,6 +74,7 @@ impl View {
             len,
             bo_offset,
             dead: AtomicBool::new(false),
+            harvest: Mutex::new(()),
             broken: AtomicBool::new(false),
             writable: Mutex::new(PageSet::new(len / page_size)),
             stale_dirty: Mutex::new(PageSet::new(len / page_size)),

@@ -97,6 +97,9 @@ impl SyncEngine<'_> {
         view: &View,
         skip: &[Range<u64>],
     ) -> Result<(Vec<Range<u64>>, Vec<u64>), TrackError> {
+        // Held until the tracker answers: the view cannot be detached (and
+        // its address given to another mapping) meanwhile.
+        let _live = lock(&view.harvest);
         if view.dead.load(Ordering::Acquire) {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -217,6 +217,12 @@ impl WriteTracker for SoftDirtyTracker {
         Some(&self.uffd)
     }
 
+    fn forget(&self, range: Range<u64>) {
+        // Bits other views' cycles read for it: a later view at the same
+        // address must not inherit them.
+        Self::lock(&self.pending).remove(&range.start);
+    }
+
     fn release(&self, range: Range<u64>) {
         let _ = self.uffd.write_protect(range.start, range.end - range.start, false);
         let _ = self.uffd.wake(range.start, range.end - range.start);
