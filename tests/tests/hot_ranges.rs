@@ -203,3 +203,117 @@ fn no_write_completed_before_a_sync_is_missing_while_ranges_are_hot() -> anyhow:
     anyhow::ensure!(lost.is_empty(), "lost writes: {lost:#?}");
     Ok(())
 }
+
+/// Rewrites pages [`HOT`] of `bo` through `map` over 8 syncs (hot when the
+/// daemon keeps hot ranges), stamping from `stamp`.
+fn warm(bo: &Bo, map: &cohmem_client::Mapping<'_>, stamp: &mut u64) -> anyhow::Result<()> {
+    let ps = cohmem_sys::page_size() as usize;
+    for _ in 0..8 {
+        for page in HOT {
+            *stamp += 1;
+            map.write_u64(page * ps + 64, *stamp)?;
+        }
+        bo.sync()?;
+    }
+    Ok(())
+}
+
+/// The operations besides SYNC that see a hot page's write (the view stays
+/// mapped: the write is in no bitmap until something harvests or compares
+/// it): a TRANSFER of one resource leaves an overlapping resource's copy to
+/// the next SYNC; SCAN, SET_POLICY and the view's removal put the write in
+/// the bitmap for a TRANSFER (found by a review: each lost the write before).
+#[test]
+fn transfer_scan_set_policy_and_unmap_see_hot_writes() -> anyhow::Result<()> {
+    if !caps().uffd_async.ok {
+        return expect_uffd_async_refused(DAEMON);
+    }
+    let ps = cohmem_sys::page_size() as usize;
+    let size = (PAGES * ps) as u64;
+    let mut stamp = 1u64 << 40;
+    let daemon = spawn_daemon_with(DAEMON, &["--mechanism", "uffd-async"])?;
+    let conn = Connection::connect(daemon.socket())?;
+    let gpu = |bo: &Bo, index: u32| -> anyhow::Result<SharedMapping> {
+        let res = bo.export_resource(index)?;
+        Ok(SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?)
+    };
+
+    // TRANSFER of resource 0, then SYNC: resource 1 (pages 8..72) too.
+    let bo = conn.create_bo(size)?;
+    let map = bo.map()?;
+    warm(&bo, &map, &mut stamp)?;
+    let r1 = bo.add_resource((8 * ps) as u64, (64 * ps) as u64)?;
+    let g1 = gpu(&bo, r1)?;
+    // No sync: the new resource's hot pages are marked, so the TRANSFER
+    // takes page 20 and refreshes the shadow with it.
+    map.write_u64(20 * ps + 64, 0xdead)?;
+    bo.transfer(0)?;
+    bo.sync()?;
+    anyhow::ensure!(
+        g1.read_u64(12 * ps + 64)? == 0xdead,
+        "TRANSFER 0 + SYNC: resource 1 missed page 20"
+    );
+
+    // SCAN, then TRANSFER: the scan's harvest puts the write in the bitmap.
+    let bo = conn.create_bo(size)?;
+    let map = bo.map()?;
+    let g0 = gpu(&bo, 0)?;
+    warm(&bo, &map, &mut stamp)?;
+    map.write_u64(20 * ps + 64, 0xbeef)?;
+    bo.scan()?;
+    bo.transfer(0)?;
+    anyhow::ensure!(g0.read_u64(20 * ps + 64)? == 0xbeef, "SCAN + TRANSFER missed page 20");
+
+    // SET_POLICY mkwrite, then TRANSFER.
+    let bo = conn.create_bo(size)?;
+    let map = bo.map()?;
+    let g0 = gpu(&bo, 0)?;
+    warm(&bo, &map, &mut stamp)?;
+    map.write_u64(20 * ps + 64, 0xabcd)?;
+    bo.set_policy(cohmem_client::BoPolicy::MkWrite)?;
+    bo.transfer(0)?;
+    anyhow::ensure!(
+        g0.read_u64(20 * ps + 64)? == 0xabcd,
+        "SET_POLICY + TRANSFER missed page 20"
+    );
+
+    // The view unmapped (its removal harvests it), then TRANSFER.
+    let bo = conn.create_bo(size)?;
+    let map = bo.map()?;
+    let g0 = gpu(&bo, 0)?;
+    warm(&bo, &map, &mut stamp)?;
+    map.write_u64(20 * ps + 64, 0xfeed)?;
+    drop(map);
+    bo.transfer(0)?;
+    anyhow::ensure!(g0.read_u64(20 * ps + 64)? == 0xfeed, "unmap + TRANSFER missed page 20");
+    Ok(())
+}
+
+/// The same TRANSFER under `auto`'s whole-BO compare of a small BO, which
+/// had the flaw before hot ranges did.
+#[test]
+fn transfer_of_a_compared_small_bo_leaves_overlapping_resources_to_the_next_sync() -> anyhow::Result<()> {
+    if !caps().uffd_async.ok {
+        return expect_uffd_async_refused(DAEMON);
+    }
+    let ps = cohmem_sys::page_size() as usize;
+    let daemon = spawn_daemon_with(DAEMON, &["--mechanism", "uffd-async"])?;
+    let conn = Connection::connect(daemon.socket())?;
+    let bo = conn.create_bo((16 * ps) as u64)?;
+    let map = bo.map()?;
+    for i in 0..4u64 {
+        map.write_u64(2 * ps, 100 + i)?;
+        bo.sync()?;
+    }
+    let r1 = bo.add_resource(0, (8 * ps) as u64)?;
+    let res = bo.export_resource(r1)?;
+    let g1 = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
+    map.write_u64(2 * ps, 0xfeed)?;
+    bo.transfer(0)?;
+    bo.sync()?;
+    anyhow::ensure!(
+        g1.read_u64(2 * ps)? == 0xfeed,
+        "TRANSFER 0 + SYNC: resource 1 missed page 2"
+    );
+    Ok(())
+}

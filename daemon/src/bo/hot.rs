@@ -57,6 +57,9 @@ pub struct HotPages {
     pub populated: Vec<bool>,
 }
 
+/// Most runs of written pages a BO notes between two syncs.
+pub const MAX_NOTED_RUNS: usize = 4096;
+
 /// Pages of the shadow faulted in at once (2 MiB of 4 KiB pages): a
 /// moving sprite reaches new pages every frame, and a fault per page
 /// (2.8 µs of a frame here) would cost more than the copy.
@@ -76,9 +79,14 @@ impl HotPages {
 
     /// Notes BO page `page` as found written by a harvest of this sync.
     pub fn note_written(&mut self, page: u64) {
+        // Bounded: harvests without a SYNC in between (a client looping
+        // SCAN) only add; past the bound this sync's notes are dropped,
+        // which only delays a choice.
+        let full = self.written_now.len() >= MAX_NOTED_RUNS;
         match self.written_now.last_mut() {
             Some(last) if last.end == page => last.end = page + 1,
             Some(last) if last.contains(&page) => {}
+            _ if full => {}
             _ => self.written_now.push(page..page + 1),
         }
     }

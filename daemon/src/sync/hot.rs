@@ -9,7 +9,9 @@
 //! to make the entry writable), and compared with a shadow at every sync,
 //! until [`COOL_AFTER`] syncs find a page unchanged.
 //!
-//! Why no write is lost, step by step (`bo.sync_lock` held throughout):
+//! Why no write is lost, step by step (syncs hold `bo.sync_lock`, so only
+//! they change the shadow; CLEAR and a released resource drop hot ranges
+//! under the state lock alone):
 //!
 //! * chosen at sync k, a range's BO bytes are copied into the shadow at the
 //!   start of sync k+1, before its harvest ([`SyncEngine::hot_prepare`]). A
@@ -22,6 +24,12 @@
 //!   the same sync: it runs after the harvest, so it sees every write
 //!   completed before the SYNC (`SharedMapping::differing_blocks` reads
 //!   each byte once, so a page that differs throughout is always found).
+//!   Harvests outside a sync (SCAN, SNAPSHOT, a view's removal) compare
+//!   after them too ([`SyncEngine::hot_compare`]), so a TRANSFER finds the
+//!   writes in the bitmap.
+//! * a TRANSFER uploads to one resource through the shadow: pages of its
+//!   runs that another resource's window covers are marked dirty again, so
+//!   the next SYNC sends them there (the compare would find nothing).
 //! * cooling write-protects pages first and compares them after, so a write
 //!   in between is found by the compare or faults and is harvested.
 //! * whenever the BO leaves the conditions (another mechanism, a policy, a
@@ -36,7 +44,7 @@ use std::sync::Arc;
 use cohmem_proto::{BoPolicy, Method};
 
 use super::SyncEngine;
-use crate::bo::{Bo, BoState, HotPages, HotRange, Shadow, View, HOT_CHUNK_PAGES, HOT_WHOLE_SHADOW_BYTES};
+use crate::bo::{Bo, BoState, HotRange, Shadow, View, HOT_CHUNK_PAGES, HOT_WHOLE_SHADOW_BYTES};
 use crate::policy::MethodPolicy;
 
 /// Syncs in a row whose compare found a hot range unchanged, after which
@@ -72,45 +80,58 @@ impl SyncEngine<'_> {
 
     /// At a sync's start, before its harvest: the ranges chosen at the last
     /// sync are copied into the shadow and wait for this sync's harvest.
+    /// The shadow is faulted in and copied without the state lock (up to
+    /// 16 MiB at once): only syncs, which hold `bo.sync_lock`, touch it.
     pub(super) fn hot_prepare(&self, bo: &Bo) {
-        let mut st = bo.state();
-        if st.hot.chosen.is_empty() {
-            return;
-        }
-        let chosen = std::mem::take(&mut st.hot.chosen);
-        if st.hot.shadow.is_none() {
-            st.hot.shadow = Shadow::create_sparse(bo.id, bo.size).map(Arc::new);
-        }
-        let Some(shadow) = st.hot.shadow.clone() else {
-            return;
+        let (chosen, shadow, mut populated) = {
+            let mut st = bo.state();
+            if st.hot.chosen.is_empty() {
+                return;
+            }
+            let chosen = std::mem::take(&mut st.hot.chosen);
+            if st.hot.shadow.is_none() {
+                st.hot.shadow = Shadow::create_sparse(bo.id, bo.size).map(Arc::new);
+            }
+            let Some(shadow) = st.hot.shadow.clone() else {
+                return;
+            };
+            (chosen, shadow, std::mem::take(&mut st.hot.populated))
         };
         let ps = bo.page_size;
+        let mut pending = Vec::new();
         for r in chosen {
-            if !Self::populate_hot(bo, &mut st.hot, &shadow, &r) {
+            if !Self::populate_hot(bo, &mut populated, &shadow, &r) {
                 break;
             }
             let (at, len) = ((r.start * ps) as usize, ((r.end - r.start) * ps) as usize);
             match bo.mapping.copy_to(at, &shadow.map, at, len) {
-                Ok(()) => st.hot.pending.push(r),
+                Ok(()) => pending.push(r),
                 Err(e) => tracing::debug!(bo = bo.id, error = %e, "no hot range: the copy failed"),
             }
+        }
+        let mut st = bo.state();
+        // A CLEAR or a released resource may have dropped the ranges
+        // meanwhile (they do not take `bo.sync_lock`): then nothing waits.
+        if st.hot.shadow.as_ref().is_some_and(|s| Arc::ptr_eq(s, &shadow)) {
+            st.hot.pending.extend(pending);
+            st.hot.populated = populated;
         }
     }
 
     /// Faults in (and charges to the shadow budget) the shadow chunks
     /// `pages` lies in; false when the budget is spent or memory for them
     /// cannot be had.
-    fn populate_hot(bo: &Bo, hot: &mut HotPages, shadow: &Shadow, pages: &Range<u64>) -> bool {
+    fn populate_hot(bo: &Bo, populated: &mut Vec<bool>, shadow: &Shadow, pages: &Range<u64>) -> bool {
         let ps = bo.page_size;
         let chunks = bo.size.div_ceil(HOT_CHUNK_PAGES * ps) as usize;
-        hot.populated.resize(chunks, false);
+        populated.resize(chunks, false);
         let wanted = if bo.size <= HOT_WHOLE_SHADOW_BYTES {
             0..chunks as u64
         } else {
             pages.start / HOT_CHUNK_PAGES..pages.end.div_ceil(HOT_CHUNK_PAGES)
         };
         for c in wanted {
-            if hot.populated[c as usize] {
+            if populated[c as usize] {
                 continue;
             }
             let at = c * HOT_CHUNK_PAGES * ps;
@@ -123,7 +144,7 @@ impl SyncEngine<'_> {
                 tracing::debug!(bo = bo.id, error = %e, "no hot range: the shadow cannot be faulted in");
                 return false;
             }
-            hot.populated[c as usize] = true;
+            populated[c as usize] = true;
         }
         true
     }
@@ -209,6 +230,19 @@ impl SyncEngine<'_> {
         (stay, cool)
     }
 
+    /// After a harvest outside a SYNC (SCAN, SNAPSHOT, a view removed),
+    /// which dropped its reports of active pages: compares the active
+    /// ranges and records what changed, so the bitmap holds their writes
+    /// as a harvest's caller expects (a later TRANSFER uploads them).
+    pub(super) fn hot_compare(bo: &Bo, st: &mut BoState) {
+        let Some(shadow) = st.hot.shadow.clone() else {
+            return;
+        };
+        for pages in st.hot.active_pages() {
+            Self::compare_hot(bo, st, &shadow, &pages);
+        }
+    }
+
     /// Back to tracking every page exactly: each active range is
     /// write-protected (unless tracking is paused, when every sync uploads
     /// the whole BO), then compared, what changed recorded.
@@ -245,7 +279,10 @@ impl SyncEngine<'_> {
         let mut candidates: Vec<(Range<u64>, u64)> = Vec::new();
         for r in both {
             match candidates.last_mut() {
-                Some((c, n)) if r.start <= c.end + HOT_GAP => {
+                // Not across an active range: each side may extend it.
+                Some((c, n))
+                    if r.start <= c.end + HOT_GAP && !active.iter().any(|a| c.end <= a.start && a.end <= r.start) =>
+                {
                     c.end = r.end;
                     *n += r.end - r.start;
                 }

@@ -159,6 +159,8 @@ impl SyncEngine<'_> {
                     self.harvest_all(bo, &mut st, &one, true);
                 }
             }
+            // Its reports of hot pages were dropped: compared instead.
+            Self::hot_compare(bo, &mut st);
             bo.detach_view(view);
             tracker.forget(view.range());
             if tracker.eager() {

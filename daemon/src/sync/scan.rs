@@ -19,7 +19,9 @@ impl SyncEngine<'_> {
         let _serial = lock(&bo.sync_lock);
         let mut st = bo.state();
         let views = bo.views();
-        self.scan_locked(bo, &mut st, &views)
+        let report = self.scan_locked(bo, &mut st, &views);
+        Self::hot_compare(bo, &mut st);
+        report
     }
 
     /// vmwgfx `scan` (spec §3), with the state lock held.

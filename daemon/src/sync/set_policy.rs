@@ -27,6 +27,8 @@ impl SyncEngine<'_> {
         // policy's first scan makes a new one, marking the whole BO.
         st.shadow = None;
         let views = bo.views();
+        // Hot ranges are `auto`'s: compared and tracked again first.
+        self.drop_hot(bo, &mut st, &views);
         let Some(t) = st.tracker.as_mut() else {
             return (previous, Method::None);
         };

@@ -170,29 +170,33 @@ impl SyncEngine<'_> {
     }
 
     /// Before an upload of BO page `runs` (every resource's, together): the
-    /// BO's bytes of those pages copied into the shadow, once, so every
-    /// resource then receives the same bytes from it. `None` without a
-    /// shadow (upload from the BO). Called with `bo.sync_lock` held.
+    /// pages whose BO bytes differ from the shadow's are copied into it,
+    /// once, so every resource then receives the same bytes from it; they
+    /// are returned. A page found equal keeps the shadow's bytes, which are
+    /// the BO's as of the compare (a write after it is found by the next
+    /// one). Called with `bo.sync_lock` held.
     pub(super) fn refresh_shadow(
         bo: &Bo,
-        shadow: Option<&Arc<Shadow>>,
+        shadow: &Shadow,
         runs: &[Range<u64>],
-    ) -> Result<(), cohmem_sys::SysError> {
-        let Some(s) = shadow else {
-            return Ok(());
-        };
+    ) -> Result<Vec<Range<u64>>, cohmem_sys::SysError> {
         let mut all: Vec<Range<u64>> = runs.to_vec();
         all.sort_unstable_by_key(|r| r.start);
         let ps = bo.page_size as usize;
         let mut done = 0u64;
+        let mut changed = Vec::new();
         for r in all {
             let start = r.start.max(done);
             if start < r.end {
                 let (at, len) = (start as usize * ps, (r.end - start) as usize * ps);
-                bo.mapping.copy_to(at, &s.map, at, len)?;
+                for d in bo.mapping.differing_blocks(&shadow.map, at, len, ps)? {
+                    let (at, len) = (d.start as usize * ps, (d.end - d.start) as usize * ps);
+                    bo.mapping.copy_to(at, &shadow.map, at, len)?;
+                    changed.push(d);
+                }
                 done = r.end;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 }

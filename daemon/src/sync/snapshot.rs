@@ -103,6 +103,7 @@ impl SyncEngine<'_> {
                 // Protect before collect: afterwards every write either
                 // blocks (uffd-sync) or shows up in the check below.
                 self.harvest_all(bo, &mut st, &views, true);
+                Self::hot_compare(bo, &mut st);
                 views
             };
             let copied = Self::copy_bo(bo);

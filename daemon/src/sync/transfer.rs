@@ -16,6 +16,10 @@ use cohmem_sys::mapping::SharedMapping;
 
 use crate::bo::{lock, split_runs, Bo, BoState, Resource};
 
+/// What an upload did: every run uploaded, and the pages whose new bytes
+/// the shadow took (`super::shadow::refresh_shadow`).
+type Uploaded = (Vec<Range<u64>>, Vec<Range<u64>>);
+
 impl SyncEngine<'_> {
     /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
     pub fn transfer(&self, bo: &Bo, index: u32, with_runs: bool) -> Result<SyncReport, SyncError> {
@@ -27,11 +31,31 @@ impl SyncEngine<'_> {
             self.observe(bo, &mut st, &views);
             vec![self.take_runs(bo, &mut st, index)?]
         };
-        let runs = self.upload(bo, work)?;
-        let st = bo.state();
+        let (runs, changed) = self.upload(bo, work)?;
+        let mut st = bo.state();
+        Self::redirty_for_other_resources(&mut st, bo.page_size, index, &changed);
         let mut report = self.report(bo, &st, &bo.views(), &runs, t0, with_runs);
         report.damage = Self::take_damage(&st);
         Ok(report)
+    }
+
+    /// After a TRANSFER of resource `index` through a shadow (the BO
+    /// compares whole, or its hot ranges): the shadow took the new bytes of
+    /// BO pages `changed`, which another resource whose window covers them
+    /// has not received, and the next compare would find nothing to send
+    /// it. Those pages are marked dirty again.
+    fn redirty_for_other_resources(st: &mut BoState, ps: u64, index: u32, changed: &[Range<u64>]) {
+        let others: Vec<Range<u64>> = st
+            .resources
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i as u32 != index)
+            .filter_map(|(_, r)| r.as_ref().map(|r| r.window.start / ps..r.window.end / ps))
+            .collect();
+        for w in others {
+            let (inside, _) = split_runs(changed, std::slice::from_ref(&w));
+            inside.into_iter().for_each(|r| st.record_written(r));
+        }
     }
 
     /// vmwgfx `transfer_to_res`: takes resource `index`'s dirty runs out of
@@ -92,12 +116,13 @@ impl SyncEngine<'_> {
 
     /// Copies taken runs into their resources without the state lock (writers
     /// and the fault service go on meanwhile); on failure the runs not yet
-    /// uploaded are folded back. Returns every run uploaded.
+    /// uploaded are folded back. Returns every run uploaded, and the pages
+    /// whose new bytes the shadow took (`super::shadow::refresh_shadow`).
     pub(super) fn upload(
         &self,
         bo: &Bo,
         work: Vec<(Arc<Resource>, Vec<Range<u64>>)>,
-    ) -> Result<Vec<Range<u64>>, SyncError> {
+    ) -> Result<Uploaded, SyncError> {
         let ps = bo.page_size;
         let mut done = Vec::new();
         // While the BO compares, the pages go BO → shadow (once, for every
@@ -114,13 +139,16 @@ impl SyncEngine<'_> {
         let mut every_run: Vec<Range<u64>> = work.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
         every_run.sort_unstable_by_key(|r| r.start);
         let refreshed = match (&shadow, &hot) {
-            (Some(s), _) => Self::refresh_shadow(bo, Some(s), &every_run),
-            (None, Some((s, ranges))) => Self::refresh_shadow(bo, Some(s), &split_runs(&every_run, ranges).0),
-            (None, None) => Ok(()),
+            (Some(s), _) => Self::refresh_shadow(bo, s, &every_run),
+            (None, Some((s, ranges))) => Self::refresh_shadow(bo, s, &split_runs(&every_run, ranges).0),
+            (None, None) => Ok(Vec::new()),
         }
         .map_err(crate::gpu::GpuError::from);
         let mut pending = work.into_iter();
-        let mut failed = refreshed.err();
+        let (changed, mut failed) = match refreshed {
+            Ok(changed) => (changed, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         let mut failed_runs = Vec::new();
         if failed.is_none() {
             for (res, runs) in pending.by_ref() {
@@ -163,7 +191,7 @@ impl SyncEngine<'_> {
             crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
             return Err(e.into());
         }
-        Ok(done)
+        Ok((done, changed))
     }
 
     pub(super) fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
