@@ -248,6 +248,9 @@ fn transfer_scan_set_policy_and_unmap_see_hot_writes() -> anyhow::Result<()> {
     // takes page 20 and refreshes the shadow with it.
     map.write_u64(20 * ps + 64, 0xdead)?;
     bo.transfer(0)?;
+    // A second TRANSFER finds the shadow already holding page 20's bytes
+    // (found by a second review: resource 1 was then forgotten).
+    bo.transfer(0)?;
     bo.sync()?;
     anyhow::ensure!(
         g1.read_u64(12 * ps + 64)? == 0xdead,
@@ -309,6 +312,7 @@ fn transfer_of_a_compared_small_bo_leaves_overlapping_resources_to_the_next_sync
     let res = bo.export_resource(r1)?;
     let g1 = SharedMapping::map(res.fd.as_fd(), res.size, 0, false)?;
     map.write_u64(2 * ps, 0xfeed)?;
+    bo.transfer(0)?;
     bo.transfer(0)?;
     bo.sync()?;
     anyhow::ensure!(

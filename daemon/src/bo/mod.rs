@@ -101,6 +101,12 @@ pub struct BoState {
     /// Pages rewritten at every sync, compared instead of tracked
     /// (`auto` only; see [`HotPages`]). Reset with the tracker.
     pub hot: HotPages,
+    /// BO pages whose new bytes a shadow (whole or hot) took in an upload
+    /// to some resources only (a TRANSFER): other resources whose windows
+    /// cover them have not received them, and no compare will find them
+    /// again. Every SYNC uploads them to every resource; a TRANSFER to its
+    /// own resource too. Sorted, disjoint.
+    pub shadow_owed: Vec<Range<u64>>,
 }
 
 impl BoState {
@@ -146,6 +152,8 @@ impl BoState {
         self.shadow = None;
         // Hot pages left unprotected are reported by the next harvest.
         self.hot = HotPages::default();
+        // No resource is left to owe anything to.
+        self.shadow_owed.clear();
         if let Some(t) = self.tracker.take() {
             if t.dirty.dirty_pages() > 0 {
                 self.untracked = Some(t.dirty);
@@ -338,6 +346,7 @@ impl Bo {
             pages: size / page_size,
             shadow: None,
             hot: HotPages::default(),
+            shadow_owed: Vec::new(),
         };
         let mut image = None;
         if let Some(make) = default_resource {

@@ -376,7 +376,7 @@ fn merged(mut ranges: Vec<HotRange>) -> Vec<HotRange> {
 }
 
 /// `runs` sorted, overlapping and adjacent ones merged.
-fn normalised(mut runs: Vec<Range<u64>>) -> Vec<Range<u64>> {
+pub(super) fn normalised(mut runs: Vec<Range<u64>>) -> Vec<Range<u64>> {
     runs.sort_unstable_by_key(|r| r.start);
     let mut out: Vec<Range<u64>> = Vec::with_capacity(runs.len());
     for r in runs {

@@ -267,7 +267,7 @@ impl<'a> SyncEngine<'a> {
             order.sort_unstable();
             self.take_all_runs(bo, &mut st, &order)?
         };
-        self.upload(bo, work).map(|(runs, _)| runs)
+        self.upload(bo, work)
     }
 
     /// The pages a sync made coherent, once each: `runs` sorted, runs of

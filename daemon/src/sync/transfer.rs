@@ -11,14 +11,11 @@ use std::time::Instant;
 
 use cohmem_proto::SyncReport;
 
+use super::hot::normalised;
 use super::{SyncEngine, SyncError, Transfer};
 use cohmem_sys::mapping::SharedMapping;
 
 use crate::bo::{lock, split_runs, Bo, BoState, Resource};
-
-/// What an upload did: every run uploaded, and the pages whose new bytes
-/// the shadow took (`super::shadow::refresh_shadow`).
-type Uploaded = (Vec<Range<u64>>, Vec<Range<u64>>);
 
 impl SyncEngine<'_> {
     /// vmwgfx `transfer_to_res` + upload of one resource, without a scan.
@@ -31,31 +28,11 @@ impl SyncEngine<'_> {
             self.observe(bo, &mut st, &views);
             vec![self.take_runs(bo, &mut st, index)?]
         };
-        let (runs, changed) = self.upload(bo, work)?;
-        let mut st = bo.state();
-        Self::redirty_for_other_resources(&mut st, bo.page_size, index, &changed);
+        let runs = self.upload(bo, work)?;
+        let st = bo.state();
         let mut report = self.report(bo, &st, &bo.views(), &runs, t0, with_runs);
         report.damage = Self::take_damage(&st);
         Ok(report)
-    }
-
-    /// After a TRANSFER of resource `index` through a shadow (the BO
-    /// compares whole, or its hot ranges): the shadow took the new bytes of
-    /// BO pages `changed`, which another resource whose window covers them
-    /// has not received, and the next compare would find nothing to send
-    /// it. Those pages are marked dirty again.
-    fn redirty_for_other_resources(st: &mut BoState, ps: u64, index: u32, changed: &[Range<u64>]) {
-        let others: Vec<Range<u64>> = st
-            .resources
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i as u32 != index)
-            .filter_map(|(_, r)| r.as_ref().map(|r| r.window.start / ps..r.window.end / ps))
-            .collect();
-        for w in others {
-            let (inside, _) = split_runs(changed, std::slice::from_ref(&w));
-            inside.into_iter().for_each(|r| st.record_written(r));
-        }
     }
 
     /// vmwgfx `transfer_to_res`: takes resource `index`'s dirty runs out of
@@ -66,7 +43,15 @@ impl SyncEngine<'_> {
             return Ok((res, Vec::new()));
         };
         let ps = bo.page_size;
-        let runs = t.dirty.transfer_window(res.window.start / ps..res.window.end / ps);
+        let window = res.window.start / ps..res.window.end / ps;
+        let mut runs = t.dirty.transfer_window(window.clone());
+        // What a shadow owes every resource, this one's share too (it stays
+        // owed to the others).
+        let (owed, _) = split_runs(&st.shadow_owed, std::slice::from_ref(&window));
+        if !owed.is_empty() {
+            runs.extend(owed);
+            runs = normalised(runs);
+        }
         self.protect_clean_writable(bo, st);
         Ok((res, runs))
     }
@@ -92,6 +77,10 @@ impl SyncEngine<'_> {
         let Some(t) = st.tracker.as_mut() else {
             return Ok(resources.into_iter().map(|r| (r, Vec::new())).collect());
         };
+        // Every resource gets what a shadow owes some of them.
+        for r in std::mem::take(&mut st.shadow_owed) {
+            t.dirty.record(r);
+        }
         let dirty = t.dirty.runs();
         let work = resources
             .into_iter()
@@ -116,13 +105,14 @@ impl SyncEngine<'_> {
 
     /// Copies taken runs into their resources without the state lock (writers
     /// and the fault service go on meanwhile); on failure the runs not yet
-    /// uploaded are folded back. Returns every run uploaded, and the pages
-    /// whose new bytes the shadow took (`super::shadow::refresh_shadow`).
+    /// uploaded are folded back. Returns every run uploaded. Pages whose new
+    /// bytes the shadow took and that a resource left out of `work` covers
+    /// are owed to it (`BoState::shadow_owed`), whatever happens next.
     pub(super) fn upload(
         &self,
         bo: &Bo,
         work: Vec<(Arc<Resource>, Vec<Range<u64>>)>,
-    ) -> Result<Uploaded, SyncError> {
+    ) -> Result<Vec<Range<u64>>, SyncError> {
         let ps = bo.page_size;
         let mut done = Vec::new();
         // While the BO compares, the pages go BO → shadow (once, for every
@@ -144,11 +134,14 @@ impl SyncEngine<'_> {
             (None, None) => Ok(Vec::new()),
         }
         .map_err(crate::gpu::GpuError::from);
-        let mut pending = work.into_iter();
-        let (changed, mut failed) = match refreshed {
-            Ok(changed) => (changed, None),
-            Err(e) => (Vec::new(), Some(e)),
+        let mut failed = match refreshed {
+            Ok(changed) => {
+                Self::owe_to_others(bo, &work, &changed);
+                None
+            }
+            Err(e) => Some(e),
         };
+        let mut pending = work.into_iter();
         let mut failed_runs = Vec::new();
         if failed.is_none() {
             for (res, runs) in pending.by_ref() {
@@ -191,7 +184,30 @@ impl SyncEngine<'_> {
             crate::limited!(warn, "upload failed", bo.id, bo = bo.id, error = %e, "upload failed; runs folded back");
             return Err(e.into());
         }
-        Ok((done, changed))
+        Ok(done)
+    }
+
+    /// Records as owed (`BoState::shadow_owed`) the pages of `changed` (new
+    /// bytes the shadow just took) that a live resource not in `work`
+    /// covers: it has not received them, and no compare will find them.
+    fn owe_to_others(bo: &Bo, work: &[(Arc<Resource>, Vec<Range<u64>>)], changed: &[Range<u64>]) {
+        if changed.is_empty() {
+            return;
+        }
+        let ps = bo.page_size;
+        let mut st = bo.state();
+        let others: Vec<Range<u64>> = st
+            .resources
+            .iter()
+            .flatten()
+            .filter(|r| !work.iter().any(|(w, _)| Arc::ptr_eq(w, r)))
+            .map(|r| r.window.start / ps..r.window.end / ps)
+            .collect();
+        let mut owed = std::mem::take(&mut st.shadow_owed);
+        for w in others {
+            owed.extend(split_runs(changed, std::slice::from_ref(&w)).0);
+        }
+        st.shadow_owed = normalised(owed);
     }
 
     pub(super) fn resource(st: &BoState, index: u32) -> Result<Arc<Resource>, SyncError> {
