@@ -182,6 +182,12 @@ pub struct Bo {
     /// Serialises syncs and transfers of this BO from start to end of upload,
     /// so a sync never returns while an earlier one still copies its pages.
     pub sync_lock: Mutex<()>,
+    /// Set once a resource was exported through an fd that lets another
+    /// process write the GPU copy (a dma-buf): the daemon is then not its
+    /// only writer, so `auto` never compares the BO with a shadow of what
+    /// it uploaded (a rewrite with unchanged bytes must still be uploaded
+    /// over whatever the other side put there).
+    pub gpu_shared: std::sync::atomic::AtomicBool,
     /// Seed 000's sequence count: odd while a structural change (a view
     /// added or removed) runs; syncs read it around their scan-and-copy.
     structure_seq: AtomicU64,
@@ -366,6 +372,7 @@ impl Bo {
             state: Mutex::new(state),
             views: RwLock::new(Vec::new()),
             sync_lock: Mutex::new(()),
+            gpu_shared: std::sync::atomic::AtomicBool::new(false),
             structure_seq: AtomicU64::new(0),
             structure_writers: Mutex::new(()),
             counters: BoCounters::default(),

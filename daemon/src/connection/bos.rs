@@ -252,6 +252,11 @@ impl Session {
             .gpu
             .export_fd()
             .map_err(|e| fail(ErrorCode::Gpu, format!("exporting the resource: {e}")))?;
+        // Another process may now write the GPU copy: comparing with what the
+        // daemon uploaded would no longer see every change to undo.
+        if res.gpu.export_writable() && !bo.gpu_shared.swap(true, Ordering::AcqRel) {
+            self.daemon.sync_engine().stop_comparing_shared(bo);
+        }
         Ok((
             Reply::Resource {
                 size: res.gpu.size(),

@@ -130,6 +130,12 @@ pub trait GpuResource: Send + Sync {
     /// An fd through which another process can read the resource (the
     /// software backend's memfd, a dma-buf on real devices).
     fn export_fd(&self) -> Result<OwnedFd, GpuError>;
+    /// Whether a process holding [`GpuResource::export_fd`]'s fd can write
+    /// the buffer (a dma-buf can be mapped writable or rendered into; the
+    /// software backend's sealed memfd cannot).
+    fn export_writable(&self) -> bool {
+        true
+    }
     /// An fd that keeps the buffer itself alive in the fd store and that
     /// [`GpuBackend::adopt_resource`] can take back after a restart (with
     /// [`GpuResource::pitch`]); `None` where the backend cannot adopt one.

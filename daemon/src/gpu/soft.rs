@@ -166,6 +166,11 @@ impl GpuResource for SoftResource {
     fn export_fd(&self) -> Result<OwnedFd, GpuError> {
         Ok(self.memfd.try_clone_fd()?)
     }
+
+    fn export_writable(&self) -> bool {
+        // Sealed against writes (F_SEAL_FUTURE_WRITE): see the test below.
+        false
+    }
 }
 
 #[cfg(test)]

@@ -58,12 +58,27 @@ pub const MIN_HOT_PAGES: u64 = 4;
 pub const HOT_GAP: u64 = 1;
 
 impl SyncEngine<'_> {
+    /// A resource of `bo` was exported writable (`Bo::gpu_shared`): hot
+    /// ranges and `auto`'s whole-BO compare end now, exactly (protect, then
+    /// compare), so from here on every write is tracked and a rewrite with
+    /// unchanged bytes is uploaded over what the other side wrote.
+    pub fn stop_comparing_shared(&self, bo: &Bo) {
+        let _serial = crate::bo::lock(&bo.sync_lock);
+        let mut st = bo.state();
+        let views = bo.views();
+        self.drop_hot(bo, &mut st, &views);
+        if st.policy == BoPolicy::Auto {
+            self.stop_comparing(bo, &mut st, &views);
+        }
+    }
+
     /// Whether BO `bo` may keep hot ranges now: `auto` everywhere, tracked
     /// by PAGETABLE and not paused, not compared whole, every live view
     /// under uffd-async (which can leave pages unprotected).
     fn hot_allowed(&self, bo: &Bo, st: &BoState, views: &[Arc<View>]) -> bool {
         self.methods == MethodPolicy::Auto
             && self.hot_max_pages > 0
+            && !bo.gpu_shared.load(Ordering::Acquire)
             && st.policy == BoPolicy::Auto
             && st.shadow.is_none()
             && bo.size > self.shadow_max_bytes

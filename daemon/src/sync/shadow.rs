@@ -50,6 +50,7 @@ impl SyncEngine<'_> {
     /// are the views unprotected.
     pub(super) fn maybe_shadow_small(&self, bo: &Bo, st: &mut BoState, views: &[Arc<View>]) {
         if self.methods != MethodPolicy::Auto
+            || bo.gpu_shared.load(Ordering::Acquire)
             || bo.size > self.shadow_max_bytes
             || st.policy != BoPolicy::Auto
             || st.shadow.is_some()
