@@ -52,7 +52,10 @@ fn start_daemon(socket: &Path, notify: &Path, gpu: &str, fds: &[(OwnedFd, String
         .arg(DAEMON)
         .args(["--socket"])
         .arg(socket)
-        .args(["--gpu", gpu, "--log", "warn", "--adopt-grace-secs", "1"])
+        // Long enough for the client to come back after READY in a TCG guest
+        // (one run there took over 1 s and the kept BO was released as
+        // unclaimed), short of `expect`'s 20 s for the forgotten one.
+        .args(["--gpu", gpu, "--log", "warn", "--adopt-grace-secs", "4"])
         .env("NOTIFY_SOCKET", notify)
         .env(
             "N",
