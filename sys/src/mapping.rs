@@ -250,10 +250,10 @@ impl SharedMapping {
         let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
         for i in 0..len / block {
             let at = i * block;
+            // Aligned to 8: page-aligned mappings, `offset` and `block`
+            // multiples of 8 (checked above).
             // SAFETY: both pointers are `block` bytes inside live mappings
-            // (bounds-checked by `range` above, borrowed for this call), and
-            // 8-byte aligned (page-aligned mappings, `offset` and `block`
-            // multiples of 8).
+            // (bounds-checked by `range`, borrowed for this call), 8-aligned.
             let differs = unsafe { words_differ(pa.as_ptr().add(at).cast(), pb.as_ptr().add(at).cast(), block / 8) };
             if differs {
                 let idx = first + i as u64;
