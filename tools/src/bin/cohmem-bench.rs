@@ -65,6 +65,25 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         frames: usize,
     },
+    /// One sparse sync scenario alone through one mechanism's private daemon
+    /// (for profiling: the daemon's pid is printed first, then the figures).
+    Sparse {
+        /// Mechanism (auto, uffd-async, uffd-sync, soft-dirty, full, shadow, explicit).
+        #[arg(long, default_value = "auto")]
+        mechanism: String,
+        /// BO size in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Fraction of the pages written before each sync (at least one page).
+        #[arg(long, default_value_t = 0.001)]
+        density: f64,
+        /// Writer threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Syncs measured (after 3 warm-up ones).
+        #[arg(long, default_value_t = 2000)]
+        syncs: usize,
+    },
     /// Internal: the echo side of the IPC floor (its socket is stdin).
     #[command(hide = true)]
     IpcEcho {
@@ -130,6 +149,51 @@ fn main() -> anyhow::Result<()> {
             bench::stats::fmt_ns(a.write.median_ns),
             a.pages_median,
             a.frames
+        );
+        return Ok(());
+    }
+    if let Some(Cmd::Sparse {
+        mechanism,
+        size_mib,
+        density,
+        threads,
+        syncs,
+    }) = &cli.command
+    {
+        let session = bench::sync::Session::start(mechanism)?;
+        eprintln!("daemon pid {}", session.daemon.pid());
+        let (bo, map) = session.populated_bo(size_mib << 20)?;
+        let reps = bench::Reps {
+            warmup: 3,
+            min: *syncs,
+            max: *syncs,
+            budget: std::time::Duration::MAX,
+        };
+        let mut rng = SplitMix64::new(cli.run.seed);
+        let c = bench::sync::measure_cell(
+            &session,
+            &bo,
+            &map,
+            bench::pattern::Density::Fraction(*density),
+            bench::pattern::Layout::Scattered,
+            *threads,
+            &reps,
+            &mut rng,
+        )?;
+        println!(
+            "{} ({}, {}): {} pages of {}: sync {} (p90 {}, daemon {}), write {}, uploaded {}..{}, {} syncs",
+            c.mechanism,
+            c.effective,
+            c.method,
+            c.dirty_pages,
+            c.total_pages,
+            bench::stats::fmt_ns(c.sync_wall.median_ns),
+            bench::stats::fmt_ns(c.sync_wall.p90_ns),
+            bench::stats::fmt_ns(c.sync_daemon.median_ns),
+            bench::stats::fmt_ns(c.write.median_ns),
+            c.uploaded_min,
+            c.uploaded_max,
+            c.sync_wall.n
         );
         return Ok(());
     }
