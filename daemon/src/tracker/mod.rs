@@ -27,6 +27,7 @@ use thiserror::Error;
 pub mod map_events;
 mod ranges;
 pub mod soft_dirty;
+mod split_protect;
 pub mod uffd_async;
 pub mod uffd_sync;
 pub mod untracked;

@@ -17,6 +17,7 @@ use nix::errno::Errno;
 
 use super::map_events::{MapEvents, ProvenViews};
 use super::ranges::{merge_runs, subtract};
+use super::split_protect::{protect_found, RunHints};
 use super::{TrackError, WriteTracker};
 
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
@@ -84,6 +85,8 @@ pub struct UffdAsyncTracker {
     proven: ProvenViews,
     /// Harvests and peeks proven by a walk rather than the events.
     walks: AtomicU64,
+    /// How many runs each view's last harvest found (split or not).
+    hints: RunHints,
 }
 
 impl UffdAsyncTracker {
@@ -97,6 +100,7 @@ impl UffdAsyncTracker {
             trusted: false,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
+            hints: RunHints::default(),
         }
     }
 
@@ -114,6 +118,7 @@ impl UffdAsyncTracker {
             trusted,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
+            hints: RunHints::default(),
         }
     }
 
@@ -155,19 +160,28 @@ impl UffdAsyncTracker {
         }
     }
 
-    /// Scans the `parts` of view `range` with `fast` (written pages only,
-    /// appended to `out`), then proves the view whole with the events, or
-    /// walks the parts with `walk` where they cannot prove it. Returns the
-    /// events counted before the scan (what the view is proven up to).
+    /// Scans the `parts` of view `range` for written pages (appended to
+    /// `out`) as `mode` says, then proves the view whole with the events, or
+    /// walks the parts where they cannot prove it (a harvest's walk
+    /// re-protects in its own pass). Returns the events counted before the
+    /// scan (what the view is proven up to).
     fn scan_and_prove(
         &self,
         events: &MapEvents,
         range: &Range<u64>,
         parts: &[Range<u64>],
-        fast: ScanQuery,
-        walk: ScanQuery,
+        mode: ScanMode,
         out: &mut Vec<Range<u64>>,
     ) -> Result<u64, TrackError> {
+        let read_only = ScanQuery {
+            flags: PM_SCAN_CHECK_WPASYNC,
+            ..ScanQuery::PEEK_WRITTEN
+        };
+        let (fast, walk) = match mode {
+            ScanMode::Peek => (read_only, EVERY_PAGE),
+            ScanMode::Harvest => (ScanQuery::HARVEST_WRITTEN, ScanQuery::HARVEST_ALL),
+            ScanMode::SplitHarvest => (read_only, ScanQuery::HARVEST_ALL),
+        };
         let before = events.seen();
         let first = out.len();
         for part in parts {
@@ -178,15 +192,39 @@ impl UffdAsyncTracker {
             _ => false,
         };
         if !proven {
+            // A split harvest's walk re-finds what its scan found (nothing
+            // protected it).
             self.walks.fetch_add(1, Ordering::Relaxed);
             for part in parts {
                 written_and_covered(&self.pagemap, part.clone(), walk, out)?;
             }
             merge_runs(out, first);
+        } else if mode == ScanMode::SplitHarvest {
+            protect_found(&self.pagemap, parts, out, first, |run| self.write_protect(run, true))?;
         }
         Ok(before)
     }
 }
+
+/// How [`UffdAsyncTracker::scan_and_prove`] scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanMode {
+    /// Report written pages, change nothing.
+    Peek,
+    /// Report written pages and re-protect them in the same scan.
+    Harvest,
+    /// Report written pages, then re-protect them run by run
+    /// ([`super::split_protect`]).
+    SplitHarvest,
+}
+
+/// A walk that reports every page of the range's VMAs (category mask 0) and
+/// changes nothing.
+const EVERY_PAGE: ScanQuery = ScanQuery {
+    flags: PM_SCAN_CHECK_WPASYNC,
+    category_mask: 0,
+    return_mask: PAGE_IS_WRITTEN,
+};
 
 /// How long a write-protect call waits out a mapping change in flight.
 const QUIET_BOUND: Duration = Duration::from_millis(100);
@@ -252,14 +290,14 @@ impl WriteTracker for UffdAsyncTracker {
         subtract(range.clone(), skip, &mut parts);
         if let Some(events) = &self.events {
             // The events prove the whole view, skipped parts included.
-            let before = self.scan_and_prove(
-                events,
-                &range,
-                &parts,
-                ScanQuery::HARVEST_WRITTEN,
-                ScanQuery::HARVEST_ALL,
-                out,
-            )?;
+            let mode = if self.hints.split(&range) {
+                ScanMode::SplitHarvest
+            } else {
+                ScanMode::Harvest
+            };
+            let first = out.len();
+            let before = self.scan_and_prove(events, &range, &parts, mode, out)?;
+            self.hints.record(&range, out.len() - first);
             self.proven.set(&range, before);
             return Ok(());
         }
@@ -275,23 +313,14 @@ impl WriteTracker for UffdAsyncTracker {
 
     fn peek(&self, range: Range<u64>, out: &mut Vec<Range<u64>>) -> Result<(), TrackError> {
         // Like harvest, proves the view is still there in the same walk.
-        let every_page = ScanQuery {
-            flags: PM_SCAN_CHECK_WPASYNC,
-            category_mask: 0,
-            return_mask: PAGE_IS_WRITTEN,
-        };
         if let Some(events) = &self.events {
             // A peek re-protects nothing, so it leaves the view's proof as
             // it was.
-            let fast = ScanQuery {
-                flags: PM_SCAN_CHECK_WPASYNC,
-                ..ScanQuery::PEEK_WRITTEN
-            };
             return self
-                .scan_and_prove(events, &range, std::slice::from_ref(&range), fast, every_page, out)
+                .scan_and_prove(events, &range, std::slice::from_ref(&range), ScanMode::Peek, out)
                 .map(|_| ());
         }
-        written_and_covered(&self.pagemap, range, every_page, out)
+        written_and_covered(&self.pagemap, range, EVERY_PAGE, out)
     }
 
     fn protect(&self, range: Range<u64>) -> Result<(), TrackError> {
@@ -334,6 +363,7 @@ impl WriteTracker for UffdAsyncTracker {
 
     fn forget(&self, range: Range<u64>) {
         self.proven.forget(&range);
+        self.hints.forget(&range);
     }
 
     fn release_map_events(&self, wait: Duration) {
@@ -344,149 +374,4 @@ impl WriteTracker for UffdAsyncTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::fd::AsFd;
-
-    use cohmem_sys::mapping::SharedMapping;
-    use cohmem_sys::memfd::Memfd;
-    use cohmem_sys::uffd::{features, UffdFlavor};
-
-    use super::*;
-
-    /// A WP_ASYNC-registered memfd mapping of this process and its tracker.
-    /// With `events`, the uffd delivers mapping changes and the tracker
-    /// proves views with them.
-    fn tracked(pages: u64, events: bool) -> Option<(Memfd, SharedMapping, UffdAsyncTracker)> {
-        let ps = cohmem_sys::page_size();
-        let mut wanted = features::WP_ASYNC | features::WP_UNPOPULATED;
-        if events {
-            wanted |= features::MAP_EVENTS;
-        }
-        let (uffd, _) = Userfaultfd::open(UffdFlavor::UserModeOnly, wanted, wanted).ok()?;
-        let m = Memfd::create_sealed("t", pages * ps).unwrap();
-        let map = SharedMapping::map(m.as_fd(), pages * ps, 0, true).unwrap();
-        uffd.register_wp(map.addr(), pages * ps).unwrap();
-        let pagemap = PagemapFile::open_self().unwrap();
-        let t = if events {
-            UffdAsyncTracker::with_map_events(uffd, pagemap, Arc::default(), true)
-        } else {
-            UffdAsyncTracker::new(uffd, pagemap)
-        };
-        t.attach_view(map.addr()..map.addr() + pages * ps).unwrap();
-        Some((m, map, t))
-    }
-
-    /// The harvest finds the written pages, reports a hole punched into the
-    /// view as `Moved` with its size, and refuses a mapping put back into
-    /// the hole that is not registered with the userfaultfd (never clean).
-    #[test]
-    fn harvest_finds_writes_holes_and_unregistered_remaps() {
-        let ps = cohmem_sys::page_size();
-        let Some((m, map, t)) = tracked(64, false) else {
-            eprintln!("skipping: no WP_ASYNC here");
-            return;
-        };
-        let (base, len) = (map.addr(), 64 * ps);
-        map.write_u64((3 * ps) as usize, 1).unwrap();
-        map.write_u64((40 * ps) as usize, 1).unwrap();
-        let mut out = Vec::new();
-        t.peek(base..base + len, &mut out).unwrap();
-        assert_eq!(out, vec![base + 3 * ps..base + 4 * ps, base + 40 * ps..base + 41 * ps]);
-        out.clear();
-        t.harvest(base..base + len, &mut out).unwrap();
-        assert_eq!(out.len(), 2);
-        out.clear();
-        t.harvest(base..base + len, &mut out).unwrap();
-        assert!(out.is_empty(), "the harvest re-protected what it found");
-        let hole = std::ptr::NonNull::new((base + 10 * ps) as *mut libc::c_void).unwrap();
-        // SAFETY: pages 10..14 of our own mapping, which nothing else uses.
-        unsafe { nix::sys::mman::munmap(hole, (4 * ps) as usize) }.unwrap();
-        match t.harvest(base..base + len, &mut out) {
-            Err(TrackError::Moved { missing }) => assert_eq!(missing, 4 * ps),
-            other => panic!("a hole went unnoticed: {other:?}"),
-        }
-        assert!(matches!(
-            t.peek(base..base + len, &mut out),
-            Err(TrackError::Moved { .. })
-        ));
-        // SAFETY: maps the memfd back into the hole just made (NOREPLACE:
-        // fails rather than replace anything that appeared there).
-        let again = unsafe {
-            nix::sys::mman::mmap(
-                std::num::NonZeroUsize::new(hole.as_ptr() as usize),
-                std::num::NonZeroUsize::new((4 * ps) as usize).unwrap(),
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                nix::sys::mman::MapFlags::MAP_SHARED | nix::sys::mman::MapFlags::MAP_FIXED_NOREPLACE,
-                m.as_fd(),
-                (10 * ps) as i64,
-            )
-        }
-        .unwrap();
-        assert_eq!(again, hole);
-        assert!(
-            t.harvest(base..base + len, &mut out).is_err(),
-            "an unregistered mapping in the view passed the harvest"
-        );
-        assert!(t.peek(base..base + len, &mut out).is_err());
-    }
-
-    /// Unmaps `pages` pages at `addr` on another thread; the munmap waits
-    /// for its message to be read. Returns once the change is under way.
-    fn unmap_in_background(t: &UffdAsyncTracker, addr: u64, pages: u64) -> std::thread::JoinHandle<()> {
-        let len = (pages * cohmem_sys::page_size()) as usize;
-        let unmapper = std::thread::spawn(move || {
-            let hole = std::ptr::NonNull::new(addr as *mut libc::c_void).unwrap();
-            // SAFETY: pages of the test's own mapping, which nothing uses.
-            unsafe { nix::sys::mman::munmap(hole, len) }.unwrap();
-        });
-        let uffd = t.fault_uffd().unwrap();
-        while !uffd.mm_changing().unwrap() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        unmapper
-    }
-
-    /// Clean and written views are proven by the events (no walk); a hole
-    /// punched while its message waits (`mm_changing`) and one whose message
-    /// was read since (the count moved) both make the next harvest walk and
-    /// find it. Without the events' check both holes would pass as clean.
-    #[test]
-    fn events_prove_views_and_send_changed_ones_to_a_walk() {
-        let ps = cohmem_sys::page_size();
-        let Some((_m, map, t)) = tracked(64, true) else {
-            eprintln!("skipping: no WP_ASYNC with mapping-change events here");
-            return;
-        };
-        let (base, len) = (map.addr(), 64 * ps);
-        let mut out = Vec::new();
-        t.harvest(base..base + len, &mut out).unwrap();
-        assert!(out.is_empty());
-        map.write_u64((3 * ps) as usize, 1).unwrap();
-        t.harvest(base..base + len, &mut out).unwrap();
-        assert_eq!(out, vec![base + 3 * ps..base + 4 * ps]);
-        assert_eq!(t.walks(), 0, "the events proved the view");
-
-        // A hole whose message waits: mm_changing.
-        let unmapper = unmap_in_background(&t, base + 10 * ps, 4);
-        out.clear();
-        match t.harvest(base..base + len, &mut out) {
-            Err(TrackError::Moved { missing }) => assert_eq!(missing, 4 * ps),
-            other => panic!("a hole under way went unnoticed: {other:?}"),
-        }
-        assert_eq!(t.walks(), 1);
-        t.drain_map_events();
-        unmapper.join().unwrap();
-
-        // A hole whose message was read before the harvest: the count.
-        let unmapper = unmap_in_background(&t, base + 30 * ps, 2);
-        t.drain_map_events();
-        unmapper.join().unwrap();
-        assert!(!t.fault_uffd().unwrap().mm_changing().unwrap());
-        match t.harvest(base..base + len, &mut out) {
-            // Both holes: the first one's harvest failed, so the view's
-            // proof still dates from before it.
-            Err(TrackError::Moved { missing }) => assert_eq!(missing, 6 * ps),
-            other => panic!("a hole whose message was read went unnoticed: {other:?}"),
-        }
-    }
-}
+mod tests;
