@@ -70,6 +70,9 @@ pub struct BoCounters {
     pub extra_pages: AtomicU64,
     /// Times tracking was paused for dense writes ([`crate::policy::DensePolicy`]).
     pub dense_pauses: AtomicU64,
+    /// Daemon time of the last completed sync, in ns (0 before the first):
+    /// a connection runs the next one on its runtime thread when it was short.
+    pub last_sync_ns: AtomicU64,
 }
 
 /// The mutable state of a BO, behind one lock (vmwgfx's BO reservation):

@@ -208,6 +208,9 @@ impl<'a> SyncEngine<'a> {
         let all = Self::union_of(all);
         let st = bo.state();
         let report = self.report(bo, &st, &bo.views(), &all, t0, with_runs);
+        bo.counters
+            .last_sync_ns
+            .store(report.duration_ns.max(1), Ordering::Relaxed);
         tracing::debug!(
             bo = bo.id,
             pages = report.pages,
