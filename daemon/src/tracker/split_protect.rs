@@ -11,8 +11,9 @@
 //! SYNC reply is. On the 2-vCPU test VM each such interrupt wakes a halted
 //! vCPU: about 10 µs of a 1-page SYNC's 30 µs in the daemon (`perf` and the
 //! kernel's `tlb_flush` and `ipi` trace events). A call per run costs
-//! 1.5–3 µs, so past [`PROTECT_RUNS_MAX`] runs the one protecting scan is
-//! cheaper (the interrupts after the first find the vCPU awake).
+//! 1.5–3 µs, so where there are many runs, or several in each 2 MiB step,
+//! the one protecting scan is cheaper (the interrupts after the first find
+//! the vCPU awake): [`split_pays`].
 //!
 //! No write is lost by splitting: a page written before the scan stays
 //! writable, and so found, until its run is protected, and the caller
@@ -28,46 +29,72 @@ use std::sync::Mutex;
 use cohmem_sys::pagemap::{PagemapFile, ScanQuery};
 use cohmem_sys::SysError;
 
+use super::ranges::merge_runs;
 use super::TrackError;
 
 /// Most written runs a split harvest re-protects one call each. Measured
 /// on the test VM (`cohmem-bench sparse --size-mib 64 --density D`, daemon
 /// time against the protecting scan): 16 runs 63 µs against 78 µs, 33 runs
-/// about even, 66 runs 188–203 µs against 120–155 µs.
+/// about even, 66 runs 188–203 µs against 120–155 µs; 262 runs of a 1 GiB
+/// view 1.4 ms against 0.75 ms.
 pub(super) const PROTECT_RUNS_MAX: usize = 24;
 
-/// Most views whose last run count is kept (a client with more loses the
-/// hints, and its next harvests are split).
+/// `PAGEMAP_SCAN`'s step (one PMD of x86-64's 4 KiB pages): the protecting
+/// scan flushes once per step that had a written page.
+const STEP_SHIFT: u32 = 21;
+
+/// Whether re-protecting `runs` (sorted) one call each costs less than a
+/// protecting scan's flushes: at most [`PROTECT_RUNS_MAX`] runs, and at
+/// most 4 more runs than steps with a written page (the scan's first
+/// interrupt costs about 10 µs, later ones about 2 µs while the vCPU is
+/// awake, a call 1.5–3 µs; 10 runs in the 2 steps of a 4 MiB view: the
+/// scan, `cohmem-bench` scale scenario).
+pub(super) fn split_pays(runs: &[Range<u64>]) -> bool {
+    if runs.len() > PROTECT_RUNS_MAX {
+        return false;
+    }
+    let mut steps = 0u64;
+    let mut last = None;
+    for r in runs.iter().filter(|r| r.start < r.end) {
+        let (first, end) = (r.start >> STEP_SHIFT, (r.end - 1) >> STEP_SHIFT);
+        steps += end - first + 1 - u64::from(last == Some(first));
+        last = Some(end);
+    }
+    runs.len() as u64 <= 4 + steps
+}
+
+/// Most views whose hint is kept (a client with more loses the hints, and
+/// its next harvests are split).
 const MAX_VIEWS: usize = 1 << 16;
 
-/// How many written runs each view's last harvest found: a view that had
-/// many is harvested by the protecting scan at once rather than read,
-/// counted and scanned again.
+/// Whether each view's last harvest found runs that were cheaper to
+/// re-protect one call each ([`split_pays`]): a view that had many is
+/// harvested by the protecting scan at once rather than read, counted and
+/// scanned again.
 #[derive(Default)]
 pub(super) struct RunHints {
-    last: Mutex<HashMap<(u64, u64), usize>>,
+    split: Mutex<HashMap<(u64, u64), bool>>,
 }
 
 impl RunHints {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), bool>> {
         // The map holds only hints: a panic elsewhere leaves it usable.
-        self.last.lock().unwrap_or_else(|e| e.into_inner())
+        self.split.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the next harvest of `view` should be split.
     pub(super) fn split(&self, view: &Range<u64>) -> bool {
-        self.lock()
-            .get(&(view.start, view.end))
-            .is_none_or(|&runs| runs <= PROTECT_RUNS_MAX)
+        self.lock().get(&(view.start, view.end)).copied().unwrap_or(true)
     }
 
-    /// Records that a harvest of `view` found `runs` written runs.
-    pub(super) fn record(&self, view: &Range<u64>, runs: usize) {
-        let mut last = self.lock();
-        if last.len() >= MAX_VIEWS && !last.contains_key(&(view.start, view.end)) {
-            last.clear();
+    /// Records the runs a harvest of `view` found.
+    pub(super) fn record(&self, view: &Range<u64>, runs: &[Range<u64>]) {
+        let split = split_pays(runs);
+        let mut hints = self.lock();
+        if hints.len() >= MAX_VIEWS && !hints.contains_key(&(view.start, view.end)) {
+            hints.clear();
         }
-        last.insert((view.start, view.end), runs);
+        hints.insert((view.start, view.end), split);
     }
 
     /// Forgets a view the daemon no longer tracks.
@@ -77,10 +104,12 @@ impl RunHints {
 }
 
 /// Re-protects the written runs `out[first..]` that a read-only scan of
-/// `parts` found: with `protect` (`UFFDIO_WRITEPROTECT`) one run at a time,
-/// or, past [`PROTECT_RUNS_MAX`] runs, by a protecting scan of their span
-/// that replaces them (nothing protected them since, so it finds them all
-/// again, with whatever was written meanwhile).
+/// `parts` found: with `protect` (`UFFDIO_WRITEPROTECT`) one run at a time
+/// where that [`split_pays`], else by a protecting scan of their span,
+/// whose runs are merged with the found ones. The found runs stay: a page
+/// unmapped behind the library since the scan is skipped by the second
+/// scan without an error, and its write (made before the SYNC, found by
+/// the scan the events proved) must still be copied.
 pub(super) fn protect_found(
     pagemap: &PagemapFile,
     parts: &[Range<u64>],
@@ -92,18 +121,20 @@ pub(super) fn protect_found(
     let (Some(lo), Some(hi)) = (found.first().map(|r| r.start), found.last().map(|r| r.end)) else {
         return Ok(());
     };
-    if found.len() <= PROTECT_RUNS_MAX {
+    if split_pays(found) {
         for run in found {
             protect(run.clone())?;
         }
         return Ok(());
     }
-    out.truncate(first);
+    let found = out.split_off(first);
     for part in parts {
         let (start, end) = (part.start.max(lo), part.end.min(hi));
         if start < end {
             pagemap.scan(start..end, ScanQuery::HARVEST_WRITTEN, out)?;
         }
     }
+    out.extend(found);
+    merge_runs(out, first);
     Ok(())
 }

@@ -297,7 +297,7 @@ impl WriteTracker for UffdAsyncTracker {
             };
             let first = out.len();
             let before = self.scan_and_prove(events, &range, &parts, mode, out)?;
-            self.hints.record(&range, out.len() - first);
+            self.hints.record(&range, &out[first..]);
             self.proven.set(&range, before);
             return Ok(());
         }

@@ -187,3 +187,62 @@ fn split_and_protecting_harvests_find_and_reprotect_every_write() {
     }
     assert_eq!(t.walks(), walks, "the events proved every harvest");
 }
+
+/// Run by run where runs are few and spread over the scan's 2 MiB steps;
+/// the protecting scan where several share a step, or there are many.
+#[test]
+fn split_pays_for_few_runs_spread_over_steps() {
+    use super::super::split_protect::split_pays;
+    let step = 1u64 << 21;
+    let pages = |addrs: &mut dyn Iterator<Item = u64>| addrs.map(|a| a..a + 4096).collect::<Vec<_>>();
+    assert!(split_pays(&pages(&mut std::iter::once(step))));
+    assert!(split_pays(&pages(&mut (0..16).map(|i| i * step))));
+    assert!(split_pays(&pages(&mut (0..5).map(|i| i * 8192))), "5 runs in one step");
+    assert!(
+        !split_pays(&pages(&mut (0..10).map(|i| i * 8192))),
+        "10 runs in one step"
+    );
+    assert!(!split_pays(&pages(&mut (0..25).map(|i| i * step))), "25 runs");
+    assert!(split_pays(&[]));
+}
+
+/// The protecting scan a split harvest falls back to keeps the runs the
+/// read-only scan found: a written page unmapped in between (which that
+/// scan skips without an error) is still reported, so its write is copied.
+#[test]
+fn a_page_unmapped_between_the_scans_stays_reported() {
+    use super::super::split_protect::protect_found;
+    let ps = cohmem_sys::page_size();
+    let Some((_m, map, t)) = tracked(256, false) else {
+        eprintln!("skipping: no WP_ASYNC here");
+        return;
+    };
+    let base = map.addr();
+    let written: Vec<u64> = (0..40).map(|i| 3 + i * 6).collect();
+    for &p in &written {
+        map.write_u64((p * ps) as usize, 7).unwrap();
+    }
+    let read_only = ScanQuery {
+        flags: PM_SCAN_CHECK_WPASYNC,
+        ..ScanQuery::PEEK_WRITTEN
+    };
+    let mut out = Vec::new();
+    t.pagemap.scan(base..base + 256 * ps, read_only, &mut out).unwrap();
+    assert_eq!(out.len(), 40);
+    let gone = base + 21 * ps;
+    // SAFETY: page 21 of our own mapping (written above), which nothing
+    // else uses; the test never touches it again.
+    unsafe { nix::sys::mman::munmap(std::ptr::NonNull::new(gone as *mut libc::c_void).unwrap(), ps as usize) }.unwrap();
+    protect_found(&t.pagemap, &[base..base + 256 * ps], &mut out, 0, |r| {
+        t.uffd.write_protect(r.start, r.end - r.start, true)
+    })
+    .unwrap();
+    let want: Vec<Range<u64>> = written.iter().map(|&p| base + p * ps..base + (p + 1) * ps).collect();
+    assert_eq!(out, want, "every page the first scan found, the unmapped one included");
+    let mut left = Vec::new();
+    t.pagemap.scan(base..gone, read_only, &mut left).unwrap();
+    t.pagemap
+        .scan(gone + ps..base + 256 * ps, read_only, &mut left)
+        .unwrap();
+    assert!(left.is_empty(), "{left:x?} left writable");
+}
