@@ -233,7 +233,8 @@ fn a_page_unmapped_between_the_scans_stays_reported() {
     // SAFETY: page 21 of our own mapping (written above), which nothing
     // else uses; the test never touches it again.
     unsafe { nix::sys::mman::munmap(std::ptr::NonNull::new(gone as *mut libc::c_void).unwrap(), ps as usize) }.unwrap();
-    protect_found(&t.pagemap, &[base..base + 256 * ps], &mut out, 0, |r| {
+    let view = base..base + 256 * ps;
+    protect_found(&t.pagemap, std::slice::from_ref(&view), &mut out, 0, |r| {
         t.uffd.write_protect(r.start, r.end - r.start, true)
     })
     .unwrap();
