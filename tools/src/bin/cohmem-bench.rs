@@ -84,6 +84,16 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         syncs: usize,
     },
+    /// The scale scenario alone (for profiling): client processes x 10 BOs of
+    /// 4 MiB, 1 % written per BO and frame, one SYNC_MANY per frame at 60 Hz.
+    Scale {
+        /// Client processes.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Measured window in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Internal: the echo side of the IPC floor (its socket is stdin).
     #[command(hide = true)]
     IpcEcho {
@@ -194,6 +204,28 @@ fn main() -> anyhow::Result<()> {
             c.uploaded_min,
             c.uploaded_max,
             c.sync_wall.n
+        );
+        return Ok(());
+    }
+    if let Some(Cmd::Scale { clients, seconds }) = &cli.command {
+        let r = scale::run(&scale::ScaleConfig {
+            clients: *clients,
+            bos: 10,
+            size: 4 << 20,
+            density: 0.01,
+            rate: 60.0,
+            seconds: *seconds,
+        })?;
+        println!(
+            "scale: {} clients: daemon {:.3} cores, BO syncs {} of {} ({:.1}%), SYNC_MANY median {}, worst p99 {}, under-reported {}",
+            clients,
+            r.daemon_cores,
+            r.syncs_done,
+            r.syncs_requested,
+            100.0 * r.syncs_done as f64 / r.syncs_requested.max(1) as f64,
+            bench::stats::fmt_ns(r.sync_median_ns),
+            bench::stats::fmt_ns(r.sync_p99_ns),
+            r.under_reported
         );
         return Ok(());
     }
