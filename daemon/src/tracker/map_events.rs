@@ -138,31 +138,43 @@ impl MapEventsRegistry {
     }
 }
 
-/// For each view of one tracker (by range): the [`MapEvents`] count taken
-/// before its last harvest (or its attach) began.
-#[derive(Default)]
-pub struct ProvenViews {
-    proven: Mutex<HashMap<(u64, u64), u64>>,
+/// One value per view of one tracker (by range), for at most
+/// [`MAX_VIEWS`] views: past that the table starts over, and a view not in
+/// it gets what its caller does without (for the proof: a walk).
+pub struct ViewTable<T> {
+    values: Mutex<HashMap<(u64, u64), T>>,
 }
 
-impl ProvenViews {
-    /// The count before the view's last proven harvest, if it has one.
-    pub fn get(&self, view: &Range<u64>) -> Option<u64> {
-        lock(&self.proven).get(&(view.start, view.end)).copied()
+impl<T> Default for ViewTable<T> {
+    fn default() -> Self {
+        Self {
+            values: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Copy> ViewTable<T> {
+    /// The value recorded for `view`, if any.
+    pub fn get(&self, view: &Range<u64>) -> Option<T> {
+        lock(&self.values).get(&(view.start, view.end)).copied()
     }
 
-    /// Records that `view` was whole when a harvest that began at count
-    /// `before` scanned it.
-    pub fn set(&self, view: &Range<u64>, before: u64) {
-        let mut proven = lock(&self.proven);
-        if proven.len() >= MAX_VIEWS && !proven.contains_key(&(view.start, view.end)) {
-            proven.clear();
+    /// Records `value` for `view`.
+    pub fn set(&self, view: &Range<u64>, value: T) {
+        let mut values = lock(&self.values);
+        if values.len() >= MAX_VIEWS && !values.contains_key(&(view.start, view.end)) {
+            values.clear();
         }
-        proven.insert((view.start, view.end), before);
+        values.insert((view.start, view.end), value);
     }
 
     /// Forgets a view the daemon no longer tracks.
     pub fn forget(&self, view: &Range<u64>) {
-        lock(&self.proven).remove(&(view.start, view.end));
+        lock(&self.values).remove(&(view.start, view.end));
     }
 }
+
+/// For each view of one tracker: the [`MapEvents`] count taken before its
+/// last proven harvest (or its attach) began, set when a harvest that began
+/// at that count found the view whole.
+pub type ProvenViews = ViewTable<u64>;

@@ -22,9 +22,7 @@
 //! then, so a later write faults and leaves it written for the next
 //! harvest, as a write after an atomic scan's step would.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use cohmem_sys::pagemap::{PagemapFile, ScanQuery};
 use cohmem_sys::SysError;
@@ -34,9 +32,10 @@ use super::TrackError;
 
 /// Most written runs a split harvest re-protects one call each. Measured
 /// on the test VM (`cohmem-bench sparse --size-mib 64 --density D`, daemon
-/// time against the protecting scan): 16 runs 63 µs against 78 µs, 33 runs
-/// about even, 66 runs 188–203 µs against 120–155 µs; 262 runs of a 1 GiB
-/// view 1.4 ms against 0.75 ms.
+/// time against the protecting scan): 16 runs 63 µs against 78 µs in one
+/// pair, 82–94 µs against 76–93 µs in seven alternated pairs (about even);
+/// 33 runs about even; 66 runs 188–203 µs against 120–155 µs; 262 runs of
+/// a 1 GiB view 1.4 ms against 0.75 ms.
 pub(super) const PROTECT_RUNS_MAX: usize = 24;
 
 /// `PAGEMAP_SCAN`'s step (one PMD of x86-64's 4 KiB pages): the protecting
@@ -47,8 +46,9 @@ const STEP_SHIFT: u32 = 21;
 /// protecting scan's flushes: at most [`PROTECT_RUNS_MAX`] runs, and at
 /// most 4 more runs than steps with a written page (the scan's first
 /// interrupt costs about 10 µs, later ones about 2 µs while the vCPU is
-/// awake, a call 1.5–3 µs; 10 runs in the 2 steps of a 4 MiB view: the
-/// scan, `cohmem-bench` scale scenario).
+/// awake, a call 1.5–3 µs: a cost model from the figures above, not
+/// measured at each run count; 10 runs in the 2 steps of a 4 MiB view, the
+/// scale scenario's BOs, take the scan).
 pub(super) fn split_pays(runs: &[Range<u64>]) -> bool {
     if runs.len() > PROTECT_RUNS_MAX {
         return false;
@@ -61,46 +61,6 @@ pub(super) fn split_pays(runs: &[Range<u64>]) -> bool {
         last = Some(end);
     }
     runs.len() as u64 <= 4 + steps
-}
-
-/// Most views whose hint is kept (a client with more loses the hints, and
-/// its next harvests are split).
-const MAX_VIEWS: usize = 1 << 16;
-
-/// Whether each view's last harvest found runs that were cheaper to
-/// re-protect one call each ([`split_pays`]): a view that had many is
-/// harvested by the protecting scan at once rather than read, counted and
-/// scanned again.
-#[derive(Default)]
-pub(super) struct RunHints {
-    split: Mutex<HashMap<(u64, u64), bool>>,
-}
-
-impl RunHints {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), bool>> {
-        // The map holds only hints: a panic elsewhere leaves it usable.
-        self.split.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the next harvest of `view` should be split.
-    pub(super) fn split(&self, view: &Range<u64>) -> bool {
-        self.lock().get(&(view.start, view.end)).copied().unwrap_or(true)
-    }
-
-    /// Records the runs a harvest of `view` found.
-    pub(super) fn record(&self, view: &Range<u64>, runs: &[Range<u64>]) {
-        let split = split_pays(runs);
-        let mut hints = self.lock();
-        if hints.len() >= MAX_VIEWS && !hints.contains_key(&(view.start, view.end)) {
-            hints.clear();
-        }
-        hints.insert((view.start, view.end), split);
-    }
-
-    /// Forgets a view the daemon no longer tracks.
-    pub(super) fn forget(&self, view: &Range<u64>) {
-        self.lock().remove(&(view.start, view.end));
-    }
 }
 
 /// Re-protects the written runs `out[first..]` that a read-only scan of

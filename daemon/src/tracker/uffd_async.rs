@@ -15,9 +15,9 @@ use cohmem_sys::uffd::Userfaultfd;
 use cohmem_sys::SysError;
 use nix::errno::Errno;
 
-use super::map_events::{MapEvents, ProvenViews};
+use super::map_events::{MapEvents, ProvenViews, ViewTable};
 use super::ranges::{merge_runs, subtract};
-use super::split_protect::{protect_found, RunHints};
+use super::split_protect::{protect_found, split_pays};
 use super::{TrackError, WriteTracker};
 
 /// Runs a `PAGEMAP_SCAN` whose category mask is 0, so that every page of
@@ -85,8 +85,11 @@ pub struct UffdAsyncTracker {
     proven: ProvenViews,
     /// Harvests and peeks proven by a walk rather than the events.
     walks: AtomicU64,
-    /// How many runs each view's last harvest found (split or not).
-    hints: RunHints,
+    /// Whether each view's last harvest found runs that were cheaper to
+    /// re-protect one call each ([`split_pays`]): a view that had many is
+    /// harvested by the protecting scan at once rather than read, counted
+    /// and scanned again (a view not in the table is split).
+    split_next: ViewTable<bool>,
 }
 
 impl UffdAsyncTracker {
@@ -100,7 +103,7 @@ impl UffdAsyncTracker {
             trusted: false,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
-            hints: RunHints::default(),
+            split_next: ViewTable::default(),
         }
     }
 
@@ -118,7 +121,7 @@ impl UffdAsyncTracker {
             trusted,
             proven: ProvenViews::default(),
             walks: AtomicU64::new(0),
-            hints: RunHints::default(),
+            split_next: ViewTable::default(),
         }
     }
 
@@ -290,14 +293,14 @@ impl WriteTracker for UffdAsyncTracker {
         subtract(range.clone(), skip, &mut parts);
         if let Some(events) = &self.events {
             // The events prove the whole view, skipped parts included.
-            let mode = if self.hints.split(&range) {
+            let mode = if self.split_next.get(&range).unwrap_or(true) {
                 ScanMode::SplitHarvest
             } else {
                 ScanMode::Harvest
             };
             let first = out.len();
             let before = self.scan_and_prove(events, &range, &parts, mode, out)?;
-            self.hints.record(&range, &out[first..]);
+            self.split_next.set(&range, split_pays(&out[first..]));
             self.proven.set(&range, before);
             return Ok(());
         }
@@ -363,7 +366,7 @@ impl WriteTracker for UffdAsyncTracker {
 
     fn forget(&self, range: Range<u64>) {
         self.proven.forget(&range);
-        self.hints.forget(&range);
+        self.split_next.forget(&range);
     }
 
     fn release_map_events(&self, wait: Duration) {
